@@ -1,0 +1,18 @@
+"""dycomp: a compiler for PyTorch dynamic neural networks.
+
+Importing `dycomp` is cheap and does not import torch; `dycomp.runtime` never does.
+"""
+
+from dycomp.errors import ArtifactError, DycompError, MismatchError, PassError, UnsupportedError
+
+__version__ = "0.1.0"
+__all__ = ["ArtifactError", "CompiledModel", "DycompError", "MismatchError", "PassError",
+           "UnsupportedError", "compile"]
+
+
+def __getattr__(name):
+    if name in ("compile", "CompiledModel"):
+        from dycomp import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'dycomp' has no attribute {name!r}")

@@ -1,0 +1,143 @@
+"""The Python API: `dycomp.compile` and `CompiledModel`.
+
+compile() reads top to bottom: capture -> verify -> passes -> lower -> check.
+"""
+
+from __future__ import annotations
+
+import logging
+import types
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils._pytree import tree_flatten, tree_map
+
+from dycomp.backends import lower
+from dycomp.errors import MismatchError, UnsupportedError
+from dycomp.frontend.capture import InputSpec, capture
+from dycomp.ir.dyngraph import DynGraph
+from dycomp.passes import cleanup_passes, run_passes
+from dycomp.runtime.host import HostProgram
+
+log = logging.getLogger(__name__)
+
+
+def compile(model, example_inputs, *, example_kwargs: dict | None = None,
+            method: str = "forward", backend: str = "torch", passes=(),
+            check: bool = True) -> CompiledModel:
+    """Compile `model.<method>` (or a bound method) into static regions + a host program."""
+    fn = _resolve(model, method)
+    args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (
+        example_inputs,)
+    kwargs = dict(example_kwargs or {})
+    graph, spec = capture(fn, args, kwargs)
+    graph.verify()
+    graph = run_passes(graph, cleanup_passes() + list(passes))
+    graph.verify()
+    executor = lower(graph, backend)
+    cm = CompiledModel(graph, executor, spec, backend)
+    if check:
+        from dycomp.check import differential_check
+
+        differential_check(fn, cm, args, kwargs)
+    return cm
+
+
+def _resolve(model, method):
+    if isinstance(model, nn.Module):
+        fn = getattr(model, method, None)
+        if fn is None or not callable(fn):
+            raise UnsupportedError(f"{type(model).__name__} has no method {method!r}",
+                                   hint="pass method='forward' or the name of a method")
+        return fn
+    if isinstance(model, types.MethodType) and isinstance(model.__self__, nn.Module):
+        return model
+    if callable(model):
+        return model
+    raise UnsupportedError(f"cannot compile a {type(model).__name__}",
+                           hint="pass an nn.Module or a bound method of one")
+
+
+class CompiledModel:
+    """A compiled dynamic network. Call it like the original; safe to call from threads."""
+
+    def __init__(self, graph: DynGraph, executor, spec: InputSpec, backend: str):
+        self.graph, self.spec, self.backend = graph, spec, backend
+        lines = {n: ", ".join(r.lines[:2]) for n, r in graph.regions.items()}
+        self.program = HostProgram(graph.host_source(), executor, lines)
+
+    @property
+    def host_source(self) -> str:
+        return self.program.source
+
+    @property
+    def subgraphs(self) -> dict[str, dict]:
+        out = {}
+        for name, r in self.graph.regions.items():
+            ins, outs = r.signature()
+            out[name] = {"ops": r.op_count(), "params": r.param_count(), "inputs": ins,
+                         "outputs": outs, "lines": list(r.lines)}
+        return out
+
+    def explain(self) -> str:
+        s = self.graph.stats()
+        return (f"dycomp compiled {self.graph.name} ({self.graph.source}) for backend "
+                f"{self.backend}: {s['regions']} subgraphs, {s['branches']} branches, "
+                f"{s['loops']} loops, {s['returns']} returns\n\n{self.graph}")
+
+    def __call__(self, *args, **kwargs):
+        return self.run(*args, **kwargs)
+
+    def run(self, *args, return_path: bool = False, **kwargs):
+        inputs, use_torch = self._inputs(args, kwargs)
+        out, path = self.program.run(*inputs, return_path=True)
+        if use_torch:
+            out = _to_torch(out)
+        return (out, path) if return_path else out
+
+    def _inputs(self, args, kwargs):
+        leaves, spec = tree_flatten((args, kwargs))
+        if spec != self.spec.treespec:
+            raise ValueError(f"expected inputs {self.spec.describe()}, got "
+                             f"{len(leaves)} values structured differently")
+        inputs, use_torch = [], False
+        for leaf, name, t, static in zip(leaves, self.spec.names, self.spec.tensor,
+                                         self.spec.static):
+            if t is None:
+                if not _same(leaf, static):
+                    raise ValueError(f"argument {name}={leaf!r} differs from the value "
+                                     f"{static!r} the model was compiled for; expected "
+                                     f"{self.spec.describe()}")
+                continue
+            if isinstance(leaf, torch.Tensor):
+                use_torch = True
+                arr = leaf.detach().cpu().numpy()
+            elif isinstance(leaf, np.ndarray):
+                arr = leaf
+            else:
+                raise ValueError(f"argument {name} must be a tensor or array, got "
+                                 f"{type(leaf).__name__}; expected {self.spec.describe()}")
+            dtype, shape = t
+            if tuple(arr.shape) != shape or str(arr.dtype) != str(dtype).replace("torch.", ""):
+                raise ValueError(f"argument {name} has shape {tuple(arr.shape)} and dtype "
+                                 f"{arr.dtype}; expected {self.spec.describe()}")
+            inputs.append(arr)
+        return inputs, use_torch
+
+
+def _same(a, b) -> bool:
+    try:
+        return bool(a == b) and type(a) is type(b)
+    except Exception:
+        return a is b
+
+
+def _to_torch(out: Any):
+    def conv(x):
+        return torch.from_numpy(np.array(x)) if isinstance(x, np.ndarray) else x
+
+    if isinstance(out, list):
+        return [_to_torch(x) for x in out]
+    return tree_map(conv, out)

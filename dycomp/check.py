@@ -1,0 +1,81 @@
+"""Differential testing of a compiled model against eager PyTorch."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from torch.utils._pytree import tree_map
+
+from dycomp.errors import MismatchError
+
+
+def variants(args: tuple, kwargs: dict, n: int = 8, seed: int = 0):
+    """The example inputs plus `n` random inputs of the same shapes and dtypes."""
+    g = torch.Generator().manual_seed(seed)
+    yield args, kwargs
+    scales = [1.0, 0.5, 2.0, 0.1, 3.0]
+    for i in range(n):
+        def rand(x):
+            if not isinstance(x, torch.Tensor):
+                return x
+            if x.dtype.is_floating_point:
+                return torch.randn(x.shape, generator=g, dtype=x.dtype) * scales[i % len(scales)]
+            if x.dtype == torch.bool:
+                return torch.rand(x.shape, generator=g) > 0.5
+            lo, hi = (int(x.min()), int(x.max()) + 1) if x.numel() else (0, 1)
+            return torch.randint(lo, max(hi, lo + 1), x.shape, generator=g, dtype=x.dtype)
+        yield tree_map(rand, args), tree_map(rand, kwargs)
+
+
+def compare(expected, actual, where="out", atol=1e-4, rtol=1e-4) -> str | None:
+    """None if equal (tensors within tolerance), else a description of the first difference."""
+    if isinstance(expected, torch.Tensor):
+        if not isinstance(actual, torch.Tensor):
+            return f"{where}: expected a tensor, got {type(actual).__name__}"
+        if expected.shape != actual.shape or expected.dtype != actual.dtype:
+            return (f"{where}: expected {expected.dtype}{list(expected.shape)}, got "
+                    f"{actual.dtype}{list(actual.shape)}")
+        if not torch.allclose(expected.float(), actual.float(), atol=atol, rtol=rtol,
+                              equal_nan=True):
+            diff = (expected.float() - actual.float()).abs().max().item()
+            return f"{where}: values differ (max abs diff {diff:.3g})"
+        return None
+    if isinstance(expected, (list, tuple)):
+        if type(expected) is not type(actual) or len(expected) != len(actual):
+            return f"{where}: expected {type(expected).__name__} of {len(expected)}, got {actual!r}"
+        for i, (e, a) in enumerate(zip(expected, actual)):
+            d = compare(e, a, f"{where}[{i}]", atol, rtol)
+            if d:
+                return d
+        return None
+    if isinstance(expected, dict):
+        if not isinstance(actual, dict) or set(expected) != set(actual):
+            return f"{where}: expected keys {sorted(expected)}, got {actual!r}"
+        for k in expected:
+            d = compare(expected[k], actual[k], f"{where}[{k!r}]", atol, rtol)
+            if d:
+                return d
+        return None
+    if isinstance(expected, float) and isinstance(actual, (float, np.floating)):
+        return None if abs(expected - actual) <= atol + rtol * abs(expected) else (
+            f"{where}: expected {expected}, got {actual}")
+    if expected != actual or type(expected) is not type(actual):
+        return f"{where}: expected {expected!r}, got {actual!r}"
+    return None
+
+
+def differential_check(fn, cm, args, kwargs, n: int = 8) -> int:
+    """Run eager and compiled on the examples and `n` generated inputs; raise on mismatch."""
+    count = 0
+    for a, k in variants(args, kwargs, n):
+        with torch.no_grad():
+            expected = fn(*copy.deepcopy(a), **copy.deepcopy(k))
+        actual, path = cm.run(*a, return_path=True, **k)
+        diff = compare(expected, actual)
+        if diff:
+            raise MismatchError(f"compiled model differs from eager on input #{count}: {diff} "
+                                f"(compiled path: {' -> '.join(path)})")
+        count += 1
+    return count

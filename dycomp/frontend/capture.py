@@ -1,0 +1,131 @@
+"""Entry point of the frontend: a bound method + example inputs -> DynGraph."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import fx, nn
+from torch.utils._pytree import tree_flatten, tree_unflatten
+
+from dycomp.errors import UnsupportedError
+from dycomp.frontend import ops
+from dycomp.frontend.tracer import Tracer
+from dycomp.frontend.values import TVal
+from dycomp.ir.dyngraph import DynGraph, Region
+from dycomp.ir.program import Assign, Lit, Return, Var
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class InputSpec:
+    """How call arguments flatten into the host program's parameters."""
+
+    treespec: object
+    names: list  # parameter name per leaf
+    tensor: list  # per leaf: (dtype, shape) for tensors, else None
+    static: list  # per leaf: the static value for non-tensor leaves
+
+    def describe(self) -> str:
+        parts = []
+        for name, t, s in zip(self.names, self.tensor, self.static):
+            if t is not None:
+                parts.append(f"{name}: {str(t[0]).replace('torch.', '')}"
+                             f"[{', '.join(map(str, t[1]))}]")
+            else:
+                parts.append(f"{name}={s!r}")
+        return "(" + ", ".join(parts) + ")"
+
+
+def capture(fn, args: tuple, kwargs: dict) -> tuple[DynGraph, InputSpec]:
+    """Trace `fn(*args, **kwargs)` into a DynGraph of static regions and a host program."""
+    root = getattr(fn, "__self__", None)
+    root = root if isinstance(root, nn.Module) else None
+    try:
+        bound = inspect.signature(fn).bind(*args, **kwargs)
+    except TypeError as e:
+        raise UnsupportedError(f"example inputs do not match {_where(fn)}: {e}") from None
+    leaves, spec = tree_flatten((args, kwargs))
+    names = _leaf_names(bound, len(leaves))
+    saved = _save_state(root)
+    tr = Tracer(root)
+    try:
+        with tr, torch.no_grad():
+            targs = []
+            for leaf, name in zip(leaves, names):
+                if isinstance(leaf, torch.Tensor):
+                    leaf = TVal(leaf.detach().clone(), var=Var(name))
+                targs.append(leaf)
+            a, k = tree_unflatten(targs, spec)
+            value = ops.call(fn, *a, **k)
+            tr.close()
+            tr.emit(Return(tr.host_expr(value), line=_where(fn)))
+    finally:
+        _restore_state(root, saved)
+    params = [Var(n) for n, x in zip(names, leaves) if isinstance(x, torch.Tensor)]
+    regions = _build_regions(tr)
+    if tr.predeclare:
+        tr.body.insert(0, Assign(list(tr.predeclare), [Lit(None)] * len(tr.predeclare),
+                                 line="loop-carried, first assigned inside a loop"))
+    graph = DynGraph(regions, tr.body, params, tr.maybe_undef, getattr(fn, "__name__", "fn"),
+                     _where(fn))
+    ispec = InputSpec(spec, names,
+                      [(x.dtype, tuple(x.shape)) if isinstance(x, torch.Tensor) else None
+                       for x in leaves],
+                      [None if isinstance(x, torch.Tensor) else x for x in leaves])
+    return graph, ispec
+
+
+def _where(fn) -> str:
+    code = getattr(getattr(fn, "__func__", fn), "__code__", None)
+    if code is None:
+        return getattr(fn, "__qualname__", repr(fn))
+    return f"{os.path.basename(code.co_filename)}:{code.co_firstlineno}"
+
+
+def _leaf_names(bound, n) -> list[str]:
+    names = []
+    for pname, value in bound.arguments.items():
+        if pname == "self":
+            continue
+        k = len(tree_flatten(value)[0])
+        names += [pname] if k == 1 else [f"{pname}_{i}" for i in range(k)]
+    if len(names) != n:  # *args / **kwargs: fall back to positional names
+        names = [f"arg{i}" for i in range(n)]
+    return [f"{x}_" if x in ("R", "np", "math") else x for x in names]
+
+
+def _build_regions(tr: Tracer) -> dict[str, Region]:
+    regions = {}
+    for stmt in _calls(tr.body):
+        rb = tr.regions[stmt.region]
+        if rb.name in regions:
+            continue
+        rb.graph.output(tuple(rb.outputs))
+        gm = fx.GraphModule(rb.attrs, rb.graph, class_name=f"Region_{rb.name}")
+        regions[rb.name] = Region(rb.name, gm, list(rb.lines))
+    return regions
+
+
+def _calls(body):
+    from dycomp.ir.program import CallRegion, walk
+
+    return [s for s in walk(body) if isinstance(s, CallRegion)]
+
+
+def _save_state(root):
+    if root is None:
+        return []
+    return [(m, dict(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules))
+            for m in root.modules()]
+
+
+def _restore_state(root, saved):
+    for m, d, p, b, mods in saved:
+        m.__dict__.clear()
+        m.__dict__.update(d)
+        m._parameters, m._buffers, m._modules = p, b, mods

@@ -1,0 +1,163 @@
+"""Gated residual network (SkipNet / ConvNet-AIG style), 18 self-gating blocks.
+
+Every residual block decides *inside its own forward* whether to run: a tiny gate
+(global average pool -> Linear -> sigmoid) looks at the block input, and the block
+either returns ``relu(x + body(x))`` or returns ``x`` unchanged. The body uses
+in-place ops (``nn.ReLU(inplace=True)``, ``out += identity``). Three stages of six
+blocks, with ungated strided transitions between stages.
+
+Random weights; the gate biases are set in ``make()`` (from a fixed calibration
+batch) so that every gate is open for about half of the random inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def conv3x3(cin, cout, stride=1):
+    return nn.Conv2d(cin, cout, kernel_size=3, stride=stride, padding=1, bias=False)
+
+
+class GatedBlock(nn.Module):
+    def __init__(self, planes):
+        super().__init__()
+        self.body = nn.Sequential(
+            conv3x3(planes, planes),
+            nn.BatchNorm2d(planes),
+            nn.ReLU(inplace=True),
+            conv3x3(planes, planes),
+            nn.BatchNorm2d(planes),
+        )
+        self.gate = nn.Linear(planes, 1)
+
+    def forward(self, x):
+        g = torch.sigmoid(self.gate(x.mean((2, 3))))
+        if g > 0.5:
+            identity = x
+            out = self.body(x)
+            out += identity
+            return F.relu(out)
+        return x
+
+
+class Transition(nn.Module):
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.conv = conv3x3(cin, cout, stride=2)
+        self.bn = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        return self.relu(self.bn(self.conv(x)))
+
+
+class GatedResNet(nn.Module):
+    def __init__(self, widths=(16, 32, 64), blocks_per_stage=6, num_classes=10):
+        super().__init__()
+        self.stem = nn.Sequential(
+            conv3x3(3, widths[0], stride=2), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)
+        )
+        layers = []
+        cin = widths[0]
+        for stage, planes in enumerate(widths):
+            if stage > 0:
+                layers.append(Transition(cin, planes))
+            for _ in range(blocks_per_stage):
+                layers.append(GatedBlock(planes))
+            cin = planes
+        self.layers = nn.Sequential(*layers)
+        self.fc = nn.Linear(cin, num_classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = self.layers(x)
+        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
+        return self.fc(x)
+
+
+# ----------------------------------------------------------------------------- zoo interface
+
+METHOD = "forward"
+
+
+def _image(g: torch.Generator) -> torch.Tensor:
+    """A random 1x3x32x32 "image": smooth blobs + pixel noise, random scale and offset."""
+    scale = math.exp(2.0 * torch.rand((), generator=g).item() - 1.0)
+    low = F.interpolate(
+        torch.randn(1, 3, 4, 4, generator=g), size=(32, 32), mode="bilinear", align_corners=False
+    )
+    noise = torch.randn(1, 3, 32, 32, generator=g)
+    offset = 0.5 * torch.randn(1, 3, 1, 1, generator=g)
+    return scale * (low + 0.5 * noise) + offset
+
+
+def sample_inputs(n: int, seed: int = 0) -> list[tuple]:
+    g = torch.Generator().manual_seed(seed)
+    return [(_image(g),) for _ in range(n)]
+
+
+def _gated_blocks(model: GatedResNet) -> list[GatedBlock]:
+    return [m for m in model.layers if isinstance(m, GatedBlock)]
+
+
+@torch.no_grad()
+def _calibrate(model: GatedResNet, x: torch.Tensor) -> None:
+    """Batched replay of forward; each gate bias is set to open for half the batch."""
+    h = model.stem(x)
+    for layer in model.layers:
+        if not isinstance(layer, GatedBlock):
+            h = layer(h)
+            continue
+        z = layer.gate(h.mean((2, 3)))[:, 0]
+        layer.gate.bias.sub_(z.median())
+        z = layer.gate(h.mean((2, 3)))[:, 0]
+        on = (torch.sigmoid(z) > 0.5).view(-1, 1, 1, 1)
+        h = torch.where(on, F.relu(layer.body(h) + h), h)
+
+
+def make(seed: int = 0) -> tuple[nn.Module, tuple]:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = GatedResNet().eval()
+    calib = torch.cat([t[0] for t in sample_inputs(256, seed=10_000 + seed)])
+    _calibrate(model, calib)
+    return model, sample_inputs(1, seed=seed)[0]
+
+
+@torch.no_grad()
+def path_key(model, inputs: tuple, output):
+    """Tuple of 18 gate decisions (1 = block ran), recomputed with forward hooks."""
+    decisions = []
+
+    def hook(module, args, out):
+        decisions.append(int(out is not args[0]))
+
+    handles = [b.register_forward_hook(hook) for b in _gated_blocks(model)]
+    try:
+        model(*inputs)
+    finally:
+        for hd in handles:
+            hd.remove()
+    return tuple(decisions)
+
+
+# Number of distinct gate patterns over sample_inputs(200) for make(0) (measured).
+PATHS = 146
+
+
+if __name__ == "__main__":
+    model, example = make()
+    keys = [path_key(model, inp, None) for inp in sample_inputs(200)]
+    counts = Counter(keys)
+    print(f"{len(counts)} distinct gate patterns over 200 inputs")
+    on = [sum(k[i] for k in keys) for i in range(len(keys[0]))]
+    print("per-block 'on' count (of 200):", on)
+    n_on = [sum(k) for k in keys]
+    print(f"blocks on per input: min {min(n_on)} max {max(n_on)}")
+    print("most common patterns:", counts.most_common(3))

@@ -1,0 +1,58 @@
+"""DedupRegions: structurally identical regions (same ops on the same weights, e.g. one
+module applied at every iteration of an unrolled loop) are compiled once."""
+
+from __future__ import annotations
+
+from torch import fx
+
+from dycomp.passes.base import Pass, PassResult
+from dycomp.passes.regions import call_sites
+
+
+class DedupRegions(Pass):
+    name = "dedup-regions"
+
+    def __call__(self, graph) -> PassResult:
+        canon: dict = {}
+        rename = {}
+        for name, region in graph.regions.items():
+            key = region_key(region.gm)
+            if key in canon:
+                rename[name] = canon[key]
+            else:
+                canon[key] = name
+        for name, sites in call_sites(graph).items():
+            for s in sites:
+                s.region = rename.get(name, name)
+        for name in rename:
+            del graph.regions[name]
+        return PassResult(graph, bool(rename))
+
+
+def region_key(gm: fx.GraphModule) -> str:
+    index = {}
+    items = []
+    for i, n in enumerate(gm.graph.nodes):
+        index[n] = i
+
+        def ref(x):
+            return f"%{index[x]}"
+
+        args = fx.node.map_arg(n.args, ref)
+        kwargs = fx.node.map_arg(n.kwargs, ref)
+        items.append((n.op, _target(gm, n), repr(args), repr(kwargs)))
+    return repr(items)
+
+
+def _target(gm, n):
+    if n.op == "placeholder":
+        return ""
+    if n.op in ("call_module", "get_attr"):
+        obj = gm
+        for p in n.target.split("."):
+            obj = getattr(obj, p)
+        return f"{n.target}@{id(obj)}"
+    if n.op == "call_function":
+        t = n.target
+        return f"{getattr(t, '__module__', '')}.{getattr(t, '__qualname__', repr(t))}"
+    return str(n.target)

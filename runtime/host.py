@@ -1,0 +1,49 @@
+"""Loading and running a synthesized host program (numpy only, no torch)."""
+
+from __future__ import annotations
+
+import math
+import threading
+from typing import Callable, Protocol
+
+import numpy as np
+
+
+class Executor(Protocol):
+    """Runs one compiled region: numpy arrays in, tuple of numpy arrays out."""
+
+    def __call__(self, region: str, *args) -> tuple: ...
+
+
+def load_host(source: str, filename: str = "<dycomp host program>") -> Callable:
+    """Compile host program source and return its `run(R, *inputs)` function."""
+    namespace = {"np": np, "math": math, "__name__": "dycomp_host"}
+    exec(compile(source, filename, "exec"), namespace)
+    return namespace["run"]
+
+
+class HostProgram:
+    """A host program bound to an executor. Thread-safe: each call has its own state."""
+
+    def __init__(self, source: str, executor: Executor, region_lines: dict | None = None):
+        self.source = source
+        self.fn = load_host(source)
+        self.executor = executor
+        self.region_lines = region_lines or {}
+        self._lock = threading.Lock()
+
+    def run(self, *inputs, return_path: bool = False):
+        path: list[str] = []
+        executor, lines = self.executor, self.region_lines
+
+        def R(name, *args):
+            path.append(name)
+            try:
+                return executor(name, *args)
+            except Exception as e:
+                where = lines.get(name, "")
+                raise RuntimeError(f"while executing subgraph {name}"
+                                   f"{f' (from {where})' if where else ''}: {e}") from e
+
+        out = self.fn(R, *inputs)
+        return (out, tuple(path)) if return_path else out
