@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils._pytree import tree_flatten, tree_map
 
 from dycomp.backends import lower
-from dycomp.errors import MismatchError, UnsupportedError
+from dycomp.errors import UnsupportedError
 from dycomp.frontend.capture import InputSpec, capture
 from dycomp.ir.dyngraph import DynGraph
 from dycomp.passes import cleanup_passes, run_passes

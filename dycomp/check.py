@@ -17,7 +17,7 @@ def variants(args: tuple, kwargs: dict, n: int = 8, seed: int = 0):
     yield args, kwargs
     scales = [1.0, 0.5, 2.0, 0.1, 3.0]
     for i in range(n):
-        def rand(x):
+        def rand(x, i=i):
             if not isinstance(x, torch.Tensor):
                 return x
             if x.dtype.is_floating_point:

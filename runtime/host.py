@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 

@@ -141,7 +141,6 @@ def test_compiled_agrees_with_torch(program, input_seed, gen_dir):
     except Exception as exc:  # UnsupportedError too: every generated construct is in the spec
         raise with_source(source, exc) from exc
 
-    path_of_trace: dict[tuple, tuple] = {}
     for i, x in enumerate(xs):
         x_copy = x.clone()
         try:
@@ -154,11 +153,8 @@ def test_compiled_agrees_with_torch(program, input_seed, gen_dir):
             assert isinstance(path, tuple) and all(isinstance(p, str) for p in path), (
                 f"input {i}: path should be a tuple of str, got {path!r}"
             )
-            first = path_of_trace.setdefault(trace, path)
-            assert path == first, (
-                f"input {i}: same eager control path as an earlier input, but compiled "
-                f"path {path} != {first}"
-            )
+            # Paths are not compared with the eager line trace: short-circuit `and`/`or`
+            # run extra regions on one line, and arms without tensor work run none.
             assert torch.equal(x, x_copy), f"input {i}: the compiled model mutated its input"
         except Exception as exc:
             raise with_source(source, exc) from exc

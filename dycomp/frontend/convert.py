@@ -380,7 +380,7 @@ class _Converter(ast.NodeTransformer):
     visit_ListComp = visit_SetComp = visit_DictComp = visit_GeneratorExp = _visit_comp
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _parse(fn_code, filename, firstline, class_name):
     lines = linecache.getlines(filename)
     if not lines:

@@ -22,8 +22,20 @@ from torch import nn
 from dycomp.frontend import convert as _convert
 from dycomp.frontend import torchfn
 from dycomp.frontend.tracer import FuncScope, LoopScope, Path, freeze, to_example
-from dycomp.frontend.values import (BREAK, CONTINUE, EXITED, UNDEF, HMethod, HVal, Ret,
-                                    SymChoice, TVal, contains_sym, is_sym, tracer)
+from dycomp.frontend.values import (
+    BREAK,
+    CONTINUE,
+    EXITED,
+    UNDEF,
+    HMethod,
+    HVal,
+    Ret,
+    SymChoice,
+    TVal,
+    contains_sym,
+    is_sym,
+    tracer,
+)
 from dycomp.ir.program import Assign, Break, Continue, HostOp, If, Lit, Loop, Op
 
 __all__ = ["BREAK", "CONTINUE", "Ret", "UNDEF", "call", "for_", "getitem", "if_", "while_"]
@@ -192,9 +204,10 @@ def comp(fn, src, env_fn, loc=""):
 
 # -- calls -----------------------------------------------------------------------------------------
 def _user_code(fn) -> bool:
-    code = getattr(fn, "__code__", None)
-    if code is None:
+    """Python functions from the user's files (not the stdlib, site-packages or dycomp)."""
+    if not isinstance(fn, types.FunctionType):
         return False
+    code = fn.__code__
     f = code.co_filename
     return not f.startswith(_LIB_DIRS) and not f.startswith(_DYCOMP) and not f.startswith("<")
 
@@ -336,7 +349,7 @@ def _run_converted(fn, args, kwargs):
     return t.merge(scope.exits, since, own=(scope.flag,))
 
 
-# -- branches ---------------------------------------------------------------------------------------
+# -- branches ------------------------------------------------------------
 def _classify(t, r, get, paths):
     """Route how an arm ended: live path, function exit, loop exit."""
     if r is None:
@@ -386,7 +399,7 @@ def if_(cond, then_fn, else_fn, get, set_, loc="", src=""):
     return None
 
 
-# -- loops --------------------------------------------------------------------------------------------
+# -- loops ------------------------------------------------------------
 def _static_scope(t, get):
     scope = LoopScope(host=False, get=get, brk=t.flag("brk"))
     scope.since, scope.own = len(t.exit_log), [scope.brk]
@@ -423,7 +436,7 @@ def for_(iterable, body_fn, get, set_, loc="", src="", can_exit=False):
         return _host_loop(t, get, set_, loc, src, iterable=iterable, body_fn=body_fn)
     scope = _static_scope(t, get)
     for item in iterable:
-        r = _static_iteration(t, scope, lambda: body_fn(item), get, set_)
+        r = _static_iteration(t, scope, lambda item=item: body_fn(item), get, set_)
         if r is not None:
             return r if r is not BREAK else _end_static(t, scope, get, set_, live=False)
     return _end_static(t, scope, get, set_, live=True)

@@ -204,13 +204,9 @@ class Tracer:
         self.emit(HostOp(out, Op(fmt, exprs), pure=pure))
         return self.host_value(out, ex, static_len)
 
-    def host_binop(self, fmt, pyop, args, swap=False):
+    def host_binop(self, fmt, pyop, args):
         if any(isinstance(a, TVal) for a in args):
             return NotImplemented
-        if swap:
-            fmt = fmt.replace("{0}", "{X}").replace("{1}", "{0}").replace("{X}", "{1}")
-            args = args[::-1]
-            return self.host_op(fmt, args, lambda a, b: pyop(b, a))
         return self.host_op(fmt, args, pyop)
 
     def host_method(self, obj, name, args, kwargs):

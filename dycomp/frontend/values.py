@@ -105,8 +105,8 @@ def _hop(fmt, pyop):
 
 
 def _hrop(fmt, pyop):
-    def method(self, other):
-        return tracer().host_binop(fmt, lambda a, b: pyop(b, a), (self, other), swap=True)
+    def method(self, other):  # other <op> self
+        return tracer().host_binop(fmt, pyop, (other, self))
 
     return method
 

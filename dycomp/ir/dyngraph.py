@@ -14,8 +14,18 @@ import torch
 from torch import fx
 
 from dycomp.errors import DycompError
-from dycomp.ir.program import (Break, CallRegion, Continue, If, Loop, Return, Stmt, Var,
-                               emit_python, walk)
+from dycomp.ir.program import (
+    Break,
+    CallRegion,
+    Continue,
+    If,
+    Loop,
+    Return,
+    Stmt,
+    Var,
+    emit_python,
+    walk,
+)
 
 
 class VerifyError(DycompError):
@@ -170,11 +180,11 @@ def _check_defs(body, defined: set, maybe: set):
 def _cfg_block(g, body, preds, loop_head):
     for s in body:
         nid = f"{type(s).__name__.lower()}_{id(s)}"
-        label = {CallRegion: lambda: s.region, If: lambda: f"if {s.cond.name}",
-                 Loop: lambda: "loop", Return: lambda: "return"}.get(type(s))
-        if label is None:
+        if not isinstance(s, (CallRegion, If, Loop, Return)):
             continue
-        g.add_node(nid, kind=type(s).__name__, label=label(), line=s.line,
+        label = (s.region if isinstance(s, CallRegion) else
+                 f"if {s.cond.name}" if isinstance(s, If) else type(s).__name__.lower())
+        g.add_node(nid, kind=type(s).__name__, label=label, line=s.line,
                    defs=[v.name for v in s.defs()])
         for p in preds:
             g.add_edge(p, nid, values=[v.name for v in s.uses()])
