@@ -110,6 +110,13 @@ def _can_exit(stmts) -> bool:
     return False
 
 
+def _locate(n, node):
+    """Place a generated node on the first line of the statement it stands for (CPython
+    reports calls at their end line, so the end stays on that line too)."""
+    n.lineno = n.end_lineno = node.lineno
+    n.col_offset = n.end_col_offset = node.col_offset
+
+
 def _name(id_, ctx=None):
     return ast.Name(id=id_, ctx=ctx or ast.Load())
 
@@ -175,7 +182,7 @@ class _Converter(ast.NodeTransformer):
         if isinstance(new, ast.expr) and new is not node and "lineno" in node._attributes:
             for n in ast.walk(new):
                 if not hasattr(n, "lineno"):
-                    ast.copy_location(n, node)
+                    _locate(n, node)
         return new
 
     # -- helpers -----------------------------------------------------------
@@ -213,7 +220,7 @@ class _Converter(ast.NodeTransformer):
         for s in stmts:
             for n in ast.walk(s):
                 if "lineno" in n._attributes and not hasattr(n, "lineno"):
-                    ast.copy_location(n, node)
+                    _locate(n, node)
         return stmts
 
     def _block(self, stmts):

@@ -22,11 +22,13 @@ class RegionBuilder:
         self.stmt: CallRegion | None = None
         self.lines: list[str] = []
 
-    def placeholder(self, var: Var, example) -> fx.Node:
+    def placeholder(self, var: Var, example, sym=()) -> fx.Node:
+        """Input of the region; `sym`: dims whose size changes between calls (loops)."""
         node = self.placeholders.get(var)
         if node is None:
             node = self.graph.placeholder(var.name)
             node.meta["example"] = example
+            node.meta["sym"] = sorted(sym)
             self.placeholders[var] = node
             self.inputs.append(var)
         return node

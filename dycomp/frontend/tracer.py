@@ -97,7 +97,8 @@ class Tracer:
         return Var(f"{prefix}{self.counter}")
 
     def emit(self, stmt):
-        stmt.line = stmt.line or user_frame()
+        if stmt.line is None:
+            stmt.line = user_frame()
         self.blocks[-1].append(stmt)
         return stmt
 
@@ -144,7 +145,7 @@ class Tracer:
             if v._region is self.open and v._region is not None and v._node is not None:
                 return v._node
             var = self.export(v)
-            return self.region().placeholder(var, v._ex)
+            return self.region().placeholder(var, v._ex, v._sym)
         if isinstance(v, HVal):
             return self.region().placeholder(v._var, _as_tensor(v._ex))
         if isinstance(v, torch.Tensor):

@@ -87,7 +87,7 @@ def _literal(v) -> str:
 
 @dataclass
 class Stmt:
-    line: str = field(default="", kw_only=True)  # "file.py:42" of the originating source
+    line: str | None = field(default=None, kw_only=True)  # "file.py:42" of the source
 
     def uses(self) -> list[Var]:
         return []
