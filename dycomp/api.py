@@ -37,7 +37,7 @@ def compile(model, example_inputs, *, example_kwargs: dict | None = None,
     graph = run_passes(graph, cleanup_passes() + list(passes))
     graph.verify()
     executor = lower(graph, backend)
-    cm = CompiledModel(graph, executor, spec, backend)
+    cm = CompiledModel.from_graph(graph, executor, spec, backend)
     if check:
         from dycomp.check import differential_check
 
@@ -63,10 +63,18 @@ def _resolve(model, method):
 class CompiledModel:
     """A compiled dynamic network. Call it like the original; safe to call from threads."""
 
-    def __init__(self, graph: DynGraph, executor, spec: InputSpec, backend: str):
-        self.graph, self.spec, self.backend = graph, spec, backend
+    def __init__(self, program: HostProgram, spec: InputSpec, backend: str,
+                 graph: DynGraph | None = None):
+        self.program, self.spec, self.backend, self.graph = program, spec, backend, graph
+
+    @classmethod
+    def from_graph(cls, graph: DynGraph, executor, spec: InputSpec, backend: str):
         lines = {n: ", ".join(r.lines[:2]) for n, r in graph.regions.items()}
-        self.program = HostProgram(graph.host_source(), executor, lines)
+        return cls(HostProgram(graph.host_source(), executor, lines), spec, backend, graph)
+
+    @property
+    def executor(self):
+        return self.program.executor
 
     @property
     def host_source(self) -> str:
