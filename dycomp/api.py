@@ -18,6 +18,7 @@ from dycomp.backends import lower
 from dycomp.errors import UnsupportedError
 from dycomp.frontend.capture import InputSpec, capture
 from dycomp.ir.dyngraph import DynGraph
+from dycomp.logs import configure as configure_logging
 from dycomp.passes import cleanup_passes, run_passes
 from dycomp.runtime.host import HostProgram
 
@@ -28,14 +29,18 @@ def compile(model, example_inputs, *, example_kwargs: dict | None = None,
             method: str = "forward", backend: str = "torch", passes=(),
             check: bool = True) -> CompiledModel:
     """Compile `model.<method>` (or a bound method) into static regions + a host program."""
+    configure_logging()
     fn = _resolve(model, method)
     args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (
         example_inputs,)
     kwargs = dict(example_kwargs or {})
     graph, spec = capture(fn, args, kwargs)
     graph.verify()
+    log.info("captured %s: %s", graph.source, graph.stats())
     graph = run_passes(graph, cleanup_passes() + list(passes))
     graph.verify()
+    log.info("after passes: %s", graph.stats())
+    log.debug("host program:\n%s", graph.host_source())
     executor = lower(graph, backend)
     cm = CompiledModel.from_graph(graph, executor, spec, backend)
     if check:
