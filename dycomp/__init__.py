@@ -7,11 +7,11 @@ from dycomp.errors import ArtifactError, DycompError, MismatchError, PassError, 
 
 __version__ = "0.1.0"
 __all__ = ["ArtifactError", "CompiledModel", "DycompError", "MismatchError", "PassError",
-           "UnsupportedError", "compile"]
+           "UnsupportedError", "compile", "load"]
 
 
 def __getattr__(name):
-    if name in ("compile", "CompiledModel"):
+    if name in ("compile", "CompiledModel", "load"):
         from dycomp import api
 
         return getattr(api, name)

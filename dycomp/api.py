@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import types
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,8 +28,10 @@ log = logging.getLogger(__name__)
 
 def compile(model, example_inputs, *, example_kwargs: dict | None = None,
             method: str = "forward", backend: str = "torch", passes=(),
-            check: bool = True) -> CompiledModel:
-    """Compile `model.<method>` (or a bound method) into static regions + a host program."""
+            check: bool = True, threads: int | None = None) -> CompiledModel:
+    """Compile `model.<method>` (or a bound method) into static regions + a host program.
+
+    `threads`: intra-op threads per compiled subgraph (backend 'onnx'; default 2)."""
     configure_logging()
     fn = _resolve(model, method)
     args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (
@@ -41,7 +44,7 @@ def compile(model, example_inputs, *, example_kwargs: dict | None = None,
     graph.verify()
     log.info("after passes: %s", graph.stats())
     log.debug("host program:\n%s", graph.host_source())
-    executor = lower(graph, backend)
+    executor = lower(graph, backend, **({} if threads is None else {"threads": threads}))
     cm = CompiledModel.from_graph(graph, executor, spec, backend)
     if check:
         from dycomp.check import differential_check
@@ -69,8 +72,9 @@ class CompiledModel:
     """A compiled dynamic network. Call it like the original; safe to call from threads."""
 
     def __init__(self, program: HostProgram, spec: InputSpec, backend: str,
-                 graph: DynGraph | None = None):
+                 graph: DynGraph | None = None, artifact=None):
         self.program, self.spec, self.backend, self.graph = program, spec, backend, graph
+        self.artifact = artifact  # the dycomp.runtime Artifact this model was loaded from
 
     @classmethod
     def from_graph(cls, graph: DynGraph, executor, spec: InputSpec, backend: str):
@@ -87,6 +91,8 @@ class CompiledModel:
 
     @property
     def subgraphs(self) -> dict[str, dict]:
+        if self.graph is None:
+            return _manifest_subgraphs(self.artifact.subgraphs)
         out = {}
         for name, r in self.graph.regions.items():
             ins, outs = r.signature()
@@ -95,10 +101,18 @@ class CompiledModel:
         return out
 
     def explain(self) -> str:
+        if self.graph is None:
+            return self.artifact.explain()
         s = self.graph.stats()
         return (f"dycomp compiled {self.graph.name} ({self.graph.source}) for backend "
                 f"{self.backend}: {s['regions']} subgraphs, {s['branches']} branches, "
                 f"{s['loops']} loops, {s['returns']} returns\n\n{self.graph}")
+
+    def save(self, path) -> Path:
+        """Write the deployable artifact directory (backend 'onnx' only); returns its path."""
+        from dycomp.artifact import save
+
+        return save(self, path)
 
     def __call__(self, *args, **kwargs):
         return self.run(*args, **kwargs)
@@ -138,6 +152,24 @@ class CompiledModel:
                                  f"{arr.dtype}; expected {self.spec.describe()}")
             inputs.append(arr)
         return inputs, use_torch
+
+
+def load(path, threads: int = 2) -> CompiledModel:
+    """Load a saved artifact as a CompiledModel: torch tensors in and out, same structure."""
+    from dycomp.artifact import load as load_artifact
+
+    return load_artifact(path, threads=threads)
+
+
+def _manifest_subgraphs(subgraphs: dict) -> dict[str, dict]:
+    """The manifest's subgraph table in the form `CompiledModel.subgraphs` gives it."""
+    def sig(values):
+        return [(v["name"], getattr(torch, v["dtype"]) if v.get("dtype") else None,
+                 tuple(v.get("shape", ()))) for v in values]
+
+    return {name: {"ops": sub.get("ops"), "params": sub.get("params"),
+                   "inputs": sig(sub["inputs"]), "outputs": sig(sub["outputs"]),
+                   "lines": list(sub.get("lines", []))} for name, sub in subgraphs.items()}
 
 
 def _same(a, b) -> bool:

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from collections import Counter
 
+from dycomp.ir.program import Assign, CallRegion, HostOp, If, walk
 from dycomp.passes.base import Pass, PassResult
 from dycomp.passes.regions import call_sites, set_outputs
-
-from dycomp.ir.program import Assign, CallRegion, HostOp, If, walk
 
 
 class DeadValueElimination(Pass):

@@ -3,9 +3,10 @@ module applied at every iteration of an unrolled loop) are compiled once."""
 
 from __future__ import annotations
 
+from torch import fx
+
 from dycomp.passes.base import Pass, PassResult
 from dycomp.passes.regions import call_sites
-from torch import fx
 
 
 class DedupRegions(Pass):

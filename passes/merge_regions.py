@@ -3,11 +3,11 @@ between them become one region (one dispatch instead of two)."""
 
 from __future__ import annotations
 
-from dycomp.passes.base import Pass, PassResult
-from dycomp.passes.regions import call_sites, rebuild
 from torch import fx
 
 from dycomp.ir.program import CallRegion
+from dycomp.passes.base import Pass, PassResult
+from dycomp.passes.regions import call_sites, rebuild
 
 
 class MergeAdjacentRegions(Pass):

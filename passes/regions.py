@@ -35,7 +35,9 @@ def rebuild(gm_or_graph, owners) -> fx.GraphModule:
                 except AttributeError:
                     continue
     graph.lint()
-    return fx.GraphModule(root, graph)
+    gm = fx.GraphModule(root, graph)
+    gm.training = False  # not recursive: exporters restore this mode on shared modules
+    return gm
 
 
 def _fetch(owner, target):

@@ -4,7 +4,9 @@ This package must never import torch: deployment needs neither PyTorch nor the
 model's source.
 """
 
+from dycomp.runtime.artifact import Artifact, Signature, TensorSpec, load
 from dycomp.runtime.errors import ArtifactError, DycompError
 from dycomp.runtime.host import Executor, HostProgram, load_host
 
-__all__ = ["ArtifactError", "DycompError", "Executor", "HostProgram", "load_host"]
+__all__ = ["Artifact", "ArtifactError", "DycompError", "Executor", "HostProgram", "Signature",
+           "TensorSpec", "load", "load_host"]

@@ -7,6 +7,13 @@ import copy
 import networkx as nx
 import pytest
 import torch
+from torch import nn
+
+from dycomp.backends.torch_backend import TorchExecutor
+from dycomp.errors import PassError
+from dycomp.frontend.capture import capture
+from dycomp.ir.dyngraph import VerifyError
+from dycomp.ir.program import CallRegion, Var, walk
 from dycomp.passes import (
     DeadValueElimination,
     DedupRegions,
@@ -17,13 +24,6 @@ from dycomp.passes import (
     run_passes,
 )
 from dycomp.runtime.host import HostProgram
-from torch import nn
-
-from dycomp.backends.torch_backend import TorchExecutor
-from dycomp.errors import PassError
-from dycomp.frontend.capture import capture
-from dycomp.ir.dyngraph import VerifyError
-from dycomp.ir.program import CallRegion, Var, walk
 from examples.zoo import ZOO
 
 

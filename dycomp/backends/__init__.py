@@ -1,12 +1,20 @@
 """Backends lower DynGraph regions to something an executor can run."""
 
+from __future__ import annotations
+
 from dycomp.errors import UnsupportedError
 
 
 def lower(graph, backend: str, **options):
-    """An executor for the graph's regions on the named backend."""
+    """An executor for the graph's regions on the named backend.
+
+    Options: onnx: `threads` (intra-op threads per session, default 2), `opset`."""
     if backend == "torch":
         from dycomp.backends.torch_backend import TorchExecutor
 
         return TorchExecutor(graph)
-    raise UnsupportedError(f"unknown backend {backend!r}", hint="use backend='torch'")
+    if backend == "onnx":
+        from dycomp.backends.onnx_backend import lower_onnx
+
+        return lower_onnx(graph, **options)
+    raise UnsupportedError(f"unknown backend {backend!r}", hint="use backend='torch' or 'onnx'")

@@ -107,6 +107,7 @@ def _build_regions(tr: Tracer) -> dict[str, Region]:
             continue
         rb.graph.output(tuple(rb.outputs))
         gm = fx.GraphModule(rb.attrs, rb.graph, class_name=f"Region_{rb.name}")
+        gm.training = False  # not recursive: exporters restore this mode on shared modules
         regions[rb.name] = Region(rb.name, gm, list(rb.lines))
     return regions
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import networkx as nx
+import numpy as np
 import torch
 from torch import fx
 
@@ -37,8 +38,9 @@ class Region:
     """A static subgraph: FX GraphModule with typed inputs and outputs."""
 
     name: str
-    gm: fx.GraphModule
+    gm: fx.GraphModule | None
     lines: list = field(default_factory=list)  # source lines of the ops, "file.py:42"
+    onnx: object = None  # onnx.ModelProto once lowered; the only form of fused regions
 
     @property
     def placeholders(self) -> list[fx.Node]:
@@ -49,8 +51,17 @@ class Region:
         out = next(n for n in self.gm.graph.nodes if n.op == "output")
         return list(out.args[0])
 
+    @property
+    def arity(self) -> tuple[int, int]:
+        if self.gm is None:
+            return len(self.onnx.graph.input), len(self.onnx.graph.output)
+        return len(self.placeholders), len(self.output_nodes)
+
     def signature(self) -> tuple[list, list]:
         """[(name, dtype, shape)] of inputs and outputs, from the traced examples."""
+        if self.gm is None:
+            return _onnx_sig(self.onnx.graph.input), _onnx_sig(self.onnx.graph.output)
+
         def sig(n):
             ex = n.meta.get("example") if isinstance(n, fx.Node) else None
             return (n.name if isinstance(n, fx.Node) else repr(n),
@@ -58,10 +69,14 @@ class Region:
         return [sig(n) for n in self.placeholders], [sig(n) for n in self.output_nodes]
 
     def op_count(self) -> int:
+        if self.gm is None:
+            return len(self.onnx.graph.node)
         return sum(n.op in ("call_function", "call_method", "call_module")
                    for n in self.gm.graph.nodes)
 
     def param_count(self) -> int:
+        if self.gm is None:
+            return sum(int(np.prod(t.dims)) for t in self.onnx.graph.initializer)
         return sum(p.numel() for p in self.gm.parameters()) + sum(
             b.numel() for b in self.gm.buffers())
 
@@ -127,13 +142,26 @@ class DynGraph:
             if r is None:
                 raise VerifyError(f"call of unknown region {c.region} ({c.line})")
             called.add(c.region)
-            if len(c.args) != len(r.placeholders) or len(c.outs) != len(r.output_nodes):
+            n_in, n_out = r.arity
+            if len(c.args) != n_in or len(c.outs) != n_out:
                 raise VerifyError(f"{c.region} called with {len(c.args)} args/{len(c.outs)} "
-                                  f"outs; it has {len(r.placeholders)}/{len(r.output_nodes)}")
+                                  f"outs; it has {n_in}/{n_out}")
         unused = set(self.regions) - called
         if unused:
             raise VerifyError(f"regions never called: {sorted(unused)}")
         _check_defs(self.body, set(self.params), self.maybe_undef)
+
+
+def _onnx_sig(values) -> list:
+    from onnx import helper
+
+    out = []
+    for v in values:
+        t = v.type.tensor_type
+        dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+                     for d in t.shape.dim)
+        out.append((v.name, np.dtype(helper.tensor_dtype_to_np_dtype(t.elem_type)), dims))
+    return out
 
 
 def _ty(dtype, shape) -> str:
@@ -142,6 +170,10 @@ def _ty(dtype, shape) -> str:
 
 
 def _verify_region(r: Region) -> None:
+    if r.gm is None:
+        if r.onnx is None:
+            raise VerifyError(f"region {r.name} has neither an FX graph nor an ONNX model")
+        return
     try:
         r.gm.graph.lint()
     except Exception as e:

@@ -1,0 +1,44 @@
+"""Per-call cost of OnnxExecutor against a bare `InferenceSession.run` on the same region.
+
+    python benchmarks/onnx_call_overhead.py [zoo example, default policy_net]
+
+Prints, for the smallest and the largest region of the example, the best-of-5 time per
+call of: `sess.run(None, feed)` with a prebuilt feed dict, the C++ `sess._sess.run` the
+executor binds, and `OnnxExecutor.__call__(region, *args)` (feed built per call).
+"""
+
+from __future__ import annotations
+
+import sys
+import timeit
+
+import dycomp
+from examples.zoo import ZOO
+
+
+def per_call_us(fn, number: int) -> float:
+    return min(timeit.repeat(fn, number=number, repeat=5)) / number * 1e6
+
+
+def main(name: str = "policy_net") -> None:
+    model, example = ZOO[name].make()
+    cm = dycomp.compile(model, example, backend="onnx", check=False)
+    ex = cm.program.executor
+    by_size = sorted(cm.graph.regions.values(), key=lambda r: len(ex.models[r.name]))
+    print(f"{name}: {len(by_size)} regions, onnxruntime threads={ex.threads}")
+    print(f"{'region':>8} {'ops':>4} {'sess.run':>9} {'_sess.run':>10} {'executor':>9} {'delta':>7}")
+    for r in (by_size[0], by_size[-1]):
+        args = [p.meta["example"].numpy() for p in r.placeholders]
+        sess = ex.sessions[r.name]
+        feed = {i.name: a for i, a in zip(sess.get_inputs(), args)}
+        outs = [o.name for o in sess.get_outputs()]
+        n = 20000 if r is by_size[0] else 2000
+        bare = per_call_us(lambda: sess.run(None, feed), n)
+        cpp = per_call_us(lambda: sess._sess.run(outs, feed, None), n)
+        call = per_call_us(lambda: ex(r.name, *args), n)
+        print(f"{r.name:>8} {r.op_count():>4} {bare:8.2f}us {cpp:9.2f}us {call:8.2f}us "
+              f"{call - bare:+6.2f}us")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

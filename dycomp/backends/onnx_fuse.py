@@ -1,0 +1,275 @@
+"""FuseBranchesIntoOnnx: lower host branches into ONNX `If` nodes.
+
+ONNX Runtime costs ~5-8 us per `run()` call, more than many small regions compute, so
+a gated network that dispatches one region per gate is dominated by dispatch. A run
+of host statements made only of region calls, `bool(tensor)` conditions, branches
+whose arms are such runs again, and phi assignments of tensors is rewritten into ONE
+ONNX model: each region is inlined and each branch becomes an `If` node (ONNX Runtime
+executes only the taken arm, so no work is added).
+
+Cost rule (measured here, see benchmarks/README.md): an `If` node costs ~1 us inside a
+session against ~6 us for a host-dispatched region call, so every structurally
+fusable branch is fused. Host dispatch stays for early returns, loops, breaks and
+branches whose values leave as Python values (exit ids, flags): those are not
+fusable by construction.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+import onnx
+from onnx import TensorProto, helper
+
+from dycomp.ir.dyngraph import Region
+from dycomp.ir.program import Assign, CallRegion, HostOp, If, Var, walk
+
+log = logging.getLogger(__name__)
+
+
+def fuse_branches(graph) -> int:
+    """Rewrite fusable runs of `graph.body` into fused ONNX regions; returns how many
+    branches were lowered into `If` nodes. Regions must carry `.onnx` models."""
+    tensors = _tensor_vars(graph)
+    uses = Counter(v for s in walk(graph.body) for v in s.uses())
+    fuser = _Fuser(graph, tensors, uses)
+    fuser.block(graph.body)
+    live = {s.region for s in walk(graph.body) if isinstance(s, CallRegion)}
+    for name in [n for n in graph.regions if n not in live]:
+        del graph.regions[name]
+    return fuser.fused_ifs
+
+
+def _tensor_vars(graph) -> set:
+    tensors = set(graph.params)
+    for s in walk(graph.body):
+        if isinstance(s, CallRegion):
+            tensors |= set(s.outs)
+    assigns = [s for s in walk(graph.body) if isinstance(s, Assign)]
+    changed = True
+    while changed:
+        changed = False
+        for s in assigns:
+            for d, x in zip(s.dsts, s.srcs):
+                if d not in tensors and isinstance(x, Var) and x in tensors and all(
+                        isinstance(x2, Var) and x2 in tensors for a in assigns
+                        for d2, x2 in zip(a.dsts, a.srcs) if d2 == d):
+                    tensors.add(d)
+                    changed = True
+    return tensors
+
+
+class _Fuser:
+    def __init__(self, graph, tensors, uses):
+        self.graph, self.tensors, self.uses = graph, tensors, uses
+        self.fused_ifs = 0
+        self.count = 0
+
+    # -- which statements can go into one ONNX model ---------------------------------
+    def ok(self, s) -> bool:
+        if isinstance(s, CallRegion):
+            r = self.graph.regions[s.region]
+            return r.onnx is not None and not _has_subgraphs(r.onnx)
+        if isinstance(s, HostOp):
+            return (s.out is not None and s.expr.fmt == "bool({0})" and len(s.uses()) == 1
+                    and s.uses()[0] in self.tensors)
+        if isinstance(s, Assign):
+            return all(isinstance(x, Var) and x in self.tensors for x in s.srcs) and all(
+                d in self.tensors for d in s.dsts)
+        if isinstance(s, If):
+            return all(self.ok(x) for x in s.then + s.orelse) and self._arms_closed(s)
+        return False
+
+    def _phis(self, s: If):
+        then = {d: x for a in s.then if isinstance(a, Assign) for d, x in zip(a.dsts, a.srcs)}
+        other = {d: x for a in s.orelse if isinstance(a, Assign)
+                 for d, x in zip(a.dsts, a.srcs)}
+        return then, other
+
+    def _arms_closed(self, s: If) -> bool:
+        """Both arms assign the same phi variables, and nothing else defined in an arm is
+        used outside it."""
+        then, other = self._phis(s)
+        if set(then) != set(other):
+            return False
+        for arm in (s.then, s.orelse):
+            inner = Counter(v for x in walk(arm) for v in x.uses())
+            for x in walk(arm):
+                for d in x.defs():
+                    if d not in then and self.uses[d] > inner[d]:
+                        return False
+        return True
+
+    # -- rewriting ------------------------------------------------------------------------
+    def block(self, body: list) -> None:
+        for s in body:
+            for b in s.blocks():
+                self.block(b)
+        out, run = [], []
+        for s in body + [None]:
+            if s is not None and self.ok(s):
+                run.append(s)
+                continue
+            out += self.fuse(run) if _worth(run) else run
+            run = []
+            if s is not None:
+                out.append(s)
+        body[:] = out
+
+    def fuse(self, run: list) -> list:
+        defined = {d for s in _walk_run(run) for d in s.defs()}
+        used_in = Counter(v for s in _walk_run(run) for v in s.uses())
+        inputs = list(dict.fromkeys(v for s in _walk_run(run) for v in s.uses()
+                                    if v not in defined))
+        outputs = [d for d in dict.fromkeys(defined) if self.uses[d] > used_in[d]]
+        if any(d not in self.tensors for d in outputs):
+            return run
+        self.count += 1
+        name = f"f{self.count}"
+        b = _OnnxBuilder(self.graph, name)
+        try:
+            model = b.model(run, inputs, outputs)
+        except _CannotFuse as e:
+            log.debug("not fusing %d statements at %s: %s", len(run), run[0].line, e)
+            return run
+        self.fused_ifs += sum(isinstance(s, If) for s in _walk_run(run))
+        lines = list(dict.fromkeys(ln for s in _walk_run(run) if isinstance(s, CallRegion)
+                                   for ln in self.graph.regions[s.region].lines))
+        self.graph.regions[name] = Region(name, None, lines, onnx=model)
+        return [CallRegion(name, inputs, outputs, line=run[0].line)]
+
+
+def _worth(run) -> bool:
+    return sum(isinstance(s, CallRegion) for s in _walk_run(run)) >= 2 and any(
+        isinstance(s, If) for s in run)
+
+
+def _walk_run(run):
+    yield from walk(run)
+
+
+def _has_subgraphs(model) -> bool:
+    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+               for n in model.graph.node for a in n.attribute)
+
+
+class _CannotFuse(Exception):
+    pass
+
+
+class _OnnxBuilder:
+    """Builds one ONNX model from a run of host statements."""
+
+    def __init__(self, graph, name):
+        self.graph, self.name = graph, name
+        self.types: dict[str, onnx.TypeProto] = {}
+        self.initializers: list = []
+        self.k = 0
+
+    def model(self, run, inputs, outputs) -> onnx.ModelProto:
+        nodes = self.stmts(run)
+        first = self.graph.regions[next(s.region for s in _walk_run(run)
+                                        if isinstance(s, CallRegion))].onnx
+        ins = [helper.make_value_info(v.name, self._type(v.name)) for v in inputs]
+        outs = [helper.make_value_info(v.name, self._type(v.name)) for v in outputs]
+        g = helper.make_graph(nodes, self.name, ins, outs, self.initializers)
+        m = helper.make_model(g, opset_imports=list(first.opset_import))
+        m.ir_version = first.ir_version
+        try:
+            onnx.checker.check_model(m)
+        except onnx.checker.ValidationError as e:
+            raise _CannotFuse(str(e)) from e
+        return m
+
+    def _type(self, name) -> onnx.TypeProto:
+        if name not in self.types:
+            raise _CannotFuse(f"unknown type of {name}")
+        return self.types[name]
+
+    def stmts(self, run) -> list:
+        nodes = []
+        for s in run:
+            if isinstance(s, CallRegion):
+                nodes += self.inline(self.graph.regions[s.region].onnx,
+                                     [v.name for v in s.args], [v.name for v in s.outs])
+            elif isinstance(s, HostOp):
+                src = s.uses()[0].name
+                nodes.append(helper.make_node("Cast", [src], [s.out.name], to=TensorProto.BOOL,
+                                              name=f"{s.out.name}_cond"))
+                t = onnx.TypeProto()
+                t.CopyFrom(self._type(src))
+                t.tensor_type.elem_type = TensorProto.BOOL
+                self.types[s.out.name] = t
+            elif isinstance(s, Assign):
+                for d, x in zip(s.dsts, s.srcs):
+                    nodes.append(helper.make_node("Identity", [x.name], [d.name]))
+                    self.types[d.name] = self._type(x.name)
+            elif isinstance(s, If):
+                nodes.append(self.if_node(s))
+        return nodes
+
+    def if_node(self, s: If):
+        then_map = {d: x for a in s.then if isinstance(a, Assign) for d, x in zip(a.dsts, a.srcs)}
+        phis = list(then_map)
+        branches = []
+        for arm, tag in ((s.then, "then"), (s.orelse, "else")):
+            body = [x for x in arm if not isinstance(x, Assign)]
+            srcs = {d: x for a in arm if isinstance(a, Assign) for d, x in zip(a.dsts, a.srcs)}
+            nodes = self.stmts(body)
+            outs = []
+            for d in phis:
+                o = f"{d.name}__{tag}{self._next()}"
+                nodes.append(helper.make_node("Identity", [srcs[d].name], [o]))
+                outs.append(helper.make_value_info(o, self._type(srcs[d].name)))
+            branches.append(helper.make_graph(nodes, f"{self.name}_{tag}{self.k}", [], outs))
+        for d in phis:
+            self.types[d.name] = self._type(then_map[d].name)
+        return helper.make_node("If", [s.cond.name], [d.name for d in phis],
+                                then_branch=branches[0], else_branch=branches[1],
+                                name=f"if_{s.cond.name}")
+
+    def _next(self) -> int:
+        self.k += 1
+        return self.k
+
+    def inline(self, model, args, outs) -> list:
+        """The region's nodes with its inputs/outputs renamed to host variables and its
+        internal names made unique."""
+        g = model.graph
+        prefix = f"{self.name}_{self._next()}_"
+        rename = {i.name: a for i, a in zip(g.input, args)}
+        for i, a in zip(g.input, args):
+            self.types.setdefault(a, i.type)
+        nodes = []
+        for o, name in zip(g.output, outs):
+            self.types[name] = o.type
+            if o.name in rename:  # the region returns one of its inputs unchanged
+                nodes.append(helper.make_node("Identity", [rename[o.name]], [name]))
+            else:
+                rename[o.name] = name
+        for init in g.initializer:
+            new = onnx.TensorProto()
+            new.CopyFrom(init)
+            new.name = prefix + init.name
+            rename[init.name] = new.name
+            self.initializers.append(new)
+
+        def ren(x):
+            if not x:
+                return x
+            if x not in rename:
+                rename[x] = prefix + x
+            return rename[x]
+
+        for n in g.node:
+            new = onnx.NodeProto()
+            new.CopyFrom(n)
+            new.name = prefix + n.name
+            del new.input[:]
+            del new.output[:]
+            new.input.extend(ren(x) for x in n.input)
+            new.output.extend(ren(x) for x in n.output)
+            nodes.append(new)
+        return nodes
+

@@ -1,0 +1,683 @@
+"""The `dycomp` command line: compile | run | inspect.
+
+The CLI only maps flags onto small typed configs (validated in `__post_init__`) and calls the
+Python API. `run` and `inspect` never import torch: an artifact deploys without PyTorch.
+Errors are one `error: ...` line on stderr (exit 2 for usage errors, 1 otherwise);
+`DYCOMP_DEBUG=1` (or 2) adds the traceback and debug logging.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.markup import escape
+from rich.syntax import Syntax
+from rich.table import Table
+from rich.text import Text
+
+import dycomp
+from dycomp.errors import DycompError
+from dycomp.logs import configure as configure_logging
+from dycomp.logs import debug_level
+from dycomp.target import DTYPES, Target, TargetError
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("onnx", "torch")
+_PLAIN = {"markup": False, "highlight": False, "soft_wrap": True}  # machine-readable lines
+
+
+class UsageError(DycompError):
+    """A command line that cannot work as written (exit status 2)."""
+
+
+USAGE_ERRORS = (UsageError, TargetError)
+
+
+# -- configs -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class InputShape:
+    """One `--input` of `dycomp compile`: a shape and a dtype name, e.g. `1x3x32x32:float32`."""
+
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise UsageError(f"unknown dtype {self.dtype!r} in --input; use one of "
+                             f"{', '.join(DTYPES)}")
+        if not all(isinstance(d, int) and d >= 0 for d in self.shape):
+            raise UsageError(f"--input shape {self.shape} must be non-negative integers")
+
+    @classmethod
+    def parse(cls, text: str) -> InputShape:
+        dims, _, dtype = text.partition(":")
+        try:
+            shape = tuple(int(d) for d in dims.lower().split("x"))
+        except ValueError:
+            raise UsageError(f"bad --input {text!r}: the shape must be integers joined by 'x' "
+                             f"with an optional dtype, like 1x3x32x32 or 4x16:int64") from None
+        return cls(shape, dtype or "float32")
+
+
+@dataclass(frozen=True)
+class CompileConfig:
+    """`dycomp compile`: what to load, how to compile it and where to write the artifact."""
+
+    target: Target
+    output: Path | None = None
+    method: str = "forward"
+    inputs: tuple[InputShape, ...] = ()
+    checkpoint: Path | None = None
+    backend: str = "onnx"
+    threads: int | None = None
+    check: bool = True
+
+    def __post_init__(self):
+        if self.backend not in BACKENDS:
+            raise UsageError(f"unknown backend {self.backend!r}; use one of {', '.join(BACKENDS)}")
+        if self.output is not None and self.backend != "onnx":
+            raise UsageError(f"-o needs --backend onnx: the {self.backend} backend compiles "
+                             f"in-process only and cannot be saved (drop -o to see the summary)")
+        if not self.method.isidentifier():
+            raise UsageError(f"--method {self.method!r} is not a method name")
+        if self.checkpoint is not None and not self.checkpoint.is_file():
+            raise UsageError(f"checkpoint {str(self.checkpoint)!r} does not exist")
+        _check_threads(self.threads)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """`dycomp run`: an artifact, its inputs and what to do with the outputs."""
+
+    artifact: Path
+    inputs: tuple[Path, ...]
+    out: Path | None = None
+    show_path: bool = False
+    threads: int | None = None
+
+    def __post_init__(self):
+        if not self.inputs:
+            raise UsageError("give the inputs with --input x.npy (one per input) or "
+                             "--input inputs.npz")
+        for p in self.inputs:
+            if p.suffix not in (".npy", ".npz"):
+                raise UsageError(f"--input {str(p)!r} must be a .npy or .npz file")
+            if not p.is_file():
+                raise UsageError(f"input file {str(p)!r} does not exist")
+        if any(p.suffix == ".npz" for p in self.inputs) and len(self.inputs) > 1:
+            raise UsageError("give either one .npz file or one .npy file per input, not both")
+        if self.out is not None and self.out.suffix != ".npz":
+            raise UsageError(f"--out {str(self.out)!r} must end in .npz")
+        _check_threads(self.threads)
+
+
+@dataclass(frozen=True)
+class InspectConfig:
+    """`dycomp inspect`: the artifact to show."""
+
+    artifact: Path
+
+
+def _check_threads(threads: int | None) -> None:
+    if threads is not None and threads < 1:
+        raise UsageError(f"--threads must be at least 1, got {threads}")
+
+
+# -- argument parsing ------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `error: ... (see 'dycomp compile --help')`."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+_FORMATTER = argparse.RawDescriptionHelpFormatter
+
+_MAIN_HELP = """\
+dycomp compiles PyTorch dynamic networks (early exits, gated blocks, routing,
+data-dependent loops) as written: it splits the program at data-dependent control
+flow into static subgraphs, compiles each with ONNX Runtime, and writes an artifact
+whose small host program replays the control flow. The artifact runs with numpy and
+onnxruntime only, without PyTorch or the model's source.
+"""
+
+_MAIN_EPILOG = """\
+examples:
+  dycomp compile examples/zoo/multi_exit.py:make -o multi_exit.dyc
+  dycomp run multi_exit.dyc --input x.npy --show-path
+  dycomp inspect multi_exit.dyc
+
+Set DYCOMP_DEBUG=1 (or 2, more verbose) for tracebacks and debug logging.
+"""
+
+_COMPILE_HELP = """\
+Compile a model into an artifact directory (manifest.json, subgraphs/*.onnx, host.py).
+
+TARGET names the model as path/to/model.py:factory or pkg.module:factory. The factory
+is an nn.Module class constructible without arguments, or a function taking no
+arguments that returns a module or (module, example_inputs). The model is put in
+eval mode. Without example inputs from the factory, give their shapes with --input.
+The compiled model is checked against eager PyTorch on the example inputs and on
+generated inputs of the same shapes (--no-check skips that).
+"""
+
+_COMPILE_EPILOG = """\
+examples:
+  dycomp compile examples/zoo/multi_exit.py:make -o multi_exit.dyc
+  dycomp compile examples/zoo/multi_exit.py:make --method early_exit -o early.dyc
+  dycomp compile mypkg.models:ResNetExits --input 1x3x32x32 --checkpoint best.pt -o net.dyc
+  dycomp compile model.py:Decoder --input 1x8:int64 --backend torch   (summary only)
+"""
+
+_RUN_HELP = """\
+Run an artifact on inputs stored as .npy files (one per tensor input, in order) or
+one .npz file (arrays named like the inputs, or arr_0, arr_1, ... in order).
+Prints every output (dtype, shape, a preview) or saves them with --out; nested
+outputs are flattened into keys out_0, out_1_0, ... Needs numpy and onnxruntime only.
+"""
+
+_RUN_EPILOG = """\
+examples:
+  dycomp run multi_exit.dyc --input x.npy --show-path
+  dycomp run seq2seq.dyc --input src.npy --input mask.npy --out y.npz
+  dycomp run multi_exit.dyc --input batch.npz --threads 1
+"""
+
+_INSPECT_HELP = """\
+Show an artifact: entry point and statistics, the host program (the control flow
+with the source lines it came from), the control-flow graph's nodes, and a table of
+the subgraphs (ops, parameters, typed inputs/outputs, source lines). Needs numpy only.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="dycomp", description=_MAIN_HELP, epilog=_MAIN_EPILOG,
+                     formatter_class=_FORMATTER)
+    parser.add_argument("--version", action="version", version=f"dycomp {dycomp.__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    _add_compile(sub)
+    _add_run(sub)
+    _add_inspect(sub)
+    return parser
+
+
+def _add_compile(sub) -> None:
+    p = sub.add_parser("compile", help="compile a model into a deployable artifact",
+                       description=_COMPILE_HELP, epilog=_COMPILE_EPILOG,
+                       formatter_class=_FORMATTER)
+    p.add_argument("target", metavar="TARGET",
+                   help="path/to/model.py:factory or pkg.module:factory")
+    p.add_argument("-o", "--output", metavar="PATH", type=Path,
+                   help="artifact directory to write (replaces an artifact there); "
+                        "without -o, only compile, check and print the summary")
+    p.add_argument("--method", default="forward",
+                   help="method of the model to compile (default: forward)")
+    p.add_argument("--input", action="append", default=[], metavar="SHAPE[:DTYPE]",
+                   help="shape of one example input, e.g. 1x3x32x32 or 1x8:int64; repeat "
+                        "per input, in order. Floats are seeded randn, ints in [0, 10). "
+                        f"dtypes: {', '.join(DTYPES)} (default float32). Overrides the "
+                        "factory's examples")
+    p.add_argument("--checkpoint", metavar="FILE", type=Path,
+                   help="state_dict to load (torch.save file, read with weights_only=True; a "
+                        "dict holding it under 'state_dict' or 'model' works too)")
+    p.add_argument("--backend", choices=BACKENDS, default="onnx",
+                   help="onnx (default; deployable) or torch (in-process only, not saveable)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="intra-op threads per compiled subgraph while checking (onnx "
+                        "backend; default 2). `dycomp run --threads` sets them at run time")
+    p.add_argument("--no-check", dest="check", action="store_false",
+                   help="skip the differential check against eager PyTorch")
+    p.set_defaults(command_fn=compile_command, make_config=_compile_config)
+
+
+def _add_run(sub) -> None:
+    p = sub.add_parser("run", help="run an artifact on .npy/.npz inputs (no PyTorch needed)",
+                       description=_RUN_HELP, epilog=_RUN_EPILOG, formatter_class=_FORMATTER)
+    p.add_argument("artifact", metavar="PATH", type=Path, help="artifact directory")
+    p.add_argument("--input", action="append", default=[], type=Path, metavar="FILE",
+                   help="a .npy file per tensor input (repeat, in order), or one .npz file")
+    p.add_argument("--out", type=Path, metavar="FILE.npz",
+                   help="save the outputs to this .npz file instead of printing them")
+    p.add_argument("--show-path", action="store_true",
+                   help="print the subgraphs executed, in order (the path taken)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="onnxruntime threads per subgraph (default: 2)")
+    p.set_defaults(command_fn=run_command, make_config=_run_config)
+
+
+def _add_inspect(sub) -> None:
+    p = sub.add_parser("inspect", help="show an artifact's control flow and subgraphs",
+                       description=_INSPECT_HELP, formatter_class=_FORMATTER,
+                       epilog="example:\n  dycomp inspect multi_exit.dyc\n")
+    p.add_argument("artifact", metavar="PATH", type=Path, help="artifact directory")
+    p.set_defaults(command_fn=inspect_command, make_config=_inspect_config)
+
+
+def _compile_config(ns) -> CompileConfig:
+    return CompileConfig(target=Target.parse(ns.target), output=ns.output, method=ns.method,
+                         inputs=tuple(InputShape.parse(s) for s in ns.input),
+                         checkpoint=ns.checkpoint, backend=ns.backend, threads=ns.threads,
+                         check=ns.check)
+
+
+def _run_config(ns) -> RunConfig:
+    return RunConfig(artifact=ns.artifact, inputs=tuple(ns.input), out=ns.out,
+                     show_path=ns.show_path, threads=ns.threads)
+
+
+def _inspect_config(ns) -> InspectConfig:
+    return InspectConfig(artifact=ns.artifact)
+
+
+# -- entry point ---------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    """Run the dycomp command line; returns the exit status."""
+    configure_logging()
+    parser = build_parser()
+    try:
+        ns = parser.parse_args(argv)
+        if ns.command is None:
+            parser.print_help()
+            return 2
+        ns.command_fn(ns.make_config(ns), _console())
+        return 0
+    except SystemExit as e:  # --help, --version
+        return e.code if isinstance(e.code, int) else 0
+    except USAGE_ERRORS as e:
+        return _fail(e, 2)
+    except (DycompError, OSError) as e:
+        return _fail(e, 1)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    except Exception as e:  # a bug in dycomp or in the model's own code
+        return _fail(f"{type(e).__name__}: {e} (set DYCOMP_DEBUG=1 for the traceback)", 1)
+
+
+def _console() -> Console:
+    """Rich output on stdout; 120 columns when piped (rich's default is 80), so that tables
+    written to a file or a CI log keep one row per line."""
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = 120
+    return console
+
+
+def _fail(error, code: int) -> int:
+    if debug_level() and isinstance(error, BaseException):
+        traceback.print_exc()
+    sys.stderr.write(f"error: {one_line(str(error))}\n")
+    return code
+
+
+def one_line(text: str) -> str:
+    """A multi-line message as one line: items joined by '; ', continuations by a space."""
+    out = ""
+    for part in (p.strip() for p in text.splitlines()):
+        if part:
+            glue = "" if not out or part[0] in ".,;)" else " " if out.endswith(":") else "; "
+            out += glue + part
+    return out
+
+
+# -- compile -------------------------------------------------------------------------------
+class Stages:
+    """Progress per stage: a spinner while it runs, then a line with its time. On stdout,
+    so that stderr holds nothing but the error line when something fails."""
+
+    def __init__(self, console: Console):
+        self.console, self.seconds = console, {}
+
+    @contextmanager
+    def __call__(self, title: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            with self.console.status(f"{escape(title)} ..."):
+                yield
+        except BaseException:
+            self.console.print(f"[red]✗[/] {escape(title)}")
+            raise
+        self.seconds[title] = time.perf_counter() - start
+        self.console.print(f"[green]✓[/] {escape(title)} [dim]({self.seconds[title]:.2f} s)[/]")
+
+
+def compile_command(cfg: CompileConfig, out: Console) -> None:
+    """load target -> capture/compile -> check -> save, then a summary table."""
+    from dycomp import target as tg  # imports torch, which run/inspect must not
+
+    stage = Stages(out)
+    with stage(f"load {cfg.target}"):
+        loaded = tg.load_target(cfg.target)
+        if cfg.checkpoint is not None:
+            tg.load_checkpoint(loaded.model, cfg.checkpoint)
+        fn = _method(loaded.model, cfg.method)
+        examples = _examples(cfg, loaded)
+    compiling = f"capture + compile ({cfg.backend})"
+    with stage(compiling):
+        cm = dycomp.compile(loaded.model, examples, method=cfg.method, backend=cfg.backend,
+                            check=False, threads=cfg.threads)
+    checked = None
+    if cfg.check:
+        from dycomp.check import differential_check
+
+        with stage("check against eager PyTorch"):
+            checked = differential_check(fn, cm, examples, {})
+    if cfg.output is not None:
+        with stage(f"save {cfg.output}"):
+            cm.save(cfg.output)
+    times = (stage.seconds[compiling], sum(stage.seconds.values()))
+    out.print(_compile_summary(cfg, cm, examples, checked, times))
+
+
+def _method(model, name: str):
+    fn = getattr(model, name, None)
+    if not callable(fn):
+        methods = sorted(n for n, v in vars(type(model)).items()
+                         if callable(v) and not n.startswith("_"))
+        raise TargetError(f"{type(model).__name__} has no method {name!r}"
+                          f"{'; it defines ' + ', '.join(methods) if methods else ''}")
+    return fn
+
+
+def _examples(cfg: CompileConfig, loaded) -> tuple:
+    from dycomp.target import make_inputs
+
+    if cfg.inputs:
+        if loaded.example_inputs is not None:
+            log.info("--input given: ignoring the example inputs the factory returned")
+        return make_inputs([(s.shape, s.dtype) for s in cfg.inputs])
+    if loaded.example_inputs is None:
+        raise UsageError(f"{cfg.target} gives no example inputs; give their shapes with "
+                         f"--input, e.g. --input 1x3x32x32")
+    return loaded.example_inputs
+
+
+def _compile_summary(cfg: CompileConfig, cm, examples: tuple, checked: int | None,
+                     times: tuple[float, float]) -> Table:
+    s = cm.graph.stats()
+    table = Table(show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    _row(table, "target", f"{cfg.target} ({cfg.method})")
+    _row(table, "inputs", _describe_inputs(examples) + (
+        " (from --input)" if cfg.inputs else " (from the factory)"))
+    _row(table, "backend", cfg.backend)
+    calls = s["region_calls"]
+    _row(table, "subgraphs", f"{s['regions']} ({calls} call site{'s' * (calls != 1)})")
+    for key in ("branches", "loops", "returns", "ops"):
+        _row(table, key, str(s[key]))
+    _row(table, "check", "skipped" if checked is None else f"matched eager on {checked} inputs")
+    _row(table, "compile time", f"{times[0]:.2f} s (all stages {times[1]:.2f} s)")
+    artifact = "not saved (no -o)" if cfg.output is None else (
+        f"{cfg.output} ({_human_size(_disk_size(cfg.output))})")
+    _row(table, "artifact", artifact)
+    return table
+
+
+def _row(table: Table, *cells: str) -> None:
+    """A table row of plain text: artifact and model data is never read as rich markup."""
+    table.add_row(*(Text(c) for c in cells))
+
+
+def _describe_inputs(examples: tuple) -> str:
+    def one(x):
+        if hasattr(x, "dtype") and hasattr(x, "shape"):
+            return _type(str(x.dtype).replace("torch.", ""), tuple(x.shape))
+        return repr(x)
+
+    return ", ".join(one(x) for x in examples)
+
+
+def _disk_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _human_size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+# -- run -----------------------------------------------------------------------------------
+def run_command(cfg: RunConfig, out: Console) -> None:
+    """Load the artifact, run it on the input files, print or save the outputs."""
+    from dycomp import runtime
+    from dycomp.runtime.artifact import check_inputs
+
+    art = runtime.load(cfg.artifact, **({} if cfg.threads is None else {"threads": cfg.threads}))
+    arrays = _read_inputs(cfg.inputs, art.signature)
+    try:
+        arrays = check_inputs(art.signature, tuple(arrays))
+    except ValueError as e:
+        raise UsageError(f"{_input_names(cfg.inputs)}: {e}") from None
+    result, path = art.run(*arrays, return_path=True)
+    leaves = dict(flatten_outputs(result))
+    if cfg.out is not None:
+        saved = save_outputs(cfg.out, leaves)
+        none = [k for k in leaves if k not in saved]
+        out.print(f"saved {len(saved)} output(s) to {cfg.out}: {', '.join(saved)}"
+                  + (f" (None, not saved: {', '.join(none)})" if none else ""), **_PLAIN)
+    else:
+        out.print(_outputs_table(leaves))
+    if cfg.show_path:
+        n = len(path)
+        out.print(f"path: {' -> '.join(path)} ({n} subgraph call{'s' * (n != 1)})", **_PLAIN)
+
+
+def _input_names(paths) -> str:
+    return ", ".join(p.name for p in paths)
+
+
+def _read_inputs(paths: tuple[Path, ...], signature) -> list[np.ndarray]:
+    if paths[0].suffix == ".npz":
+        return _read_npz(paths[0], [spec.name for spec in signature.inputs])
+    return [_load_array(p) for p in paths]
+
+
+def _load_array(path: Path) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise UsageError(f"cannot read {path} as a .npy array: {e}") from None
+
+
+def _read_npz(path: Path, names: list[str]) -> list[np.ndarray]:
+    """Arrays named like the artifact's inputs, or arr_0, arr_1, ... (np.savez's names)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (ValueError, OSError, EOFError) as e:
+        raise UsageError(f"cannot read {path} as an .npz archive: {e}") from None
+    for order in (names, [f"arr_{i}" for i in range(len(arrays))]):
+        if set(arrays) == set(order):
+            return [arrays[k] for k in order]
+    raise UsageError(f"{path} holds arrays {', '.join(arrays) or '(none)'}; name them "
+                     f"{', '.join(names)} (the artifact's inputs) or arr_0, arr_1, ... in order")
+
+
+def flatten_outputs(value, key: str = "out") -> Iterator[tuple[str, object]]:
+    """(key, leaf) pairs of a nested output: tuples, lists and dicts add `_<index or key>`;
+    a list of Python numbers (or an empty list) stays one leaf, saved as one array."""
+    if isinstance(value, list) and all(_is_scalar(v) for v in value):
+        yield key, value
+    elif isinstance(value, (tuple, list)):
+        for i, v in enumerate(value):
+            yield from flatten_outputs(v, f"{key}_{i}")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from flatten_outputs(v, f"{key}_{k}")
+    else:
+        yield key, value
+
+
+def _is_scalar(v) -> bool:
+    return isinstance(v, (bool, int, float, np.generic))
+
+
+def save_outputs(path: Path, leaves: dict) -> list[str]:
+    """Save the non-None leaves as arrays in an .npz; returns the keys saved."""
+    arrays = {k: np.asarray(v) for k, v in leaves.items() if v is not None}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **arrays)
+    return list(arrays)
+
+
+def _outputs_table(leaves: dict) -> Table:
+    table = Table(title="outputs", title_justify="left")
+    for col in ("name", "type", "value"):
+        table.add_column(col)
+    for key, v in leaves.items():
+        if isinstance(v, (np.ndarray, np.generic)) or isinstance(v, list):
+            arr = np.asarray(v)
+            _row(table, key, _type(arr.dtype, arr.shape), preview(arr))
+        else:
+            _row(table, key, type(v).__name__, repr(v))
+    return table
+
+
+def preview(arr: np.ndarray, n: int = 6) -> str:
+    """The first `n` values of `arr` (flattened), with a count of the rest."""
+    flat = arr.reshape(-1)
+    text = ", ".join(f"{v:.4g}" if arr.dtype.kind == "f" else str(v) for v in flat[:n].tolist())
+    if arr.ndim == 0:
+        return text
+    return f"[{text}, ... ({flat.size} values)]" if flat.size > n else f"[{text}]"
+
+
+# -- inspect -------------------------------------------------------------------------------
+def inspect_command(cfg: InspectConfig, out: Console) -> None:
+    """Header, host program, control-flow nodes and subgraph table of an artifact."""
+    from dycomp.runtime import artifact as rt
+
+    manifest = rt.read_manifest(cfg.artifact)
+    files = rt.verify_files(cfg.artifact, manifest)
+    out.print(_inspect_header(cfg.artifact, manifest, rt.signature_of(manifest)))
+    out.print("\n[bold]host program[/] (host.py)")
+    out.print(Syntax(files[rt.HOST].decode("utf-8"), "python", line_numbers=True,
+                     theme="ansi_dark"))
+    graph = manifest.get("cfg") or manifest.get("graph")
+    if graph:
+        out.print(_cfg_table(graph))
+    out.print(_subgraph_table(manifest["subgraphs"]))
+
+
+def _inspect_header(path: Path, manifest: dict, signature) -> str:
+    s = manifest.get("stats", {})
+    versions = manifest.get("versions", {})
+    return escape(f"dycomp artifact {path}\n"
+                  f"  entry     {manifest.get('method', '?')}{signature}  from "
+                  f"{manifest.get('source', '?')}\n"
+                  f"  backend   {manifest['backend']} (built with dycomp "
+                  f"{versions.get('dycomp', '?')}, onnxruntime "
+                  f"{versions.get('onnxruntime', '?')})\n"
+                  f"  contents  {len(manifest['subgraphs'])} subgraphs, "
+                  f"{s.get('branches', '?')} branches, {s.get('loops', '?')} loops, "
+                  f"{s.get('returns', '?')} returns, {s.get('ops', '?')} ops")
+
+
+def _cfg_table(data: dict) -> Table:
+    """The control-flow graph's nodes in depth-first order, with their successors."""
+    nodes = {n["id"]: n for n in data["nodes"]}
+    succ: dict = {n: [] for n in nodes}
+    uses: dict = {}
+    for e in data.get("edges", data.get("links", [])):
+        succ[e["source"]].append((e["target"], bool(e.get("back"))))
+        uses[e["target"]] = e.get("values", [])
+    order = _preorder("entry" if "entry" in nodes else next(iter(nodes)), succ)
+    number = {n: i for i, n in enumerate(order)}
+    table = Table(title="control-flow graph", title_justify="left")
+    for col in ("#", "node", "defines", "line", "next"):
+        table.add_column(col)
+    for nid in order:
+        node = nodes[nid]
+        nxt = ", ".join(f"{'↺' if back else ''}{number[t]}" for t, back in succ[nid])
+        _row(table, str(number[nid]), _node_text(node, uses.get(nid, [])),
+                      ", ".join(node.get("defs", [])), node.get("line", ""), nxt or "end")
+    return table
+
+
+def _preorder(root, succ: dict) -> list:
+    seen, order, stack = set(), [], [root]
+    while stack:
+        n = stack.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        order.append(n)
+        stack.extend(t for t, back in reversed(succ[n]) if not back)
+    return order
+
+
+def _node_text(node: dict, uses: list) -> str:
+    kind, label = node.get("kind"), node.get("label", node["id"])
+    args = ", ".join(uses)
+    if kind == "CallRegion":
+        return f"call {label}({args})"
+    if kind == "Return":
+        return f"return {args}"
+    if kind == "entry":
+        return "entry"
+    return label
+
+
+def _subgraph_table(subgraphs: dict) -> Table:
+    table = Table(title="subgraphs", title_justify="left")
+    for col, justify in (("name", "left"), ("ops", "right"), ("params", "right"),
+                         ("inputs", "left"), ("outputs", "left"), ("source lines", "left")):
+        table.add_column(col, justify=justify)
+    for name, sub in subgraphs.items():
+        _row(table, name, str(sub.get("ops", "?")), f"{sub.get('params', 0):,}",
+                      _values(sub.get("inputs", []), names=True),
+                      _values(sub.get("outputs", []), names=False),
+                      compress_lines(sub.get("lines", [])))
+    return table
+
+
+def _values(values: list, names: bool) -> str:
+    types = [_type(v.get("dtype") or "?", v.get("shape", [])) for v in values]
+    return "\n".join(f"{v['name']}: {t}" if names else t for v, t in zip(values, types))
+
+
+def _type(dtype, shape) -> str:
+    return f"{dtype}[{','.join(map(str, shape))}]"
+
+
+def compress_lines(lines: list[str]) -> str:
+    """["m.py:41", "m.py:42", "m.py:43", "m.py:81", "n.py:7"] -> "m.py:41-43, 81; n.py:7"."""
+    by_file: dict[str, list[int]] = {}
+    other = []
+    for entry in lines:
+        file, _, num = str(entry).rpartition(":")
+        if file and num.isdigit():
+            by_file.setdefault(file, []).append(int(num))
+        else:
+            other.append(str(entry))
+    parts = [f"{f}:{_ranges(sorted(set(nums)))}" for f, nums in by_file.items()]
+    return "; ".join(parts + other)
+
+
+def _ranges(nums: list[int]) -> str:
+    spans, start = [], None
+    for i, n in enumerate(nums):
+        start = n if start is None else start
+        if i + 1 == len(nums) or nums[i + 1] != n + 1:
+            spans.append(str(start) if start == n else f"{start}-{n}")
+            start = None
+    return ", ".join(spans)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,236 @@
+"""Loading and running a saved dycomp artifact (numpy + onnxruntime only, never torch).
+
+An artifact is a directory: `manifest.json` (format, versions, entry signature, control-flow
+graph, subgraph table, sha256 of every other file), `subgraphs/<region>.onnx` and `host.py`
+(the synthesized host program). `load()` verifies every file before anything runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from dycomp.runtime.errors import ArtifactError
+from dycomp.runtime.host import HostProgram
+
+FORMAT = "dycomp-artifact"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+HOST = "host.py"
+BACKENDS = ("onnx",)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One flat tensor input of the entry point: name, numpy dtype, fixed shape."""
+
+    name: str
+    dtype: np.dtype
+    shape: tuple
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.dtype.name}[{', '.join(map(str, self.shape))}]"
+
+
+@dataclass(frozen=True)
+class Signature:
+    """The tensor inputs the artifact takes, in order (baked Python values are not inputs)."""
+
+    inputs: tuple
+
+    def __str__(self) -> str:
+        return "(" + ", ".join(map(str, self.inputs)) + ")"
+
+
+def sha256(data: bytes) -> str:
+    """Hex sha256 of `data`."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def load(path, threads: int = 2) -> Artifact:
+    """Verify and load the artifact directory at `path`; raises ArtifactError if anything
+    is missing, truncated, tampered with or of an unknown format version."""
+    root = Path(path)
+    manifest = read_manifest(root)
+    files = verify_files(root, manifest)
+    return Artifact(root, manifest, files, threads)
+
+
+def read_manifest(root: Path) -> dict:
+    """The parsed manifest, after checking its format name and version."""
+    if not root.is_dir():
+        raise ArtifactError(f"{root} is not a dycomp artifact directory (no such directory)")
+    try:
+        manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ArtifactError(f"{root}: {MANIFEST} is missing; not a dycomp artifact") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ArtifactError(f"{root / MANIFEST} is not valid JSON ({e})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ArtifactError(f"{root / MANIFEST}: not a {FORMAT} manifest")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ArtifactError(f"{root}: unsupported format_version {version!r}; this dycomp "
+                            f"reads format_version {FORMAT_VERSION}")
+    _require(manifest, root, files=dict, subgraphs=dict, inputs=list, backend=str)
+    if manifest["backend"] not in BACKENDS:
+        raise ArtifactError(f"{root}: backend {manifest['backend']!r} cannot be run here; "
+                            f"this dycomp runs {', '.join(BACKENDS)} artifacts")
+    return manifest
+
+
+def _require(manifest: dict, root: Path, **types) -> None:
+    for key, ty in types.items():
+        if not isinstance(manifest.get(key), ty):
+            raise ArtifactError(f"{root / MANIFEST}: field {key!r} is missing or not a "
+                                f"{ty.__name__}")
+
+
+def verify_files(root: Path, manifest: dict) -> dict[str, bytes]:
+    """Contents of every file the manifest lists, each checked against its sha256."""
+    files = {}
+    for rel, digest in manifest["files"].items():
+        data = _read(root, rel)
+        if sha256(data) != digest:
+            raise ArtifactError(f"{root / rel}: sha256 mismatch ({len(data)} bytes; the file "
+                                f"was modified or truncated after saving)")
+        files[rel] = data
+    needed = [HOST] + [_subgraph_file(root, n, s) for n, s in manifest["subgraphs"].items()]
+    unlisted = [f for f in needed if f not in files]
+    if unlisted:
+        raise ArtifactError(f"{root}: {', '.join(unlisted)} not listed in the manifest's files")
+    return files
+
+
+def _read(root: Path, rel: str) -> bytes:
+    p = PurePosixPath(rel)
+    if p.is_absolute() or ".." in p.parts or not p.parts:
+        raise ArtifactError(f"{root / MANIFEST}: file path {rel!r} leaves the artifact")
+    try:
+        return (root / p).read_bytes()
+    except FileNotFoundError:
+        raise ArtifactError(f"{root / rel}: file is missing") from None
+    except OSError as e:
+        raise ArtifactError(f"{root / rel}: cannot be read ({e})") from None
+
+
+def _subgraph_file(root: Path, name: str, sub) -> str:
+    if not isinstance(sub, dict) or not isinstance(sub.get("file"), str):
+        raise ArtifactError(f"{root / MANIFEST}: subgraph {name!r} has no file")
+    return sub["file"]
+
+
+def _np_dtype(name: str, where: str) -> np.dtype:
+    try:
+        return np.dtype(name)
+    except TypeError:
+        raise ArtifactError(f"{where}: dtype {name!r} has no numpy equivalent") from None
+
+
+def signature_of(manifest: dict) -> Signature:
+    """The entry signature recorded in the manifest (tensor leaves only)."""
+    specs = []
+    for leaf in manifest["inputs"]:
+        if not isinstance(leaf, dict) or not isinstance(leaf.get("name"), str):
+            raise ArtifactError(f"manifest: malformed input entry {leaf!r}")
+        if "dtype" in leaf:
+            dtype = _np_dtype(leaf["dtype"], f"input {leaf['name']}")
+            specs.append(TensorSpec(leaf["name"], dtype, tuple(leaf.get("shape", ()))))
+    return Signature(tuple(specs))
+
+
+class Artifact:
+    """A loaded artifact: call it with numpy arrays (the flat tensor inputs, in signature
+    order) to get numpy outputs. Thread-safe: every call has its own host state."""
+
+    def __init__(self, root: Path, manifest: dict, files: dict[str, bytes], threads: int = 2):
+        from dycomp.runtime.onnx_executor import OnnxExecutor  # onnxruntime: only on load
+
+        self.path, self.manifest, self.files = root, manifest, files
+        self.signature = signature_of(manifest)
+        self.host_source = files[HOST].decode("utf-8")
+        models = {n: files[s["file"]] for n, s in self.subgraphs.items()}
+        lines = {n: ", ".join(s.get("lines", [])[:2]) for n, s in self.subgraphs.items()}
+        self.program = HostProgram(self.host_source, OnnxExecutor(models, threads=threads),
+                                   lines)
+
+    @property
+    def subgraphs(self) -> dict[str, dict]:
+        """Per region: file, typed inputs/outputs, source lines, op and parameter counts."""
+        return self.manifest["subgraphs"]
+
+    def __call__(self, *arrays, return_path: bool = False):
+        return self.run(*arrays, return_path=return_path)
+
+    def run(self, *arrays, return_path: bool = False):
+        """Run the host program on numpy inputs; with return_path also the subgraphs run."""
+        inputs = check_inputs(self.signature, arrays)
+        return self.program.run(*inputs, return_path=return_path)
+
+    def explain(self) -> str:
+        """Readable summary: entry point, subgraph table and host program."""
+        m, s = self.manifest, self.manifest.get("stats", {})
+        head = (f"dycomp artifact {self.path}: {m.get('method')} ({m.get('source')}) for "
+                f"backend {m['backend']}: {len(self.subgraphs)} subgraphs, "
+                f"{s.get('branches', '?')} branches, {s.get('loops', '?')} loops, "
+                f"{s.get('returns', '?')} returns\nentry {self.signature}")
+        rows = [_region_row(n, sub) for n, sub in self.subgraphs.items()]
+        body = ["  " + ln for ln in self.host_source.splitlines()]
+        return "\n".join([head, *rows, "host program:", *body])
+
+    def __repr__(self) -> str:
+        return f"<dycomp Artifact {self.path} {self.signature}>"
+
+
+def _region_row(name: str, sub: dict) -> str:
+    def ty(v):
+        return f"{v.get('dtype') or '?'}[{', '.join(map(str, v.get('shape', [])))}]"
+
+    ins = ", ".join(f"{v['name']}:{ty(v)}" for v in sub.get("inputs", []))
+    outs = ", ".join(ty(v) for v in sub.get("outputs", []))
+    lines = sub.get("lines", [])
+    where = ", ".join(lines[:3]) + (" ..." if len(lines) > 3 else "")
+    return f"  region {name}({ins}) -> ({outs})  {sub.get('ops', '?')} ops  [{where}]"
+
+
+def check_inputs(sig: Signature, values: tuple) -> list[np.ndarray]:
+    """Arrays matching `sig` exactly; ValueError naming the signature otherwise."""
+    if len(values) != len(sig.inputs):
+        raise ValueError(f"got {len(values)} inputs; expected {sig}")
+    return [_check_one(spec, v, sig) for spec, v in zip(sig.inputs, values)]
+
+
+def _check_one(spec: TensorSpec, value, sig: Signature) -> np.ndarray:
+    if isinstance(value, (np.ndarray, np.generic)):
+        arr = np.asarray(value)
+        if arr.dtype != spec.dtype:
+            raise ValueError(f"input {spec.name} has dtype {arr.dtype}; expected {sig}")
+    else:
+        arr = _exact_array(value, spec, sig)
+    if arr.shape != spec.shape:
+        raise ValueError(f"input {spec.name} has shape {list(arr.shape)}; expected {sig}")
+    return arr
+
+
+def _exact_array(value, spec: TensorSpec, sig: Signature) -> np.ndarray:
+    """A Python scalar or (nested) list as an array of spec.dtype, if that loses nothing
+    but floating-point precision."""
+    try:
+        natural = np.asarray(value)
+    except ValueError:
+        natural = np.asarray(None, dtype=object)
+    if natural.dtype.kind not in "biuf":
+        raise ValueError(f"input {spec.name} is a {type(value).__name__} that is not a "
+                         f"numeric array; expected {sig}")
+    with np.errstate(invalid="ignore", over="ignore"):
+        arr = natural.astype(spec.dtype)
+        lossless = (natural.dtype.kind == "f" and spec.dtype.kind == "f") or np.array_equal(
+            arr.astype(natural.dtype), natural)
+    if not lossless:
+        raise ValueError(f"input {spec.name} does not convert exactly to {spec.dtype.name}; "
+                         f"expected {sig}")
+    return arr

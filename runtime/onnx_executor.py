@@ -1,0 +1,87 @@
+"""Runs compiled regions as ONNX Runtime sessions (numpy and onnxruntime only, no torch).
+
+The host program calls `executor(region, *args)` once per region it enters, and regions
+are small, so the per-call path is kept to one dict lookup, one `np.asarray` per input
+(a no-op for an array of the right dtype) and the session's C++ `run`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnxruntime as ort
+
+from dycomp.runtime.errors import ArtifactError
+
+_ORT_DTYPES = {
+    "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int16)": np.int16,
+    "tensor(int8)": np.int8, "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_,
+}
+
+
+class OnnxExecutor:
+    """One `onnxruntime.InferenceSession` per region. Thread-safe (sessions are; the
+    executor holds no per-call state).
+
+    `models` maps region name -> ONNX model as bytes, or a path to a `.onnx` file."""
+
+    def __init__(self, models: dict[str, bytes | str | os.PathLike], threads: int = 2):
+        if not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads must be a positive int, got {threads!r}")
+        self.models = dict(models)
+        self.threads = threads
+        options = session_options(threads)
+        self.sessions: dict[str, ort.InferenceSession] = {}
+        failed = {}
+        for name, model in self.models.items():
+            try:
+                self.sessions[name] = ort.InferenceSession(
+                    os.fspath(model) if isinstance(model, os.PathLike) else model,
+                    sess_options=options, providers=["CPUExecutionProvider"])
+            except Exception as e:  # report every region ONNX Runtime cannot load at once
+                failed[name] = str(e).strip().splitlines()[0][:300]
+        if failed:
+            err = ArtifactError(f"onnxruntime {ort.__version__} cannot load {len(failed)} "
+                                "subgraph(s):\n" + "\n".join(f"  {n}: {why}"
+                                                               for n, why in failed.items()))
+            err.failed = failed  # region -> ONNX Runtime's reason
+            raise err
+        # region -> (C++ run, output names, [(input name, numpy dtype)])
+        self._calls = {name: _call_spec(s) for name, s in self.sessions.items()}
+
+    def __call__(self, region: str, *args) -> tuple[np.ndarray, ...]:
+        run, outputs, inputs = self._calls[region]
+        if len(args) != len(inputs):
+            raise TypeError(f"subgraph {region} takes {len(inputs)} inputs, got {len(args)}")
+        asarray = np.asarray
+        return tuple(run(outputs, {n: asarray(a, d) for (n, d), a in zip(inputs, args)}, None))
+
+
+def session_options(threads: int) -> ort.SessionOptions:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3  # errors only: unused-initializer warnings are noise here
+    if threads > 1:
+        # Every session owns a pool whose workers spin after a run, competing with the
+        # next region's session; the host runs many regions in turn. Stopping the spin
+        # at the end of each run: gated_resnet (37 regions, 2 cores) 6 ms -> 0.75 ms.
+        so.add_session_config_entry("session.force_spinning_stop", "1")
+    return so
+
+
+def _call_spec(sess: ort.InferenceSession):
+    inputs = []
+    for i in sess.get_inputs():
+        dtype = _ORT_DTYPES.get(i.type)
+        if dtype is None:
+            raise ArtifactError(f"subgraph input {i.name} has unsupported type {i.type}")
+        inputs.append((i.name, dtype))
+    # InferenceSession.run re-validates names and ownership on every call (~1 us); the
+    # feeds built here are always complete, so call the bound C++ run directly.
+    run = getattr(getattr(sess, "_sess", None), "run", None) or sess.run
+    return run, [o.name for o in sess.get_outputs()], tuple(inputs)
