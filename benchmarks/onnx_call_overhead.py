@@ -26,18 +26,22 @@ def main(name: str = "policy_net") -> None:
     ex = cm.program.executor
     by_size = sorted(cm.graph.regions.values(), key=lambda r: len(ex.models[r.name]))
     print(f"{name}: {len(by_size)} regions, onnxruntime threads={ex.threads}")
-    print(f"{'region':>8} {'ops':>4} {'sess.run':>9} {'_sess.run':>10} {'executor':>9} {'delta':>7}")
-    for r in (by_size[0], by_size[-1]):
-        args = [p.meta["example"].numpy() for p in r.placeholders]
-        sess = ex.sessions[r.name]
-        feed = {i.name: a for i, a in zip(sess.get_inputs(), args)}
-        outs = [o.name for o in sess.get_outputs()]
-        n = 20000 if r is by_size[0] else 2000
-        bare = per_call_us(lambda: sess.run(None, feed), n)
-        cpp = per_call_us(lambda: sess._sess.run(outs, feed, None), n)
-        call = per_call_us(lambda: ex(r.name, *args), n)
-        print(f"{r.name:>8} {r.op_count():>4} {bare:8.2f}us {cpp:9.2f}us {call:8.2f}us "
+    print(f"{'region':>8} {'ops':>4} {'sess.run':>10} {'_sess.run':>10} {'executor':>10} "
+          f"{'delta':>8}")
+    for r, n in ((by_size[0], 20000), (by_size[-1], 2000)):
+        bare, cpp, call = compare(ex, r, n)
+        print(f"{r.name:>8} {r.op_count():>4} {bare:8.2f}us {cpp:8.2f}us {call:8.2f}us "
               f"{call - bare:+6.2f}us")
+
+
+def compare(ex, region, n: int) -> tuple[float, float, float]:
+    args = [p.meta["example"].numpy() for p in region.placeholders]
+    sess = ex.sessions[region.name]
+    feed = {i.name: a for i, a in zip(sess.get_inputs(), args)}
+    outs = [o.name for o in sess.get_outputs()]
+    return (per_call_us(lambda: sess.run(None, feed), n),
+            per_call_us(lambda: sess._sess.run(outs, feed, None), n),
+            per_call_us(lambda: ex(region.name, *args), n))
 
 
 if __name__ == "__main__":

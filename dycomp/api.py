@@ -28,10 +28,13 @@ log = logging.getLogger(__name__)
 
 def compile(model, example_inputs, *, example_kwargs: dict | None = None,
             method: str = "forward", backend: str = "torch", passes=(),
-            check: bool = True, threads: int | None = None) -> CompiledModel:
+            check: bool = True, threads: int | None = None,
+            fuse_branches: bool = True) -> CompiledModel:
     """Compile `model.<method>` (or a bound method) into static regions + a host program.
 
-    `threads`: intra-op threads per compiled subgraph (backend 'onnx'; default 2)."""
+    `threads`: intra-op threads per compiled subgraph (backend 'onnx'; default 2).
+    `fuse_branches`: lower host branches between subgraphs into ONNX `If` nodes
+    (backend 'onnx'); off, every region is dispatched by the host."""
     configure_logging()
     fn = _resolve(model, method)
     args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (
@@ -44,7 +47,10 @@ def compile(model, example_inputs, *, example_kwargs: dict | None = None,
     graph.verify()
     log.info("after passes: %s", graph.stats())
     log.debug("host program:\n%s", graph.host_source())
-    executor = lower(graph, backend, **({} if threads is None else {"threads": threads}))
+    options = {} if threads is None else {"threads": threads}
+    if backend == "onnx":
+        options["fuse"] = fuse_branches
+    executor = lower(graph, backend, **options)
     cm = CompiledModel.from_graph(graph, executor, spec, backend)
     if check:
         from dycomp.check import differential_check

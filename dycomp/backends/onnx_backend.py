@@ -59,12 +59,25 @@ def export_regions(graph, opset: int = DEFAULT_OPSET) -> dict[str, bytes]:
     return models
 
 
-def lower_onnx(graph, threads: int = 2, opset: int = DEFAULT_OPSET):
-    """An `OnnxExecutor` for the graph's regions; its `.models` are the exported bytes."""
+def lower_onnx(graph, threads: int = 2, opset: int = DEFAULT_OPSET, fuse: bool = True):
+    """An `OnnxExecutor` for the graph's regions; its `.models` are the exported bytes.
+
+    With `fuse`, host branches between regions are lowered into ONNX `If` nodes
+    (`onnx_fuse.fuse_branches`); `graph` then holds the fused, ONNX-only regions."""
+    from dycomp.backends.onnx_fuse import fuse_branches
     from dycomp.runtime.errors import ArtifactError
     from dycomp.runtime.onnx_executor import OnnxExecutor
 
     models = export_regions(graph, opset)
+    if fuse:
+        for name, blob in models.items():
+            graph.regions[name].onnx = onnx.load_from_string(blob)
+        n = fuse_branches(graph)
+        if n:
+            log.info("lowered %d host branches into ONNX If nodes: %d subgraphs left", n,
+                     len(graph.regions))
+            graph.verify()
+        models = {name: r.onnx.SerializeToString() for name, r in graph.regions.items()}
     try:
         return OnnxExecutor(models, threads=threads)
     except ArtifactError as e:  # a fresh export ONNX Runtime cannot load: a backend gap
@@ -81,7 +94,7 @@ def export_region_model(region, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     name, outputs out0.. (`meta["dynamic"]` must be set: `mark_dynamic`)."""
     phs = region.placeholders
     outs = _output_names(phs, len(region.output_nodes))
-    dynamic = [p for p in phs if p.meta.get("dynamic")]
+    dynamic = [p for p in phs if _is_dynamic(p)]
     axes = {p.name: _axes(p.name, p.meta["example"]) for p in dynamic}
     if dynamic:  # outputs of a region fed shape-varying values may vary too
         axes.update({o: _axes(o, _example(n)) for o, n in zip(outs, region.output_nodes)})
@@ -124,10 +137,12 @@ def _export(gm: fx.GraphModule, args: tuple, inputs: list[str], outputs: list[st
 def _quiet():
     """Silence the exporter: deprecation/tracer warnings, and the TorchScript IR it prints
     to the C++ stdout when an op fails (its logging switch is stuck on), which would
-    otherwise end up in a CLI's output."""
+    otherwise end up in a CLI's output. Redirects file descriptor 1 for the duration, so
+    output another thread writes meanwhile is lost too."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        sys.stdout.flush()
+        if sys.stdout is not None:
+            sys.stdout.flush()
         try:
             saved = os.dup(1)
         except OSError:  # no stdout to protect
@@ -148,6 +163,12 @@ def _axes(name: str, example) -> dict[int, str]:
 
 def _example(node):
     return node.meta.get("example") if isinstance(node, fx.Node) else None
+
+
+def _is_dynamic(ph: fx.Node) -> bool:
+    """`mark_dynamic`'s verdict; without one (it cannot run on a graph that already holds
+    fused ONNX regions), at least the loop-carried inputs known to vary."""
+    return bool(ph.meta.get("dynamic", ph.meta.get("sym")))
 
 
 def _rank_varies(ph: fx.Node) -> bool:
@@ -181,7 +202,7 @@ def _free_rank(model: onnx.ModelProto, names: set) -> None:
 def _value_info(ph: fx.Node) -> onnx.ValueInfoProto:
     ex = ph.meta["example"]
     elem = onnx.helper.np_dtype_to_tensor_dtype(torch.empty((), dtype=ex.dtype).numpy().dtype)
-    dims = list(_axes(ph.name, ex).values()) if ph.meta.get("dynamic") else list(ex.shape)
+    dims = list(_axes(ph.name, ex).values()) if _is_dynamic(ph) else list(ex.shape)
     return onnx.helper.make_tensor_value_info(ph.name, elem, dims)
 
 
