@@ -37,13 +37,26 @@ def _timed(fn, *args):
     return time.perf_counter() - t0, out
 
 
+class _TensorOutputs(torch.nn.Module):
+    """The model with its non-tensor outputs dropped (tracing refuses them)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, *args):
+        leaves = torch.utils._pytree.tree_flatten(self.model(*args))[0]
+        return tuple(t for t in leaves if isinstance(t, torch.Tensor))
+
+
 def _static_path_session(model, inputs):
     """The path this input takes, traced into one static ONNX graph (None if it fails)."""
     buf = io.BytesIO()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, inputs, buf, dynamo=False, opset_version=17)
+            torch.onnx.export(_TensorOutputs(model).eval(), inputs, buf, dynamo=False,
+                              opset_version=17)
     except Exception as e:  # tracing refuses some outputs (python lists, ints)
         return None, f"{type(e).__name__}"
     opts = ort.SessionOptions()
@@ -68,10 +81,11 @@ class CallTimer:
         return out
 
 
-def bench(name, mod, n_inputs, rounds):
+def bench(name, mod, n_inputs, rounds, threads=None, fuse=True):
     model, example = mod.make()
     t0 = time.perf_counter()
-    cm = dycomp.compile(model, example, backend="onnx", check=False)
+    cm = dycomp.compile(model, example, backend="onnx", check=False, threads=threads,
+                        fuse_branches=fuse)
     compile_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as d:
         cm.save(Path(d) / "a")
@@ -119,9 +133,12 @@ def main(argv=None):
     p.add_argument("names", nargs="*", default=list(ZOO))
     p.add_argument("--inputs", type=int, default=40)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--no-fuse", action="store_true", help="keep every branch on the host")
+    p.add_argument("--threads", type=int, default=None,
+                   help="intra-op threads per dycomp subgraph (default: dycomp's choice)")
     a = p.parse_args(argv)
     torch.set_num_threads(THREADS)
-    rows = [bench(n, ZOO[n], a.inputs, a.rounds) for n in a.names]
+    rows = [bench(n, ZOO[n], a.inputs, a.rounds, a.threads, not a.no_fuse) for n in a.names]
     hdr = (f"{'example':<15}{'eager ms':>9}{'dycomp ms':>10}{'speedup':>8}{'calls':>6}"
            f"{'host us':>8}{'disp us':>8}{'static ms':>10}{'path ms':>8}{'path/st':>8}"
            f"{'compile s':>10}{'KiB':>8}")

@@ -57,6 +57,7 @@ def package(cm: CompiledModel) -> tuple[dict, dict[str, bytes]]:
     for name, region in graph.regions.items():
         files[f"subgraphs/{name}.onnx"] = models[name]
         subgraphs[name] = _subgraph_entry(name, region)
+        subgraphs[name]["threads"] = getattr(cm.executor, "threads", {}).get(name, 1)
     manifest = {
         "format": rt.FORMAT, "format_version": rt.FORMAT_VERSION, "versions": _versions(),
         "backend": cm.backend, "method": graph.name, "source": graph.source,

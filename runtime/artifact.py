@@ -155,7 +155,9 @@ class Artifact:
         self.host_source = files[HOST].decode("utf-8")
         models = {n: files[s["file"]] for n, s in self.subgraphs.items()}
         lines = {n: ", ".join(s.get("lines", [])[:2]) for n, s in self.subgraphs.items()}
-        self.program = HostProgram(self.host_source, OnnxExecutor(models, threads=threads),
+        plan = {n: min(threads, int(s.get("threads", threads)))
+                for n, s in self.subgraphs.items()}  # the compile-time plan, within budget
+        self.program = HostProgram(self.host_source, OnnxExecutor(models, threads=plan),
                                    lines)
 
     @property

@@ -185,16 +185,18 @@ def test_loop_carried_value_that_changes_rank():
 
 
 # -- executor --------------------------------------------------------------------------------
-def test_threads_option_reaches_the_executor():
+def test_threads_plan_reaches_the_executor():
+    """Light subgraphs run on one thread; heavy ones (convolutions) get the budget."""
     m = TwoLayer().eval()
     xs = randn_inputs((1, 8), 8)
     for threads in (1, 3):
         cm, _ = assert_matches_eager(m, xs, backend="onnx", threads=threads)
-        assert cm.program.executor.threads == threads
-    graph = dycomp.compile(m, xs[0], backend="torch").graph
-    assert lower(graph, "onnx").threads == 2
+        assert set(cm.program.executor.threads.values()) == {1}  # two small Linear layers
+    model, example = ZOO["static_resnet"].make()
+    graph = dycomp.compile(model, example, backend="torch").graph
+    assert set(lower(graph, "onnx", threads=3).threads.values()) == {3}
     with pytest.raises(ValueError, match="threads"):
-        lower(graph, "onnx", threads=0)
+        OnnxExecutor({"r": b""}, threads=0)
 
 
 class TwoLayer(nn.Module):

@@ -18,6 +18,7 @@ import sys
 import time
 import warnings
 
+import numpy as np
 import onnx
 import torch
 from torch import fx
@@ -78,10 +79,42 @@ def lower_onnx(graph, threads: int = 2, opset: int = DEFAULT_OPSET, fuse: bool =
                      len(graph.regions))
             graph.verify()
         models = {name: r.onnx.SerializeToString() for name, r in graph.regions.items()}
+    threads = thread_plan(graph, models, threads)
     try:
         return OnnxExecutor(models, threads=threads)
     except ArtifactError as e:  # a fresh export ONNX Runtime cannot load: a backend gap
         raise _unloadable(graph, getattr(e, "failed", {}), e) from e
+
+
+# Intra-op parallelism pays only for heavy subgraphs (convolutions or large weights); a
+# light one runs faster on one thread, with no worker pool to wake (cost rule measured
+# in benchmarks/README.md).
+HEAVY_OPS = {"Conv", "ConvTranspose", "LSTM", "GRU", "RNN"}
+HEAVY_WEIGHTS = 1 << 18
+
+
+def thread_plan(graph, models: dict, threads: int) -> dict[str, int]:
+    """Intra-op threads per subgraph: `threads` for heavy ones, 1 for the rest."""
+    plan = {}
+    for name in models:
+        model = graph.regions[name].onnx
+        if model is None:
+            model = onnx.load_from_string(models[name])
+        nodes = _all_nodes(model.graph)
+        weights = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+        heavy = any(n.op_type in HEAVY_OPS for n in nodes) or weights >= HEAVY_WEIGHTS
+        plan[name] = threads if heavy else 1
+    return plan
+
+
+def _all_nodes(g) -> list:
+    out = []
+    for n in g.node:
+        out.append(n)
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                out += _all_nodes(a.g)
+    return out
 
 
 def export_region(region, opset: int = DEFAULT_OPSET) -> bytes:

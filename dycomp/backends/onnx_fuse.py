@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
+import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
@@ -140,6 +141,20 @@ class _Fuser:
         return [CallRegion(name, inputs, outputs, line=run[0].line)]
 
 
+# Arms whose weights hold at most this many elements (and no convolution, recurrent cell
+# or nested control flow) are both computed and selected with `Where`: an `If` node costs
+# ~2 us in ONNX Runtime here, about what a batch-1 matmul over this many weights costs.
+SPECULATE_MAX_WEIGHTS = 8192
+_HEAVY = {"Conv", "ConvTranspose", "LSTM", "GRU", "RNN", "Loop", "If", "Scan"}
+
+
+def _speculate(arms) -> bool:
+    weights = sum(int(np.prod(t.dims)) for _, inits, _ in arms for t in inits)
+    heavy = any(n.op_type in _HEAVY for nodes, _, _ in arms for n in nodes)
+    same = all(a.type == b.type for a, b in zip(arms[0][2], arms[1][2]))
+    return weights <= SPECULATE_MAX_WEIGHTS and not heavy and same
+
+
 def _worth(run) -> bool:
     return sum(isinstance(s, CallRegion) for s in _walk_run(run)) >= 2 and any(
         isinstance(s, If) for s in run)
@@ -206,28 +221,45 @@ class _OnnxBuilder:
                     nodes.append(helper.make_node("Identity", [x.name], [d.name]))
                     self.types[d.name] = self._type(x.name)
             elif isinstance(s, If):
-                nodes.append(self.if_node(s))
+                nodes += self.if_node(s)
         return nodes
 
-    def if_node(self, s: If):
+    def if_node(self, s: If) -> list:
+        """An `If` node, or both arms and a `Where` when they are cheaper than an `If`."""
         then_map = {d: x for a in s.then if isinstance(a, Assign) for d, x in zip(a.dsts, a.srcs)}
         phis = list(then_map)
-        branches = []
-        for arm, tag in ((s.then, "then"), (s.orelse, "else")):
-            body = [x for x in arm if not isinstance(x, Assign)]
-            srcs = {d: x for a in arm if isinstance(a, Assign) for d, x in zip(a.dsts, a.srcs)}
-            nodes = self.stmts(body)
-            outs = []
-            for d in phis:
-                o = f"{d.name}__{tag}{self._next()}"
-                nodes.append(helper.make_node("Identity", [srcs[d].name], [o]))
-                outs.append(helper.make_value_info(o, self._type(srcs[d].name)))
-            branches.append(helper.make_graph(nodes, f"{self.name}_{tag}{self.k}", [], outs))
+        arms = [self._arm(arm, tag, phis) for arm, tag in ((s.then, "then"),
+                                                           (s.orelse, "else"))]
         for d in phis:
             self.types[d.name] = self._type(then_map[d].name)
-        return helper.make_node("If", [s.cond.name], [d.name for d in phis],
-                                then_branch=branches[0], else_branch=branches[1],
-                                name=f"if_{s.cond.name}")
+        if _speculate(arms):
+            nodes = []
+            for arm_nodes, inits, _ in arms:
+                nodes += arm_nodes
+                self.initializers += inits
+            for d, a, b in zip(phis, arms[0][2], arms[1][2]):
+                nodes.append(helper.make_node("Where", [s.cond.name, a.name, b.name], [d.name]))
+            return nodes
+        branches = [helper.make_graph(n, f"{self.name}_{tag}{self._next()}", [], outs,
+                                      initializer=inits)
+                    for (n, inits, outs), tag in zip(arms, ("then", "else"))]
+        return [helper.make_node("If", [s.cond.name], [d.name for d in phis],
+                                 then_branch=branches[0], else_branch=branches[1],
+                                 name=f"if_{s.cond.name}")]
+
+    def _arm(self, arm, tag, phis):
+        """Nodes, initializers (an arm's weights live in the arm) and outputs of one arm."""
+        body = [x for x in arm if not isinstance(x, Assign)]
+        srcs = {d: x for a in arm if isinstance(a, Assign) for d, x in zip(a.dsts, a.srcs)}
+        outer, self.initializers = self.initializers, []
+        nodes = self.stmts(body)
+        inits, self.initializers = self.initializers, outer
+        outs = []
+        for d in phis:
+            o = f"{d.name}__{tag}{self._next()}"
+            nodes.append(helper.make_node("Identity", [srcs[d].name], [o]))
+            outs.append(helper.make_value_info(o, self._type(srcs[d].name)))
+        return nodes, inits, outs
 
     def _next(self) -> int:
         self.k += 1
