@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import sys
 import timeit
+from pathlib import Path
 
-import dycomp
-from examples.zoo import ZOO
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import dycomp  # noqa: E402
+from examples.zoo import ZOO  # noqa: E402
 
 
 def per_call_us(fn, number: int) -> float:
@@ -22,7 +25,7 @@ def per_call_us(fn, number: int) -> float:
 
 def main(name: str = "policy_net") -> None:
     model, example = ZOO[name].make()
-    cm = dycomp.compile(model, example, backend="onnx", check=False)
+    cm = dycomp.compile(model, example, backend="onnx", check=False, fuse_branches=False)
     ex = cm.program.executor
     by_size = sorted(cm.graph.regions.values(), key=lambda r: len(ex.models[r.name]))
     print(f"{name}: {len(by_size)} regions, onnxruntime threads={ex.threads}")

@@ -96,46 +96,43 @@ def _inplace(tr, func, args, kwargs, target):
 
 def record(tr, func, args, kwargs, getter=False, name=None):
     """Run `func` on example values and add the op to the open region."""
-    ex_args, ex_kwargs = tree_map(_unwrap, args), tree_map(_unwrap, kwargs)
-    try:
-        with torch._C.DisableTorchFunctionSubclass():
-            out = func(*ex_args, **ex_kwargs)
-    except Exception as e:
-        tr.fail(f"tensor operation {name or _name(func)} failed on the example inputs: {e}")
-    region = tr.region()
-    fx_args, fx_kwargs = tree_map(tr.node_of, args), tree_map(tr.node_of, kwargs)
-    if getter:
-        node = region.graph.call_function(getattr, (fx_args[0], name))
-    elif name and _is_method(func, name):
-        node = region.graph.call_method(name, tuple(fx_args), fx_kwargs)
-    else:
-        node = region.graph.call_function(func, tuple(fx_args), fx_kwargs)
-    from dycomp.frontend.tracer import user_frame
+    what = name or _name(func)
 
-    line = user_frame()
-    node.meta["line"] = line
-    if line and line not in region.lines:
-        region.lines.append(line)
-    return wrap(tr, region, node, out, name or _name(func))
+    def add(graph, fx_args, fx_kwargs):
+        if getter:
+            return graph.call_function(getattr, (fx_args[0], name))
+        if name and _is_method(func, name):
+            return graph.call_method(name, tuple(fx_args), fx_kwargs)
+        return graph.call_function(func, tuple(fx_args), fx_kwargs)
+
+    return _trace_op(tr, func, args, kwargs, f"tensor operation {what}", add)
 
 
 def call_module(tr, module, args, kwargs):
     """A torch.nn leaf module applied to traced tensors becomes one call_module node."""
+    def add(graph, fx_args, fx_kwargs):
+        return graph.call_module(tr.region().attr(module), tuple(fx_args), fx_kwargs)
+
+    return _trace_op(tr, module, args, kwargs, type(module).__name__, add)
+
+
+def _trace_op(tr, fn, args, kwargs, what, add_node):
+    """Compute `fn` on the example values, then add its node (`add_node`) to the open
+    region with the user's source line."""
+    from dycomp.frontend.tracer import user_frame
+
     ex_args, ex_kwargs = tree_map(_unwrap, args), tree_map(_unwrap, kwargs)
     try:
         with torch._C.DisableTorchFunctionSubclass():
-            out = module(*ex_args, **ex_kwargs)
+            out = fn(*ex_args, **ex_kwargs)
     except Exception as e:
-        tr.fail(f"{type(module).__name__} failed on the example inputs: {e}")
+        tr.fail(f"{what} failed on the example inputs: {e}")
     region = tr.region()
-    fx_args, fx_kwargs = tree_map(tr.node_of, args), tree_map(tr.node_of, kwargs)
-    node = region.graph.call_module(region.attr(module), tuple(fx_args), fx_kwargs)
-    from dycomp.frontend.tracer import user_frame
-
-    node.meta["line"] = user_frame()
-    if node.meta["line"] and node.meta["line"] not in region.lines:
-        region.lines.append(node.meta["line"])
-    return wrap(tr, region, node, out, type(module).__name__)
+    node = add_node(region.graph, tree_map(tr.node_of, args), tree_map(tr.node_of, kwargs))
+    node.meta["line"] = line = user_frame()
+    if line and line not in region.lines:
+        region.lines.append(line)
+    return wrap(tr, region, node, out, what)
 
 
 def wrap(tr, region, node, out, what):
