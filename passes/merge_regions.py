@@ -1,11 +1,16 @@
 """MergeAdjacentRegions: two regions called one after the other with no decision
-between them become one region (one dispatch instead of two)."""
+between them become one region (one dispatch instead of two).
+
+Pure host statements between the two calls (host arithmetic, `.item()`, phi copies)
+are moved out of the way when that keeps every value defined before its use: before
+the first call if they do not read its outputs, after the second if it does not read
+theirs."""
 
 from __future__ import annotations
 
 from torch import fx
 
-from dycomp.ir.program import CallRegion
+from dycomp.ir.program import Assign, CallRegion, HostOp
 from dycomp.passes.base import Pass, PassResult
 from dycomp.passes.regions import call_sites, rebuild
 
@@ -24,16 +29,60 @@ def _merge_block(graph, body, counts) -> bool:
         for b in s.blocks():
             changed |= _merge_block(graph, b, counts)
     i = 0
-    while i + 1 < len(body):
-        a, b = body[i], body[i + 1]
-        if (isinstance(a, CallRegion) and isinstance(b, CallRegion) and a.region != b.region
-                and counts.get(a.region) == 1 and counts.get(b.region) == 1):
-            _merge(graph, a, b)
-            del body[i + 1]
-            changed = True
-        else:
+    while i < len(body):
+        a = body[i]
+        j = _next_call(body, i)
+        if j is None or not _mergeable(a, body[j], counts):
             i += 1
+            continue
+        split = _reorder(a, body[i + 1:j], body[j])
+        if split is None:
+            i += 1
+            continue
+        before, after = split
+        _merge(graph, a, body[j])
+        body[i:j + 1] = before + [a] + after
+        i += len(before)
+        changed = True
     return changed
+
+
+def _next_call(body, i):
+    """Index of the next region call after body[i] with only pure host statements
+    between, or None."""
+    if not isinstance(body[i], CallRegion):
+        return None
+    for j in range(i + 1, len(body)):
+        s = body[j]
+        if isinstance(s, CallRegion):
+            return j
+        if not (isinstance(s, Assign) or (isinstance(s, HostOp) and s.pure)):
+            return None
+    return None
+
+
+def _mergeable(a, b, counts) -> bool:
+    return (a.region != b.region and counts.get(a.region) == 1
+            and counts.get(b.region) == 1)
+
+
+def _reorder(a: CallRegion, between: list, b: CallRegion):
+    """Split the statements between two calls into those that can run before `a` and
+    those that can run after `b`; None if some must stay between."""
+    before, after = [], []
+    late = set(a.outs)  # values only available after `a` (or after moved statements)
+    read_late = set()  # values read by the statements moved after `b`
+    for s in between:
+        uses, defs = set(s.uses()), set(s.defs())
+        if not uses & late and not defs & (set(a.args) | read_late):
+            before.append(s)
+        elif not defs & set(b.args):
+            after.append(s)
+            late |= defs
+            read_late |= uses
+        else:
+            return None
+    return before, after
 
 
 def _merge(graph, a: CallRegion, b: CallRegion) -> None:

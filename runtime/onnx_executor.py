@@ -26,9 +26,7 @@ class OnnxExecutor:
     executor holds no per-call state).
 
     `models` maps region name -> ONNX model as bytes, or a path to a `.onnx` file.
-    `threads`: intra-op threads of every session, or a per-region plan (missing: 1).
-    Worker threads keep spinning after a run (fast wake-up) only when a single session
-    has more than one thread; several spinning pools would compete for the cores."""
+    `threads`: intra-op threads of every session, or a per-region plan (missing: 1)."""
 
     def __init__(self, models: dict[str, bytes | str | os.PathLike],
                  threads: int | dict[str, int] = 2):
@@ -38,14 +36,13 @@ class OnnxExecutor:
             raise ValueError(f"threads must be positive ints, got {threads!r}")
         self.models = dict(models)
         self.threads = plan
-        spin = sum(t > 1 for t in plan.values()) <= 1
         self.sessions: dict[str, ort.InferenceSession] = {}
         failed = {}
         for name, model in self.models.items():
             try:
                 self.sessions[name] = ort.InferenceSession(
                     os.fspath(model) if isinstance(model, os.PathLike) else model,
-                    sess_options=session_options(plan[name], spin),
+                    sess_options=session_options(plan[name]),
                     providers=["CPUExecutionProvider"])
             except Exception as e:  # report every region ONNX Runtime cannot load at once
                 failed[name] = str(e).strip().splitlines()[0][:300]
@@ -66,19 +63,19 @@ class OnnxExecutor:
         return tuple(run(outputs, {n: asarray(a, d) for (n, d), a in zip(inputs, args)}, None))
 
 
-def session_options(threads: int, spin: bool = False) -> ort.SessionOptions:
+def session_options(threads: int) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3  # errors only: unused-initializer warnings are noise here
-    if threads > 1 and not spin:
+    if threads > 1:
         # Every session owns a pool whose workers spin after a run, competing with the
-        # next region's session; the host runs many regions in turn. Stopping the spin
-        # at the end of each run: gated_resnet (37 regions, 2 cores) 6 ms -> 0.75 ms.
-        # A lone multi-threaded session keeps spinning: waking its workers costs ~40 us
-        # per run (multi_exit r0: 0.065 ms spinning, 0.107 ms stopped).
+        # next region's session, and with PyTorch's threads in the same process. Stopping
+        # the spin at the end of each run: gated_resnet (37 regions, 2 cores) 6 ms ->
+        # 0.75 ms; eager convolutions run 3x slower beside a spinning session. Waking the
+        # workers costs ~40 us per run (multi_exit r0: 0.065 ms spinning, 0.107 stopped).
         so.add_session_config_entry("session.force_spinning_stop", "1")
     return so
 

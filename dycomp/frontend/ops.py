@@ -149,6 +149,8 @@ def not_in(a, b):
 
 # -- indexing ---------------------------------------------------------------------------------
 def getitem(obj, index):
+    if isinstance(index, HVal) and isinstance(obj, torch.Tensor) and not isinstance(obj, TVal):
+        obj = tracer().const_tensor(obj)  # a weight indexed by a host int: stays in a region
     if isinstance(index, HVal) and not isinstance(obj, (TVal, HVal)):
         if isinstance(obj, (nn.ModuleList, nn.Sequential)) or (
                 isinstance(obj, (list, tuple)) and not _host_representable(obj)):
