@@ -15,11 +15,15 @@ random inputs halt after every step count from 1 to ``max_steps``.
 from __future__ import annotations
 
 import math
-from collections import Counter
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+if __package__:
+    from . import common
+else:  # run as a script, or loaded by path: common.py is a sibling
+    import common
 
 
 class ACTNet(nn.Module):
@@ -56,14 +60,8 @@ class ACTNet(nn.Module):
 METHOD = "forward"
 
 
-def _vector(g: torch.Generator) -> torch.Tensor:
-    scale = math.exp(2.0 * torch.rand((), generator=g).item() - 1.0)
-    return scale * torch.randn(1, 16, generator=g)
-
-
 def sample_inputs(n: int, seed: int = 0) -> list[tuple]:
-    g = torch.Generator().manual_seed(seed)
-    return [(_vector(g),) for _ in range(n)]
+    return common.randn_inputs(n, seed, (1, 16))
 
 
 @torch.no_grad()
@@ -111,11 +109,8 @@ def _calibrate(model: ACTNet, x: torch.Tensor) -> None:
 
 
 def make(seed: int = 0) -> tuple[nn.Module, tuple]:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = ACTNet().eval()
-    calib = torch.cat([t[0] for t in sample_inputs(256, seed=10_000 + seed)])
-    _calibrate(model, calib)
+    model = common.seeded(ACTNet, seed)
+    _calibrate(model, common.calibration_batch(sample_inputs, 256, seed))
     return model, sample_inputs(1, seed=seed)[0]
 
 
@@ -130,8 +125,5 @@ PATHS = set(range(1, 9))  # 1 .. max_steps
 
 if __name__ == "__main__":
     model, example = make()
-    with torch.no_grad():
-        counts = Counter(path_key(model, inp, model(*inp)) for inp in sample_inputs(200))
-    print(f"{len(counts)} distinct step counts over 200 inputs")
-    for key, c in sorted(counts.items()):
-        print(f"  {key!s:>4}  {c:4d}  {c / 2:5.1f}%")
+    keys = common.path_keys(model, sample_inputs(200), path_key)
+    common.print_frequencies(keys, "step counts", 4)

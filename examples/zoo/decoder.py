@@ -20,11 +20,15 @@ stop at every length from 0 to ``max_len``.
 from __future__ import annotations
 
 import math
-from collections import Counter
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+if __package__:
+    from . import common
+else:  # run as a script, or loaded by path: common.py is a sibling
+    import common
 
 
 class GreedyDecoder(nn.Module):
@@ -77,14 +81,8 @@ class GreedyDecoder(nn.Module):
 METHOD = "forward"
 
 
-def _source(g: torch.Generator) -> torch.Tensor:
-    scale = math.exp(2.0 * torch.rand((), generator=g).item() - 1.0)
-    return scale * torch.randn(1, 6, 16, generator=g)
-
-
 def sample_inputs(n: int, seed: int = 0) -> list[tuple]:
-    g = torch.Generator().manual_seed(seed)
-    return [(_source(g),) for _ in range(n)]
+    return common.randn_inputs(n, seed, (1, 6, 16))
 
 
 @torch.no_grad()
@@ -145,11 +143,8 @@ def _calibrate(model: GreedyDecoder, src: torch.Tensor) -> None:
 
 
 def make(seed: int = 0) -> tuple[nn.Module, tuple]:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = GreedyDecoder().eval()
-    calib = torch.cat([t[0] for t in sample_inputs(512, seed=10_000 + seed)])
-    _calibrate(model, calib)
+    model = common.seeded(GreedyDecoder, seed)
+    _calibrate(model, common.calibration_batch(sample_inputs, 512, seed))
     return model, sample_inputs(1, seed=seed)[0]
 
 
@@ -172,10 +167,6 @@ EXTRA_METHODS = {"generate": path_key_generate}
 
 if __name__ == "__main__":
     model, example = make()
-    with torch.no_grad():
-        for name, key_fn in [(METHOD, path_key), ("generate", path_key_generate)]:
-            fn = getattr(model, name)
-            counts = Counter(key_fn(model, inp, fn(*inp)) for inp in sample_inputs(200))
-            print(f"{name}: {len(counts)} distinct paths over 200 inputs")
-            for key, c in sorted(counts.items()):
-                print(f"  {key!s:>6}  {c:4d}  {c / 2:5.1f}%")
+    for name, key_fn in [(METHOD, path_key), ("generate", path_key_generate)]:
+        keys = common.path_keys(model, sample_inputs(200), key_fn, name)
+        common.print_frequencies(keys, "paths", 6, prefix=f"{name}: ")

@@ -12,11 +12,13 @@ calibration batch) so that every gate is open for about half of the inputs.
 
 from __future__ import annotations
 
-import math
-from collections import Counter
-
 import torch
 import torch.nn as nn
+
+if __package__:
+    from . import common
+else:  # run as a script, or loaded by path: common.py is a sibling
+    import common
 
 
 class MLPBlock(nn.Module):
@@ -52,14 +54,8 @@ class Gated54(nn.Module):
 METHOD = "forward"
 
 
-def _vector(g: torch.Generator) -> torch.Tensor:
-    scale = math.exp(2.0 * torch.rand((), generator=g).item() - 1.0)
-    return scale * torch.randn(1, 64, generator=g)
-
-
 def sample_inputs(n: int, seed: int = 0) -> list[tuple]:
-    g = torch.Generator().manual_seed(seed)
-    return [(_vector(g),) for _ in range(n)]
+    return common.randn_inputs(n, seed, (1, 64))
 
 
 @torch.no_grad()
@@ -73,31 +69,15 @@ def _calibrate(model: Gated54, x: torch.Tensor) -> None:
 
 
 def make(seed: int = 0) -> tuple[nn.Module, tuple]:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = Gated54().eval()
-    calib = torch.cat([t[0] for t in sample_inputs(512, seed=10_000 + seed)])
-    _calibrate(model, calib)
+    model = common.seeded(Gated54, seed)
+    _calibrate(model, common.calibration_batch(sample_inputs, 512, seed))
     return model, sample_inputs(1, seed=seed)[0]
 
 
-@torch.no_grad()
 def path_key(model, inputs: tuple, output):
-    """Tuple of 54 gate decisions (1 = block ran), recomputed with forward pre-hooks."""
-    ran = [0] * len(model.blocks)
-    handles = []
-    for i, block in enumerate(model.blocks):
-
-        def hook(module, args, i=i):
-            ran[i] = 1
-
-        handles.append(block.register_forward_pre_hook(hook))
-    try:
-        model(*inputs)
-    finally:
-        for hd in handles:
-            hd.remove()
-    return tuple(ran)
+    """Tuple of 54 gate decisions (1 = block ran), recomputed with forward hooks."""
+    ran = set(common.record(model, inputs, model.blocks, lambda i, args, out: i))
+    return tuple(int(i in ran) for i in range(len(model.blocks)))
 
 
 # Number of distinct gate patterns over sample_inputs(200) for make(0) (measured).
@@ -106,9 +86,8 @@ PATHS = 200
 
 if __name__ == "__main__":
     model, example = make()
-    keys = [path_key(model, inp, None) for inp in sample_inputs(200)]
-    counts = Counter(keys)
-    print(f"{len(counts)} distinct gate patterns over 200 inputs")
+    keys = common.path_keys(model, sample_inputs(200), path_key)
+    common.print_frequencies(keys, "gate patterns")
     on = [sum(k[i] for k in keys) for i in range(len(keys[0]))]
     print(f"per-block 'on' count (of 200): min {min(on)} max {max(on)}")
     print(on)

@@ -12,12 +12,14 @@ batch) so that every gate is open for about half of the random inputs.
 
 from __future__ import annotations
 
-import math
-from collections import Counter
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+if __package__:
+    from . import common
+else:  # run as a script, or loaded by path: common.py is a sibling
+    import common
 
 
 def conv3x3(cin, cout, stride=1):
@@ -86,20 +88,8 @@ class GatedResNet(nn.Module):
 METHOD = "forward"
 
 
-def _image(g: torch.Generator) -> torch.Tensor:
-    """A random 1x3x32x32 "image": smooth blobs + pixel noise, random scale and offset."""
-    scale = math.exp(2.0 * torch.rand((), generator=g).item() - 1.0)
-    low = F.interpolate(
-        torch.randn(1, 3, 4, 4, generator=g), size=(32, 32), mode="bilinear", align_corners=False
-    )
-    noise = torch.randn(1, 3, 32, 32, generator=g)
-    offset = 0.5 * torch.randn(1, 3, 1, 1, generator=g)
-    return scale * (low + 0.5 * noise) + offset
-
-
 def sample_inputs(n: int, seed: int = 0) -> list[tuple]:
-    g = torch.Generator().manual_seed(seed)
-    return [(_image(g),) for _ in range(n)]
+    return common.image_inputs(n, seed)
 
 
 def _gated_blocks(model: GatedResNet) -> list[GatedBlock]:
@@ -122,29 +112,16 @@ def _calibrate(model: GatedResNet, x: torch.Tensor) -> None:
 
 
 def make(seed: int = 0) -> tuple[nn.Module, tuple]:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = GatedResNet().eval()
-    calib = torch.cat([t[0] for t in sample_inputs(256, seed=10_000 + seed)])
-    _calibrate(model, calib)
+    model = common.seeded(GatedResNet, seed)
+    _calibrate(model, common.calibration_batch(sample_inputs, 256, seed))
     return model, sample_inputs(1, seed=seed)[0]
 
 
-@torch.no_grad()
 def path_key(model, inputs: tuple, output):
     """Tuple of 18 gate decisions (1 = block ran), recomputed with forward hooks."""
-    decisions = []
-
-    def hook(module, args, out):
-        decisions.append(int(out is not args[0]))
-
-    handles = [b.register_forward_hook(hook) for b in _gated_blocks(model)]
-    try:
-        model(*inputs)
-    finally:
-        for hd in handles:
-            hd.remove()
-    return tuple(decisions)
+    ran = common.record(model, inputs, _gated_blocks(model),
+                        lambda i, args, out: int(out is not args[0]))
+    return tuple(ran)
 
 
 # Number of distinct gate patterns over sample_inputs(200) for make(0) (measured).
@@ -153,11 +130,7 @@ PATHS = 146
 
 if __name__ == "__main__":
     model, example = make()
-    keys = [path_key(model, inp, None) for inp in sample_inputs(200)]
-    counts = Counter(keys)
-    print(f"{len(counts)} distinct gate patterns over 200 inputs")
-    on = [sum(k[i] for k in keys) for i in range(len(keys[0]))]
-    print("per-block 'on' count (of 200):", on)
-    n_on = [sum(k) for k in keys]
-    print(f"blocks on per input: min {min(n_on)} max {max(n_on)}")
+    keys = common.path_keys(model, sample_inputs(200), path_key)
+    counts = common.print_frequencies(keys, "gate patterns")
+    common.print_block_usage(keys, "on")
     print("most common patterns:", counts.most_common(3))

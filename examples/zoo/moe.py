@@ -14,12 +14,16 @@ expert is chosen for about a quarter of the random inputs.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+if __package__:
+    from . import common
+else:  # run as a script, or loaded by path: common.py is a sibling
+    import common
 
 
 class Expert(nn.Module):
@@ -71,14 +75,8 @@ class MoENet(nn.Module):
 METHOD = "forward"
 
 
-def _vector(g: torch.Generator) -> torch.Tensor:
-    scale = math.exp(2.0 * torch.rand((), generator=g).item() - 1.0)
-    return scale * torch.randn(1, 16, generator=g)
-
-
 def sample_inputs(n: int, seed: int = 0) -> list[tuple]:
-    g = torch.Generator().manual_seed(seed)
-    return [(_vector(g),) for _ in range(n)]
+    return common.randn_inputs(n, seed, (1, 16))
 
 
 @torch.no_grad()
@@ -105,11 +103,8 @@ def _calibrate(model: MoENet, x: torch.Tensor, iters: int = 300) -> None:
 
 
 def make(seed: int = 0) -> tuple[nn.Module, tuple]:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = MoENet().eval()
-    calib = torch.cat([t[0] for t in sample_inputs(512, seed=10_000 + seed)])
-    _calibrate(model, calib)
+    model = common.seeded(MoENet, seed)
+    _calibrate(model, common.calibration_batch(sample_inputs, 512, seed))
     return model, sample_inputs(1, seed=seed)[0]
 
 
@@ -124,12 +119,9 @@ PATHS = {(i, j) for i in range(4) for j in range(4)}
 
 if __name__ == "__main__":
     model, example = make()
-    with torch.no_grad():
-        keys = [path_key(model, inp, model(*inp)) for inp in sample_inputs(200)]
-    counts = Counter(keys)
-    print(f"{len(counts)} distinct routes over 200 inputs")
+    keys = common.path_keys(model, sample_inputs(200), path_key)
+    counts = common.print_frequencies(keys, "routes")
     for layer in range(len(keys[0])):
         c = Counter(k[layer] for k in keys)
         print(f"layer {layer} expert counts:", dict(sorted(c.items())))
-    for key, c in sorted(counts.items()):
-        print(f"  {key!s:>8}  {c:4d}  {c / 2:5.1f}%")
+    common.print_table(counts, 8)

@@ -13,12 +13,16 @@ calibration batch) so that random inputs leave through every exit.
 from __future__ import annotations
 
 import math
-from collections import Counter
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+if __package__:
+    from . import common
+else:  # run as a script, or loaded by path: common.py is a sibling
+    import common
 
 NUM_CLASSES = 10
 
@@ -110,20 +114,8 @@ METHOD = "forward"
 EARLY_EXIT = "early_exit"
 
 
-def _image(g: torch.Generator) -> torch.Tensor:
-    """A random 1x3x32x32 "image": smooth blobs + pixel noise, random scale and offset."""
-    scale = math.exp(2.0 * torch.rand((), generator=g).item() - 1.0)
-    low = F.interpolate(
-        torch.randn(1, 3, 4, 4, generator=g), size=(32, 32), mode="bilinear", align_corners=False
-    )
-    noise = torch.randn(1, 3, 32, 32, generator=g)
-    offset = 0.5 * torch.randn(1, 3, 1, 1, generator=g)
-    return scale * (low + 0.5 * noise) + offset
-
-
 def sample_inputs(n: int, seed: int = 0) -> list[tuple]:
-    g = torch.Generator().manual_seed(seed)
-    return [(_image(g),) for _ in range(n)]
+    return common.image_inputs(n, seed)
 
 
 @torch.no_grad()
@@ -157,11 +149,8 @@ def _calibrate(model: MultiExitResNet, x: torch.Tensor) -> None:
 
 
 def make(seed: int = 0) -> tuple[nn.Module, tuple]:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = MultiExitResNet().eval()
-    calib = torch.cat([t[0] for t in sample_inputs(256, seed=10_000 + seed)])
-    _calibrate(model, calib)
+    model = common.seeded(MultiExitResNet, seed)
+    _calibrate(model, common.calibration_batch(sample_inputs, 256, seed))
     return model, sample_inputs(1, seed=seed)[0]
 
 
@@ -193,10 +182,7 @@ EXTRA_METHODS = {EARLY_EXIT: path_key_early_exit}
 
 if __name__ == "__main__":
     model, example = make()
-    with torch.no_grad():
-        for name, key_fn in [(METHOD, path_key), (EARLY_EXIT, path_key_early_exit)]:
-            fn = getattr(model, name)
-            counts = Counter(key_fn(model, inp, fn(*inp)) for inp in sample_inputs(200))
-            print(f"{name}: {len(counts)} distinct paths over 200 inputs")
-            for key, c in sorted(counts.items(), key=lambda kv: str(kv[0])):
-                print(f"  {key!s:>16}  {c:4d}  {c / 2:5.1f}%")
+    for name, key_fn in [(METHOD, path_key), (EARLY_EXIT, path_key_early_exit)]:
+        keys = common.path_keys(model, sample_inputs(200), key_fn, name)
+        common.print_frequencies(keys, "paths", 16, prefix=f"{name}: ",
+                                 sort_key=lambda kv: str(kv[0]))

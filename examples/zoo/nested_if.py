@@ -14,13 +14,16 @@ decision statistics on a fixed calibration batch) so all 8 paths occur.
 
 from __future__ import annotations
 
-import math
-from collections import Counter
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+if __package__:
+    from . import common
+else:  # run as a script, or loaded by path: common.py is a sibling
+    import common
 
 
 @dataclass
@@ -102,14 +105,13 @@ METHOD = "forward"
 
 
 def _vector(g: torch.Generator) -> torch.Tensor:
-    scale = math.exp(2.0 * torch.rand((), generator=g).item() - 1.0)
+    scale = common.log_scale(g)
     shift = 0.5 * torch.randn((), generator=g).item()
     return scale * torch.randn(1, 16, generator=g) + shift
 
 
 def sample_inputs(n: int, seed: int = 0) -> list[tuple]:
-    g = torch.Generator().manual_seed(seed)
-    return [(_vector(g),) for _ in range(n)]
+    return common.draw_inputs(_vector, n, seed)
 
 
 @torch.no_grad()
@@ -126,11 +128,8 @@ def _calibrate(model: NestedIfNet, x: torch.Tensor) -> None:
 
 
 def make(seed: int = 0) -> tuple[nn.Module, tuple]:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = NestedIfNet(Config()).eval()
-    calib = torch.cat([t[0] for t in sample_inputs(512, seed=10_000 + seed)])
-    _calibrate(model, calib)
+    model = common.seeded(lambda: NestedIfNet(Config()), seed)
+    _calibrate(model, common.calibration_batch(sample_inputs, 512, seed))
     return model, sample_inputs(1, seed=seed)[0]
 
 
@@ -144,8 +143,5 @@ PATHS = {(b, n) for b in range(4) for n in (False, True)}
 
 if __name__ == "__main__":
     model, example = make()
-    with torch.no_grad():
-        counts = Counter(path_key(model, inp, model(*inp)) for inp in sample_inputs(200))
-    print(f"{len(counts)} distinct paths over 200 inputs")
-    for key, c in sorted(counts.items()):
-        print(f"  {key!s:>12}  {c:4d}  {c / 2:5.1f}%")
+    keys = common.path_keys(model, sample_inputs(200), path_key)
+    common.print_frequencies(keys, "paths", 12)

@@ -13,12 +13,14 @@ batch) so that each block is kept for about half of the random inputs.
 
 from __future__ import annotations
 
-import math
-from collections import Counter
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+if __package__:
+    from . import common
+else:  # run as a script, or loaded by path: common.py is a sibling
+    import common
 
 
 class ResidualBranch(nn.Module):
@@ -90,20 +92,8 @@ class BlockDropNet(nn.Module):
 METHOD = "forward"
 
 
-def _image(g: torch.Generator) -> torch.Tensor:
-    """A random 1x3x32x32 "image": smooth blobs + pixel noise, random scale and offset."""
-    scale = math.exp(2.0 * torch.rand((), generator=g).item() - 1.0)
-    low = F.interpolate(
-        torch.randn(1, 3, 4, 4, generator=g), size=(32, 32), mode="bilinear", align_corners=False
-    )
-    noise = torch.randn(1, 3, 32, 32, generator=g)
-    offset = 0.5 * torch.randn(1, 3, 1, 1, generator=g)
-    return scale * (low + 0.5 * noise) + offset
-
-
 def sample_inputs(n: int, seed: int = 0) -> list[tuple]:
-    g = torch.Generator().manual_seed(seed)
-    return [(_image(g),) for _ in range(n)]
+    return common.image_inputs(n, seed)
 
 
 @torch.no_grad()
@@ -114,11 +104,8 @@ def _calibrate(model: BlockDropNet, x: torch.Tensor) -> None:
 
 
 def make(seed: int = 0) -> tuple[nn.Module, tuple]:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = BlockDropNet().eval()
-    calib = torch.cat([t[0] for t in sample_inputs(256, seed=10_000 + seed)])
-    _calibrate(model, calib)
+    model = common.seeded(BlockDropNet, seed)
+    _calibrate(model, common.calibration_batch(sample_inputs, 256, seed))
     return model, sample_inputs(1, seed=seed)[0]
 
 
@@ -134,12 +121,7 @@ PATHS = 104
 
 if __name__ == "__main__":
     model, example = make()
-    with torch.no_grad():
-        keys = [path_key(model, inp, model(*inp)) for inp in sample_inputs(200)]
-    counts = Counter(keys)
-    print(f"{len(counts)} distinct block-drop patterns over 200 inputs (of 2^{len(keys[0])})")
-    on = [sum(k[i] for k in keys) for i in range(len(keys[0]))]
-    print("per-block 'kept' count (of 200):", on)
-    n_on = [sum(k) for k in keys]
-    print(f"blocks kept per input: min {min(n_on)} max {max(n_on)}")
+    keys = common.path_keys(model, sample_inputs(200), path_key)
+    counts = common.print_frequencies(keys, "block-drop patterns", suffix=f" (of 2^{len(keys[0])})")
+    common.print_block_usage(keys, "kept")
     print("most common patterns:", counts.most_common(3))

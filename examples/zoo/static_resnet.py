@@ -10,12 +10,13 @@ and a reshape driven by ``x.size(0)``. It must compile to exactly one region.
 
 from __future__ import annotations
 
-import math
-from collections import Counter
-
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+if __package__:
+    from . import common
+else:  # run as a script, or loaded by path: common.py is a sibling
+    import common
 
 
 class BasicBlock(nn.Module):
@@ -85,26 +86,12 @@ class StaticResNet(nn.Module):
 METHOD = "forward"
 
 
-def _image(g: torch.Generator) -> torch.Tensor:
-    """A random 1x3x32x32 "image": smooth blobs + pixel noise, random scale and offset."""
-    scale = math.exp(2.0 * torch.rand((), generator=g).item() - 1.0)
-    low = F.interpolate(
-        torch.randn(1, 3, 4, 4, generator=g), size=(32, 32), mode="bilinear", align_corners=False
-    )
-    noise = torch.randn(1, 3, 32, 32, generator=g)
-    offset = 0.5 * torch.randn(1, 3, 1, 1, generator=g)
-    return scale * (low + 0.5 * noise) + offset
-
-
 def sample_inputs(n: int, seed: int = 0) -> list[tuple]:
-    g = torch.Generator().manual_seed(seed)
-    return [(_image(g),) for _ in range(n)]
+    return common.image_inputs(n, seed)
 
 
 def make(seed: int = 0) -> tuple[nn.Module, tuple]:
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = StaticResNet().eval()
+    model = common.seeded(StaticResNet, seed)
     return model, sample_inputs(1, seed=seed)[0]
 
 
@@ -118,8 +105,5 @@ PATHS = {0}
 
 if __name__ == "__main__":
     model, example = make()
-    with torch.no_grad():
-        counts = Counter(path_key(model, inp, model(*inp)) for inp in sample_inputs(200))
-    print(f"{len(counts)} distinct paths over 200 inputs")
-    for key, c in sorted(counts.items()):
-        print(f"  {key!s:>4}  {c:4d}  {c / 2:5.1f}%")
+    keys = common.path_keys(model, sample_inputs(200), path_key)
+    common.print_frequencies(keys, "paths", 4)
