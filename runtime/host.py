@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Callable
 from typing import Protocol
 
@@ -31,7 +30,6 @@ class HostProgram:
         self.fn = load_host(source)
         self.executor = executor
         self.region_lines = region_lines or {}
-        self._lock = threading.Lock()
 
     def run(self, *inputs, return_path: bool = False):
         path: list[str] = []

@@ -41,23 +41,24 @@ class _ExportFailure(Exception):
 
 
 def export_regions(graph, opset: int = DEFAULT_OPSET) -> dict[str, bytes]:
-    """Region name -> serialized, checker-validated ONNX model.
+    """Region name -> serialized, checker-validated ONNX model; each FX region keeps its
+    model as `region.onnx`.
 
     Regions that already are ONNX models (`region.gm is None`, from a fusing pass) are
     serialized as they are. Raises one `UnsupportedError` listing every op of every region
     that cannot be exported."""
     if all(r.gm is not None for r in graph.regions.values()):
         mark_dynamic(graph)
-    models, failures = {}, []
-    for name, region in graph.regions.items():
+    failures = []
+    for region in graph.regions.values():
         try:
-            models[name] = (export_region(region, opset) if region.gm is not None
-                            else region.onnx.SerializeToString())
+            if region.gm is not None:
+                region.onnx = export_region_model(region, opset)
         except _ExportFailure as f:
             failures.append(f)
     if failures:
         raise _unsupported(failures, opset)
-    return models
+    return {name: r.onnx.SerializeToString() for name, r in graph.regions.items()}
 
 
 def lower_onnx(graph, threads: int = 2, opset: int = DEFAULT_OPSET, fuse: bool = True):
@@ -70,16 +71,13 @@ def lower_onnx(graph, threads: int = 2, opset: int = DEFAULT_OPSET, fuse: bool =
     from dycomp.runtime.onnx_executor import OnnxExecutor
 
     models = export_regions(graph, opset)
-    if fuse:
-        for name, blob in models.items():
-            graph.regions[name].onnx = onnx.load_from_string(blob)
-        n = fuse_branches(graph)
-        if n:
-            log.info("lowered %d host branches into ONNX If nodes: %d subgraphs left", n,
-                     len(graph.regions))
-            graph.verify()
+    n = fuse_branches(graph) if fuse else 0
+    if n:
+        log.info("lowered %d host branches into ONNX If nodes: %d subgraphs left", n,
+                 len(graph.regions))
+        graph.verify()
         models = {name: r.onnx.SerializeToString() for name, r in graph.regions.items()}
-    threads = thread_plan(graph, models, threads)
+    threads = thread_plan(graph, threads)
     try:
         return OnnxExecutor(models, threads=threads)
     except ArtifactError as e:  # a fresh export ONNX Runtime cannot load: a backend gap
@@ -93,13 +91,11 @@ HEAVY_OPS = {"Conv", "ConvTranspose", "LSTM", "GRU", "RNN"}
 HEAVY_WEIGHTS = 1 << 18
 
 
-def thread_plan(graph, models: dict, threads: int) -> dict[str, int]:
-    """Intra-op threads per subgraph: `threads` for heavy ones, 1 for the rest."""
+def thread_plan(graph, threads: int) -> dict[str, int]:
+    """Intra-op threads per lowered subgraph: `threads` for heavy ones, 1 for the rest."""
     plan = {}
-    for name in models:
-        model = graph.regions[name].onnx
-        if model is None:
-            model = onnx.load_from_string(models[name])
+    for name, region in graph.regions.items():
+        model = region.onnx
         nodes = _all_nodes(model.graph)
         weights = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
         heavy = any(n.op_type in HEAVY_OPS for n in nodes) or weights >= HEAVY_WEIGHTS
@@ -115,11 +111,6 @@ def _all_nodes(g) -> list:
             if a.type == onnx.AttributeProto.GRAPH:
                 out += _all_nodes(a.g)
     return out
-
-
-def export_region(region, opset: int = DEFAULT_OPSET) -> bytes:
-    """One region as a serialized ONNX model (see `export_region_model`)."""
-    return export_region_model(region, opset).SerializeToString()
 
 
 def export_region_model(region, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:

@@ -119,9 +119,9 @@ class _Fuser:
         body[:] = out
 
     def fuse(self, run: list) -> list:
-        defined = {d for s in _walk_run(run) for d in s.defs()}
-        used_in = Counter(v for s in _walk_run(run) for v in s.uses())
-        inputs = list(dict.fromkeys(v for s in _walk_run(run) for v in s.uses()
+        defined = {d for s in walk(run) for d in s.defs()}
+        used_in = Counter(v for s in walk(run) for v in s.uses())
+        inputs = list(dict.fromkeys(v for s in walk(run) for v in s.uses()
                                     if v not in defined))
         outputs = [d for d in dict.fromkeys(defined) if self.uses[d] > used_in[d]]
         if any(d not in self.tensors for d in outputs):
@@ -134,8 +134,8 @@ class _Fuser:
         except _CannotFuse as e:
             log.debug("not fusing %d statements at %s: %s", len(run), run[0].line, e)
             return run
-        self.fused_ifs += sum(isinstance(s, If) for s in _walk_run(run))
-        lines = list(dict.fromkeys(ln for s in _walk_run(run) if isinstance(s, CallRegion)
+        self.fused_ifs += sum(isinstance(s, If) for s in walk(run))
+        lines = list(dict.fromkeys(ln for s in walk(run) if isinstance(s, CallRegion)
                                    for ln in self.graph.regions[s.region].lines))
         self.graph.regions[name] = Region(name, None, lines, onnx=model)
         return [CallRegion(name, inputs, outputs, line=run[0].line)]
@@ -156,12 +156,8 @@ def _speculate(arms) -> bool:
 
 
 def _worth(run) -> bool:
-    return sum(isinstance(s, CallRegion) for s in _walk_run(run)) >= 2 and any(
+    return sum(isinstance(s, CallRegion) for s in walk(run)) >= 2 and any(
         isinstance(s, If) for s in run)
-
-
-def _walk_run(run):
-    yield from walk(run)
 
 
 def _has_subgraphs(model) -> bool:
@@ -184,7 +180,7 @@ class _OnnxBuilder:
 
     def model(self, run, inputs, outputs) -> onnx.ModelProto:
         nodes = self.stmts(run)
-        first = self.graph.regions[next(s.region for s in _walk_run(run)
+        first = self.graph.regions[next(s.region for s in walk(run)
                                         if isinstance(s, CallRegion))].onnx
         ins = [helper.make_value_info(v.name, self._type(v.name)) for v in inputs]
         outs = [helper.make_value_info(v.name, self._type(v.name)) for v in outputs]

@@ -14,7 +14,6 @@ Concrete conditions still run as plain Python inside the operators.
 from __future__ import annotations
 
 import ast
-import functools
 import inspect
 import linecache
 import os
@@ -193,7 +192,7 @@ class _Converter(ast.NodeTransformer):
     def _loc(self, node):
         return _const(f"{self.filename}:{node.lineno}")
 
-    def _state(self, slots, tag):
+    def _state(self, slots):
         """get/set functions over the slots of a join."""
         locals_ = self.locals_stack[-1]
         names = [s for s in slots if "." not in s and s in locals_]
@@ -271,7 +270,7 @@ class _Converter(ast.NodeTransformer):
 
     def visit_If(self, node):
         src = ast.unparse(node.test)
-        get, set_, slots, names = self._state(assigned(node.body + node.orelse), "if")
+        get, set_, slots, names = self._state(assigned(node.body + node.orelse))
         then = _def(self._fresh("then"), self._block(node.body), nonlocals=names)
         orelse = _def(self._fresh("else"), self._block(node.orelse), nonlocals=names)
         call = _call("if_", self.visit(node.test), _name(then.name), _name(orelse.name),
@@ -281,7 +280,7 @@ class _Converter(ast.NodeTransformer):
     def visit_While(self, node):
         self._no_else(node)
         src = ast.unparse(node.test)
-        get, set_, slots, names = self._state(assigned(node.body + [node.test]), "while")
+        get, set_, slots, names = self._state(assigned(node.body + [node.test]))
         cond = _def(self._fresh("cond"), [ast.Return(self.visit(node.test))], nonlocals=names)
         body = _def(self._fresh("body"), self._block(node.body), nonlocals=names)
         call = _call("while_", _name(cond.name), _name(body.name), _name(get.name),
@@ -292,7 +291,7 @@ class _Converter(ast.NodeTransformer):
     def visit_For(self, node):
         self._no_else(node)
         src = f"for {ast.unparse(node.target)} in {ast.unparse(node.iter)}"
-        get, set_, slots, names = self._state(assigned(node.body + [node]), "for")
+        get, set_, slots, names = self._state(assigned(node.body + [node]))
         item = self._fresh("item")
         bind = ast.Assign(targets=[node.target], value=_name(item))
         body = _def(self._fresh("body"), [bind] + self._block(node.body), args=[item],
@@ -387,8 +386,9 @@ class _Converter(ast.NodeTransformer):
     visit_ListComp = visit_SetComp = visit_DictComp = visit_GeneratorExp = _visit_comp
 
 
-@functools.cache
-def _parse(fn_code, filename, firstline, class_name):
+def _parse(filename, firstline):
+    """The function's source as an AST, at its lines in the file (parsed once per code
+    object: `convert` caches the compiled result; the tree is then rewritten in place)."""
     lines = linecache.getlines(filename)
     if not lines:
         raise OSError("no source")
@@ -407,7 +407,7 @@ def convert(fn: types.FunctionType):
     qual = fn.__qualname__.split(".")
     class_name = qual[-2] if len(qual) >= 2 and qual[-2] != "<locals>" else None
     try:
-        tree = _parse(code, code.co_filename, code.co_firstlineno, class_name)
+        tree = _parse(code.co_filename, code.co_firstlineno)
     except (OSError, SyntaxError, IndexError) as e:
         raise UnsupportedError(
             f"cannot read the source of {fn.__qualname__} ({e})",

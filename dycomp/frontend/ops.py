@@ -9,10 +9,7 @@ is traced once.
 from __future__ import annotations
 
 import builtins
-import inspect
 import math
-import os
-import sys
 import types
 
 import numpy as np
@@ -21,7 +18,7 @@ from torch import nn
 
 from dycomp.frontend import convert as _convert
 from dycomp.frontend import torchfn
-from dycomp.frontend.tracer import FuncScope, LoopScope, Path, freeze, to_example
+from dycomp.frontend.tracer import FuncScope, LoopScope, Path, freeze, is_user_file, to_example
 from dycomp.frontend.values import (
     BREAK,
     CONTINUE,
@@ -36,13 +33,10 @@ from dycomp.frontend.values import (
     is_sym,
     tracer,
 )
-from dycomp.ir.program import Assign, Break, Continue, HostOp, If, Lit, Loop, Op
+from dycomp.ir.program import Assign, Break, Continue, If, Lit, Loop
 
 __all__ = ["BREAK", "CONTINUE", "Ret", "UNDEF", "call", "for_", "getitem", "if_", "while_"]
 
-_LIB_DIRS = tuple(p for p in {os.path.dirname(os.__file__), *sys.path} if "-packages" in p
-                  or p == os.path.dirname(os.__file__))
-_DYCOMP = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _HOST_BUILTINS = {max, min, sorted, any, all, set, frozenset, round, divmod, pow, sum, list,
                   tuple, dict, abs, reversed, str, repr, enumerate, zip}
 
@@ -209,9 +203,7 @@ def _user_code(fn) -> bool:
     """Python functions from the user's files (not the stdlib, site-packages or dycomp)."""
     if not isinstance(fn, types.FunctionType):
         return False
-    code = fn.__code__
-    f = code.co_filename
-    return not f.startswith(_LIB_DIRS) and not f.startswith(_DYCOMP) and not f.startswith("<")
+    return is_user_file(fn.__code__.co_filename)
 
 
 def _is_leaf(m: nn.Module) -> bool:
@@ -486,7 +478,7 @@ def _host_loop(t, get, set_, loc, src, body_fn, cond_fn=None, iterable=None):
         set_(init)
         header = _header(t, init, kinds)
         loop = _trace_body(t, header, init, get, set_, loc, src, body_fn, cond_fn, iterable)
-        new = _widen(kinds or tuple(_kind(v) for v in header), loop.seen, init)
+        new = _widen(kinds or tuple(_kind(v) for v in header), loop.seen)
         if new == (kinds or tuple(_kind(v) for v in header)):
             break
         kinds = new
@@ -599,7 +591,7 @@ def _kind(v):
     return ("S", id(v))
 
 
-def _widen(kinds, seen, init):
+def _widen(kinds, seen):
     """Kinds of the loop-carried values that hold across all iterations."""
     out = list(kinds)
     for values in seen:
@@ -658,6 +650,3 @@ def _header_value(t, v, kind):
         t.maybe_undef.add(var)
         t.predeclare.append(var)
     return out
-
-
-_ = (HostOp, Lit, Op, inspect)

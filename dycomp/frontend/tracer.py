@@ -16,17 +16,23 @@ from dycomp.frontend.values import UNDEF, HVal, TVal, _state, is_sym
 from dycomp.ir.program import Assign, CallRegion, HostOp, If, Lit, Op, Var
 
 log = logging.getLogger(__name__)
-_SKIP_DIRS = tuple(os.path.dirname(m.__file__) for m in (torch, logging))
+_LIB_DIRS = tuple(p for p in {os.path.dirname(os.__file__), *sys.path}
+                  if "-packages" in p or p == os.path.dirname(os.__file__))
 _DYCOMP_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def is_user_file(filename: str) -> bool:
+    """Whether code in `filename` is the user's (not the stdlib, site-packages, dycomp,
+    or generated)."""
+    return not filename.startswith(_LIB_DIRS + (_DYCOMP_DIR, "<"))
 
 
 def user_frame():
     """file:line of the innermost frame in user code."""
     f = sys._getframe(1)
     while f is not None:
-        fn = f.f_code.co_filename
-        if not fn.startswith(_SKIP_DIRS) and not fn.startswith(_DYCOMP_DIR) and "<" not in fn:
-            return f"{os.path.basename(fn)}:{f.f_lineno}"
+        if is_user_file(f.f_code.co_filename):
+            return f"{os.path.basename(f.f_code.co_filename)}:{f.f_lineno}"
         f = f.f_back
     return ""
 
@@ -87,6 +93,12 @@ class Tracer:
 
     def __exit__(self, *exc):
         _state.tracer = self._prev
+
+    def torch_function(self, func, args, kwargs):
+        """A tensor operation on traced values (from `TVal.__torch_function__`)."""
+        from dycomp.frontend.torchfn import torch_function
+
+        return torch_function(self, func, args, kwargs)
 
     def fail(self, construct, hint=""):
         raise UnsupportedError(construct, user_frame(), hint)
@@ -187,8 +199,6 @@ class Tracer:
             example = torch.from_numpy(np.array(example))
         if isinstance(example, torch.Tensor):
             return TVal(example, var=var)
-        if static_len is None and isinstance(example, (tuple, list)):
-            static_len = None
         return HVal(var, example, static_len)
 
     def host_op(self, fmt, args, example_fn, pure=True, static_len=None):
@@ -418,12 +428,3 @@ def _sym_dims(shapes) -> set:
     if len({len(s) for s in shapes}) != 1:
         return set(range(max(len(s) for s in shapes)))
     return {i for i in range(len(shapes[0])) if len({s[i] for s in shapes}) > 1}
-
-
-def _torch_function(self, func, args, kwargs):
-    from dycomp.frontend.torchfn import torch_function
-
-    return torch_function(self, func, args, kwargs)
-
-
-Tracer.torch_function = _torch_function
