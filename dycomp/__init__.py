@@ -7,7 +7,7 @@ from dycomp.errors import ArtifactError, DycompError, MismatchError, PassError, 
 
 __version__ = "0.1.0"
 __all__ = ["ArtifactError", "CompiledModel", "DycompError", "MismatchError", "PassError",
-           "UnsupportedError", "compile", "load"]
+           "TuneConfig", "UnsupportedError", "compile", "load"]
 
 
 def __getattr__(name):
@@ -15,4 +15,8 @@ def __getattr__(name):
         from dycomp import api
 
         return getattr(api, name)
+    if name == "TuneConfig":
+        from dycomp.backends.tvm_backend import TuneConfig
+
+        return TuneConfig
     raise AttributeError(f"module 'dycomp' has no attribute {name!r}")

@@ -29,12 +29,15 @@ log = logging.getLogger(__name__)
 def compile(model, example_inputs, *, example_kwargs: dict | None = None,
             method: str = "forward", backend: str = "torch", passes=(),
             check: bool = True, threads: int | None = None,
-            fuse_branches: bool = True) -> CompiledModel:
+            fuse_branches: bool = True, tune=None, strict: bool = False) -> CompiledModel:
     """Compile `model.<method>` (or a bound method) into static regions + a host program.
 
     `threads`: intra-op threads per compiled subgraph (backend 'onnx'; default 2).
     `fuse_branches`: lower host branches between subgraphs into ONNX `If` nodes
-    (backend 'onnx'); off, every region is dispatched by the host."""
+    (backend 'onnx'); off, every region is dispatched by the host.
+    `tune`: a `dycomp.TuneConfig` (backend 'tvm'): MetaSchedule tuning with a persistent
+    database; without it TVM's code is untuned (slow). `strict` (backend 'tvm'): raise
+    instead of running regions TVM cannot compile on ONNX Runtime."""
     configure_logging()
     fn = _resolve(model, method)
     args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (
@@ -50,6 +53,11 @@ def compile(model, example_inputs, *, example_kwargs: dict | None = None,
     options = {} if threads is None else {"threads": threads}
     if backend == "onnx":
         options["fuse"] = fuse_branches
+    if backend == "tvm":
+        options.update(tune=tune, strict=strict)
+    elif tune is not None or strict:
+        raise UnsupportedError(f"tune= and strict= apply to backend 'tvm', not {backend!r}",
+                               hint="pass backend='tvm'")
     executor = lower(graph, backend, **options)
     cm = CompiledModel.from_graph(graph, executor, spec, backend)
     if check:

@@ -47,24 +47,35 @@ def save(cm: CompiledModel, path) -> Path:
 
 def package(cm: CompiledModel) -> tuple[dict, dict[str, bytes]]:
     """The manifest (without `files`) and the file contents of a freshly compiled model."""
-    if cm.backend != "onnx":
+    if cm.backend not in rt.BACKENDS:
         raise UnsupportedError(f"cannot save a model compiled for backend {cm.backend!r}",
-                               hint="compile with backend='onnx' to get a deployable artifact")
-    graph = cm.graph
-    models = _models(cm.executor, graph.regions)
+                               hint="compile with backend='onnx' or 'tvm' to get a deployable "
+                                    "artifact")
+    graph, executor = cm.graph, cm.executor
+    placement = getattr(executor, "placement", None) or dict.fromkeys(graph.regions, "onnx")
+    models = _models(executor, [n for n in graph.regions if placement[n] == "onnx"])
     files = {rt.HOST: cm.host_source.encode("utf-8")}
+    if "tvm" in placement.values():
+        files[rt.TVM_LIBRARY] = executor.library
     subgraphs = {}
     for name, region in graph.regions.items():
-        files[f"subgraphs/{name}.onnx"] = models[name]
-        subgraphs[name] = _subgraph_entry(name, region)
-        subgraphs[name]["threads"] = getattr(cm.executor, "threads", {}).get(name, 1)
+        entry = _subgraph_entry(name, region)
+        entry["backend"] = placement[name]
+        entry["threads"] = getattr(executor, "threads", {}).get(name, 1)
+        if placement[name] == "onnx":
+            files[entry["file"]] = models[name]
+        else:
+            entry["file"] = rt.TVM_LIBRARY
+        subgraphs[name] = entry
     manifest = {
-        "format": rt.FORMAT, "format_version": rt.FORMAT_VERSION, "versions": _versions(),
+        "format": rt.FORMAT, "format_version": rt.FORMAT_VERSION, "versions": _versions(cm.backend),
         "backend": cm.backend, "method": graph.name, "source": graph.source,
         "inputs": _entry_inputs(cm.spec), "treespec": treespec_dumps(cm.spec.treespec),
         "host": rt.HOST, "cfg": _cfg_data(graph),
         "subgraphs": subgraphs, "stats": _jsonable(graph.stats()),
     }
+    if cm.backend == "tvm":
+        manifest["tvm"] = _jsonable(vars(executor.report))
     return manifest, files
 
 
@@ -83,16 +94,19 @@ def _models(executor, regions) -> dict[str, bytes]:
     return out
 
 
-def _versions() -> dict:
+def _versions(backend: str) -> dict:
     def version(dist):
         try:
             return metadata.version(dist)
         except metadata.PackageNotFoundError:
             return None
 
-    return {"dycomp": dycomp.__version__, "onnx": version("onnx"),
-            "onnxruntime": version("onnxruntime"), "torch": torch.__version__,
-            "python": platform.python_version()}
+    out = {"dycomp": dycomp.__version__, "onnx": version("onnx"),
+           "onnxruntime": version("onnxruntime"), "torch": torch.__version__,
+           "python": platform.python_version()}
+    if backend == "tvm":
+        out["apache-tvm"] = version("apache-tvm")
+    return out
 
 
 def _cfg_data(graph) -> dict:

@@ -15,7 +15,7 @@ import sys
 import time
 import traceback
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +34,8 @@ from dycomp.target import DTYPES, Target, TargetError
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("onnx", "torch")
+BACKENDS = ("onnx", "tvm", "torch")
+SAVEABLE = ("onnx", "tvm")
 _PLAIN = {"markup": False, "highlight": False, "soft_wrap": True}  # machine-readable lines
 
 
@@ -83,13 +84,26 @@ class CompileConfig:
     backend: str = "onnx"
     threads: int | None = None
     check: bool = True
+    tune_trials: int | None = None
+    tune_db: Path | None = None
+    strict: bool = False
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
             raise UsageError(f"unknown backend {self.backend!r}; use one of {', '.join(BACKENDS)}")
-        if self.output is not None and self.backend != "onnx":
-            raise UsageError(f"-o needs --backend onnx: the {self.backend} backend compiles "
-                             f"in-process only and cannot be saved (drop -o to see the summary)")
+        if self.output is not None and self.backend not in SAVEABLE:
+            raise UsageError(f"-o needs --backend onnx or tvm: the {self.backend} backend "
+                             f"compiles in-process only and cannot be saved (drop -o to see "
+                             f"the summary)")
+        tvm_only = {"--tune-trials": self.tune_trials is not None,
+                    "--tune-db": self.tune_db is not None, "--strict": self.strict}
+        used = [flag for flag, given in tvm_only.items() if given]
+        if used and self.backend != "tvm":
+            raise UsageError(f"{', '.join(used)} need{'s' * (len(used) == 1)} --backend tvm")
+        if self.tune_trials is not None and self.tune_trials < 0:
+            raise UsageError(f"--tune-trials must be >= 0, got {self.tune_trials}")
+        if self.tune_db is not None and self.tune_db.exists() and not self.tune_db.is_dir():
+            raise UsageError(f"--tune-db {str(self.tune_db)!r} is a file; give a directory")
         if not self.method.isidentifier():
             raise UsageError(f"--method {self.method!r} is not a method name")
         if self.checkpoint is not None and not self.checkpoint.is_file():
@@ -148,9 +162,9 @@ _FORMATTER = argparse.RawDescriptionHelpFormatter
 _MAIN_HELP = """\
 dycomp compiles PyTorch dynamic networks (early exits, gated blocks, routing,
 data-dependent loops) as written: it splits the program at data-dependent control
-flow into static subgraphs, compiles each with ONNX Runtime, and writes an artifact
-whose small host program replays the control flow. The artifact runs with numpy and
-onnxruntime only, without PyTorch or the model's source.
+flow into static subgraphs, compiles each with ONNX Runtime (or TVM), and writes an
+artifact whose small host program replays the control flow. The artifact runs with
+numpy and onnxruntime (or TVM's runtime) only, without PyTorch or the model's source.
 """
 
 _MAIN_EPILOG = """\
@@ -163,7 +177,8 @@ Set DYCOMP_DEBUG=1 (or 2, more verbose) for tracebacks and debug logging.
 """
 
 _COMPILE_HELP = """\
-Compile a model into an artifact directory (manifest.json, subgraphs/*.onnx, host.py).
+Compile a model into an artifact directory (manifest.json, subgraphs/*.onnx or, for
+--backend tvm, subgraphs/regions.so, host.py).
 
 TARGET names the model as path/to/model.py:factory or pkg.module:factory. The factory
 is an nn.Module class constructible without arguments, or a function taking no
@@ -179,13 +194,15 @@ examples:
   dycomp compile examples/zoo/multi_exit.py:make --method early_exit -o early.dyc
   dycomp compile mypkg.models:ResNetExits --input 1x3x32x32 --checkpoint best.pt -o net.dyc
   dycomp compile model.py:Decoder --input 1x8:int64 --backend torch   (summary only)
+  dycomp compile examples/zoo/static_resnet.py:make --backend tvm --tune-trials 64 -o r.dyc
 """
 
 _RUN_HELP = """\
 Run an artifact on inputs stored as .npy files (one per tensor input, in order) or
 one .npz file (arrays named like the inputs, or arr_0, arr_1, ... in order).
 Prints every output (dtype, shape, a preview) or saves them with --out; nested
-outputs are flattened into keys out_0, out_1_0, ... Needs numpy and onnxruntime only.
+outputs are flattened into keys out_0, out_1_0, ... Needs numpy and onnxruntime (and
+TVM's runtime for a tvm artifact) only.
 """
 
 _RUN_EPILOG = """\
@@ -233,7 +250,18 @@ def _add_compile(sub) -> None:
                    help="state_dict to load (torch.save file, read with weights_only=True; a "
                         "dict holding it under 'state_dict' or 'model' works too)")
     p.add_argument("--backend", choices=BACKENDS, default="onnx",
-                   help="onnx (default; deployable) or torch (in-process only, not saveable)")
+                   help="onnx (default; deployable), tvm (deployable; tune it with "
+                        "--tune-trials) or torch (in-process only, not saveable)")
+    p.add_argument("--tune-trials", type=int, metavar="N",
+                   help="tvm: tune with MetaSchedule, N measured candidates per task; tasks "
+                        "already in the tuning database are reused (0: only reuse). Without "
+                        "it, TVM's code is untuned and slow")
+    p.add_argument("--tune-db", type=Path, metavar="DIR",
+                   help="tvm: tuning database directory (default: "
+                        "$XDG_CACHE_HOME/dycomp/tvm-tuning, else ~/.cache/...)")
+    p.add_argument("--strict", action="store_true",
+                   help="tvm: fail, listing every region and op TVM cannot compile, instead "
+                        "of running those regions on ONNX Runtime")
     p.add_argument("--threads", type=int, metavar="N",
                    help="intra-op threads per compiled subgraph while checking (onnx "
                         "backend; default 2). `dycomp run --threads` sets them at run time")
@@ -269,7 +297,8 @@ def _compile_config(ns) -> CompileConfig:
     return CompileConfig(target=Target.parse(ns.target), output=ns.output, method=ns.method,
                          inputs=tuple(InputShape.parse(s) for s in ns.input),
                          checkpoint=ns.checkpoint, backend=ns.backend, threads=ns.threads,
-                         check=ns.check)
+                         check=ns.check, tune_trials=ns.tune_trials, tune_db=ns.tune_db,
+                         strict=ns.strict)
 
 
 def _run_config(ns) -> RunConfig:
@@ -340,10 +369,12 @@ class Stages:
         self.console, self.seconds = console, {}
 
     @contextmanager
-    def __call__(self, title: str) -> Iterator[None]:
+    def __call__(self, title: str, spinner: bool = True) -> Iterator[None]:
         start = time.perf_counter()
         try:
-            with self.console.status(f"{escape(title)} ..."):
+            if not spinner:
+                self.console.print(f"  {escape(title)} ...")
+            with self.console.status(f"{escape(title)} ...") if spinner else nullcontext():
                 yield
         except BaseException:
             self.console.print(f"[red]✗[/] {escape(title)}")
@@ -364,9 +395,14 @@ def compile_command(cfg: CompileConfig, out: Console) -> None:
         fn = _method(loaded.model, cfg.method)
         examples = _examples(cfg, loaded)
     compiling = f"capture + compile ({cfg.backend})"
-    with stage(compiling):
+    options = {}
+    if cfg.backend == "tvm":
+        options["strict"] = cfg.strict
+        if cfg.tune_trials is not None:
+            options["tune"] = dycomp.TuneConfig(trials=cfg.tune_trials, db=cfg.tune_db)
+    with stage(compiling, spinner="tune" not in options):  # tuning shows its own bar
         cm = dycomp.compile(loaded.model, examples, method=cfg.method, backend=cfg.backend,
-                            check=False, threads=cfg.threads)
+                            check=False, threads=cfg.threads, **options)
     checked = None
     if cfg.check:
         from dycomp.check import differential_check
@@ -413,6 +449,9 @@ def _compile_summary(cfg: CompileConfig, cm, examples: tuple, checked: int | Non
     _row(table, "inputs", _describe_inputs(examples) + (
         " (from --input)" if cfg.inputs else " (from the factory)"))
     _row(table, "backend", cfg.backend)
+    report = getattr(cm.executor, "report", None)
+    if report is not None:
+        _row(table, "tvm", report.summary())
     calls = s["region_calls"]
     _row(table, "subgraphs", f"{s['regions']} ({calls} call site{'s' * (calls != 1)})")
     for key in ("branches", "loops", "returns", "ops"):
@@ -635,14 +674,15 @@ def _node_text(node: dict, uses: list) -> str:
 
 def _subgraph_table(subgraphs: dict) -> Table:
     table = Table(title="subgraphs", title_justify="left")
-    for col, justify in (("name", "left"), ("ops", "right"), ("params", "right"),
-                         ("inputs", "left"), ("outputs", "left"), ("source lines", "left")):
+    for col, justify in (("name", "left"), ("runs on", "left"), ("ops", "right"),
+                         ("params", "right"), ("inputs", "left"), ("outputs", "left"),
+                         ("source lines", "left")):
         table.add_column(col, justify=justify)
     for name, sub in subgraphs.items():
-        _row(table, name, str(sub.get("ops", "?")), f"{sub.get('params', 0):,}",
-                      _values(sub.get("inputs", []), names=True),
-                      _values(sub.get("outputs", []), names=False),
-                      compress_lines(sub.get("lines", [])))
+        _row(table, name, sub.get("backend", "onnx"), str(sub.get("ops", "?")),
+             f"{sub.get('params', 0):,}", _values(sub.get("inputs", []), names=True),
+             _values(sub.get("outputs", []), names=False),
+             compress_lines(sub.get("lines", [])))
     return table
 
 

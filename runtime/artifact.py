@@ -1,8 +1,10 @@
-"""Loading and running a saved dycomp artifact (numpy + onnxruntime only, never torch).
+"""Loading and running a saved dycomp artifact (numpy + onnxruntime/TVM only, never torch).
 
 An artifact is a directory: `manifest.json` (format, versions, entry signature, control-flow
-graph, subgraph table, sha256 of every other file), `subgraphs/<region>.onnx` and `host.py`
-(the synthesized host program). `load()` verifies every file before anything runs.
+graph, subgraph table, sha256 of every other file), `subgraphs/<region>.onnx` (regions run
+by ONNX Runtime), `subgraphs/regions.so` (backend tvm: one library, a function per region)
+and `host.py` (the synthesized host program). `load()` verifies every file before anything
+runs.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from dycomp.runtime.errors import ArtifactError
-from dycomp.runtime.host import HostProgram
+from dycomp.runtime.host import HostProgram, RoutingExecutor
 
 FORMAT = "dycomp-artifact"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 HOST = "host.py"
-BACKENDS = ("onnx",)
+BACKENDS = ("onnx", "tvm")
+TVM_LIBRARY = "subgraphs/regions.so"  # every TVM-compiled region is a function in it
 
 
 @dataclass(frozen=True)
@@ -148,17 +151,48 @@ class Artifact:
     order) to get numpy outputs. Thread-safe: every call has its own host state."""
 
     def __init__(self, root: Path, manifest: dict, files: dict[str, bytes], threads: int = 2):
-        from dycomp.runtime.onnx_executor import OnnxExecutor  # onnxruntime: only on load
-
         self.path, self.manifest, self.files = root, manifest, files
         self.signature = signature_of(manifest)
         self.host_source = files[HOST].decode("utf-8")
-        models = {n: files[s["file"]] for n, s in self.subgraphs.items()}
         lines = {n: ", ".join(s.get("lines", [])[:2]) for n, s in self.subgraphs.items()}
-        plan = {n: min(threads, int(s.get("threads", threads)))
-                for n, s in self.subgraphs.items()}  # the compile-time plan, within budget
-        self.program = HostProgram(self.host_source, OnnxExecutor(models, threads=plan),
-                                   lines)
+        self.program = HostProgram(self.host_source, self._executor(threads), lines)
+
+    def _executor(self, threads: int):
+        """One executor per backend the subgraphs use, behind one router if both are."""
+        by_backend: dict[str, dict[str, dict]] = {}
+        for name, sub in self.subgraphs.items():
+            backend = sub.get("backend", "onnx")
+            if backend not in BACKENDS:
+                raise ArtifactError(f"{self.path}: subgraph {name} has unknown backend "
+                                    f"{backend!r}")
+            by_backend.setdefault(backend, {})[name] = sub
+        routes = {}
+        if "onnx" in by_backend:
+            from dycomp.runtime.onnx_executor import OnnxExecutor  # onnxruntime: only on load
+
+            subs = by_backend["onnx"]
+            plan = {n: min(threads, int(s.get("threads", threads)))
+                    for n, s in subs.items()}  # the compile-time plan, within budget
+            ex = OnnxExecutor({n: self.files[s["file"]] for n, s in subs.items()}, threads=plan)
+            routes.update(dict.fromkeys(subs, ex))
+        if "tvm" in by_backend:
+            from dycomp.runtime.tvm_executor import TvmExecutor  # TVM: only on load
+
+            subs = by_backend["tvm"]
+            libraries = {s["file"] for s in subs.values()}
+            if len(libraries) != 1:
+                raise ArtifactError(f"{self.path}: TVM subgraphs name {len(libraries)} "
+                                    "libraries; a dycomp artifact has one")
+            try:
+                signatures = {n: ([np.dtype(v["dtype"]) for v in s["inputs"]],
+                                  len(s["outputs"])) for n, s in subs.items()}
+            except (KeyError, TypeError) as e:
+                raise ArtifactError(f"{self.path}: malformed TVM subgraph signature ({e})"
+                                    ) from None
+            ex = TvmExecutor(self.files[libraries.pop()], signatures, threads=threads)
+            routes.update(dict.fromkeys(subs, ex))
+        executors = set(routes.values())
+        return executors.pop() if len(executors) == 1 else RoutingExecutor(routes)
 
     @property
     def subgraphs(self) -> dict[str, dict]:

@@ -46,3 +46,13 @@ class HostProgram:
 
         out = self.fn(R, *inputs)
         return (out, tuple(path)) if return_path else out
+
+
+class RoutingExecutor:
+    """Sends each region to the executor that compiled it (TVM with ONNX Runtime fallback)."""
+
+    def __init__(self, routes: dict[str, Executor]):
+        self.routes = dict(routes)
+
+    def __call__(self, region: str, *args) -> tuple:
+        return self.routes[region](region, *args)

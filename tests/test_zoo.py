@@ -9,7 +9,7 @@ import dycomp
 from dycomp.check import compare
 from examples.zoo import ZOO
 
-BACKENDS = ["torch", "onnx"]
+BACKENDS = ["torch", "onnx", "tvm"]
 N_INPUTS = 200
 CASES = [(name, method) for name, mod in ZOO.items()
          for method in ["forward", *getattr(mod, "EXTRA_METHODS", {})]]

@@ -8,7 +8,8 @@ from dycomp.errors import UnsupportedError
 def lower(graph, backend: str, **options):
     """An executor for the graph's regions on the named backend.
 
-    Options: onnx: `threads` (intra-op threads per session, default 2), `opset`."""
+    Options: onnx: `threads` (intra-op threads per session, default 2), `opset`, `fuse`;
+    tvm: `threads`, `opset`, `tune` (a TuneConfig), `strict`."""
     if backend == "torch":
         from dycomp.backends.torch_backend import TorchExecutor
 
@@ -17,4 +18,9 @@ def lower(graph, backend: str, **options):
         from dycomp.backends.onnx_backend import lower_onnx
 
         return lower_onnx(graph, **options)
-    raise UnsupportedError(f"unknown backend {backend!r}", hint="use backend='torch' or 'onnx'")
+    if backend == "tvm":
+        from dycomp.backends.tvm_backend import lower_tvm
+
+        return lower_tvm(graph, **options)
+    raise UnsupportedError(f"unknown backend {backend!r}",
+                           hint="use backend='torch', 'onnx' or 'tvm'")

@@ -147,7 +147,7 @@ def _export(gm: fx.GraphModule, args: tuple, inputs: list[str], outputs: list[st
     f = io.BytesIO()
     modes = {m: m.training for m in gm.modules()}  # export's eval() + train(orig) loses them
     try:
-        with _quiet(), torch.no_grad():
+        with quiet(), torch.no_grad():
             torch.onnx.export(gm, args, f, input_names=inputs, output_names=outputs,
                               dynamic_axes=axes or None, opset_version=opset, dynamo=False,
                               do_constant_folding=True)
@@ -158,27 +158,39 @@ def _export(gm: fx.GraphModule, args: tuple, inputs: list[str], outputs: list[st
 
 
 @contextlib.contextmanager
-def _quiet():
-    """Silence the exporter: deprecation/tracer warnings, and the TorchScript IR it prints
-    to the C++ stdout when an op fails (its logging switch is stuck on), which would
-    otherwise end up in a CLI's output. Redirects file descriptor 1 for the duration, so
-    output another thread writes meanwhile is lost too."""
-    with warnings.catch_warnings():
+def quiet(fds: tuple[int, ...] = (1,)):
+    """Silence a compiler: Python warnings, and what C++ code prints to the file
+    descriptors `fds` (the exporter prints the TorchScript IR to stdout when an op fails,
+    its logging switch stuck on; TVM prints warnings to stderr), which would otherwise end
+    up in a CLI's output. Redirects the descriptors for the duration, so output another
+    thread writes meanwhile is lost too."""
+    streams = {1: sys.stdout, 2: sys.stderr}
+    with warnings.catch_warnings(), contextlib.ExitStack() as stack:
         warnings.simplefilter("ignore")
-        if sys.stdout is not None:
-            sys.stdout.flush()
-        try:
-            saved = os.dup(1)
-        except OSError:  # no stdout to protect
-            yield
-            return
-        try:
-            with open(os.devnull, "w") as null:
-                os.dup2(null.fileno(), 1)
-            yield
-        finally:
-            os.dup2(saved, 1)
-            os.close(saved)
+        for fd in fds:
+            stack.enter_context(_redirect(fd, streams.get(fd)))
+        yield
+
+
+@contextlib.contextmanager
+def _redirect(fd: int, stream):
+    if stream is not None:
+        stream.flush()
+    try:
+        saved = os.dup(fd)
+    except OSError:  # nothing to protect
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), fd)
+        yield
+    finally:
+        if stream is not None:
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os.dup2(saved, fd)
+        os.close(saved)
 
 
 def _axes(name: str, example) -> dict[int, str]:

@@ -1,0 +1,406 @@
+"""TVM backend: regions -> ONNX -> Relax -> one compiled library, tuned with MetaSchedule.
+
+Every region is imported from its ONNX export (the same models the ONNX backend runs) and
+becomes one function of a single IRModule, so the library and its constants load once.
+Untuned TVM CPU code is ~70x slower than ONNX Runtime (measured, benchmarks/README.md), so
+`TuneConfig` runs MetaSchedule over the module's tasks with a persistent tuning database:
+tasks already in the database are not tuned again. A region TVM cannot import or build
+runs on ONNX Runtime instead (`strict=True` makes that an error naming every op).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from dycomp.backends.onnx_backend import (
+    DEFAULT_OPSET,
+    _all_nodes,
+    export_regions,
+    quiet,
+    thread_plan,
+)
+from dycomp.errors import UnsupportedError
+from dycomp.runtime.host import RoutingExecutor
+from dycomp.runtime.onnx_executor import OnnxExecutor
+from dycomp.runtime.tvm_executor import TvmExecutor, import_tvm
+
+log = logging.getLogger(__name__)
+
+
+def default_db() -> Path:
+    """The tuning database used when none is given: the user's cache directory."""
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "dycomp" / "tvm-tuning"
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """MetaSchedule tuning for `backend="tvm"`.
+
+    trials: measured candidates per tuning task (0: only reuse the database); db: the
+    tuning database directory, shared by every compile for the same CPU (default
+    `default_db()`); seed: the search's random seed."""
+
+    trials: int = 64
+    db: str | os.PathLike | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        if isinstance(self.trials, bool) or not isinstance(self.trials, int) or self.trials < 0:
+            raise ValueError(f"TuneConfig.trials must be an int >= 0, got {self.trials!r}")
+        if not isinstance(self.seed, int):
+            raise ValueError(f"TuneConfig.seed must be an int, got {self.seed!r}")
+
+    @property
+    def path(self) -> Path:
+        return Path(self.db) if self.db is not None else default_db()
+
+
+@dataclass
+class TvmReport:
+    """What the TVM backend did: regions on TVM and on ONNX Runtime (with the reason),
+    tuning tasks found, reused from the database and tuned now, seconds spent."""
+
+    tvm: list[str] = field(default_factory=list)
+    fallback: dict[str, str] = field(default_factory=dict)
+    tuned: bool = False
+    tasks: int = 0
+    reused: int = 0
+    tuned_now: int = 0
+    tune_seconds: float = 0.0
+    build_seconds: float = 0.0
+    db: str | None = None
+
+    def summary(self) -> str:
+        parts = [f"{len(self.tvm)} region(s) on TVM"]
+        if self.fallback:
+            parts.append(f"{len(self.fallback)} on ONNX Runtime (TVM cannot compile them: "
+                         + "; ".join(f"{r}: {why}" for r, why in self.fallback.items()) + ")")
+        if self.tuned:
+            parts.append(f"tuned: {self.tasks} tasks, {self.reused} reused from {self.db}, "
+                         f"{self.tuned_now} tuned in {self.tune_seconds:.0f} s")
+        else:
+            parts.append("UNTUNED (TVM's default schedules; expect code far slower than ONNX "
+                         "Runtime: pass --tune-trials N / tune=TuneConfig(trials=N))")
+        return ", ".join(parts)
+
+
+def host_target(threads: int = 2):
+    """An LLVM target for this machine's CPU (`-mcpu=native` is not accepted)."""
+    tvm = import_tvm()
+    cpu = tvm.target.codegen.llvm_get_system_cpu()
+    return tvm.target.Target({"kind": "llvm", "mcpu": cpu, "num-cores": threads})
+
+
+def lower_tvm(graph, threads: int = 2, tune: TuneConfig | None = None, strict: bool = False,
+              opset: int = DEFAULT_OPSET):
+    """An executor for the graph's regions: TVM for those it compiles, ONNX Runtime for the
+    rest. The executor carries `.library` (the shared library's bytes), `.models` (ONNX
+    models of fallback regions), `.placement` (region -> backend) and `.report`."""
+    models = export_regions(graph, opset)
+    report = TvmReport()
+    funcs = _import_regions(graph, report.fallback)
+    if strict and report.fallback:
+        raise _unsupported(graph, report.fallback)
+    library = None
+    if funcs:
+        library = _build(funcs, host_target(threads), tune, report, strict, graph)
+    report.tvm = [n for n in graph.regions if n not in report.fallback]
+    routes = {}
+    if report.tvm:
+        signatures = {n: _signature(graph.regions[n].onnx) for n in report.tvm}
+        tvm_exec = TvmExecutor(library, signatures, threads=threads)
+        routes.update(dict.fromkeys(report.tvm, tvm_exec))
+    fallback_models = {n: models[n] for n in report.fallback}
+    if fallback_models:
+        plan = thread_plan(graph, threads)
+        onnx_exec = OnnxExecutor(fallback_models, threads={n: plan[n] for n in fallback_models})
+        routes.update(dict.fromkeys(fallback_models, onnx_exec))
+    executor = RoutingExecutor(routes)
+    executor.library, executor.models, executor.report = library, fallback_models, report
+    executor.placement = {n: "onnx" if n in report.fallback else "tvm" for n in graph.regions}
+    executor.threads = {n: threads for n in graph.regions}
+    log.info("tvm backend: %s", report.summary())
+    return executor
+
+
+# -- import -----------------------------------------------------------------------------------
+def _import_regions(graph, failed: dict[str, str]) -> dict:
+    """Region name -> Relax function, for every region TVM's ONNX importer accepts;
+    the others go to `failed` with the reason (every unsupported op, when known)."""
+    from tvm.relax.frontend.onnx import from_onnx
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+    supported = set(_get_convert_map())
+    funcs = {}
+    for name, region in graph.regions.items():
+        missing = sorted({n.op_type for n in _all_nodes(region.onnx.graph)} - supported)
+        if missing:
+            failed[name] = f"no TVM importer for ONNX op(s) {', '.join(missing)}"
+            continue
+        mod, why = _attempt(from_onnx, region.onnx, keep_params_in_input=False)
+        if why is not None:
+            failed[name] = f"TVM's ONNX importer failed: {why}"
+            continue
+        funcs[name] = mod["main"].with_attr("global_symbol", name)
+    return funcs
+
+
+def _signature(model: onnx.ModelProto) -> tuple[list[str], int]:
+    dtypes = [np.dtype(onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type)).name
+              for i in model.graph.input]
+    return dtypes, len(model.graph.output)
+
+
+# -- build ------------------------------------------------------------------------------------
+def _build(funcs: dict, target, tune: TuneConfig | None, report: TvmReport, strict: bool,
+           graph) -> bytes | None:
+    """Compile the functions into one library (bytes). A region whose function fails to
+    build moves to `report.fallback` and the rest is built again."""
+    tvm = import_tvm()
+    while funcs:
+        try:
+            with quiet((1, 2)):
+                mod = _prepare(tvm.IRModule(dict(funcs)), target)
+        except Exception as e:
+            _drop_failing(funcs, target, e, report, strict, graph)
+            continue
+        database = _tune(mod, target, tune, report) if tune is not None else None
+        start = time.perf_counter()
+        try:
+            with quiet((1, 2)):
+                library = _compile(mod, target, database)
+        except Exception as e:
+            _drop_failing(funcs, target, e, report, strict, graph)
+            continue
+        report.build_seconds = time.perf_counter() - start
+        return library
+    return None
+
+
+def _drop_failing(funcs: dict, target, error: Exception, report: TvmReport, strict: bool,
+                  graph) -> None:
+    """After a failed build: move every function that fails on its own to the fallback
+    list (re-raise if none does: the failure is not a region's)."""
+    tvm = import_tvm()
+    bad = {}
+    for name, fn in funcs.items():
+        _, why = _attempt(_build_one, tvm.IRModule({name: fn}), target)
+        if why is not None:
+            bad[name] = why
+    if not bad:
+        raise error
+    for name, why in bad.items():
+        report.fallback[name] = f"TVM cannot build it: {why}"
+        funcs.pop(name)
+    if strict:
+        raise _unsupported(graph, report.fallback) from error
+
+
+def _build_one(mod, target) -> bytes:
+    return _compile(_prepare(mod, target), target, None)
+
+
+def _prepare(mod, target):
+    """Legalize and fuse: the form whose kernels are MetaSchedule's tuning tasks."""
+    from tvm import relax
+
+    with target:
+        return tvm_sequential([
+            relax.transform.DecomposeOpsForInference(),
+            relax.transform.LegalizeOps(),
+            relax.transform.AnnotateTIROpPattern(),
+            relax.transform.FoldConstant(),
+            relax.transform.FuseOps(),
+            relax.transform.FuseTIR(),
+        ])(mod)
+
+
+def tvm_sequential(passes):
+    tvm = import_tvm()
+    return tvm.transform.Sequential(passes)
+
+
+def _compile(mod, target, database) -> bytes:
+    """Schedules from the database (where it has them), lowering, codegen; the exported
+    shared library's bytes."""
+    tvm = import_tvm()
+    from tvm import relax
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    @tvm.transform.module_pass(opt_level=0)
+    def pipeline(mod, _ctx):
+        if database is not None:
+            mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+        return tvm_sequential(cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target)
+                              )(mod)
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(target)
+        if database is not None:
+            stack.enter_context(database)
+        stack.enter_context(tvm.transform.PassContext(opt_level=3))
+        exe = relax.build(mod, target=target, relax_pipeline=pipeline)
+    with tempfile.TemporaryDirectory(prefix="dycomp-tvm-build-") as tmp:
+        path = os.path.join(tmp, "regions.so")
+        exe.export_library(path)
+        return Path(path).read_bytes()
+
+
+# -- tuning -----------------------------------------------------------------------------------
+def _tune(mod, target, cfg: TuneConfig, report: TvmReport):
+    """The tuning database, after tuning every task it has no record of."""
+    from tvm.s_tir import meta_schedule as ms
+
+    db_dir = cfg.path
+    db_dir.mkdir(parents=True, exist_ok=True)
+    database = ms.database.JSONDatabase(work_dir=str(db_dir))
+    tasks = ms.relax_integration.extract_tasks(mod, target)
+    todo = [t for t in tasks
+            if database.query_tuning_record(t.dispatched[0], target, "main") is None]
+    report.tuned, report.db = True, str(db_dir)
+    report.tasks, report.reused = len(tasks), len(tasks) - len(todo)
+    if not todo or cfg.trials == 0:
+        return database
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="dycomp-tune-") as work, _tuning_env():
+        logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)  # its console
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            todo, work, strategy=_search(cfg.trials), num_threads=_num_threads(target),
+            seed=cfg.seed)
+        with _TuneProgress(len(todo), cfg.trials) as progress:
+            ms.tune_tasks(
+                tasks=contexts, task_weights=weights, work_dir=work,
+                max_trials_global=cfg.trials * len(todo), max_trials_per_task=cfg.trials,
+                num_trials_per_iter=min(64, cfg.trials), database=database,
+                measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"),
+                                   progress.callback()],
+                builder=ms.builder.LocalBuilder(max_workers=_num_threads(target)),
+                runner=ms.runner.LocalRunner())
+    report.tuned_now = len(todo)
+    report.tune_seconds = time.perf_counter() - start
+    return database
+
+
+def _num_threads(target) -> int:
+    return int(target.attrs.get("num-cores", 2))
+
+
+@contextlib.contextmanager
+def _tuning_env():
+    """MetaSchedule builds candidates in fresh worker processes, and tvm_ffi imports torch
+    when it can: 2.8 s per worker start instead of 0.8 s. Hide torch from them (a
+    `torch` package that raises ImportError, first on PYTHONPATH)."""
+    with tempfile.TemporaryDirectory(prefix="dycomp-notorch-") as shim:
+        pkg = Path(shim) / "torch"
+        pkg.mkdir()
+        (pkg / "__init__.py").write_text(
+            'raise ImportError("torch is hidden from TVM tuning workers by dycomp")\n')
+        old = os.environ.get("PYTHONPATH")
+        os.environ["PYTHONPATH"] = os.pathsep.join([shim, *filter(None, [old])])
+        try:
+            yield
+        finally:
+            if old is None:
+                os.environ.pop("PYTHONPATH", None)
+            else:
+                os.environ["PYTHONPATH"] = old
+
+
+def _search(trials: int):
+    """Evolutionary search sized to the trial budget: MetaSchedule's default population
+    (512, 4 genetic rounds) costs ~10 s per task and batch on 2 cores, which dominates
+    when only a few candidates per task are measured."""
+    from tvm.s_tir import meta_schedule as ms
+
+    population = min(512, max(64, 8 * trials))
+    return ms.search_strategy.EvolutionarySearch(
+        population_size=population, init_min_unmeasured=min(50, population),
+        genetic_num_iters=2 if trials < 32 else 4)
+
+
+class _TuneProgress:
+    """A rich progress bar (stderr) of trials measured and tasks done, with elapsed time."""
+
+    def __init__(self, tasks: int, trials: int):
+        self.tasks, self.trials = tasks, trials
+        self.done: dict[int, int] = {}
+
+    def __enter__(self):
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self.bar = Progress(TextColumn("tuning {task.description}"), BarColumn(),
+                            MofNCompleteColumn(), TimeElapsedColumn(),
+                            console=Console(stderr=True), transient=False)
+        self.bar.__enter__()
+        self.id = self.bar.add_task(f"0/{self.tasks} tasks", total=self.tasks * self.trials)
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.__exit__(*exc)
+
+    def callback(self):
+        from tvm.ir.utils import derived_object
+        from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+
+        outer = self
+
+        @derived_object
+        class Callback(PyMeasureCallback):
+            def apply(self, task_scheduler, task_id, measure_candidates, builder_results,
+                      runner_results):
+                outer.update(task_id, len(measure_candidates))
+
+        return Callback()
+
+    def update(self, task_id: int, n: int) -> None:
+        self.done[task_id] = min(self.trials, self.done.get(task_id, 0) + n)
+        finished = sum(v >= self.trials for v in self.done.values())
+        self.bar.update(self.id, completed=sum(self.done.values()),
+                        description=f"{finished}/{self.tasks} tasks")
+
+
+def _attempt(fn, *args, **kwargs):
+    """`fn(...)` with TVM's output silenced: (result, None), or (None, the reason it failed)."""
+    with quiet((1, 2)):
+        try:
+            return fn(*args, **kwargs), None
+        except Exception as e:
+            why = _reason(e)
+        gc.collect()  # TVM warns (on stderr) when it frees a failed import's builder
+    return None, why
+
+
+# -- errors -----------------------------------------------------------------------------------
+def _reason(e: BaseException) -> str:
+    lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+    text = next((ln for ln in reversed(lines) if "Error" in ln), lines[-1] if lines else "")
+    return text.strip()[:300] or type(e).__name__
+
+
+def _unsupported(graph, failed: dict[str, str]) -> UnsupportedError:
+    rows = "\n".join(f"  {', '.join(graph.regions[n].lines[:3]) or '?'}: region {n}: {why}"
+                     for n, why in failed.items())
+    first = next((graph.regions[n].lines[0] for n in failed if graph.regions[n].lines), "")
+    err = UnsupportedError(f"TVM cannot compile {len(failed)} region(s):\n{rows}", where=first,
+                           hint="drop --strict to run them on ONNX Runtime, or use "
+                                "backend='onnx'")
+    err.regions = dict(failed)
+    return err
