@@ -85,17 +85,33 @@ class TvmExecutor:
         dtypes, n_out = self.signatures[region]
         if len(args) != len(dtypes):
             raise TypeError(f"subgraph {region} takes {len(dtypes)} inputs, got {len(args)}")
-        tensor = self.tvm.runtime.tensor
-        out = self._functions()[region](*[tensor(_contiguous(a, d))
-                                          for a, d in zip(args, dtypes)])
+        out = self._functions()[region](*[self._tensor(a, d) for a, d in zip(args, dtypes)])
         if n_out == 1 and not isinstance(out, (tuple, list)) and hasattr(out, "numpy"):
-            return (out.numpy(),)
-        return tuple(o.numpy() for o in out)
+            out = (out,)
+        return tuple(np.from_dlpack(o) for o in out)  # no copy: the array keeps o alive
+
+    def _tensor(self, a, dtype):
+        """A TVM tensor sharing memory with a numpy array (a copy only when the array is
+        not contiguous and 64-byte aligned, as DLPack import requires). Copying with
+        `tvm.runtime.tensor` costs ~30 us per input, sharing ~1 us."""
+        a = np.asarray(a, dtype)
+        if not (a.flags.c_contiguous and a.ctypes.data % _ALIGN == 0 and a.flags.writeable):
+            a = _aligned_copy(a)
+        try:
+            return self.tvm.runtime.from_dlpack(a)
+        except Exception:  # a dtype DLPack cannot carry
+            return self.tvm.runtime.tensor(np.ascontiguousarray(a))
 
 
-def _contiguous(a, dtype) -> np.ndarray:
-    a = np.asarray(a, dtype)  # (np.ascontiguousarray would make a 0-d array 1-d)
-    return a if a.flags.c_contiguous else a.copy()
+_ALIGN = 64
+
+
+def _aligned_copy(a: np.ndarray) -> np.ndarray:
+    buf = np.empty(a.nbytes + _ALIGN, np.uint8)
+    start = -buf.ctypes.data % _ALIGN
+    out = buf[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
 
 
 def _load_library(tvm, library):
