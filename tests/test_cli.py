@@ -87,7 +87,12 @@ USAGE_ERRORS = [
     (["compile", f"{MODELS}:Gate", "--input", "1x4:float8"], "unknown dtype 'float8'"),
     (["compile", f"{MODELS}:make", "--method", "nope"], "Gate has no method 'nope'"),
     (["compile", f"{MODELS}:make", "--backend", "torch", "-o", "x.dyc"], "-o needs --backend"),
-    (["compile", f"{MODELS}:make", "--backend", "tvm"], "invalid choice: 'tvm'"),
+    (["compile", f"{MODELS}:make", "--backend", "tflite"], "invalid choice: 'tflite'"),
+    (["compile", f"{MODELS}:make", "--tune-trials", "4"], "--tune-trials needs --backend tvm"),
+    (["compile", f"{MODELS}:make", "--backend", "tvm", "--tune-trials", "-1"],
+     "--tune-trials must be >= 0"),
+    (["compile", f"{MODELS}:make", "--strict", "--tune-db", "db"],
+     "--tune-db, --strict need --backend tvm"),
     (["compile", f"{MODELS}:make", "--threads", "0"], "--threads must be at least 1"),
     (["compile", f"{MODELS}:make", "--checkpoint", "missing.pt"], "does not exist"),
     (["compile"], "required: TARGET"),
@@ -189,13 +194,12 @@ def test_compress_lines():
     assert compress_lines(lines) == "m.py:41-43, 45, 81; n.py:7; <gen>"
 
 
-# -- compile -> run -> inspect (ONNX) ------------------------------------------------------
-@pytest.fixture(scope="module")
-def gate_artifact(tmp_path_factory):
-    """tests/cli_models.py:make compiled in-process to an artifact, with one input file."""
-    pytest.importorskip("onnxruntime")
+# -- compile -> run -> inspect (ONNX and TVM) ----------------------------------------------
+@pytest.fixture(scope="module", params=["onnx", "tvm"])
+def gate_artifact(request, tmp_path_factory):
+    """tests/cli_models.py:make compiled in-process to an artifact for each backend."""
     out = tmp_path_factory.mktemp("gate") / "gate.dyc"
-    assert main(["compile", MODELS + ":make", "-o", str(out)]) == 0
+    assert main(["compile", MODELS + ":make", "--backend", request.param, "-o", str(out)]) == 0
     return out
 
 
@@ -255,9 +259,15 @@ def test_run_input_errors(gate_artifact, tmp_path, capsys):
 def test_inspect_shows_host_program_graph_and_subgraphs(gate_artifact, capsys):
     code, out, err = call(capsys, "inspect", gate_artifact)
     assert code == 0 and err == ""
+    backend = json.loads((gate_artifact / "manifest.json").read_text())["backend"]
     for text in ("dycomp artifact", "host program", "def run(R,", "control-flow graph",
-                 "call r0(", "subgraphs", "cli_models.py:"):
+                 "call r0(", "subgraphs", "runs on", f"r0   │ {backend}", "cli_models.py:"):
         assert text in out, text
+
+
+def test_compile_tvm_summary_says_untuned(capsys):
+    code, out, _ = call(capsys, "compile", MODELS + ":make", "--backend", "tvm")
+    assert code == 0 and "UNTUNED" in out and "region(s) on TVM" in out
 
 
 def test_missing_and_tampered_artifacts_exit_1(gate_artifact, tmp_path, capsys):

@@ -266,8 +266,9 @@ def _tune(mod, target, cfg: TuneConfig, report: TvmReport):
     db_dir.mkdir(parents=True, exist_ok=True)
     database = ms.database.JSONDatabase(work_dir=str(db_dir))
     tasks = ms.relax_integration.extract_tasks(mod, target)
-    todo = [t for t in tasks
-            if database.query_tuning_record(t.dispatched[0], target, "main") is None]
+    # A task is done once the database knows its workload, even when no candidate built
+    # (then TVM's default schedule is used): tuning it again would fail again.
+    todo = [t for t in tasks if not database.has_workload(t.dispatched[0])]
     report.tuned, report.db = True, str(db_dir)
     report.tasks, report.reused = len(tasks), len(tasks) - len(todo)
     if not todo or cfg.trials == 0:
