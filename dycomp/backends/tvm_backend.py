@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import json
 import logging
 import os
 import tempfile
@@ -47,9 +48,10 @@ def default_db() -> Path:
 class TuneConfig:
     """MetaSchedule tuning for `backend="tvm"`.
 
-    trials: measured candidates per tuning task (0: only reuse the database); db: the
-    tuning database directory, shared by every compile for the same CPU (default
-    `default_db()`); seed: the search's random seed."""
+    trials: measured candidates per tuning task (0: only reuse the database); a task the
+    database holds from tuning with at least `trials` is reused, one tuned with fewer is
+    tuned again, seeded with its records. db: the tuning database directory, shared by
+    every compile for the same CPU (default `default_db()`). seed: the search's seed."""
 
     trials: int = 64
     db: str | os.PathLike | None = None
@@ -266,12 +268,14 @@ def _tune(mod, target, cfg: TuneConfig, report: TvmReport):
     db_dir.mkdir(parents=True, exist_ok=True)
     database = ms.database.JSONDatabase(work_dir=str(db_dir))
     tasks = ms.relax_integration.extract_tasks(mod, target)
-    # A task is done once the database knows its workload, even when no candidate built
-    # (then TVM's default schedule is used): tuning it again would fail again.
-    todo = [t for t in tasks if not database.has_workload(t.dispatched[0])]
+    # Reuse a task already tuned with at least this many trials (even if none of its
+    # candidates built: trying again would fail again); tune the others, seeded with
+    # whatever records the database has for them.
+    budgets = _Budgets(db_dir)
+    todo = [t for t in tasks if budgets.get(t.dispatched[0]) < cfg.trials]
     report.tuned, report.db = True, str(db_dir)
     report.tasks, report.reused = len(tasks), len(tasks) - len(todo)
-    if not todo or cfg.trials == 0:
+    if not todo:
         return database
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="dycomp-tune-") as work, _tuning_env():
@@ -288,9 +292,40 @@ def _tune(mod, target, cfg: TuneConfig, report: TvmReport):
                                    progress.callback()],
                 builder=ms.builder.LocalBuilder(max_workers=_num_threads(target)),
                 runner=ms.runner.LocalRunner())
+    budgets.record([t.dispatched[0] for t in todo], cfg.trials)
     report.tuned_now = len(todo)
     report.tune_seconds = time.perf_counter() - start
     return database
+
+
+class _Budgets:
+    """The trials each workload of a tuning database was tuned with, kept beside it
+    (`dycomp_trials.json`: structural hash -> trials)."""
+
+    FILE = "dycomp_trials.json"
+
+    def __init__(self, db_dir: Path):
+        self.path = db_dir / self.FILE
+        try:
+            self.trials = json.loads(self.path.read_text())
+        except (FileNotFoundError, ValueError):
+            self.trials = {}
+
+    @staticmethod
+    def key(mod) -> str:
+        from tvm.s_tir.meta_schedule.utils import shash2hex
+
+        return shash2hex(mod)
+
+    def get(self, mod) -> int:
+        return int(self.trials.get(self.key(mod), 0))
+
+    def record(self, mods, trials: int) -> None:
+        for mod in mods:
+            self.trials[self.key(mod)] = max(trials, self.get(mod))
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.trials, indent=1, sort_keys=True))
+        os.replace(tmp, self.path)
 
 
 def _num_threads(target) -> int:
