@@ -616,15 +616,24 @@ def inspect_command(cfg: InspectConfig, out: Console) -> None:
 def _inspect_header(path: Path, manifest: dict, signature) -> str:
     s = manifest.get("stats", {})
     versions = manifest.get("versions", {})
-    return escape(f"dycomp artifact {path}\n"
-                  f"  entry     {manifest.get('method', '?')}{signature}  from "
-                  f"{manifest.get('source', '?')}\n"
-                  f"  backend   {manifest['backend']} (built with dycomp "
-                  f"{versions.get('dycomp', '?')}, onnxruntime "
-                  f"{versions.get('onnxruntime', '?')})\n"
-                  f"  contents  {len(manifest['subgraphs'])} subgraphs, "
-                  f"{s.get('branches', '?')} branches, {s.get('loops', '?')} loops, "
-                  f"{s.get('returns', '?')} returns, {s.get('ops', '?')} ops")
+    runtime = f"onnxruntime {versions.get('onnxruntime', '?')}"
+    if manifest["backend"] == "tvm":
+        runtime += f", apache-tvm {versions.get('apache-tvm', '?')}"
+    text = (f"dycomp artifact {path}\n"
+            f"  entry     {manifest.get('method', '?')}{signature}  from "
+            f"{manifest.get('source', '?')}\n"
+            f"  backend   {manifest['backend']} (built with dycomp "
+            f"{versions.get('dycomp', '?')}, {runtime})\n"
+            f"  contents  {len(manifest['subgraphs'])} subgraphs, "
+            f"{s.get('branches', '?')} branches, {s.get('loops', '?')} loops, "
+            f"{s.get('returns', '?')} returns, {s.get('ops', '?')} ops")
+    tvm = manifest.get("tvm")
+    if isinstance(tvm, dict):
+        tuning = (f"tuned ({tvm.get('tasks', '?')} tasks)" if tvm.get("tuned")
+                  else "UNTUNED (TVM's default schedules)")
+        text += (f"\n  tvm       {tuning}; {len(tvm.get('fallback') or {})} subgraph(s) "
+                 "on ONNX Runtime")
+    return escape(text)
 
 
 def _cfg_table(data: dict) -> Table:

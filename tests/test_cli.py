@@ -265,6 +265,13 @@ def test_inspect_shows_host_program_graph_and_subgraphs(gate_artifact, capsys):
         assert text in out, text
 
 
+def test_inspect_tvm_artifact_says_untuned(gate_artifact, capsys):
+    if json.loads((gate_artifact / "manifest.json").read_text())["backend"] != "tvm":
+        pytest.skip("tvm artifacts only")
+    code, out, _ = call(capsys, "inspect", gate_artifact)
+    assert code == 0 and "apache-tvm 0." in out and "UNTUNED" in out
+
+
 def test_compile_tvm_summary_says_untuned(capsys):
     code, out, _ = call(capsys, "compile", MODELS + ":make", "--backend", "tvm")
     assert code == 0 and "UNTUNED" in out and "region(s) on TVM" in out
