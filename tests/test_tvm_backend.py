@@ -61,6 +61,14 @@ def test_tune_config_is_validated(bad):
         TuneConfig(**bad)
 
 
+def test_unusable_tuning_database_is_a_clear_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(dycomp.DycompError, match="tuning database .*--tune-db"):
+        dycomp.compile(LinearReLU().eval(), torch.randn(1, 16), backend="tvm",
+                       tune=TuneConfig(trials=1, db=blocker / "db"), check=False)
+
+
 def test_tune_applies_to_tvm_only():
     with pytest.raises(dycomp.UnsupportedError, match="backend 'tvm'"):
         dycomp.compile(LinearReLU().eval(), torch.randn(1, 16), backend="onnx",

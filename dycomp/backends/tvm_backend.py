@@ -30,7 +30,7 @@ from dycomp.backends.onnx_backend import (
     quiet,
     thread_plan,
 )
-from dycomp.errors import UnsupportedError
+from dycomp.errors import DycompError, UnsupportedError
 from dycomp.runtime.host import RoutingExecutor
 from dycomp.runtime.onnx_executor import OnnxExecutor
 from dycomp.runtime.tvm_executor import TvmExecutor, import_tvm
@@ -265,7 +265,16 @@ def _tune(mod, target, cfg: TuneConfig, report: TvmReport):
     from tvm.s_tir import meta_schedule as ms
 
     db_dir = cfg.path
-    db_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        db_dir.mkdir(parents=True, exist_ok=True)
+        writable = os.access(db_dir, os.W_OK)
+    except OSError as e:
+        writable, why = False, str(e)
+    else:
+        why = "not writable"
+    if not writable:
+        raise DycompError(f"tuning database {db_dir}: {why}; choose another directory "
+                          "(TuneConfig(db=...), --tune-db)")
     database = ms.database.JSONDatabase(work_dir=str(db_dir))
     tasks = ms.relax_integration.extract_tasks(mod, target)
     # Reuse a task already tuned with at least this many trials (even if none of its
