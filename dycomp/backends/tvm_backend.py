@@ -235,7 +235,9 @@ def tvm_sequential(passes):
 
 def _compile(mod, target, database) -> bytes:
     """Schedules from the database (where it has them), lowering, codegen; the exported
-    shared library's bytes."""
+    shared library's bytes. Kernels without a tuned schedule keep TVM's default lowering:
+    its search-free CPU rules (dlight GEMV/Reduction) made untuned policy_net 3.5 -> 7.5
+    ms and moe 0.065 -> 0.196 ms here."""
     tvm = import_tvm()
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu
