@@ -123,7 +123,8 @@ class CompiledModel:
                 f"{s['loops']} loops, {s['returns']} returns\n\n{self.graph}")
 
     def save(self, path) -> Path:
-        """Write the deployable artifact directory (backend 'onnx' only); returns its path."""
+        """Write the deployable artifact directory (backends 'onnx' and 'tvm'); returns
+        its path."""
         from dycomp.artifact import save
 
         return save(self, path)

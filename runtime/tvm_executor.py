@@ -66,7 +66,6 @@ class TvmExecutor:
                  signatures: dict[str, tuple[list, int]], threads: int = 2):
         self.tvm = tvm = import_tvm()
         set_threads(tvm, threads)
-        self.library = library if isinstance(library, bytes) else None
         self.lib = _load_library(tvm, library)
         self.signatures = {r: ([np.dtype(d) for d in dts], n) for r, (dts, n) in
                            signatures.items()}

@@ -340,12 +340,23 @@ def _reason(e: BaseException) -> str:
 
 
 def _unloadable(graph, failed: dict, e: Exception) -> UnsupportedError:
+    if not failed:
+        return UnsupportedError(f"ONNX Runtime cannot run the exported subgraphs:\n{e}",
+                                hint="use backend='torch'")
+    return regions_error(graph, failed, "ONNX Runtime cannot run",
+                         hint="rewrite the ops named with other dtypes or ops, or use "
+                              "backend='torch'")
+
+
+def regions_error(graph, failed: dict[str, str], what: str, hint: str) -> UnsupportedError:
+    """One error for the regions a backend cannot run: a row per region (its source
+    lines and the reason), located at the first region's first line."""
     rows = "\n".join(f"  {', '.join(graph.regions[n].lines[:3]) or '?'}: region {n} ({why})"
                      for n, why in failed.items())
     return UnsupportedError(
-        f"ONNX Runtime cannot run {len(failed)} exported subgraph(s):\n{rows or e}",
+        f"{what} {len(failed)} region(s):\n{rows}",
         where=next((graph.regions[n].lines[0] for n in failed if graph.regions[n].lines), ""),
-        hint="rewrite the ops named with other dtypes or ops, or use backend='torch'")
+        hint=hint)
 
 
 def _unsupported(failures: list[_ExportFailure], opset: int) -> UnsupportedError:

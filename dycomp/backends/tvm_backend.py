@@ -28,6 +28,7 @@ from dycomp.backends.onnx_backend import (
     _all_nodes,
     export_regions,
     quiet,
+    regions_error,
     thread_plan,
 )
 from dycomp.errors import DycompError, UnsupportedError
@@ -118,20 +119,22 @@ def lower_tvm(graph, threads: int = 2, tune: TuneConfig | None = None, strict: b
     if funcs:
         library = _build(funcs, host_target(threads), tune, report, strict, graph)
     report.tvm = [n for n in graph.regions if n not in report.fallback]
-    routes = {}
+    routes, plan = {}, dict.fromkeys(report.tvm, threads)
     if report.tvm:
         signatures = {n: _signature(graph.regions[n].onnx) for n in report.tvm}
         tvm_exec = TvmExecutor(library, signatures, threads=threads)
         routes.update(dict.fromkeys(report.tvm, tvm_exec))
     fallback_models = {n: models[n] for n in report.fallback}
     if fallback_models:
-        plan = thread_plan(graph, threads)
-        onnx_exec = OnnxExecutor(fallback_models, threads={n: plan[n] for n in fallback_models})
+        onnx_plan = thread_plan(graph, threads)
+        onnx_exec = OnnxExecutor(fallback_models,
+                                 threads={n: onnx_plan[n] for n in fallback_models})
         routes.update(dict.fromkeys(fallback_models, onnx_exec))
+        plan.update(onnx_exec.threads)
     executor = RoutingExecutor(routes)
     executor.library, executor.models, executor.report = library, fallback_models, report
     executor.placement = {n: "onnx" if n in report.fallback else "tvm" for n in graph.regions}
-    executor.threads = {n: threads for n in graph.regions}
+    executor.threads = plan  # per region, as its executor runs it
     log.info("tvm backend: %s", report.summary())
     return executor
 
@@ -175,7 +178,7 @@ def _build(funcs: dict, target, tune: TuneConfig | None, report: TvmReport, stri
             with quiet((1, 2)):
                 mod = _prepare(tvm.IRModule(dict(funcs)), target)
         except Exception as e:
-            _drop_failing(funcs, target, e, report, strict, graph)
+            _drop_failing(funcs, _prepare, target, e, report, strict, graph)
             continue
         database = _tune(mod, target, tune, report) if tune is not None else None
         start = time.perf_counter()
@@ -183,21 +186,22 @@ def _build(funcs: dict, target, tune: TuneConfig | None, report: TvmReport, stri
             with quiet((1, 2)):
                 library = _compile(mod, target, database)
         except Exception as e:
-            _drop_failing(funcs, target, e, report, strict, graph)
+            _drop_failing(funcs, _build_one, target, e, report, strict, graph)
             continue
         report.build_seconds = time.perf_counter() - start
         return library
     return None
 
 
-def _drop_failing(funcs: dict, target, error: Exception, report: TvmReport, strict: bool,
-                  graph) -> None:
-    """After a failed build: move every function that fails on its own to the fallback
-    list (re-raise if none does: the failure is not a region's)."""
+def _drop_failing(funcs: dict, step, target, error: Exception, report: TvmReport,
+                  strict: bool, graph) -> None:
+    """After `step` (`_prepare` or `_build_one`) failed on the whole module: move every
+    function it fails on alone to the fallback list (re-raise if none: the failure is not
+    a region's)."""
     tvm = import_tvm()
     bad = {}
     for name, fn in funcs.items():
-        _, why = _attempt(_build_one, tvm.IRModule({name: fn}), target)
+        _, why = _attempt(step, tvm.IRModule({name: fn}), target)
         if why is not None:
             bad[name] = why
     if not bad:
@@ -215,10 +219,11 @@ def _build_one(mod, target) -> bytes:
 
 def _prepare(mod, target):
     """Legalize and fuse: the form whose kernels are MetaSchedule's tuning tasks."""
+    tvm = import_tvm()
     from tvm import relax
 
     with target:
-        return tvm_sequential([
+        return tvm.transform.Sequential([
             relax.transform.DecomposeOpsForInference(),
             relax.transform.LegalizeOps(),
             relax.transform.AnnotateTIROpPattern(),
@@ -226,11 +231,6 @@ def _prepare(mod, target):
             relax.transform.FuseOps(),
             relax.transform.FuseTIR(),
         ])(mod)
-
-
-def tvm_sequential(passes):
-    tvm = import_tvm()
-    return tvm.transform.Sequential(passes)
 
 
 def _compile(mod, target, database) -> bytes:
@@ -246,8 +246,8 @@ def _compile(mod, target, database) -> bytes:
     def pipeline(mod, _ctx):
         if database is not None:
             mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
-        return tvm_sequential(cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target)
-                              )(mod)
+        return tvm.transform.Sequential(cpu.dataflow_lower_passes(target)
+                                        + cpu.finalize_passes(target))(mod)
 
     with contextlib.ExitStack() as stack:
         stack.enter_context(target)
@@ -443,11 +443,8 @@ def _reason(e: BaseException) -> str:
 
 
 def _unsupported(graph, failed: dict[str, str]) -> UnsupportedError:
-    rows = "\n".join(f"  {', '.join(graph.regions[n].lines[:3]) or '?'}: region {n}: {why}"
-                     for n, why in failed.items())
-    first = next((graph.regions[n].lines[0] for n in failed if graph.regions[n].lines), "")
-    err = UnsupportedError(f"TVM cannot compile {len(failed)} region(s):\n{rows}", where=first,
-                           hint="drop --strict to run them on ONNX Runtime, or use "
-                                "backend='onnx'")
+    err = regions_error(graph, failed, "TVM cannot compile",
+                        hint="drop --strict to run them on ONNX Runtime, or use "
+                             "backend='onnx'")
     err.regions = dict(failed)
     return err
