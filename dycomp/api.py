@@ -43,6 +43,11 @@ def compile(model, example_inputs, *, example_kwargs: dict | None = None,
     args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (
         example_inputs,)
     kwargs = dict(example_kwargs or {})
+    prune, quantize, passes = _split_passes(passes, backend)
+    notes = []
+    for p in prune:
+        fn, note = _prune(fn, p, args, kwargs)
+        notes.append(note)
     graph, spec = capture(fn, args, kwargs)
     graph.verify()
     log.info("captured %s: %s", graph.source, graph.stats())
@@ -53,6 +58,8 @@ def compile(model, example_inputs, *, example_kwargs: dict | None = None,
     options = {} if threads is None else {"threads": threads}
     if backend == "onnx":
         options["fuse"] = fuse_branches
+        if quantize:
+            options["quantize"] = _quantizer(quantize[0], graph, spec, notes)
     if backend == "tvm":
         options.update(tune=tune, strict=strict)
     elif tune is not None or strict:
@@ -60,11 +67,64 @@ def compile(model, example_inputs, *, example_kwargs: dict | None = None,
                                hint="pass backend='tvm'")
     executor = lower(graph, backend, **options)
     cm = CompiledModel.from_graph(graph, executor, spec, backend)
+    cm.optimizations = notes
+    if check and quantize:
+        check = False  # quantized outputs differ by design: measure with dycomp.compare
     if check:
         from dycomp.check import differential_check
 
         differential_check(fn, cm, args, kwargs)
     return cm
+
+
+def _split_passes(passes, backend: str):
+    """(Prune configs, Quantize configs, DynGraph passes), validated."""
+    from dycomp.passes.prune import Prune
+    from dycomp.passes.quantize import Quantize, check_backend
+
+    passes = list(passes)
+    prune = [p for p in passes if isinstance(p, Prune)]
+    quantize = [p for p in passes if isinstance(p, Quantize)]
+    if len(quantize) > 1:
+        raise UnsupportedError("more than one Quantize pass given", hint="pass one Quantize")
+    for q in quantize:
+        check_backend(q, backend)
+    return prune, quantize, [p for p in passes if p not in prune and p not in quantize]
+
+
+def _prune(fn, config, args, kwargs):
+    """The pruned copy's entry point, and a line for the compile report."""
+    from dycomp.check import variants
+
+    model = getattr(fn, "__self__", None)
+    if not isinstance(model, nn.Module):
+        raise UnsupportedError("Prune needs an nn.Module or a bound method of one",
+                               hint="pass the model (method=... names the entry)")
+    name = fn.__name__  # the method itself, also when the instance rebinds `forward`
+    if kwargs:
+        raise UnsupportedError("Prune inside compile() takes positional example inputs only",
+                               hint="prune with Prune(...).apply(model, inputs) first")
+    samples = [a for a, _ in variants(args, {}, n=7)]
+    pruned = config.apply(model, args, method=name, samples=samples)
+    return getattr(pruned, name), pruned.dycomp_prune.summary()
+
+
+def _quantizer(config, graph, spec, notes: list):
+    """The `quantize(graph)` step for the ONNX backend: calibrates on the torch regions
+    first (static int8), then rewrites each exported region."""
+    from dycomp.backends.torch_backend import TorchExecutor
+    from dycomp.passes.quantize import quantize_regions, region_inputs
+
+    samples = None
+    if config.calibration is not None:
+        reference = CompiledModel.from_graph(graph, TorchExecutor(graph), spec, "torch")
+        samples = region_inputs(graph, reference, config.calibration)
+
+    def quantize(g):
+        report = quantize_regions(g, config, samples)
+        notes.append(report.summary())
+        notes.extend(report.warnings)
+    return quantize
 
 
 def _resolve(model, method):
@@ -89,6 +149,7 @@ class CompiledModel:
                  graph: DynGraph | None = None, artifact=None):
         self.program, self.spec, self.backend, self.graph = program, spec, backend, graph
         self.artifact = artifact  # the dycomp.runtime Artifact this model was loaded from
+        self.optimizations: list[str] = []  # what pruning/quantization did, for reports
 
     @classmethod
     def from_graph(cls, graph: DynGraph, executor, spec: InputSpec, backend: str):
@@ -118,9 +179,11 @@ class CompiledModel:
         if self.graph is None:
             return self.artifact.explain()
         s = self.graph.stats()
+        opts = "".join(f"\n  {o}" for o in self.optimizations)
         return (f"dycomp compiled {self.graph.name} ({self.graph.source}) for backend "
                 f"{self.backend}: {s['regions']} subgraphs, {s['branches']} branches, "
-                f"{s['loops']} loops, {s['returns']} returns\n\n{self.graph}")
+                f"{s['loops']} loops, {s['returns']} returns"
+                f"{chr(10) + 'optimizations:' + opts if opts else ''}\n\n{self.graph}")
 
     def save(self, path) -> Path:
         """Write the deployable artifact directory (backends 'onnx' and 'tvm'); returns

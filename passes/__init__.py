@@ -4,6 +4,8 @@ from dycomp.passes.base import Pass, PassResult, run_passes
 from dycomp.passes.dead_values import DeadValueElimination
 from dycomp.passes.dedup_regions import DedupRegions
 from dycomp.passes.merge_regions import MergeAdjacentRegions
+from dycomp.passes.prune import Prune, PruneReport
+from dycomp.passes.quantize import QuantReport, Quantize
 
 
 def cleanup_passes() -> list[Pass]:
@@ -13,4 +15,5 @@ def cleanup_passes() -> list[Pass]:
 
 
 __all__ = ["DeadValueElimination", "DedupRegions", "MergeAdjacentRegions", "Pass",
-           "PassResult", "cleanup_passes", "run_passes"]
+           "PassResult", "Prune", "PruneReport", "QuantReport", "Quantize", "cleanup_passes",
+           "run_passes"]

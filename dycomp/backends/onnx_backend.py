@@ -61,9 +61,11 @@ def export_regions(graph, opset: int = DEFAULT_OPSET) -> dict[str, bytes]:
     return {name: r.onnx.SerializeToString() for name, r in graph.regions.items()}
 
 
-def lower_onnx(graph, threads: int = 2, opset: int = DEFAULT_OPSET, fuse: bool = True):
+def lower_onnx(graph, threads: int = 2, opset: int = DEFAULT_OPSET, fuse: bool = True,
+               quantize=None):
     """An `OnnxExecutor` for the graph's regions; its `.models` are the exported bytes.
 
+    `quantize(graph)` rewrites the exported regions' ONNX models before they are fused.
     With `fuse`, host branches between regions are lowered into ONNX `If` nodes
     (`onnx_fuse.fuse_branches`); `graph` then holds the fused, ONNX-only regions."""
     from dycomp.backends.onnx_fuse import fuse_branches
@@ -71,6 +73,9 @@ def lower_onnx(graph, threads: int = 2, opset: int = DEFAULT_OPSET, fuse: bool =
     from dycomp.runtime.onnx_executor import OnnxExecutor
 
     models = export_regions(graph, opset)
+    if quantize is not None:
+        quantize(graph)
+        models = {name: r.onnx.SerializeToString() for name, r in graph.regions.items()}
     n = fuse_branches(graph) if fuse else 0
     if n:
         log.info("lowered %d host branches into ONNX If nodes: %d subgraphs left", n,

@@ -1,0 +1,179 @@
+"""Layer-adaptive pruning amounts: minimize the summed output distortion under a budget.
+
+After "Efficient Joint Optimization of Layer-Adaptive Weight Pruning in Deep Neural
+Networks" (Xu et al., ICCV 2023): the output distortion caused by pruning several units
+(layers, or channel groups) is close to the *sum* of the distortions each causes alone.
+So each unit's distortion is measured alone at every candidate ratio (by masking, on
+sample inputs, through the model's own dynamic forward), and a knapsack-style dynamic
+program picks one ratio per unit: least total distortion among the choices that remove
+at least as many parameters as uniform pruning at `amount` would.
+
+Distortion of one run: squared error of every output tensor over its mean square;
+an output whose structure changes (another exit taken, another shape) counts 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_flatten
+
+log = logging.getLogger(__name__)
+
+RATIOS = tuple(i / 10 for i in range(10))  # candidate ratios, 0 .. 0.9
+STEPS = 200  # budget resolution of the dynamic program
+
+
+def channels_to_prune(n: int, ratio: float) -> int:
+    """Channels removed from `n` at `ratio`; at least one always stays."""
+    return min(int(n * ratio), n - 1)
+
+
+def allocate(fn, samples, dg, groups, amount: float, names: dict) -> dict:
+    """Ratio per channel group (keyed by its root module's name) for structured pruning."""
+    import torch_pruning as tp
+
+    importance = tp.importance.GroupMagnitudeImportance(p=2)
+    units = {}
+    for group in groups:
+        root = group[0].dep
+        n = len(group[0].idxs)
+        order = torch.argsort(importance(group)).tolist()
+        per_channel = sum(_channel_cost(d.target.module, d.handler) * len(i)
+                          for d, i in group) / n
+
+        def mask(ratio, root=root, order=order, n=n):
+            idxs = order[:channels_to_prune(n, ratio)]
+            return _zero_channels(dg.get_pruning_group(root.target.module, root.handler, idxs))
+
+        units[names[root.target.module]] = (
+            lambda r, n=n, c=per_channel: c * channels_to_prune(n, r), mask)
+    return _solve(fn, samples, units, amount)
+
+
+def allocate_weights(fn, samples, layers: dict, amount: float) -> dict:
+    """Ratio per layer (keyed by name) for unstructured magnitude pruning."""
+    units = {name: (lambda r, n=m.weight.numel(): n * r,
+                    lambda r, m=m: _zero_weights(m, r)) for name, m in layers.items()}
+    return _solve(fn, samples, units, amount)
+
+
+def _solve(fn, samples, units: dict, amount: float) -> dict:
+    reference = _run(fn, samples)
+    table = {}
+    for name, (cost, mask) in units.items():
+        row = {}
+        for r in RATIOS:
+            if r == 0:
+                row[r] = 0.0
+                continue
+            with mask(r):
+                row[r] = _distortion(reference, _run(fn, samples))
+        table[name] = row
+        log.debug("distortion %s: %s", name, row)
+    costs = {name: {r: cost(r) for r in RATIOS} for name, (cost, _) in units.items()}
+    budget = sum(cost(amount) for cost, _ in units.values())  # what uniform removes
+    return knapsack(table, costs, budget)
+
+
+def knapsack(distortion: dict, costs: dict, budget: float) -> dict:
+    """One ratio per unit: minimum summed distortion with summed cost >= budget.
+
+    `distortion[u][r]` and `costs[u][r]` for every unit u and candidate ratio r. Costs are
+    discretized into `STEPS` steps of the budget (rounded down, so the budget is met)."""
+    if budget <= 0:
+        return {u: 0.0 for u in distortion}
+    step = budget / STEPS
+    best = {0: (0.0, {})}  # budget steps reached (capped) -> (distortion, choice)
+    for u, row in distortion.items():
+        nxt: dict[int, tuple] = {}
+        for reached, (d, choice) in best.items():
+            for r, dr in row.items():
+                b = min(STEPS, reached + math.floor(costs[u][r] / step + 1e-9))
+                if b not in nxt or d + dr < nxt[b][0]:
+                    nxt[b] = (d + dr, {**choice, u: r})
+        best = nxt
+    if STEPS not in best:  # the budget is out of reach: take the most pruning possible
+        return best[max(best)][1]
+    return best[STEPS][1]
+
+
+def _run(fn, samples) -> list:
+    with torch.no_grad():
+        return [tree_flatten(fn(*s))[0] for s in samples]
+
+
+def _distortion(reference: list, outputs: list) -> float:
+    total = 0.0
+    for ref, out in zip(reference, outputs):
+        total += _sample_distortion(ref, out)
+    return total / max(len(reference), 1)
+
+
+def _sample_distortion(ref: list, out: list) -> float:
+    if len(ref) != len(out):
+        return 1.0
+    d = 0.0
+    for a, b in zip(ref, out):
+        if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+            if a.shape != b.shape or a.dtype != b.dtype:
+                return 1.0
+            if a.is_floating_point():
+                d += float(((a - b) ** 2).mean() / ((a ** 2).mean() + 1e-12))
+            elif not torch.equal(a, b):
+                return 1.0
+        elif a != b:
+            return 1.0
+    return d
+
+
+def _channel_cost(module, handler) -> float:
+    """Parameters one pruned channel removes from `module` (0 for non-parameter ops)."""
+    if not isinstance(module, nn.Module) or getattr(module, "weight", None) is None:
+        return 0.0
+    if handler.__name__ == "prune_in_channels":
+        n = getattr(module, "in_channels", getattr(module, "in_features", 0))
+        return module.weight.numel() / n if n else 0.0
+    n = module.weight.shape[0]
+    return sum(p.numel() for p in module.parameters(recurse=False)) / n
+
+
+@contextlib.contextmanager
+def _zero_channels(group):
+    """Zero the group's channels in every member's output: as if they were removed."""
+    hooks = []
+    for dep, idxs in group:
+        module = dep.target.module
+        if isinstance(module, nn.Module) and dep.handler.__name__ == "prune_out_channels":
+            dim = -1 if isinstance(module, (nn.Linear, nn.LayerNorm, nn.Embedding)) else 1
+            hooks.append(module.register_forward_hook(_zeroer(list(idxs), dim)))
+    try:
+        yield
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def _zeroer(idxs, dim):
+    def hook(_, __, out):
+        out = out.clone()
+        out.index_fill_(dim % out.dim(), torch.tensor(idxs, dtype=torch.long), 0.0)
+        return out
+    return hook
+
+
+@contextlib.contextmanager
+def _zero_weights(module, ratio: float):
+    saved = module.weight.data.clone()
+    k = int(saved.numel() * ratio)
+    if k:
+        cut = saved.abs().flatten().kthvalue(k).values
+        module.weight.data[saved.abs() <= cut] = 0.0
+    try:
+        yield
+    finally:
+        module.weight.data.copy_(saved)

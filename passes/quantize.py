@@ -1,0 +1,222 @@
+"""Quantize: int8 (static QDQ or dynamic) or fp16 regions, with onnxruntime.quantization.
+
+Runs on the regions' ONNX models, after export and before branches are fused. Static
+int8 needs activation ranges from every region: `region_inputs` runs the host program
+over the calibration inputs and records what each region receives, so regions on rare
+paths are calibrated on the inputs that reach them. A region that received no sample
+stays fp32 and one that received fewer than `min_samples` is calibrated but reported.
+
+`keep_decisions_fp32`: the nodes of a region that only compute a value the host decides
+on (a confidence, a gate) stay fp32, so quantization error does not flip decisions; the
+rest of that region (the convolutions feeding both) is still quantized.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from dycomp.errors import UnsupportedError
+from dycomp.ir.program import Assign, CallRegion, HostOp, If, Loop, walk
+
+log = logging.getLogger(__name__)
+
+DTYPES = ("int8", "fp16")
+METHODS = ("minmax", "entropy", "percentile")
+HEAVY = {"Conv", "MatMul", "Gemm", "ConvTranspose"}  # worth quantizing a region for
+
+
+@dataclass
+class Quantize:
+    """Quantize every region to int8 (static with `calibration` input tuples, dynamic
+    without) or fp16. Use in `dycomp.compile(..., backend="onnx", passes=[Quantize()])`."""
+
+    dtype: str = "int8"
+    calibration: Sequence[tuple] | None = None
+    method: str = "minmax"
+    per_channel: bool = True
+    keep_decisions_fp32: bool = True
+    min_samples: int = 8
+    name = "quantize"
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ValueError(f"Quantize(dtype={self.dtype!r}): use one of {', '.join(DTYPES)}")
+        if self.method not in METHODS:
+            raise ValueError(f"Quantize(method={self.method!r}): use one of "
+                             f"{', '.join(METHODS)}")
+        if self.calibration is not None:
+            self.calibration = [s if isinstance(s, tuple) else (s,) for s in self.calibration]
+            if not self.calibration:
+                raise ValueError("Quantize(calibration=[]): give input tuples, or None for "
+                                 "dynamic quantization")
+        if self.calibration is not None and self.dtype == "fp16":
+            raise ValueError("Quantize(dtype='fp16') takes no calibration data")
+
+    @property
+    def mode(self) -> str:
+        return "fp16" if self.dtype == "fp16" else (
+            "static" if self.calibration is not None else "dynamic")
+
+
+@dataclass
+class QuantReport:
+    mode: str
+    regions: dict[str, str] = field(default_factory=dict)  # region -> what was done
+    samples: dict[str, int] = field(default_factory=dict)  # region -> calibration samples
+    warnings: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        done = sum(v.startswith(("int8", "fp16")) for v in self.regions.values())
+        return f"quantized {done} of {len(self.regions)} subgraphs ({self.mode})"
+
+
+def region_inputs(graph, compiled, calibration) -> dict[str, list[list[np.ndarray]]]:
+    """Region -> the inputs it received while `compiled` (a CompiledModel on the torch
+    backend for `graph`) ran each calibration input tuple."""
+    seen: dict[str, list] = {name: [] for name in graph.regions}
+    executor = compiled.program.executor
+
+    def record(region, *args):
+        seen[region].append([np.array(a) for a in args])
+        return executor(region, *args)
+
+    compiled.program.executor = record
+    try:
+        for sample in calibration:
+            compiled.run(*sample)
+    finally:
+        compiled.program.executor = executor
+    return seen
+
+
+def decision_outputs(graph) -> dict[str, set[int]]:
+    """Region -> indices of its outputs that the host's decisions depend on."""
+    wanted = {s.cond for s in walk(graph.body) if isinstance(s, If)}
+    for s in reversed(list(walk(graph.body))):  # host statements computing conditions
+        if isinstance(s, HostOp) and s.out in wanted:
+            wanted |= set(s.uses())
+        elif isinstance(s, Assign):
+            wanted |= {v for d, src in zip(s.dsts, s.srcs) if d in wanted
+                       for v in _vars(src)}
+    out: dict[str, set[int]] = {}
+    for s in walk(graph.body):
+        if isinstance(s, CallRegion):
+            out.setdefault(s.region, set()).update(
+                i for i, v in enumerate(s.outs) if v in wanted)
+    return out
+
+
+def quantize_regions(graph, config: Quantize, samples: dict | None) -> QuantReport:
+    """Replace each region's `onnx` model by its quantized form, where it helps."""
+    report = QuantReport(config.mode)
+    decisions = decision_outputs(graph) if config.keep_decisions_fp32 else {}
+    for name, region in graph.regions.items():
+        model = region.onnx
+        if not HEAVY & {n.op_type for n in model.graph.node}:
+            report.regions[name] = "fp32 (no conv/matmul)"
+            continue
+        if samples is not None:
+            report.samples[name] = n = len(samples[name])
+            if n == 0:
+                report.regions[name] = "fp32 (no calibration input reached it)"
+                report.warnings.append(f"subgraph {name} ({', '.join(region.lines[:2])}) "
+                                       "received no calibration input: left fp32")
+                continue
+            if n < config.min_samples:
+                report.warnings.append(f"subgraph {name} ({', '.join(region.lines[:2])}) "
+                                       f"was calibrated on only {n} input(s)")
+        region.onnx, keep = _quantize(model, config, samples and samples[name],
+                                      decisions.get(name, set()))
+        report.regions[name] = config.dtype + (f" ({len(keep)} decision nodes fp32)"
+                                               if keep else "")
+    for w in report.warnings:
+        log.warning("%s", w)
+    return report
+
+
+def _vars(e):
+    from dycomp.ir.program import expr_vars
+
+    return expr_vars(e)
+
+
+def _decision_only_nodes(model: onnx.ModelProto, outputs: set[int]) -> list[str]:
+    """Names of nodes that only the given outputs depend on (named if unnamed)."""
+    if not outputs:
+        return []
+    g = model.graph
+    for i, n in enumerate(g.node):
+        n.name = n.name or f"{n.op_type}_{i}"
+    producer = {o: n for n in g.node for o in n.output}
+
+    def ancestors(names):
+        seen, stack = set(), list(names)
+        while stack:
+            n = producer.get(stack.pop())
+            if n is not None and n.name not in seen:
+                seen.add(n.name)
+                stack += list(n.input)
+        return seen
+
+    outs = [o.name for o in g.output]
+    decide = ancestors([outs[i] for i in outputs])
+    rest = ancestors([o for i, o in enumerate(outs) if i not in outputs])
+    return sorted(decide - rest)
+
+
+def _quantize(model: onnx.ModelProto, config: Quantize, samples, decisions: set[int]):
+    """(quantized model, names of the nodes kept fp32 for decisions)."""
+    if config.dtype == "fp16":
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        exclude = _decision_only_nodes(model, decisions)
+        return convert_float_to_float16(model, keep_io_types=True,
+                                        node_block_list=exclude or None), exclude
+    from onnxruntime import quantization as q
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
+        q.quant_pre_process(model, str(src), skip_symbolic_shape=True)
+        prepared = onnx.load(str(src))
+        exclude = _decision_only_nodes(prepared, decisions)
+        onnx.save(prepared, str(src))
+        if samples is None:
+            q.quantize_dynamic(str(src), str(dst), per_channel=config.per_channel,
+                               weight_type=q.QuantType.QInt8, nodes_to_exclude=exclude)
+        else:
+            names = [i.name for i in model.graph.input]
+            reader = _Reader([dict(zip(names, s)) for s in samples])
+            method = {"minmax": q.CalibrationMethod.MinMax,
+                      "entropy": q.CalibrationMethod.Entropy,
+                      "percentile": q.CalibrationMethod.Percentile}[config.method]
+            q.quantize_static(str(src), str(dst), reader, quant_format=q.QuantFormat.QDQ,
+                              per_channel=config.per_channel,
+                              activation_type=q.QuantType.QUInt8,
+                              weight_type=q.QuantType.QInt8, calibrate_method=method,
+                              nodes_to_exclude=exclude)
+        return onnx.load(str(dst)), exclude
+
+
+class _Reader:
+    """onnxruntime's CalibrationDataReader protocol over a list of feed dicts."""
+
+    def __init__(self, feeds: list[dict]):
+        self._it = iter(feeds)
+
+    def get_next(self):
+        return next(self._it, None)
+
+
+def check_backend(config: Quantize, backend: str) -> None:
+    if backend != "onnx":
+        raise UnsupportedError(
+            f"Quantize runs on backend 'onnx'; backend {backend!r} cannot run quantized "
+            "subgraphs here (TVM 0.27's Relax has no int8 ONNX import for QDQ models)",
+            hint="compile with backend='onnx', or drop Quantize")
