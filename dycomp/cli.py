@@ -87,6 +87,10 @@ class CompileConfig:
     tune_trials: int | None = None
     tune_db: Path | None = None
     strict: bool = False
+    prune: float | None = None
+    prune_allocation: str = "uniform"
+    quantize: str | None = None
+    calib: Path | None = None
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -108,7 +112,49 @@ class CompileConfig:
             raise UsageError(f"--method {self.method!r} is not a method name")
         if self.checkpoint is not None and not self.checkpoint.is_file():
             raise UsageError(f"checkpoint {str(self.checkpoint)!r} does not exist")
+        if self.prune is not None and not 0 < self.prune < 1:
+            raise UsageError(f"--prune must be a fraction between 0 and 1, got {self.prune}")
+        if self.prune is None and self.prune_allocation != "uniform":
+            raise UsageError("--prune-allocation needs --prune")
+        if self.quantize is not None and self.backend != "onnx":
+            raise UsageError("--quantize needs --backend onnx")
+        if self.calib is not None:
+            if self.quantize != "int8":
+                raise UsageError("--calib needs --quantize int8")
+            if self.calib.suffix != ".npz" or not self.calib.is_file():
+                raise UsageError(f"--calib {str(self.calib)!r} must be an existing .npz file")
         _check_threads(self.threads)
+
+    def passes(self, examples: tuple) -> list:
+        """The Prune/Quantize configs the flags ask for."""
+        from dycomp.passes import Prune, Quantize
+
+        out = []
+        if self.prune is not None:
+            out.append(Prune(self.prune, allocation=self.prune_allocation))
+        if self.quantize is not None:
+            calib = None if self.calib is None else _calibration(self.calib, examples)
+            out.append(Quantize(self.quantize, calibration=calib))
+        return out
+
+
+def _calibration(path: Path, examples: tuple) -> list[tuple]:
+    """Calibration input tuples from an .npz: one array per input, in order, each with a
+    leading sample axis (N, *input shape)."""
+    import torch
+
+    with np.load(path) as data:
+        arrays = [data[k] for k in data.files]
+    if len(arrays) != len(examples):
+        raise UsageError(f"--calib {str(path)!r} holds {len(arrays)} arrays; the model takes "
+                         f"{len(examples)} inputs (one array per input, samples first)")
+    for a, x in zip(arrays, examples):
+        if tuple(a.shape[1:]) != tuple(x.shape):
+            raise UsageError(f"--calib {str(path)!r}: an array of shape {a.shape} does not "
+                             f"hold samples of shape {tuple(x.shape)}; expected "
+                             f"(N, {', '.join(map(str, x.shape))})")
+    return [tuple(torch.from_numpy(np.ascontiguousarray(a[i])).to(x.dtype)
+                  for a, x in zip(arrays, examples)) for i in range(len(arrays[0]))]
 
 
 @dataclass(frozen=True)
@@ -265,8 +311,20 @@ def _add_compile(sub) -> None:
     p.add_argument("--threads", type=int, metavar="N",
                    help="intra-op threads per compiled subgraph while checking (onnx "
                         "backend; default 2). `dycomp run --threads` sets them at run time")
+    p.add_argument("--prune", type=float, metavar="FRACTION",
+                   help="structured pruning: remove this fraction of the channels of every "
+                        "prunable layer, consistently over all paths (e.g. 0.5)")
+    p.add_argument("--prune-allocation", choices=("uniform", "layer_adaptive"),
+                   default="uniform",
+                   help="per-layer amounts: uniform, or layer_adaptive (least output "
+                        "distortion for the same number of removed parameters)")
+    p.add_argument("--quantize", choices=("int8", "fp16"),
+                   help="onnx: quantize the subgraphs (int8: dynamic, or static with --calib)")
+    p.add_argument("--calib", type=Path, metavar="FILE.npz",
+                   help="int8 calibration inputs: one array per input, samples first")
     p.add_argument("--no-check", dest="check", action="store_false",
-                   help="skip the differential check against eager PyTorch")
+                   help="skip the differential check against eager PyTorch (with --prune or "
+                        "--quantize: the agreement report)")
     p.set_defaults(command_fn=compile_command, make_config=_compile_config)
 
 
@@ -298,7 +356,9 @@ def _compile_config(ns) -> CompileConfig:
                          inputs=tuple(InputShape.parse(s) for s in ns.input),
                          checkpoint=ns.checkpoint, backend=ns.backend, threads=ns.threads,
                          check=ns.check, tune_trials=ns.tune_trials, tune_db=ns.tune_db,
-                         strict=ns.strict)
+                         strict=ns.strict, prune=ns.prune,
+                         prune_allocation=ns.prune_allocation, quantize=ns.quantize,
+                         calib=ns.calib)
 
 
 def _run_config(ns) -> RunConfig:
@@ -400,11 +460,18 @@ def compile_command(cfg: CompileConfig, out: Console) -> None:
         options["strict"] = cfg.strict
         if cfg.tune_trials is not None:
             options["tune"] = dycomp.TuneConfig(trials=cfg.tune_trials, db=cfg.tune_db)
+    passes = cfg.passes(examples)
     with stage(compiling, spinner="tune" not in options):  # tuning shows its own bar
         cm = dycomp.compile(loaded.model, examples, method=cfg.method, backend=cfg.backend,
-                            check=False, threads=cfg.threads, **options)
+                            check=False, threads=cfg.threads, passes=passes, **options)
     checked = None
-    if cfg.check:
+    if cfg.check and passes:
+        from dycomp.check import variants
+
+        with stage("compare with eager PyTorch"):
+            inputs = [a for a, _ in variants(examples, {}, n=31)]
+            checked = dycomp.compare(fn, cm, inputs)
+    elif cfg.check:
         from dycomp.check import differential_check
 
         with stage("check against eager PyTorch"):
@@ -456,7 +523,13 @@ def _compile_summary(cfg: CompileConfig, cm, examples: tuple, checked: int | Non
     _row(table, "subgraphs", f"{s['regions']} ({calls} call site{'s' * (calls != 1)})")
     for key in ("branches", "loops", "returns", "ops"):
         _row(table, key, str(s[key]))
-    _row(table, "check", "skipped" if checked is None else f"matched eager on {checked} inputs")
+    for note in cm.optimizations:
+        _row(table, "optimized", note)
+    _row(table, "check", "skipped" if checked is None else
+         f"matched eager on {checked} inputs" if isinstance(checked, int) else
+         f"vs eager on {checked.n} inputs: same path {checked.path_agreement:.0%}"
+         f"{' (host decisions)' if checked.fused else ''}, argmax agreement "
+         f"{checked.output_agreement:.0%}, max |diff| {checked.output_max_abs_diff:.3g}")
     _row(table, "compile time", f"{times[0]:.2f} s (all stages {times[1]:.2f} s)")
     artifact = "not saved (no -o)" if cfg.output is None else (
         f"{cfg.output} ({_human_size(_disk_size(cfg.output))})")

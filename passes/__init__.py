@@ -5,7 +5,7 @@ from dycomp.passes.dead_values import DeadValueElimination
 from dycomp.passes.dedup_regions import DedupRegions
 from dycomp.passes.merge_regions import MergeAdjacentRegions
 from dycomp.passes.prune import Prune, PruneReport
-from dycomp.passes.quantize import QuantReport, Quantize
+from dycomp.passes.quantize import Quantize, QuantReport
 
 
 def cleanup_passes() -> list[Pass]:

@@ -57,15 +57,20 @@ def allocate(fn, samples, dg, groups, amount: float, names: dict) -> dict:
 
 def allocate_weights(fn, samples, layers: dict, amount: float) -> dict:
     """Ratio per layer (keyed by name) for unstructured magnitude pruning."""
-    units = {name: (lambda r, n=m.weight.numel(): n * r,
-                    lambda r, m=m: _zero_weights(m, r)) for name, m in layers.items()}
+    units = {name: (_weight_cost(m), lambda r, m=m: _zero_weights(m, r))
+             for name, m in layers.items()}
     return _solve(fn, samples, units, amount)
+
+
+def _weight_cost(module):
+    n = module.weight.numel()
+    return lambda r: n * r
 
 
 def _solve(fn, samples, units: dict, amount: float) -> dict:
     reference = _run(fn, samples)
     table = {}
-    for name, (cost, mask) in units.items():
+    for name, (_, mask) in units.items():
         row = {}
         for r in RATIOS:
             if r == 0:

@@ -23,13 +23,16 @@ import numpy as np
 import onnx
 
 from dycomp.errors import UnsupportedError
-from dycomp.ir.program import Assign, CallRegion, HostOp, If, Loop, walk
+from dycomp.ir.program import Assign, CallRegion, HostOp, If, walk
 
 log = logging.getLogger(__name__)
 
 DTYPES = ("int8", "fp16")
 METHODS = ("minmax", "entropy", "percentile")
 HEAVY = {"Conv", "MatMul", "Gemm", "ConvTranspose"}  # worth quantizing a region for
+# Dynamic int8 pays for matmuls only: ONNX Runtime's ConvInteger made a CNN 3.6x slower
+# here (benchmarks/README.md), so convolutions want static calibration instead.
+DYNAMIC_OPS = ["MatMul", "Attention", "LSTM"]
 
 
 @dataclass
@@ -119,8 +122,9 @@ def quantize_regions(graph, config: Quantize, samples: dict | None) -> QuantRepo
     decisions = decision_outputs(graph) if config.keep_decisions_fp32 else {}
     for name, region in graph.regions.items():
         model = region.onnx
-        if not HEAVY & {n.op_type for n in model.graph.node}:
-            report.regions[name] = "fp32 (no conv/matmul)"
+        wanted = set(DYNAMIC_OPS) if config.mode == "dynamic" else HEAVY
+        if not wanted & {n.op_type for n in model.graph.node}:
+            report.regions[name] = f"fp32 (no {'/'.join(sorted(wanted))})"
             continue
         if samples is not None:
             report.samples[name] = n = len(samples[name])
@@ -189,7 +193,8 @@ def _quantize(model: onnx.ModelProto, config: Quantize, samples, decisions: set[
         onnx.save(prepared, str(src))
         if samples is None:
             q.quantize_dynamic(str(src), str(dst), per_channel=config.per_channel,
-                               weight_type=q.QuantType.QInt8, nodes_to_exclude=exclude)
+                               weight_type=q.QuantType.QInt8, nodes_to_exclude=exclude,
+                               op_types_to_quantize=DYNAMIC_OPS)
         else:
             names = [i.name for i in model.graph.input]
             reader = _Reader([dict(zip(names, s)) for s in samples])

@@ -1,0 +1,212 @@
+"""Prune, Quantize and dycomp.compare: numerics, structure and contracts.
+
+Tolerances: a pruned model compiled by dycomp matches the *pruned* eager model like any
+model (atol/rtol 1e-4, same path: the compile-time differential check). Quantized
+models differ from fp32 by design; static int8 keeps the largest logit within 10 % of
+the fp32 logits' range on the inputs where both take the same path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import dycomp
+from dycomp.passes import Prune, Quantize
+from dycomp.passes.prune_alloc import knapsack
+from examples.zoo import ZOO
+
+CONV = ["multi_exit", "static_resnet", "gated_resnet", "policy_net"]
+SHRINKS = {"multi_exit", "static_resnet", "gated_resnet", "policy_net", "moe", "gated54",
+           "nested_if"}  # act and decoder: every channel feeds a GRU or the host
+
+
+def _structure(cm) -> dict:
+    s = cm.graph.stats()
+    return {k: s[k] for k in ("regions", "branches", "loops", "returns")}
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_pruned_zoo_keeps_structure_and_matches_pruned_eager(name):
+    mod = ZOO[name]
+    model, ex = mod.make(0)
+    pruned = Prune(0.5).apply(model, ex, method=mod.METHOD)
+    before = sum(p.numel() for p in model.parameters())
+    after = sum(p.numel() for p in pruned.parameters())
+    assert (after < before) == (name in SHRINKS), (before, after)
+    assert sum(p.numel() for p in model.parameters()) == before  # original untouched
+    # check=True: differential test against the pruned eager model on generated inputs
+    cm = dycomp.compile(pruned, ex, method=mod.METHOD, backend="onnx", fuse_branches=False)
+    ref = dycomp.compile(model, ex, method=mod.METHOD, backend="torch", check=False)
+    assert _structure(cm) == _structure(ref)
+    inputs = mod.sample_inputs(10, seed=5)
+    for x in inputs:  # same path as the pruned eager model on sample inputs too
+        assert mod.path_key(pruned, x, cm(*x)) == mod.path_key(pruned, x, pruned(*x))
+    c = dycomp.compare(ref, cm, inputs)
+    assert 0.0 <= c.path_agreement <= 1.0 and c.n == 10
+    assert sum(r["inputs"] for r in c.per_path) == 10
+
+
+def test_prune_keeps_interface_layers_whole():
+    mod = ZOO["multi_exit"]
+    model, ex = mod.make(0)
+    pruned = Prune(0.5).apply(model, ex)
+    assert all(h.fc.out_features == 10 for h in pruned.heads)
+    assert pruned.blocks[0].conv1.out_channels == model.blocks[0].conv1.out_channels // 2
+    assert set(pruned.dycomp_prune.kept) >= {f"heads.{i}.fc" for i in range(5)}
+    gated, ex = ZOO["gated_resnet"].make(0)
+    pruned = Prune(0.5).apply(gated, ex)
+    gates = [m for n, m in pruned.named_modules() if n.endswith("gate") and
+             isinstance(m, nn.Linear)]
+    assert all(g.out_features == 1 for g in gates)
+
+
+class RareBranch(nn.Module):
+    """A conv reached only when the input's mean is very large (never on the example)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.common = nn.Conv2d(16, 16, 3, padding=1)
+        self.rare = nn.Conv2d(16, 16, 3, padding=1)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.stem(x))
+        if x.mean() > 5.0:
+            h = h + torch.relu(self.rare(h))
+        else:
+            h = h + torch.relu(self.common(h))
+        return self.head(h.mean((2, 3)))
+
+
+def test_prune_is_consistent_on_paths_the_example_never_takes():
+    torch.manual_seed(0)
+    model, ex = RareBranch().eval(), (torch.randn(1, 3, 8, 8),)
+    pruned = Prune(0.5).apply(model, ex)
+    assert pruned.rare.in_channels == pruned.rare.out_channels == pruned.stem.out_channels == 8
+    rare_input = torch.randn(1, 3, 8, 8) + 10.0
+    out = pruned(rare_input)  # runs the rare conv: shapes must agree
+    cm = dycomp.compile(pruned, ex, backend="onnx")
+    assert torch.allclose(cm(rare_input), out, atol=1e-4, rtol=1e-4)
+
+
+def test_layer_adaptive_meets_the_budget_with_less_distortion():
+    mod = ZOO["static_resnet"]
+    model, ex = mod.make(0)
+    samples = mod.sample_inputs(4)
+    uni = Prune(0.5).apply(model, ex, samples=samples)
+    ada = Prune(0.5, allocation="layer_adaptive").apply(model, ex, samples=samples)
+    removed = [r.params_before - r.params_after for r in (uni.dycomp_prune, ada.dycomp_prune)]
+    assert removed[1] >= 0.9 * removed[0]  # same budget (additive count, +-10 %)
+    assert len(set(ada.dycomp_prune.ratios.values())) > 1  # not uniform
+
+    def err(m):
+        return sum(float(((m(*x) - model(*x)) ** 2).mean()) for x in samples)
+    with torch.no_grad():
+        assert err(ada) <= err(uni)
+
+
+def test_knapsack_picks_least_distortion_that_meets_the_budget():
+    distortion = {"a": {0.0: 0, 0.5: 1.0, 0.9: 5.0}, "b": {0.0: 0, 0.5: 0.1, 0.9: 0.2}}
+    costs = {"a": {0.0: 0, 0.5: 50, 0.9: 90}, "b": {0.0: 0, 0.5: 50, 0.9: 90}}
+    assert knapsack(distortion, costs, budget=90) == {"a": 0.0, "b": 0.9}
+    assert knapsack(distortion, costs, budget=100) == {"a": 0.5, "b": 0.5}
+    assert knapsack(distortion, costs, budget=0) == {"a": 0.0, "b": 0.0}
+
+
+def test_unstructured_prune_reports_sparsity():
+    model, ex = ZOO["static_resnet"].make(0)
+    pruned = Prune(0.6, structured=False).apply(model, ex)
+    assert pruned.dycomp_prune.params_after == pruned.dycomp_prune.params_before
+    assert pruned.dycomp_prune.sparsity == pytest.approx(0.6, abs=0.02)
+
+
+@pytest.mark.parametrize("name", CONV)
+def test_static_int8_zoo_keeps_structure_and_stays_close(name):
+    mod = ZOO[name]
+    model, ex = mod.make(0)
+    calib = mod.sample_inputs(16, seed=1)
+    q = dycomp.compile(model, ex, method=mod.METHOD, backend="onnx", fuse_branches=False,
+                       passes=[Quantize("int8", calibration=calib)])
+    ref = dycomp.compile(model, ex, method=mod.METHOD, backend="torch", check=False)
+    assert _structure(q) == _structure(ref)
+    assert any("quantized" in o for o in q.optimizations)
+    inputs = mod.sample_inputs(12, seed=7)
+    c = dycomp.compare(ref, q, inputs)
+    assert c.path_agreement >= 0.75
+    for x in inputs:
+        (a, pa), (b, pb) = ref.run(*x, return_path=True), q.run(*x, return_path=True)
+        if pa == pb:
+            fa, fb = _first(a), _first(b)
+            assert float((fa - fb).abs().max()) <= 0.1 * float(fa.max() - fa.min()) + 1e-3
+
+
+def _first(out) -> torch.Tensor:
+    from torch.utils._pytree import tree_flatten
+
+    return next(t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor))
+
+
+def test_quantize_keeps_decision_nodes_fp32_and_reports_rare_regions():
+    mod = ZOO["multi_exit"]
+    model, ex = mod.make(0)
+    calib = [ex]  # one input: later exits never see a sample
+    q = dycomp.compile(model, ex, backend="onnx", fuse_branches=False,
+                       passes=[Quantize("int8", calibration=calib)])
+    notes = "\n".join(q.optimizations)
+    assert "received no calibration input" in notes or "calibrated on only 1" in notes
+    path = q.run(*ex, return_path=True)[1]
+    first = q.graph.regions[path[0]].onnx
+    ops = {n.op_type for n in first.graph.node}
+    assert "QuantizeLinear" in ops and "Softmax" in ops  # the confidence stays float
+
+
+def test_dynamic_and_fp16_run():
+    mod = ZOO["gated54"]
+    model, ex = mod.make(0)
+    for cfg in (Quantize("int8"), Quantize("fp16")):
+        q = dycomp.compile(model, ex, backend="onnx", passes=[cfg])
+        y = q(*ex)
+        assert torch.isfinite(y).all() and y.shape == model(*ex).shape
+
+
+def test_config_validation_and_backend_errors():
+    for bad in (dict(amount=0), dict(amount=1.5), dict(amount=0.5, allocation="greedy"),
+                dict(amount=0.5, exclude="heads.*")):
+        with pytest.raises(ValueError):
+            Prune(**bad)
+    for bad in (dict(dtype="int4"), dict(method="mse"), dict(calibration=[]),
+                dict(dtype="fp16", calibration=[(torch.zeros(1),)])):
+        with pytest.raises(ValueError):
+            Quantize(**bad)
+    model, ex = ZOO["static_resnet"].make(0)
+    with pytest.raises(dycomp.UnsupportedError, match="backend 'onnx'"):
+        dycomp.compile(model, ex, backend="tvm", passes=[Quantize()])
+
+
+def test_prune_exclude_patterns():
+    model, ex = ZOO["static_resnet"].make(0)
+    pruned = Prune(0.5, exclude=["conv1", "layer1.*"]).apply(model, ex)
+    assert pruned.conv1.out_channels == model.conv1.out_channels
+    assert pruned.layer1[0].conv1.out_channels == model.layer1[0].conv1.out_channels
+    assert pruned.layer3[0].conv1.out_channels < model.layer3[0].conv1.out_channels
+
+
+def test_compare_known_cases():
+    mod = ZOO["nested_if"]
+    model, ex = mod.make(0)
+    inputs = mod.sample_inputs(16)
+    same = dycomp.compare(model, model, inputs)
+    assert same.path_agreement == 1.0 and same.output_max_abs_diff == 0.0
+    assert same.output_agreement == 1.0
+    other, _ = mod.make(1)  # other weights: some inputs branch differently
+    c = dycomp.compare(model, other, inputs)
+    ref = dycomp.compile(model, ex, backend="torch", check=False)
+    cand = dycomp.compile(other, ex, backend="torch", check=False)
+    expected = np.mean([ref.run(*x, return_path=True)[1] == cand.run(*x, return_path=True)[1]
+                        for x in inputs])
+    assert c.path_agreement == pytest.approx(expected) and c.path_agreement < 1.0
+    assert "same path" in c.table()
