@@ -8,8 +8,8 @@ sample inputs, through the model's own dynamic forward), and a knapsack-style dy
 program picks one ratio per unit: least total distortion among the choices that remove
 at least as many parameters as uniform pruning at `amount` would.
 
-Distortion of one run: squared error of every output tensor over its mean square;
-an output whose structure changes (another exit taken, another shape) counts 1.
+Distortion of one run: squared error of every output tensor over its mean square, plus
+1 for each output whose structure changes (another exit taken, another shape).
 """
 
 from __future__ import annotations
@@ -25,6 +25,10 @@ from torch.utils._pytree import tree_flatten
 log = logging.getLogger(__name__)
 
 RATIOS = tuple(i / 10 for i in range(10))  # candidate ratios, 0 .. 0.9
+# No unit is pruned more than this much beyond the global amount. Distortion saturates
+# once a layer is wrecked (relative error ~1), which makes "prune one group 90 %" look
+# cheaper than sharing the budget; that is where additivity stops holding.
+MAX_OVER = 0.25
 STEPS = 200  # budget resolution of the dynamic program
 
 
@@ -38,7 +42,7 @@ def allocate(fn, samples, dg, groups, amount: float, names: dict) -> dict:
     import torch_pruning as tp
 
     importance = tp.importance.GroupMagnitudeImportance(p=2)
-    units = {}
+    units, shares, sizes = {}, [], {}
     for group in groups:
         root = group[0].dep
         n = len(group[0].idxs)
@@ -50,9 +54,38 @@ def allocate(fn, samples, dg, groups, amount: float, names: dict) -> dict:
             idxs = order[:channels_to_prune(n, ratio)]
             return _zero_channels(dg.get_pruning_group(root.target.module, root.handler, idxs))
 
-        units[names[root.target.module]] = (
-            lambda r, n=n, c=per_channel: c * channels_to_prune(n, r), mask)
-    return _solve(fn, samples, units, amount)
+        key = names[root.target.module]
+        sizes[key] = n
+        units[key] = (lambda r, n=n, c=per_channel: c * channels_to_prune(n, r), mask)
+        shares += [(key, d.target.module, d.handler.__name__, len(i)) for d, i in group
+                   if isinstance(d.target.module, nn.Module)]
+    return _solve(fn, samples, units, amount, _removed_params(shares, sizes))
+
+
+def _removed_params(shares, sizes: dict):
+    """ratios -> parameters pruning would remove, exactly: a layer that loses a fraction
+    fo of its outputs and fi of its inputs keeps (1 - fo)(1 - fi) of its weight."""
+    layers = {}
+    for key, module, handler, n in shares:
+        w = getattr(module, "weight", None)
+        if w is None:
+            continue
+        side = "in" if handler == "prune_in_channels" else "out"
+        dim = w.shape[1] * getattr(module, "groups", 1) if side == "in" else w.shape[0]
+        layers.setdefault(module, {"in": [], "out": []})[side].append((key, n / dim))
+
+    def removed(ratios: dict) -> float:
+        ratios = {k: channels_to_prune(sizes[k], r) / sizes[k] for k, r in ratios.items()}
+        total = 0.0
+        for module, sides in layers.items():
+            fo, fi = (min(1.0, sum(ratios[k] * f for k, f in sides[s])) for s in ("out", "in"))
+            bias = module.bias.numel() if getattr(module, "bias", None) is not None else 0
+            if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+                total += module.weight.numel() * (1 - (1 - fo) * (1 - fi)) + bias * fo
+            else:  # norms: per-channel parameters
+                total += (module.weight.numel() + bias) * fo
+        return total
+    return removed
 
 
 def allocate_weights(fn, samples, layers: dict, amount: float) -> dict:
@@ -67,12 +100,15 @@ def _weight_cost(module):
     return lambda r: n * r
 
 
-def _solve(fn, samples, units: dict, amount: float) -> dict:
+def _solve(fn, samples, units: dict, amount: float, removed=None) -> dict:
+    """Per-unit ratios. `removed(ratios)`, when given, counts the parameters a choice
+    really removes: the budget is then matched to uniform pruning's exact count."""
     reference = _run(fn, samples)
+    ratios = [r for r in RATIOS if r <= amount + MAX_OVER + 1e-9]
     table = {}
     for name, (_, mask) in units.items():
         row = {}
-        for r in RATIOS:
+        for r in ratios:
             if r == 0:
                 row[r] = 0.0
                 continue
@@ -80,9 +116,16 @@ def _solve(fn, samples, units: dict, amount: float) -> dict:
                 row[r] = _distortion(reference, _run(fn, samples))
         table[name] = row
         log.debug("distortion %s: %s", name, row)
-    costs = {name: {r: cost(r) for r in RATIOS} for name, (cost, _) in units.items()}
+    costs = {name: {r: cost(r) for r in ratios} for name, (cost, _) in units.items()}
     budget = sum(cost(amount) for cost, _ in units.values())  # what uniform removes
-    return knapsack(table, costs, budget)
+    if removed is None:
+        return knapsack(table, costs, budget)
+    target = removed(dict.fromkeys(units, amount))
+    lo, hi = 0.0, 2 * budget  # the least additive budget whose choice removes enough
+    for _ in range(20):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if removed(knapsack(table, costs, mid)) < target else (lo, mid)
+    return knapsack(table, costs, hi)
 
 
 def knapsack(distortion: dict, costs: dict, budget: float) -> dict:
@@ -120,19 +163,21 @@ def _distortion(reference: list, outputs: list) -> float:
 
 
 def _sample_distortion(ref: list, out: list) -> float:
+    """Summed relative squared error of the output tensors, plus 1 for each output that
+    changed structure (a decision: another exit index, another shape)."""
     if len(ref) != len(out):
-        return 1.0
+        return 1.0 + len(ref)
     d = 0.0
     for a, b in zip(ref, out):
         if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
             if a.shape != b.shape or a.dtype != b.dtype:
-                return 1.0
-            if a.is_floating_point():
+                d += 1.0
+            elif a.is_floating_point():
                 d += float(((a - b) ** 2).mean() / ((a ** 2).mean() + 1e-12))
-            elif not torch.equal(a, b):
-                return 1.0
-        elif a != b:
-            return 1.0
+            else:
+                d += float(not torch.equal(a, b))
+        else:
+            d += float(a != b)
     return d
 
 

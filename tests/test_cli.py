@@ -95,6 +95,14 @@ USAGE_ERRORS = [
      "--tune-db, --strict need --backend tvm"),
     (["compile", f"{MODELS}:make", "--threads", "0"], "--threads must be at least 1"),
     (["compile", f"{MODELS}:make", "--checkpoint", "missing.pt"], "does not exist"),
+    (["compile", f"{MODELS}:make", "--prune", "1.5"], "--prune must be a fraction"),
+    (["compile", f"{MODELS}:make", "--prune-allocation", "layer_adaptive"],
+     "--prune-allocation needs --prune"),
+    (["compile", f"{MODELS}:make", "--quantize", "int8", "--backend", "tvm"],
+     "--quantize needs --backend onnx"),
+    (["compile", f"{MODELS}:make", "--calib", "c.npz"], "--calib needs --quantize int8"),
+    (["compile", f"{MODELS}:make", "--quantize", "int8", "--calib", "missing.npz"],
+     "must be an existing .npz file"),
     (["compile"], "required: TARGET"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
     (["run", "net.dyc"], "give the inputs with --input"),
@@ -338,3 +346,22 @@ def test_end_to_end_multi_exit_with_checkpoint(tmp_path, capsys):
     assert len(paths) > 1  # different inputs took different exits
     code, out, _ = call(capsys, "inspect", art)
     assert code == 0 and all(name in out for name in manifest["subgraphs"])
+
+
+def test_compile_prune_and_quantize_reports_agreement(tmp_path, capsys):
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=np.random.default_rng(0).standard_normal((8, 1, 3, 32, 32),
+                                                                dtype=np.float32))
+    out = tmp_path / "q.dyc"
+    code, stdout, _ = call(capsys, "compile", "examples/zoo/static_resnet.py:make",
+                           "--prune", "0.5", "--quantize", "int8", "--calib", calib, "-o", out)
+    assert code == 0
+    assert "pruned 175,258 -> 44,370 parameters" in stdout
+    assert "quantized 1 of 1 subgraphs (static)" in stdout
+    assert "vs eager on 32 inputs: same path 100%" in stdout
+    assert (out / "manifest.json").is_file()
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, x=np.zeros((4, 3, 32, 32), np.float32))
+    code, _, err = call(capsys, "compile", "examples/zoo/static_resnet.py:make",
+                        "--quantize", "int8", "--calib", bad)
+    assert code == 2 and "expected (N, 1, 3, 32, 32)" in one_error_line(err)

@@ -1,0 +1,94 @@
+"""Pruning and int8 quantization on the zoo's CIFAR-sized conv examples (ONNX Runtime).
+
+Per example (batch 1, 2 threads, calls interleaved input by input, medians): dycomp fp32,
+int8 (static QDQ, 32 calibration inputs through the host program), 50 % structured
+channel pruning (uniform), pruned + int8; each variant's speedup over fp32, parameters,
+and its path agreement with the fp32 model (`dycomp.compare`, branches not fused so
+that every decision is compared). Random weights: accuracy is the digits example's job
+(`examples/digits/optimize.py`).
+
+Run: python benchmarks/optimize_zoo.py [--inputs 30] [--rounds 5] [--amount 0.5] [name ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import dycomp  # noqa: E402
+from dycomp.passes import Prune, Quantize  # noqa: E402
+from examples.zoo import ZOO  # noqa: E402
+
+CONV = ["static_resnet", "multi_exit", "gated_resnet", "policy_net"]
+THREADS = 2
+
+
+def variants(mod, amount: float, fuse: bool) -> dict:
+    model, ex = mod.make(0)
+    calib = mod.sample_inputs(32, seed=1)
+    pruned = Prune(amount).apply(model, ex, method=mod.METHOD)
+    opts = dict(method=mod.METHOD, backend="onnx", threads=THREADS, fuse_branches=fuse)
+    int8 = [Quantize("int8", calibration=calib)]
+    return {"fp32": dycomp.compile(model, ex, **opts),
+            "int8": dycomp.compile(model, ex, passes=int8, **opts),
+            "pruned": dycomp.compile(pruned, ex, **opts),
+            "pruned+int8": dycomp.compile(pruned, ex, passes=int8, **opts)}, model, pruned
+
+
+def bench(name: str, n_inputs: int, rounds: int, amount: float) -> dict:
+    mod = ZOO[name]
+    cms, model, pruned = variants(mod, amount, fuse=True)
+    inputs = [tuple(t.numpy() for t in x) for x in mod.sample_inputs(n_inputs, seed=2)]
+    times = {k: [] for k in cms}
+    for x in inputs:  # warm-up
+        for cm in cms.values():
+            cm.program.run(*x)
+    for _ in range(rounds):
+        for x in inputs:
+            for k, cm in cms.items():
+                t0 = time.perf_counter()
+                cm.program.run(*x)
+                times[k].append(time.perf_counter() - t0)
+    ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+    unfused, _, _ = variants(mod, amount, fuse=False)
+    samples = mod.sample_inputs(n_inputs, seed=3)
+    agree = {k: dycomp.compare(unfused["fp32"], cm, samples).path_agreement
+             for k, cm in unfused.items() if k != "fp32"}
+    params = [sum(p.numel() for p in m.parameters()) for m in (model, pruned)]
+    return dict(name=name, ms=ms, speedup={k: ms["fp32"] / v for k, v in ms.items()},
+                agree=agree, params=params)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("names", nargs="*", default=CONV)
+    ap.add_argument("--inputs", type=int, default=30)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--amount", type=float, default=0.5)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(THREADS)
+    rows = [bench(n, args.inputs, args.rounds, args.amount) for n in args.names]
+    kinds = ["fp32", "int8", "pruned", "pruned+int8"]
+    print(f"{'example':<14}" + "".join(f"{k + ' ms':>15}" for k in kinds)
+          + "".join(f"{k + ' x':>15}" for k in kinds[1:]) + f"{'params':>20}"
+          + "".join(f"{'agree ' + k:>18}" for k in kinds[1:]))
+    for r in rows:
+        print(f"{r['name']:<14}" + "".join(f"{r['ms'][k]:>15.3f}" for k in kinds)
+              + "".join(f"{r['speedup'][k]:>15.2f}" for k in kinds[1:])
+              + f"{r['params'][0]:>10,}->{r['params'][1]:<9,}"
+              + "".join(f"{r['agree'][k]:>18.1%}" for k in kinds[1:]))
+    for k in kinds[1:]:
+        g = math.exp(statistics.mean(math.log(r["speedup"][k]) for r in rows))
+        print(f"geomean speedup over fp32, {k}: {g:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
