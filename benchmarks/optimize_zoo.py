@@ -3,9 +3,10 @@
 Per example (batch 1, 2 threads, calls interleaved input by input, medians): dycomp fp32,
 int8 (static QDQ, 32 calibration inputs through the host program), 50 % structured
 channel pruning (uniform), pruned + int8; each variant's speedup over fp32, parameters,
-and its path agreement with the fp32 model (`dycomp.compare`, branches not fused so
-that every decision is compared). Random weights: accuracy is the digits example's job
-(`examples/digits/optimize.py`).
+its path agreement with the fp32 model (paths of the unfused compiles, so that every
+decision is compared) and its speedup on the inputs where it takes fp32's path (pruning
+a random-weight model moves exits and gates, which changes the work done). Random
+weights: accuracy is the digits example's job (`examples/digits/optimize.py`).
 
 Run: python benchmarks/optimize_zoo.py [--inputs 30] [--rounds 5] [--amount 0.5] [name ...]
 """
@@ -46,25 +47,35 @@ def variants(mod, amount: float, fuse: bool) -> dict:
 def bench(name: str, n_inputs: int, rounds: int, amount: float) -> dict:
     mod = ZOO[name]
     cms, model, pruned = variants(mod, amount, fuse=True)
-    inputs = [tuple(t.numpy() for t in x) for x in mod.sample_inputs(n_inputs, seed=2)]
-    times = {k: [] for k in cms}
+    samples = mod.sample_inputs(n_inputs, seed=2)
+    inputs = [tuple(t.numpy() for t in x) for x in samples]
+    times = {k: [[] for _ in inputs] for k in cms}
     for x in inputs:  # warm-up
         for cm in cms.values():
             cm.program.run(*x)
     for _ in range(rounds):
-        for x in inputs:
+        for i, x in enumerate(inputs):
             for k, cm in cms.items():
                 t0 = time.perf_counter()
                 cm.program.run(*x)
-                times[k].append(time.perf_counter() - t0)
-    ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
+                times[k][i].append(time.perf_counter() - t0)
+    ms = {k: _median_ms(v) for k, v in times.items()}
     unfused, _, _ = variants(mod, amount, fuse=False)
-    samples = mod.sample_inputs(n_inputs, seed=3)
-    agree = {k: dycomp.compare(unfused["fp32"], cm, samples).path_agreement
-             for k, cm in unfused.items() if k != "fp32"}
+    paths = {k: [cm.run(*x, return_path=True)[1] for x in samples] for k, cm in unfused.items()}
+    agree = {k: statistics.mean(a == b for a, b in zip(paths["fp32"], p))
+             for k, p in paths.items()}
+    same = {}  # speedup over fp32 on the inputs where the variant takes fp32's path
+    for k, p in paths.items():
+        idx = [i for i, (a, b) in enumerate(zip(paths["fp32"], p)) if a == b]
+        same[k] = (_median_ms([times["fp32"][i] for i in idx]) /
+                   _median_ms([times[k][i] for i in idx])) if len(idx) >= 3 else float("nan")
     params = [sum(p.numel() for p in m.parameters()) for m in (model, pruned)]
     return dict(name=name, ms=ms, speedup={k: ms["fp32"] / v for k, v in ms.items()},
-                agree=agree, params=params)
+                agree=agree, same=same, params=params)
+
+
+def _median_ms(per_input: list[list[float]]) -> float:
+    return 1e3 * statistics.median(t for ts in per_input for t in ts)
 
 
 def main(argv=None):
@@ -79,12 +90,14 @@ def main(argv=None):
     kinds = ["fp32", "int8", "pruned", "pruned+int8"]
     print(f"{'example':<14}" + "".join(f"{k + ' ms':>15}" for k in kinds)
           + "".join(f"{k + ' x':>15}" for k in kinds[1:]) + f"{'params':>20}"
-          + "".join(f"{'agree ' + k:>18}" for k in kinds[1:]))
+          + "".join(f"{'agree ' + k:>18}" for k in kinds[1:])
+          + "".join(f"{'same-path ' + k + ' x':>24}" for k in kinds[1:]))
     for r in rows:
         print(f"{r['name']:<14}" + "".join(f"{r['ms'][k]:>15.3f}" for k in kinds)
               + "".join(f"{r['speedup'][k]:>15.2f}" for k in kinds[1:])
               + f"{r['params'][0]:>10,}->{r['params'][1]:<9,}"
-              + "".join(f"{r['agree'][k]:>18.1%}" for k in kinds[1:]))
+              + "".join(f"{r['agree'][k]:>18.1%}" for k in kinds[1:])
+              + "".join(f"{r['same'][k]:>24.2f}" for k in kinds[1:]))
     for k in kinds[1:]:
         g = math.exp(statistics.mean(math.log(r["speedup"][k]) for r in rows))
         print(f"geomean speedup over fp32, {k}: {g:.2f}x")
