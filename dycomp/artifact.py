@@ -76,6 +76,8 @@ def package(cm: CompiledModel) -> tuple[dict, dict[str, bytes]]:
     }
     if cm.backend == "tvm":
         manifest["tvm"] = _jsonable(vars(executor.report))
+    if cm.optimizations:
+        manifest["optimizations"] = list(cm.optimizations)
     return manifest, files
 
 
@@ -238,8 +240,10 @@ def load(path, threads: int = 2) -> CompiledModel:
     from dycomp.api import CompiledModel
 
     art = rt.load(path, threads=threads)
-    return CompiledModel(art.program, input_spec(art.manifest), art.manifest["backend"],
-                         graph=None, artifact=art)
+    cm = CompiledModel(art.program, input_spec(art.manifest), art.manifest["backend"],
+                       graph=None, artifact=art)
+    cm.optimizations = list(art.manifest.get("optimizations", []))
+    return cm
 
 
 def input_spec(manifest: dict) -> InputSpec:

@@ -213,7 +213,8 @@ class Artifact:
         head = (f"dycomp artifact {self.path}: {m.get('method')} ({m.get('source')}) for "
                 f"backend {m['backend']}: {len(self.subgraphs)} subgraphs, "
                 f"{s.get('branches', '?')} branches, {s.get('loops', '?')} loops, "
-                f"{s.get('returns', '?')} returns\nentry {self.signature}")
+                f"{s.get('returns', '?')} returns\nentry {self.signature}"
+                + "".join(f"\noptimized: {o}" for o in m.get("optimizations", [])))
         rows = [_region_row(n, sub) for n, sub in self.subgraphs.items()]
         body = ["  " + ln for ln in self.host_source.splitlines()]
         return "\n".join([head, *rows, "host program:", *body])

@@ -360,6 +360,7 @@ def test_compile_prune_and_quantize_reports_agreement(tmp_path, capsys):
     assert "quantized 1 of 1 subgraphs (static)" in stdout
     assert "vs eager on 32 inputs: same path 100%" in stdout
     assert (out / "manifest.json").is_file()
+    assert dycomp.load(out).optimizations[1] == "quantized 1 of 1 subgraphs (static)"
     bad = tmp_path / "bad.npz"
     np.savez(bad, x=np.zeros((4, 3, 32, 32), np.float32))
     code, _, err = call(capsys, "compile", "examples/zoo/static_resnet.py:make",
