@@ -9,6 +9,7 @@ a random-weight model moves exits and gates, which changes the work done). Rando
 weights: accuracy is the digits example's job (`examples/digits/optimize.py`).
 
 Run: python benchmarks/optimize_zoo.py [--inputs 30] [--rounds 5] [--amount 0.5] [name ...]
+     python benchmarks/optimize_zoo.py --paths   (every zoo example: structure, agreement)
 """
 
 from __future__ import annotations
@@ -78,14 +79,35 @@ def _median_ms(per_input: list[list[float]]) -> float:
     return 1e3 * statistics.median(t for ts in per_input for t in ts)
 
 
+def agreement(name: str, n_inputs: int, amount: float) -> str:
+    """One line: does every variant keep the fp32 structure, and how often its path."""
+    mod = ZOO[name]
+    cms, _, _ = variants(mod, amount, fuse=False)
+    shape = {k: {s: cm.graph.stats()[s] for s in ("regions", "branches", "loops", "returns")}
+             for k, cm in cms.items()}
+    samples = mod.sample_inputs(n_inputs, seed=3)
+    agree = {k: dycomp.compare(cms["fp32"], cm, samples).path_agreement
+             for k, cm in cms.items() if k != "fp32"}
+    same = all(v == shape["fp32"] for v in shape.values())
+    return (f"{name:<14} structure {'same' if same else 'DIFFERENT'} {shape['fp32']}  "
+            + "  ".join(f"{k} {v:.1%}" for k, v in agree.items()))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("names", nargs="*", default=CONV)
     ap.add_argument("--inputs", type=int, default=30)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--amount", type=float, default=0.5)
+    ap.add_argument("--paths", action="store_true",
+                    help="instead of timing: structure and path agreement of every variant "
+                         "on every zoo example (or the names given)")
     args = ap.parse_args(argv)
     torch.set_num_threads(THREADS)
+    if args.paths:
+        for name in (args.names if args.names != CONV else sorted(ZOO)):
+            print(agreement(name, args.inputs, args.amount), flush=True)
+        return
     rows = [bench(n, args.inputs, args.rounds, args.amount) for n in args.names]
     kinds = ["fp32", "int8", "pruned", "pruned+int8"]
     print(f"{'example':<14}" + "".join(f"{k + ' ms':>15}" for k in kinds)

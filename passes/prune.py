@@ -97,6 +97,9 @@ def prune_model(model: nn.Module, example_inputs, config: Prune, *, method: str 
         ratios, kept = _structured(pruned, method, args, samples, config)
     else:
         ratios, kept = _unstructured(pruned, method, samples, config), []
+    flags = dict((n, p.requires_grad) for n, p in model.named_parameters())
+    for n, p in pruned.named_parameters():  # pruning makes fresh Parameters
+        p.requires_grad_(flags.get(n, True))
     report = PruneReport(before, _count(pruned), _sparsity(pruned), ratios, kept)
     log.info("%s", report.summary())
     return pruned, report
@@ -116,7 +119,8 @@ def _structured(model, method, args, samples, config):
     from dycomp.frontend.capture import capture
     from dycomp.passes import prune_alloc
 
-    graph, _ = capture(entry(model, method), args, {})
+    with torch.no_grad():
+        graph, _ = capture(entry(model, method), args, {})
     dg, kept = dependency_graph(model, graph, args)
     names = {m: n for n, m in model.named_modules()}
     ignored = [m for m in names if m in kept or _excluded(names[m], config.exclude)]

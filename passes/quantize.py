@@ -85,9 +85,11 @@ def region_inputs(graph, compiled, calibration) -> dict[str, list[list[np.ndarra
     backend for `graph`) ran each calibration input tuple."""
     seen: dict[str, list] = {name: [] for name in graph.regions}
     executor = compiled.program.executor
+    dtypes = {name: [str(p.meta["example"].dtype).replace("torch.", "")
+                     for p in r.placeholders] for name, r in graph.regions.items()}
 
-    def record(region, *args):
-        seen[region].append([np.array(a) for a in args])
+    def record(region, *args):  # host values (Python floats) as the region's dtypes
+        seen[region].append([np.asarray(a, dtype=d) for a, d in zip(args, dtypes[region])])
         return executor(region, *args)
 
     compiled.program.executor = record
