@@ -9,6 +9,11 @@ stays fp32 and one that received fewer than `min_samples` is calibrated but repo
 `keep_decisions_fp32`: the nodes of a region that only compute a value the host decides
 on (a confidence, a gate) stay fp32, so quantization error does not flip decisions; the
 rest of that region (the convolutions feeding both) is still quantized.
+
+`only_if_faster` (static int8): each subgraph's int8 form is timed against its fp32 form
+on its calibration inputs and kept only if faster (`KEEP_IF_FASTER`), so quantizing
+never slows a model down; the choice depends on timings, so turn it off for
+reproducible builds.
 """
 
 from __future__ import annotations
@@ -33,6 +38,11 @@ HEAVY = {"Conv", "MatMul", "Gemm", "ConvTranspose"}  # worth quantizing a region
 # Dynamic int8 pays for matmuls only: ONNX Runtime's ConvInteger made a CNN 3.6x slower
 # here (benchmarks/README.md), so convolutions want static calibration instead.
 DYNAMIC_OPS = ["MatMul", "Attention", "LSTM"]
+# A statically quantized subgraph replaces the fp32 one only if it runs at least this
+# much faster on its calibration inputs: on small convolutions (16-64 channels, batch 1)
+# int8 pays a quantize, a dequantize and two layout transposes per subgraph call that
+# can exceed the gain (benchmarks/README.md).
+KEEP_IF_FASTER = 0.95
 
 
 @dataclass
@@ -46,6 +56,7 @@ class Quantize:
     per_channel: bool = True
     keep_decisions_fp32: bool = True
     min_samples: int = 8
+    only_if_faster: bool = True  # static int8: keep a subgraph's int8 form only if faster
     name = "quantize"
 
     def __post_init__(self):
@@ -77,7 +88,9 @@ class QuantReport:
 
     def summary(self) -> str:
         done = sum(v.startswith(("int8", "fp16")) for v in self.regions.values())
-        return f"quantized {done} of {len(self.regions)} subgraphs ({self.mode})"
+        slower = sum("measured slower" in v for v in self.regions.values())
+        return (f"quantized {done} of {len(self.regions)} subgraphs ({self.mode})"
+                + (f"; {slower} kept fp32 where int8 measured slower" if slower else ""))
 
 
 def region_inputs(graph, compiled, calibration) -> dict[str, list[list[np.ndarray]]]:
@@ -138,8 +151,15 @@ def quantize_regions(graph, config: Quantize, samples: dict | None) -> QuantRepo
             if n < config.min_samples:
                 report.warnings.append(f"subgraph {name} ({', '.join(region.lines[:2])}) "
                                        f"was calibrated on only {n} input(s)")
-        region.onnx, keep = _quantize(model, config, samples and samples[name],
-                                      decisions.get(name, set()))
+        quantized, keep = _quantize(model, config, samples and samples[name],
+                                    decisions.get(name, set()))
+        if samples is not None and config.only_if_faster:
+            fp32_us, int8_us = (_time_us(m, samples[name]) for m in (model, quantized))
+            if int8_us > fp32_us * KEEP_IF_FASTER:
+                report.regions[name] = (f"fp32 (int8 measured slower: {int8_us:.0f} us vs "
+                                        f"{fp32_us:.0f} us)")
+                continue
+        region.onnx = quantized
         report.regions[name] = config.dtype + (f" ({len(keep)} decision nodes fp32)"
                                                if keep else "")
     for w in report.warnings:
@@ -188,8 +208,9 @@ def _quantize(model: onnx.ModelProto, config: Quantize, samples, decisions: set[
     from onnxruntime import quantization as q
 
     with tempfile.TemporaryDirectory() as tmp:
-        src, dst = Path(tmp) / "in.onnx", Path(tmp) / "out.onnx"
-        q.quant_pre_process(model, str(src), skip_symbolic_shape=True)
+        raw, src, dst = (Path(tmp) / f for f in ("raw.onnx", "in.onnx", "out.onnx"))
+        onnx.save(model, str(raw))  # a ModelProto given to quant_pre_process is modified
+        q.quant_pre_process(str(raw), str(src), skip_symbolic_shape=True)
         prepared = onnx.load(str(src))
         exclude = _decision_only_nodes(prepared, decisions)
         onnx.save(prepared, str(src))
@@ -209,6 +230,29 @@ def _quantize(model: onnx.ModelProto, config: Quantize, samples, decisions: set[
                               weight_type=q.QuantType.QInt8, calibrate_method=method,
                               nodes_to_exclude=exclude)
         return onnx.load(str(dst)), exclude
+
+
+def _time_us(model: onnx.ModelProto, feeds: list, rounds: int = 3) -> float:
+    """Median microseconds per call on the recorded inputs (one intra-op thread)."""
+    import time
+
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    session = ort.InferenceSession(model.SerializeToString(), opts,
+                                   providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    feeds = [dict(zip(names, f)) for f in feeds[:16]]
+    for f in feeds:
+        session.run(None, f)
+    times = []
+    for _ in range(rounds):
+        for f in feeds:
+            start = time.perf_counter()
+            session.run(None, f)
+            times.append(time.perf_counter() - start)
+    return 1e6 * float(np.median(times))
 
 
 class _Reader:

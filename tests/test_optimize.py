@@ -131,7 +131,7 @@ def test_static_int8_zoo_keeps_structure_and_stays_close(name):
     model, ex = mod.make(0)
     calib = mod.sample_inputs(16, seed=1)
     q = dycomp.compile(model, ex, method=mod.METHOD, backend="onnx", fuse_branches=False,
-                       passes=[Quantize("int8", calibration=calib)])
+                       passes=[Quantize("int8", calibration=calib, only_if_faster=False)])
     ref = dycomp.compile(model, ex, method=mod.METHOD, backend="torch", check=False)
     assert _structure(q) == _structure(ref)
     assert any("quantized" in o for o in q.optimizations)
@@ -156,7 +156,7 @@ def test_quantize_keeps_decision_nodes_fp32_and_reports_rare_regions():
     model, ex = mod.make(0)
     calib = [ex]  # one input: later exits never see a sample
     q = dycomp.compile(model, ex, backend="onnx", fuse_branches=False,
-                       passes=[Quantize("int8", calibration=calib)])
+                       passes=[Quantize("int8", calibration=calib, only_if_faster=False)])
     notes = "\n".join(q.optimizations)
     assert "received no calibration input" in notes or "calibrated on only 1" in notes
     path = q.run(*ex, return_path=True)[1]
@@ -211,3 +211,14 @@ def test_compare_known_cases():
                         for x in inputs])
     assert c.path_agreement == pytest.approx(expected) and c.path_agreement < 1.0
     assert "same path" in c.table()
+
+
+def test_only_if_faster_keeps_int8_where_it_is_measured_faster():
+    mod = ZOO["static_resnet"]
+    model, ex = mod.make(0)
+    q = dycomp.compile(model, ex, backend="onnx", fuse_branches=False,
+                       passes=[Quantize("int8", calibration=mod.sample_inputs(8))])
+    kept = [r.onnx for r in q.graph.regions.values()]
+    is_int8 = any(n.op_type == "QuantizeLinear" for m in kept for n in m.graph.node)
+    assert q.optimizations[0].startswith("quantized")
+    assert is_int8 == (q.optimizations[0] == "quantized 1 of 1 subgraphs (static)")
