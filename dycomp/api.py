@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils._pytree import tree_flatten, tree_map
 
 from dycomp.backends import lower
-from dycomp.errors import UnsupportedError
+from dycomp.errors import DycompError, PassError, UnsupportedError
 from dycomp.frontend.capture import InputSpec, capture
 from dycomp.ir.dyngraph import DynGraph
 from dycomp.logs import configure as configure_logging
@@ -105,7 +105,12 @@ def _prune(fn, config, args, kwargs):
         raise UnsupportedError("Prune inside compile() takes positional example inputs only",
                                hint="prune with Prune(...).apply(model, inputs) first")
     samples = [a for a, _ in variants(args, {}, n=7)]
-    pruned = config.apply(model, args, method=name, samples=samples)
+    try:
+        pruned = config.apply(model, args, method=name, samples=samples)
+    except DycompError:
+        raise
+    except Exception as e:  # Torch-Pruning (or the pruned model) failed
+        raise PassError(f"pass prune crashed: {type(e).__name__}: {e}") from e
     return getattr(pruned, name), pruned.dycomp_prune.summary()
 
 

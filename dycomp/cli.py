@@ -241,6 +241,8 @@ examples:
   dycomp compile mypkg.models:ResNetExits --input 1x3x32x32 --checkpoint best.pt -o net.dyc
   dycomp compile model.py:Decoder --input 1x8:int64 --backend torch   (summary only)
   dycomp compile examples/zoo/static_resnet.py:make --backend tvm --tune-trials 64 -o r.dyc
+  dycomp compile examples/zoo/static_resnet.py:make --prune 0.5 --quantize int8 \
+      --calib calib.npz -o small.dyc
 """
 
 _RUN_HELP = """\

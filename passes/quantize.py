@@ -151,8 +151,14 @@ def quantize_regions(graph, config: Quantize, samples: dict | None) -> QuantRepo
             if n < config.min_samples:
                 report.warnings.append(f"subgraph {name} ({', '.join(region.lines[:2])}) "
                                        f"was calibrated on only {n} input(s)")
-        quantized, keep = _quantize(model, config, samples and samples[name],
-                                    decisions.get(name, set()))
+        try:
+            quantized, keep = _quantize(model, config, samples and samples[name],
+                                        decisions.get(name, set()))
+        except Exception as e:  # onnxruntime's quantizer failed on this subgraph
+            report.regions[name] = f"fp32 (quantizer failed: {type(e).__name__})"
+            report.warnings.append(f"subgraph {name} ({', '.join(region.lines[:2])}) left "
+                                   f"fp32: onnxruntime.quantization failed: {e}")
+            continue
         if samples is not None and config.only_if_faster:
             fp32_us, int8_us = (_time_us(m, samples[name]) for m in (model, quantized))
             if int8_us > fp32_us * KEEP_IF_FASTER:

@@ -222,3 +222,18 @@ def test_only_if_faster_keeps_int8_where_it_is_measured_faster():
     is_int8 = any(n.op_type == "QuantizeLinear" for m in kept for n in m.graph.node)
     assert q.optimizations[0].startswith("quantized")
     assert is_int8 == (q.optimizations[0] == "quantized 1 of 1 subgraphs (static)")
+
+
+def test_quantizer_failure_leaves_the_subgraph_fp32(monkeypatch):
+    import dycomp.passes.quantize as quantize
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("unsupported op")
+
+    monkeypatch.setattr(quantize, "_quantize", broken)
+    model, ex = ZOO["static_resnet"].make(0)
+    q = dycomp.compile(model, ex, backend="onnx", passes=[Quantize("int8", calibration=[ex])])
+    assert q.optimizations[0] == "quantized 0 of 1 subgraphs (static)"
+    assert any("left fp32: onnxruntime.quantization failed: unsupported op" in o
+               for o in q.optimizations)
+    assert torch.allclose(q(*ex), model(*ex), atol=1e-4, rtol=1e-4)
