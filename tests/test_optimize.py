@@ -2,8 +2,10 @@
 
 Tolerances: a pruned model compiled by dycomp matches the *pruned* eager model like any
 model (atol/rtol 1e-4, same path: the compile-time differential check). Quantized
-models differ from fp32 by design; static int8 keeps the largest logit within 10 % of
-the fp32 logits' range on the inputs where both take the same path.
+models differ from fp32 by design; static int8 keeps every output within 10 % of the fp32
+output's range on the conv examples and within 30 % on the tiny random MLP/GRU ones
+(output ranges ~0.5), on the inputs where both take the same path; the conv examples
+take fp32's path on >= 75 % of inputs.
 """
 
 from __future__ import annotations
@@ -125,7 +127,7 @@ def test_unstructured_prune_reports_sparsity():
     assert pruned.dycomp_prune.sparsity == pytest.approx(0.6, abs=0.02)
 
 
-@pytest.mark.parametrize("name", CONV)
+@pytest.mark.parametrize("name", sorted(ZOO))
 def test_static_int8_zoo_keeps_structure_and_stays_close(name):
     mod = ZOO[name]
     model, ex = mod.make(0)
@@ -137,12 +139,14 @@ def test_static_int8_zoo_keeps_structure_and_stays_close(name):
     assert any("quantized" in o for o in q.optimizations)
     inputs = mod.sample_inputs(12, seed=7)
     c = dycomp.compare(ref, q, inputs)
-    assert c.path_agreement >= 0.75
+    if name in CONV:  # the others' random gates sit at their thresholds: any error flips
+        assert c.path_agreement >= 0.75
     for x in inputs:
         (a, pa), (b, pb) = ref.run(*x, return_path=True), q.run(*x, return_path=True)
         if pa == pb:
             fa, fb = _first(a), _first(b)
-            assert float((fa - fb).abs().max()) <= 0.1 * float(fa.max() - fa.min()) + 1e-3
+            tol = 0.1 if name in CONV else 0.3  # tiny random MLP/GRU logits: ~0.5 range
+            assert float((fa - fb).abs().max()) <= tol * float(fa.max() - fa.min()) + 1e-3
 
 
 def _first(out) -> torch.Tensor:
@@ -237,3 +241,13 @@ def test_quantizer_failure_leaves_the_subgraph_fp32(monkeypatch):
     assert any("left fp32: onnxruntime.quantization failed: unsupported op" in o
                for o in q.optimizations)
     assert torch.allclose(q(*ex), model(*ex), atol=1e-4, rtol=1e-4)
+
+
+def test_unstructured_layer_adaptive_varies_per_layer_at_the_same_sparsity():
+    mod = ZOO["static_resnet"]
+    model, ex = mod.make(0)
+    pruned = Prune(0.5, structured=False, allocation="layer_adaptive").apply(
+        model, ex, samples=mod.sample_inputs(2))
+    report = pruned.dycomp_prune
+    assert len(set(report.ratios.values())) > 1
+    assert report.sparsity >= 0.5 - 0.02  # at least uniform's share of zero weights
