@@ -32,6 +32,10 @@ def compile(model, example_inputs, *, example_kwargs: dict | None = None,
             fuse_branches: bool = True, tune=None, strict: bool = False) -> CompiledModel:
     """Compile `model.<method>` (or a bound method) into static regions + a host program.
 
+    `passes`: `dycomp.passes.Prune` (prunes a copy of the model before capture; the
+    check then compares with the pruned eager model), `Quantize` (backend 'onnx': rewrites
+    the exported subgraphs; no exact check, use `dycomp.compare`) and DynGraph passes.
+    What they did is listed in `cm.optimizations`.
     `threads`: intra-op threads per compiled subgraph (backend 'onnx'; default 2).
     `fuse_branches`: lower host branches between subgraphs into ONNX `If` nodes
     (backend 'onnx'); off, every region is dispatched by the host.
