@@ -7,7 +7,7 @@ from dycomp.errors import ArtifactError, DycompError, MismatchError, PassError, 
 
 __version__ = "0.1.0"
 __all__ = ["ArtifactError", "CompiledModel", "DycompError", "MismatchError", "PassError",
-           "TuneConfig", "UnsupportedError", "compare", "compile", "load"]
+           "TuneConfig", "UnsupportedError", "bench", "compare", "compile", "load"]
 
 
 def __getattr__(name):
@@ -15,6 +15,10 @@ def __getattr__(name):
         from dycomp import api
 
         return getattr(api, name)
+    if name == "bench":
+        from dycomp.benchmark import bench
+
+        return bench
     if name == "compare":
         from dycomp.comparison import compare
 

@@ -138,19 +138,19 @@ class CompileConfig:
         return out
 
 
-def _calibration(path: Path, examples: tuple) -> list[tuple]:
-    """Calibration input tuples from an .npz: one array per input, in order, each with a
-    leading sample axis (N, *input shape)."""
+def _calibration(path: Path, examples: tuple, flag: str = "--calib") -> list[tuple]:
+    """Input tuples from an .npz: one array per input, in order, each with a leading
+    sample axis (N, *input shape)."""
     import torch
 
     with np.load(path) as data:
         arrays = [data[k] for k in data.files]
     if len(arrays) != len(examples):
-        raise UsageError(f"--calib {str(path)!r} holds {len(arrays)} arrays; the model takes "
+        raise UsageError(f"{flag} {str(path)!r} holds {len(arrays)} arrays; the model takes "
                          f"{len(examples)} inputs (one array per input, samples first)")
     for a, x in zip(arrays, examples):
         if tuple(a.shape[1:]) != tuple(x.shape):
-            raise UsageError(f"--calib {str(path)!r}: an array of shape {a.shape} does not "
+            raise UsageError(f"{flag} {str(path)!r}: an array of shape {a.shape} does not "
                              f"hold samples of shape {tuple(x.shape)}; expected "
                              f"(N, {', '.join(map(str, x.shape))})")
     return [tuple(torch.from_numpy(np.ascontiguousarray(a[i])).to(x.dtype)
@@ -275,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_compile(sub)
     _add_run(sub)
     _add_inspect(sub)
+    from dycomp.benchmark.cli import add_bench
+
+    add_bench(sub, _FORMATTER)
     return parser
 
 

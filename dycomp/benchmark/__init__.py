@@ -1,0 +1,167 @@
+"""`dycomp.bench`: dycomp against the alternatives, on the user's model and inputs.
+
+Every contender gets the same inputs and thread count, a warm-up pass, then interleaved
+rounds (input by input, contender by contender). Outputs are compared with eager
+PyTorch on every input: a contender that answers wrongly (tracing bakes in one path) is
+reported as "wrong on X % of inputs", and one that cannot be built as "failed: reason".
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from dycomp.benchmark import contenders as cs
+from dycomp.benchmark.stats import summarize
+
+DEFAULT = ("eager", "torchscript", "torch-compile", "jit-trace", "onnx-export", "onnx")
+
+
+@dataclass
+class ContenderResult:
+    name: str
+    status: str = "ok"  # "ok" or "failed: <reason>"
+    compile_s: float = 0.0
+    wrong: float = 0.0  # fraction of inputs answered differently from eager
+    stats: dict = field(default_factory=dict)  # summarize() of the per-call times
+    artifact_kb: float | None = None
+    per_path: dict[str, dict] = field(default_factory=dict)  # path -> summarize()
+    times_ms: list[float] = field(default_factory=list)
+
+    @property
+    def verdict(self) -> str:
+        if self.status != "ok":
+            return self.status
+        return f"wrong on {self.wrong:.0%} of inputs" if self.wrong else "correct"
+
+
+@dataclass
+class BenchResult:
+    model: str
+    threads: int
+    inputs: int
+    runs: int
+    environment: dict
+    contenders: list[ContenderResult]
+    paths: dict[str, int] = field(default_factory=dict)  # eager-equivalent path -> count
+
+    def result(self, name: str) -> ContenderResult:
+        return next(c for c in self.contenders if c.name == name)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def write(self, report_dir) -> dict[str, Path]:
+        from dycomp.benchmark.report import write
+
+        return write(self, Path(report_dir))
+
+
+def bench(model, inputs, *, backends=DEFAULT, method: str = "forward", threads: int = 2,
+          runs: int = 5, report_dir=None, passes=(), progress=None) -> BenchResult:
+    """Benchmark `model.<method>` on `inputs` (a list of input tuples) for every
+    contender in `backends`; write the reports to `report_dir` when given."""
+    from dycomp.api import _resolve
+
+    inputs = [x if isinstance(x, tuple) else (x,) for x in inputs]
+    if not inputs:
+        raise ValueError("bench() needs at least one input tuple")
+    torch.set_num_threads(threads)
+    fn = _resolve(model, method)
+    with torch.no_grad():
+        reference = [fn(*x) for x in inputs]
+        built = {name: _build(name, fn, inputs, reference, threads, passes)
+                 for name in _step(progress, backends, "build + check")}
+        _time(built, inputs, runs, progress)
+    result = BenchResult(type(getattr(fn, "__self__", fn)).__name__, threads, len(inputs),
+                         runs, environment(threads), [r for r, _ in built.values()])
+    onnx = next((c for r, c in built.values() if r.name in cs.DYCOMP and c), None)
+    if onnx is not None:
+        for x in inputs:
+            path = " > ".join(onnx.run(*x, return_path=True)[1])
+            result.paths[path] = result.paths.get(path, 0) + 1
+    if report_dir is not None:
+        result.write(report_dir)
+    return result
+
+
+def _step(progress, items, what):
+    for item in items:
+        if progress is not None:
+            progress(f"{what}: {item}")
+        yield item
+
+
+def _build(name, fn, inputs, reference, threads, passes):
+    """(ContenderResult, the callable or None)."""
+    res = ContenderResult(name)
+    start = time.perf_counter()
+    try:
+        call, compiled = cs.build(name, fn, inputs[0], threads, passes)
+        res.compile_s = time.perf_counter() - start
+        wrong = sum(not cs.same_answer(ref, call(*x)) for x, ref in zip(inputs, reference))
+    except Exception as e:  # one contender failing must not stop the bench
+        res.status = f"failed: {_reason(e)}"
+        return res, None
+    res.wrong = wrong / len(inputs)
+    if compiled is not None and compiled.backend in ("onnx", "tvm"):
+        with tempfile.TemporaryDirectory() as tmp:
+            saved = compiled.save(Path(tmp) / "a.dyc")
+            res.artifact_kb = sum(f.stat().st_size for f in saved.rglob("*")) / 1024
+    res.call, res.compiled = call, compiled
+    return res, compiled
+
+
+def _time(built: dict, inputs, runs: int, progress) -> None:
+    live = [r for r, _ in built.values() if r.status == "ok"]
+    per_input = {r.name: [[] for _ in inputs] for r in live}
+    for r in live:  # warm-up
+        for x in inputs:
+            r.call(*x)
+    for _ in _step(progress, range(runs), "timing round"):
+        for i, x in enumerate(inputs):
+            for r in live:
+                start = time.perf_counter()
+                r.call(*x)
+                per_input[r.name][i].append(1e3 * (time.perf_counter() - start))
+    for r in live:
+        r.times_ms = [t for ts in per_input[r.name] for t in ts]
+        r.stats = summarize(r.times_ms)
+        if r.compiled is not None:
+            groups: dict[str, list] = {}
+            for x, ts in zip(inputs, per_input[r.name]):
+                path = " > ".join(r.compiled.run(*x, return_path=True)[1])
+                groups.setdefault(path, []).extend(ts)
+            r.per_path = {p: summarize(ts) for p, ts in groups.items()}
+        del r.call, r.compiled
+
+
+def _reason(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return f"{type(e).__name__}: {text[:200]}"
+
+
+def environment(threads: int) -> dict:
+    import numpy
+    import onnxruntime
+
+    import dycomp
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads,
+            "python": platform.python_version(), "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__, "numpy": numpy.__version__,
+            "dycomp": dycomp.__version__, "platform": platform.platform()}

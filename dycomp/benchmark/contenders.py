@@ -1,0 +1,102 @@
+"""The contenders `dycomp bench` compares: how each is built and called.
+
+Each builder takes the model's entry point and example inputs and returns a callable
+with the entry point's signature, or raises: a contender that fails to build is shown
+as "failed: <reason>" and the bench goes on. Tracing contenders (`jit-trace`,
+`onnx-export`) build fine and then answer wrongly on other paths: the correctness
+check beside the timings shows it.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch.utils._pytree import tree_flatten
+
+CONTENDERS = ("eager", "torchscript", "torch-compile", "jit-trace", "onnx-export", "onnx",
+              "tvm")
+DYCOMP = ("onnx", "tvm", "torch")
+
+
+def build(name: str, fn, example: tuple, threads: int, passes=()) -> tuple[Callable, object]:
+    """(callable, the compiled object or None) for contender `name`."""
+    if name in DYCOMP:
+        import dycomp
+
+        cm = dycomp.compile(fn, example, backend=name, threads=threads, passes=passes)
+        return cm, cm
+    builders = {"eager": lambda: fn, "torchscript": lambda: _script(fn),
+                "torch-compile": lambda: torch.compile(fn),
+                "jit-trace": lambda: _trace(fn, example),
+                "onnx-export": lambda: _onnx_export(fn, example, threads)}
+    if name not in builders:
+        raise ValueError(f"unknown contender {name!r}; use {', '.join(CONTENDERS)}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return builders[name](), None
+
+
+def _script(fn):
+    module = fn.__self__
+    scripted = torch.jit.script(module)
+    return getattr(scripted, fn.__name__)
+
+
+def _trace(fn, example):
+    module = fn.__self__
+    if fn.__name__ == "forward":
+        return torch.jit.trace(module, example, check_trace=False, strict=False)
+    traced = torch.jit.trace_module(module, {fn.__name__: example}, check_trace=False,
+                                    strict=False)
+    return getattr(traced, fn.__name__)
+
+
+class _Wrapper(torch.nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.inner, self.fn = fn.__self__, fn
+
+    def forward(self, *args):
+        return tuple(x for x in tree_flatten(self.fn(*args))[0] if isinstance(x, torch.Tensor))
+
+
+def _onnx_export(fn, example, threads: int):
+    """The whole model through `torch.onnx.export` (one traced path), on ONNX Runtime; its
+    outputs are the tensor leaves of the model's output, in order."""
+    import onnxruntime as ort
+
+    buf = io.BytesIO()
+    wrapper = _Wrapper(fn).train(fn.__self__.training)  # export restores this mode
+    torch.onnx.export(wrapper, example, buf, dynamo=False, opset_version=17)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    session = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+
+    def run(*args):
+        arrays = [a.numpy() for a in args if isinstance(a, torch.Tensor)]
+        return tuple(session.run(None, dict(zip(names, arrays))))
+    return run
+
+
+def tensor_leaves(out) -> list[np.ndarray]:
+    """The output's tensors as numpy arrays, in order (what every contender can return)."""
+    leaves = []
+    for x in tree_flatten(out)[0] if not isinstance(out, tuple) else [
+            y for item in out for y in tree_flatten(item)[0]]:
+        if isinstance(x, torch.Tensor):
+            leaves.append(x.detach().numpy())
+        elif isinstance(x, np.ndarray):
+            leaves.append(x)
+    return leaves
+
+
+def same_answer(expected, actual, atol: float = 1e-4, rtol: float = 1e-4) -> bool:
+    """Do two outputs hold the same tensors (shapes and values within tolerance)?"""
+    a, b = tensor_leaves(expected), tensor_leaves(actual)
+    return len(a) == len(b) and all(
+        x.shape == y.shape and np.allclose(x, y, atol=atol, rtol=rtol) for x, y in zip(a, b))

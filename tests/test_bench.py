@@ -1,0 +1,84 @@
+"""dycomp.bench: fair contenders, correctness beside speed, reports (small budgets)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+import dycomp
+from dycomp.benchmark.stats import summarize
+from dycomp.cli import main
+from examples.zoo import ZOO
+
+
+@pytest.fixture(scope="module")
+def nested(tmp_path_factory):
+    mod = ZOO["nested_if"]
+    model, _ = mod.make(0)
+    out = tmp_path_factory.mktemp("bench")
+    result = dycomp.bench(model, mod.sample_inputs(12), runs=2, report_dir=out,
+                          backends=("eager", "torchscript", "jit-trace", "onnx-export",
+                                    "onnx", "torch"))
+    return model, result, out
+
+
+def test_verdicts_flag_wrong_and_failed_contenders(nested):
+    model, result, _ = nested
+    verdict = {c.name: c.verdict for c in result.contenders}
+    assert verdict["eager"] == verdict["onnx"] == verdict["torch"] == "correct"
+    assert verdict["torchscript"].startswith("failed: ")  # a Python config object
+    assert verdict["jit-trace"].startswith("failed: ")  # dict output with Python values
+    assert verdict["onnx-export"].startswith("wrong on ")  # one baked-in path
+    assert 0 < result.result("onnx-export").wrong < 1
+    assert not model.training  # exporting must not leave the user's model in train mode
+
+
+def test_statistics_and_paths(nested):
+    _, result, _ = nested
+    onnx = result.result("onnx")
+    s = onnx.stats
+    assert s["n"] == 24 and s["ci_low"] <= s["median"] <= s["ci_high"] <= s["p99"] + 1e-9
+    assert sum(result.paths.values()) == 12 and len(result.paths) > 1
+    assert set(onnx.per_path) == set(result.paths)
+    assert onnx.artifact_kb > 0 and onnx.compile_s > 0
+    assert result.environment["threads"] == 2 and result.environment["cpu"]
+
+
+def test_reports_are_written(nested):
+    _, result, out = nested
+    data = json.loads((out / "results.json").read_text())
+    assert {c["name"] for c in data["contenders"]} == {c.name for c in result.contenders}
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert {r["contender"] for r in rows} == {c.name for c in result.contenders}
+    assert all(r["cpu"] == result.environment["cpu"] for r in rows)
+    md = (out / "report.md").read_text()
+    assert "wrong on" in md and "failed:" in md and "## Paths (dycomp)" in md
+    eager_row = next(r for r in rows if r["contender"] == "eager")
+    assert float(eager_row["speedup_vs_eager"]) == pytest.approx(1.0)
+    assert next(r for r in rows if r["contender"] == "onnx-export")["speedup_vs_eager"] == ""
+
+
+def test_summarize_known_values():
+    s = summarize([1.0] * 9 + [11.0])
+    assert s["median"] == 1.0 and s["p90"] == pytest.approx(2.0) and s["n"] == 10
+    assert s["ci_low"] == s["ci_high"] == 1.0 or s["ci_low"] <= 1.0 <= s["ci_high"]
+    assert summarize([]) == {}
+
+
+def test_bench_cli(tmp_path, capsys):
+    code = main(["bench", "examples/zoo/moe.py:make", "--samples", "4", "--runs", "1",
+                 "--backends", "eager,onnx,onnx-export", "--report", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0 and "onnx-export" in out and "correct" in out
+    assert (tmp_path / "report.md").is_file()
+    assert main(["bench", "examples/zoo/moe.py:make", "--backends", "eager,fast"]) == 2
+    assert "unknown fast" in capsys.readouterr().err
+    assert main(["bench", "examples/zoo/moe.py:make", "--runs", "0"]) == 2
+
+
+def test_bench_rejects_no_inputs():
+    with pytest.raises(ValueError, match="at least one input"):
+        dycomp.bench(torch.nn.Linear(2, 2), [])
