@@ -82,3 +82,33 @@ def test_bench_cli(tmp_path, capsys):
 def test_bench_rejects_no_inputs():
     with pytest.raises(ValueError, match="at least one input"):
         dycomp.bench(torch.nn.Linear(2, 2), [])
+
+
+def test_html_report_embeds_decodable_plots(nested):
+    import base64
+    import io
+    from html.parser import HTMLParser
+
+    from PIL import Image
+
+    _, result, out = nested
+
+    class Images(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.srcs = []
+
+        def handle_starttag(self, tag, attrs):
+            if tag == "img":
+                self.srcs.append(dict(attrs)["src"])
+
+    parser = Images()
+    parser.feed((out / "report.html").read_text())
+    assert len(parser.srcs) == 3  # contenders, paths, subgraphs
+    for src in parser.srcs:
+        assert src.startswith("data:image/png;base64,")
+        image = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
+        image.verify()
+        assert image.size[0] > 300
+    onnx = result.result("onnx")
+    assert onnx.subgraph_us and 0.0 <= onnx.host_share < 1.0

@@ -27,11 +27,14 @@ DEFAULT = ("eager", "torchscript", "torch-compile", "jit-trace", "onnx-export", 
 class ContenderResult:
     name: str
     status: str = "ok"  # "ok" or "failed: <reason>"
-    compile_s: float = 0.0
+    compile_s: float = 0.0  # building it and its first call
     wrong: float = 0.0  # fraction of inputs answered differently from eager
     stats: dict = field(default_factory=dict)  # summarize() of the per-call times
     artifact_kb: float | None = None
     per_path: dict[str, dict] = field(default_factory=dict)  # path -> summarize()
+    subgraph_us: dict[str, float] = field(default_factory=dict)  # mean us per call
+    host_share: float | None = None  # fraction of a call spent outside subgraphs
+    peak_rss_mb: float | None = None  # growth of the process's peak RSS while built
     times_ms: list[float] = field(default_factory=list)
 
     @property
@@ -101,14 +104,17 @@ def _step(progress, items, what):
 def _build(name, fn, inputs, reference, threads, passes):
     """(ContenderResult, the callable or None)."""
     res = ContenderResult(name)
-    start = time.perf_counter()
+    start, peak = time.perf_counter(), _peak_rss_mb()
     try:
         call, compiled = cs.build(name, fn, inputs[0], threads, passes)
+        first = call(*inputs[0])  # torch.compile compiles here, at the first call
         res.compile_s = time.perf_counter() - start
         wrong = sum(not cs.same_answer(ref, call(*x)) for x, ref in zip(inputs, reference))
+        del first
     except Exception as e:  # one contender failing must not stop the bench
         res.status = f"failed: {_reason(e)}"
         return res, None
+    res.peak_rss_mb = _peak_rss_mb() - peak
     res.wrong = wrong / len(inputs)
     if compiled is not None and compiled.backend in ("onnx", "tvm"):
         with tempfile.TemporaryDirectory() as tmp:
@@ -139,7 +145,39 @@ def _time(built: dict, inputs, runs: int, progress) -> None:
                 path = " > ".join(r.compiled.run(*x, return_path=True)[1])
                 groups.setdefault(path, []).extend(ts)
             r.per_path = {p: summarize(ts) for p, ts in groups.items()}
+            _subgraph_times(r, inputs)
         del r.call, r.compiled
+
+
+def _subgraph_times(r: ContenderResult, inputs) -> None:
+    """Mean time per subgraph call (host-side timers around each dispatch) and the share
+    of a call spent in the host program, over one more pass of the inputs."""
+    program = r.compiled.program
+    executor, spent, calls = program.executor, {}, {}
+
+    def timed(region, *args):
+        start = time.perf_counter()
+        out = executor(region, *args)
+        spent[region] = spent.get(region, 0.0) + time.perf_counter() - start
+        calls[region] = calls.get(region, 0) + 1
+        return out
+
+    program.executor = timed
+    try:
+        start = time.perf_counter()
+        for x in inputs:
+            r.compiled(*x)
+        total = time.perf_counter() - start
+    finally:
+        program.executor = executor
+    r.subgraph_us = {k: 1e6 * spent[k] / calls[k] for k in sorted(spent)}
+    r.host_share = max(0.0, 1 - sum(spent.values()) / total) if total else None
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _reason(e: BaseException) -> str:

@@ -67,7 +67,7 @@ def add_bench(sub, formatter) -> None:
     p.add_argument("--threads", type=int, default=2, help="threads for every contender")
     p.add_argument("--runs", type=int, default=5, help="interleaved timing rounds")
     p.add_argument("--report", type=Path, metavar="DIR",
-                   help="write report.md, results.json and results.csv here")
+                   help="write report.html, report.md, results.json and results.csv here")
     p.set_defaults(command_fn=bench_command, make_config=_config)
 
 
@@ -110,7 +110,8 @@ def bench_command(cfg: BenchConfig, out: Console) -> None:
             _f(r["compile_s"], ".2f"))))
     out.print(table)
     if cfg.report is not None:
-        out.print(f"reports written to {cfg.report}/ (report.md, results.json, results.csv)")
+        out.print(f"reports written to {cfg.report}/ (report.html, report.md, results.json, "
+                  "results.csv)")
 
 
 def _short(text: str, n: int = 100) -> str:

@@ -1,4 +1,4 @@
-"""`dycomp bench` reports: results.json, results.csv and report.md."""
+"""`dycomp bench` reports: results.json, results.csv, report.md and report.html."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import json
 from pathlib import Path
 
 COLUMNS = ["contender", "verdict", "median_ms", "p90_ms", "p99_ms", "ci_low_ms",
-           "ci_high_ms", "speedup_vs_eager", "compile_s", "artifact_kb"]
+           "ci_high_ms", "speedup_vs_eager", "compile_s", "artifact_kb", "peak_rss_mb",
+           "host_share"]
 
 
 def rows(result) -> list[dict]:
@@ -22,14 +23,17 @@ def rows(result) -> list[dict]:
                     "p99_ms": s.get("p99"), "ci_low_ms": s.get("ci_low"),
                     "ci_high_ms": s.get("ci_high"), "speedup_vs_eager": speed,
                     "compile_s": c.compile_s if c.status == "ok" else None,
-                    "artifact_kb": c.artifact_kb})
+                    "artifact_kb": c.artifact_kb, "peak_rss_mb": c.peak_rss_mb,
+                    "host_share": c.host_share})
     return out
 
 
 def write(result, out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
+    from dycomp.benchmark.html import render
+
     paths = {"json": out / "results.json", "csv": out / "results.csv",
-             "md": out / "report.md"}
+             "md": out / "report.md", "html": out / "report.html"}
     data = result.to_dict()
     for c in data["contenders"]:
         c.pop("times_ms", None)
@@ -40,6 +44,7 @@ def write(result, out: Path) -> dict[str, Path]:
         for r in rows(result):
             w.writerow({**r, **result.environment})
     paths["md"].write_text(markdown(result))
+    paths["html"].write_text(render(result, rows(result)))
     return paths
 
 
