@@ -30,7 +30,7 @@ def build(name: str, fn, example: tuple, threads: int, passes=()) -> tuple[Calla
         cm = dycomp.compile(fn, example, backend=name, threads=threads, passes=passes)
         return cm, cm
     builders = {"eager": lambda: fn, "torchscript": lambda: _script(fn),
-                "torch-compile": lambda: torch.compile(fn),
+                "torch-compile": lambda: _compile(fn),
                 "jit-trace": lambda: _trace(fn, example),
                 "onnx-export": lambda: _onnx_export(fn, example, threads)}
     if name not in builders:
@@ -38,6 +38,15 @@ def build(name: str, fn, example: tuple, threads: int, passes=()) -> tuple[Calla
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return builders[name](), None
+
+
+def _compile(fn):
+    """torch.compile with its default backend; its graph-break warnings are quiet (the
+    report shows what matters: time and correctness)."""
+    import logging
+
+    torch._logging.set_logs(dynamo=logging.ERROR)
+    return torch.compile(fn)
 
 
 def _script(fn):
