@@ -1,9 +1,10 @@
 """`dycomp.bench`: dycomp against the alternatives, on the user's model and inputs.
 
 Every contender gets the same inputs and thread count, a warm-up pass, then interleaved
-rounds (input by input, contender by contender). Outputs are compared with eager
-PyTorch on every input: a contender that answers wrongly (tracing bakes in one path) is
-reported as "wrong on X % of inputs", and one that cannot be built as "failed: reason".
+rounds (each round runs every contender over all inputs, in a rotating order). Outputs
+are compared with eager PyTorch on every input: a contender that answers wrongly
+(tracing bakes in one path) is reported as "wrong on X % of inputs", and one that cannot
+be built as "failed: reason".
 """
 
 from __future__ import annotations
@@ -130,9 +131,12 @@ def _time(built: dict, inputs, runs: int, progress) -> None:
     for r in live:  # warm-up
         for x in inputs:
             r.call(*x)
-    for _ in _step(progress, range(runs), "timing round"):
-        for i, x in enumerate(inputs):
-            for r in live:
+    for k in _step(progress, range(runs), "timing round"):
+        # Each contender runs the round's inputs as one block, in an order that rotates:
+        # alternating runtimes call by call lets one's spinning worker threads (PyTorch's
+        # OpenMP pool, ONNX Runtime's) starve the next one's on 2 cores.
+        for r in live[k % len(live):] + live[:k % len(live)]:
+            for i, x in enumerate(inputs):
                 start = time.perf_counter()
                 r.call(*x)
                 per_input[r.name][i].append(1e3 * (time.perf_counter() - start))

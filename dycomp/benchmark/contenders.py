@@ -78,12 +78,14 @@ def _onnx_export(fn, example, threads: int):
     outputs are the tensor leaves of the model's output, in order."""
     import onnxruntime as ort
 
+    from dycomp.runtime.onnx_executor import session_options
+
     buf = io.BytesIO()
     wrapper = _Wrapper(fn).train(fn.__self__.training)  # export restores this mode
     torch.onnx.export(wrapper, example, buf, dynamo=False, opset_version=17)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    session = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+    # dycomp's own session settings (no worker spinning between runs): a fair contender
+    session = ort.InferenceSession(buf.getvalue(), session_options(threads),
+                                   providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
 
     def run(*args):
