@@ -35,7 +35,7 @@ class ContenderResult:
     per_path: dict[str, dict] = field(default_factory=dict)  # path -> summarize()
     subgraph_us: dict[str, float] = field(default_factory=dict)  # mean us per call
     host_share: float | None = None  # fraction of a call spent outside subgraphs
-    peak_rss_mb: float | None = None  # growth of the process's peak RSS while built
+    rss_mb: float | None = None  # resident memory the process grew by building and running it
     times_ms: list[float] = field(default_factory=list)
 
     @property
@@ -105,7 +105,7 @@ def _step(progress, items, what):
 def _build(name, fn, inputs, reference, threads, passes):
     """(ContenderResult, the callable or None)."""
     res = ContenderResult(name)
-    start, peak = time.perf_counter(), _peak_rss_mb()
+    start, rss = time.perf_counter(), _rss_mb()
     try:
         call, compiled = cs.build(name, fn, inputs[0], threads, passes)
         first = call(*inputs[0])  # torch.compile compiles here, at the first call
@@ -115,7 +115,7 @@ def _build(name, fn, inputs, reference, threads, passes):
     except Exception as e:  # one contender failing must not stop the bench
         res.status = f"failed: {_reason(e)}"
         return res, None
-    res.peak_rss_mb = _peak_rss_mb() - peak
+    res.rss_mb = _rss_mb() - rss
     res.wrong = wrong / len(inputs)
     if compiled is not None and compiled.backend in ("onnx", "tvm"):
         with tempfile.TemporaryDirectory() as tmp:
@@ -178,10 +178,10 @@ def _subgraph_times(r: ContenderResult, inputs) -> None:
     r.host_share = max(0.0, 1 - sum(spent.values()) / total) if total else None
 
 
-def _peak_rss_mb() -> float:
-    import resource
+def _rss_mb() -> float:
+    import psutil
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return psutil.Process().memory_info().rss / 2**20
 
 
 def _reason(e: BaseException) -> str:

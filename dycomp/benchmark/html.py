@@ -73,19 +73,21 @@ def _contenders(result) -> str | None:
 
 
 def _paths(result) -> str | None:
+    """Each dycomp contender's own paths (backends name subgraphs differently)."""
     dy = [c for c in result.contenders if c.per_path]
-    if not dy or not result.paths:
+    if not dy:
         return None
-    paths = sorted(result.paths, key=lambda p: -result.paths[p])[:12]
-    fig, ax = _figure(0.6 + 0.35 * len(paths) * len(dy))
     labels, values = [], []
-    for p in paths:
-        for c in dy:
-            labels.append(f"{c.name}: {p[:50]} ({result.paths[p]} inputs)")
-            values.append(c.per_path.get(p, {}).get("median", 0.0))
+    for c in dy:
+        top = sorted(c.per_path.items(), key=lambda kv: -kv[1]["n"])[:8]
+        for path, st in top:
+            labels.append(f"{c.name}: {path[:50]} ({st['n'] // result.runs} inputs)")
+            values.append(st["median"])
+    fig, ax = _figure(0.6 + 0.35 * len(labels))
     ax.barh(labels, values, color="tab:green")
     ax.invert_yaxis()
-    ax.set_xlabel("median ms per call on this path")
+    ax.set_xlabel("median ms per call on this path (decisions fused into ONNX If "
+                  "nodes are inside one subgraph)")
     return _png(fig)
 
 

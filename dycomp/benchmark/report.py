@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 COLUMNS = ["contender", "verdict", "median_ms", "p90_ms", "p99_ms", "ci_low_ms",
-           "ci_high_ms", "speedup_vs_eager", "compile_s", "artifact_kb", "peak_rss_mb",
+           "ci_high_ms", "speedup_vs_eager", "compile_s", "artifact_kb", "rss_mb",
            "host_share"]
 
 
@@ -23,7 +23,7 @@ def rows(result) -> list[dict]:
                     "p99_ms": s.get("p99"), "ci_low_ms": s.get("ci_low"),
                     "ci_high_ms": s.get("ci_high"), "speedup_vs_eager": speed,
                     "compile_s": c.compile_s if c.status == "ok" else None,
-                    "artifact_kb": c.artifact_kb, "peak_rss_mb": c.peak_rss_mb,
+                    "artifact_kb": c.artifact_kb, "rss_mb": c.rss_mb,
                     "host_share": c.host_share})
     return out
 
