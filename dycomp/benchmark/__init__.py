@@ -16,11 +16,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import torch
-
-from dycomp.benchmark import contenders as cs
 from dycomp.benchmark.stats import summarize
 
+# Importing this package (the CLI does, to list the contenders) must not import torch:
+# `dycomp run` and `inspect` work without it.
+CONTENDERS = ("eager", "torchscript", "torch-compile", "jit-trace", "onnx-export", "onnx",
+              "tvm", "torch")
+DYCOMP = ("onnx", "tvm", "torch")
 DEFAULT = ("eager", "torchscript", "torch-compile", "jit-trace", "onnx-export", "onnx")
 
 
@@ -71,6 +73,8 @@ def bench(model, inputs, *, backends=DEFAULT, method: str = "forward", threads: 
           runs: int = 5, report_dir=None, passes=(), progress=None) -> BenchResult:
     """Benchmark `model.<method>` on `inputs` (a list of input tuples) for every
     contender in `backends`; write the reports to `report_dir` when given."""
+    import torch
+
     from dycomp.api import _resolve
 
     inputs = [x if isinstance(x, tuple) else (x,) for x in inputs]
@@ -85,7 +89,7 @@ def bench(model, inputs, *, backends=DEFAULT, method: str = "forward", threads: 
         _time(built, inputs, runs, progress)
     result = BenchResult(type(getattr(fn, "__self__", fn)).__name__, threads, len(inputs),
                          runs, environment(threads), [r for r, _ in built.values()])
-    onnx = next((c for r, c in built.values() if r.name in cs.DYCOMP and c), None)
+    onnx = next((c for r, c in built.values() if r.name in DYCOMP and c), None)
     if onnx is not None:
         for x in inputs:
             path = " > ".join(onnx.run(*x, return_path=True)[1])
@@ -104,6 +108,8 @@ def _step(progress, items, what):
 
 def _build(name, fn, inputs, reference, threads, passes):
     """(ContenderResult, the callable or None)."""
+    from dycomp.benchmark import contenders as cs
+
     res = ContenderResult(name)
     start, rss = time.perf_counter(), _rss_mb()
     try:
@@ -192,6 +198,7 @@ def _reason(e: BaseException) -> str:
 def environment(threads: int) -> dict:
     import numpy
     import onnxruntime
+    import torch
 
     import dycomp
 

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from dycomp.benchmark import contenders as cs
+from dycomp.benchmark import CONTENDERS, DEFAULT
 
 
 @dataclass(frozen=True)
@@ -30,10 +30,10 @@ class BenchConfig:
     def __post_init__(self):
         from dycomp.cli import UsageError
 
-        unknown = [b for b in self.backends if b not in cs.CONTENDERS]
+        unknown = [b for b in self.backends if b not in CONTENDERS]
         if unknown or not self.backends:
             raise UsageError(f"--backends: unknown {', '.join(unknown) or '(none given)'}; "
-                             f"choose from {','.join(cs.CONTENDERS)}")
+                             f"choose from {','.join(CONTENDERS)}")
         for flag, value, least in (("--samples", self.samples, 1), ("--threads", self.threads, 1),
                                    ("--runs", self.runs, 1)):
             if value < least:
@@ -61,9 +61,9 @@ def add_bench(sub, formatter) -> None:
                    help="benchmark inputs: one array per input, samples first")
     p.add_argument("--samples", type=int, default=20,
                    help="without --inputs: this many generated inputs (default 20)")
-    p.add_argument("--backends", default=",".join(cs.CONTENDERS[:-1]),
-                   help=f"comma-separated contenders from {','.join(cs.CONTENDERS)} "
-                        "(default: all but tvm)")
+    p.add_argument("--backends", default=",".join(DEFAULT),
+                   help=f"comma-separated contenders from {','.join(CONTENDERS)} "
+                        f"(default: {','.join(DEFAULT)})")
     p.add_argument("--threads", type=int, default=2, help="threads for every contender")
     p.add_argument("--runs", type=int, default=5, help="interleaved timing rounds")
     p.add_argument("--report", type=Path, metavar="DIR",

@@ -17,9 +17,7 @@ import numpy as np
 import torch
 from torch.utils._pytree import tree_flatten
 
-CONTENDERS = ("eager", "torchscript", "torch-compile", "jit-trace", "onnx-export", "onnx",
-              "tvm")
-DYCOMP = ("onnx", "tvm", "torch")
+from dycomp.benchmark import CONTENDERS, DYCOMP
 
 
 def build(name: str, fn, example: tuple, threads: int, passes=()) -> tuple[Callable, object]:
