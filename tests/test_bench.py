@@ -112,3 +112,20 @@ def test_html_report_embeds_decodable_plots(nested):
         assert image.size[0] > 300
     onnx = result.result("onnx")
     assert onnx.subgraph_us and 0.0 <= onnx.host_share < 1.0
+
+
+def test_pass_sets_add_optimized_contenders(tmp_path, capsys):
+    mod = ZOO["static_resnet"]
+    model, _ = mod.make(0)
+    from dycomp.passes import Prune
+
+    result = dycomp.bench(model, mod.sample_inputs(4), backends=("eager", "onnx"), runs=1,
+                          pass_sets={"prune=0.5": [Prune(0.5)]})
+    pruned = result.result("onnx+prune=0.5")
+    assert pruned.optimized and pruned.verdict.startswith("optimized: differs from eager")
+    assert pruned.stats["n"] == 4 and result.result("onnx").verdict == "correct"
+    code = main(["bench", "examples/zoo/moe.py:make", "--samples", "3", "--runs", "1",
+                 "--backends", "eager,onnx", "--passes", "prune=0.5+int8"])
+    assert code == 0 and "onnx+prune=0.5+int8" in capsys.readouterr().out
+    assert main(["bench", "examples/zoo/moe.py:make", "--passes", "prune=lots"]) == 2
+    assert "--passes 'prune=lots'" in capsys.readouterr().err

@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from dycomp.benchmark import CONTENDERS, DEFAULT
+from dycomp.benchmark import CONTENDERS, DEFAULT, DYCOMP
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class BenchConfig:
     threads: int = 2
     runs: int = 5
     report: Path | None = None
+    passes: tuple[str, ...] = ()  # pass-set specs, e.g. "prune=0.5+int8"
 
     def __post_init__(self):
         from dycomp.cli import UsageError
@@ -40,6 +42,35 @@ class BenchConfig:
                 raise UsageError(f"{flag} must be at least {least}, got {value}")
         if self.data is not None and (self.data.suffix != ".npz" or not self.data.is_file()):
             raise UsageError(f"--inputs {str(self.data)!r} must be an existing .npz file")
+        for spec in self.passes:
+            pass_set(spec, [])  # validates
+
+    def pass_sets(self, calibration: list) -> dict:
+        return {spec: pass_set(spec, calibration) for spec in self.passes}
+
+
+def pass_set(spec: str, calibration: list) -> list:
+    """`prune=0.5`, `prune=0.5:layer_adaptive`, `int8`, `fp16`, joined with '+'."""
+    from dycomp.cli import UsageError
+    from dycomp.passes import Prune, Quantize
+
+    out = []
+    for part in spec.split("+"):
+        name, _, arg = part.partition("=")
+        try:
+            if name == "prune":
+                amount, _, alloc = arg.partition(":")
+                out.append(Prune(float(amount), allocation=alloc or "uniform"))
+            elif name == "int8":
+                out.append(Quantize("int8", calibration=calibration[:32] or None))
+            elif name == "fp16":
+                out.append(Quantize("fp16"))
+            else:
+                raise ValueError(f"unknown pass {name!r}")
+        except ValueError as e:
+            raise UsageError(f"--passes {spec!r}: {e}; use e.g. prune=0.5, "
+                             "prune=0.5:layer_adaptive, int8, fp16, joined with '+'") from None
+    return out
 
 
 def add_bench(sub, formatter) -> None:
@@ -66,6 +97,10 @@ def add_bench(sub, formatter) -> None:
                         f"(default: {','.join(DEFAULT)})")
     p.add_argument("--threads", type=int, default=2, help="threads for every contender")
     p.add_argument("--runs", type=int, default=5, help="interleaved timing rounds")
+    p.add_argument("--passes", action="append", default=[], metavar="SET",
+                   help="also run each dycomp backend with these passes (repeatable): "
+                        "prune=0.5[:layer_adaptive], int8 (calibrated on the inputs), fp16, "
+                        "joined with '+', e.g. --passes prune=0.5+int8")
     p.add_argument("--report", type=Path, metavar="DIR",
                    help="write report.html, report.md, results.json and results.csv here")
     p.set_defaults(command_fn=bench_command, make_config=_config)
@@ -78,7 +113,7 @@ def _config(ns: argparse.Namespace) -> BenchConfig:
     return BenchConfig(Target.parse(ns.target), ns.method,
                        tuple(InputShape.parse(s) for s in ns.input), ns.data, ns.samples,
                        tuple(b.strip() for b in ns.backends.split(",") if b.strip()),
-                       ns.threads, ns.runs, ns.report)
+                       ns.threads, ns.runs, ns.report, tuple(ns.passes))
 
 
 def bench_command(cfg: BenchConfig, out: Console) -> None:
@@ -93,10 +128,19 @@ def bench_command(cfg: BenchConfig, out: Console) -> None:
     examples = _examples(cfg, loaded)
     inputs = (_calibration(cfg.data, examples, "--inputs") if cfg.data is not None else
               [a for a, _ in variants(examples, {}, n=cfg.samples - 1)])
-    with out.status("benchmarking") as status:
+    sets = cfg.pass_sets(inputs)
+    steps = len(cfg.backends) + len(sets) * sum(b in DYCOMP for b in cfg.backends) + cfg.runs
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=out, transient=True) as bar:
+        task = bar.add_task("benchmarking", total=steps)
+
+        def step(message: str) -> None:
+            done = bar.tasks[0].description != "benchmarking"
+            bar.update(task, advance=1 if done else 0, description=message)
+
         result = bench(loaded.model, inputs, backends=cfg.backends, method=cfg.method,
                        threads=cfg.threads, runs=cfg.runs, report_dir=cfg.report,
-                       progress=lambda m: status.update(f"benchmarking: {m}"))
+                       pass_sets=sets, progress=step)
     table = Table(title=f"{result.model}: {result.inputs} inputs x {result.runs} rounds, "
                         f"{result.threads} threads")
     for col in ("contender", "result", "median ms", "95 % CI", "p99 ms", "vs eager",

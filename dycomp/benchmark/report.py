@@ -17,7 +17,7 @@ def rows(result) -> list[dict]:
     out = []
     for c in result.contenders:
         s = c.stats
-        speed = eager / s["median"] if eager and s and not c.wrong else None
+        speed = eager / s["median"] if eager and s and (c.optimized or not c.wrong) else None
         out.append({"contender": c.name, "verdict": c.verdict,
                     "median_ms": s.get("median"), "p90_ms": s.get("p90"),
                     "p99_ms": s.get("p99"), "ci_low_ms": s.get("ci_low"),
