@@ -6,9 +6,15 @@ import copy
 
 import numpy as np
 import torch
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_flatten, tree_map
 
 from dycomp.errors import MismatchError
+
+
+def tensor_leaves(out) -> list[np.ndarray]:
+    """The tensors (torch or numpy) of a nested output, as numpy arrays, in order."""
+    return [x.detach().numpy() if isinstance(x, torch.Tensor) else x
+            for x in tree_flatten(out)[0] if isinstance(x, (torch.Tensor, np.ndarray))]
 
 
 def variants(args: tuple, kwargs: dict, n: int = 8, seed: int = 0):

@@ -12,9 +12,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from torch import nn
-from torch.utils._pytree import tree_flatten
+
+from dycomp.check import tensor_leaves
 
 
 @dataclass
@@ -51,7 +51,7 @@ def compare(reference, candidate, inputs) -> Comparison:
     rows: dict[tuple, list] = {}
     for x in inputs:
         (ya, pa), (yb, pb) = ref.run(*x, return_path=True), cand.run(*x, return_path=True)
-        a, b = _first_tensor(ya), _first_tensor(yb)
+        a, b = (next(iter(tensor_leaves(y)), np.zeros(0)) for y in (ya, yb))
         same = pa == pb
         diff = float(np.abs(a - b).max()) if same and a.shape == b.shape else float("nan")
         agree = a.size > 0 and a.shape == b.shape and int(a.argmax()) == int(b.argmax())
@@ -89,12 +89,3 @@ def _compiled(model, example):
 
 def _fused(cm) -> bool:
     return cm.graph is not None and any(r.gm is None for r in cm.graph.regions.values())
-
-
-def _first_tensor(out) -> np.ndarray:
-    for leaf in tree_flatten(out)[0]:
-        if isinstance(leaf, torch.Tensor):
-            return leaf.detach().numpy()
-        if isinstance(leaf, np.ndarray):
-            return leaf
-    return np.zeros(0)

@@ -105,22 +105,16 @@ def prune_model(model: nn.Module, example_inputs, config: Prune, *, method: str 
     return pruned, report
 
 
-def entry(model: nn.Module, method: str):
-    fn = getattr(model, method, None)
-    if not callable(fn):
-        raise UnsupportedError(f"{type(model).__name__} has no method {method!r}",
-                               hint="pass method='forward' or the name of a method")
-    return fn
-
-
 def _structured(model, method, args, samples, config):
     import torch_pruning as tp
 
+    from dycomp.api import _resolve
     from dycomp.frontend.capture import capture
     from dycomp.passes import prune_alloc
 
+    entry = _resolve(model, method)
     with torch.no_grad():
-        graph, _ = capture(entry(model, method), args, {})
+        graph, _ = capture(entry, args, {})
     dg, kept = dependency_graph(model, graph, args)
     names = {m: n for n, m in model.named_modules()}
     ignored = [m for m in names if m in kept or _excluded(names[m], config.exclude)]
@@ -131,8 +125,7 @@ def _structured(model, method, args, samples, config):
     if config.allocation == "uniform":
         ratios = {names[g[0].dep.target.module]: config.amount for g in groups()}
     else:
-        ratios = prune_alloc.allocate(entry(model, method), samples, dg, groups(),
-                                      config.amount, names)
+        ratios = prune_alloc.allocate(entry, samples, dg, groups(), config.amount, names)
     importance = tp.importance.GroupMagnitudeImportance(p=2)
     for group in groups():
         root = group[0].dep
@@ -151,6 +144,7 @@ def _excluded(name: str, patterns) -> bool:
 def _unstructured(model, method, samples, config) -> dict[str, float]:
     from torch.nn.utils import prune as torch_prune
 
+    from dycomp.api import _resolve
     from dycomp.passes import prune_alloc
 
     layers = {n: m for n, m in model.named_modules()
@@ -158,7 +152,7 @@ def _unstructured(model, method, samples, config) -> dict[str, float]:
     if config.allocation == "uniform":
         ratios = dict.fromkeys(layers, config.amount)
     else:
-        ratios = prune_alloc.allocate_weights(entry(model, method), samples, layers,
+        ratios = prune_alloc.allocate_weights(_resolve(model, method), samples, layers,
                                               config.amount)
     for name, m in layers.items():
         if ratios[name] > 0:

@@ -42,24 +42,24 @@ def allocate(fn, samples, dg, groups, amount: float, names: dict) -> dict:
     import torch_pruning as tp
 
     importance = tp.importance.GroupMagnitudeImportance(p=2)
-    units, shares, sizes = {}, [], {}
+    masks, shares, sizes = {}, [], {}
     for group in groups:
         root = group[0].dep
         n = len(group[0].idxs)
         order = torch.argsort(importance(group)).tolist()
-        per_channel = sum(_channel_cost(d.target.module, d.handler) * len(i)
-                          for d, i in group) / n
 
         def mask(ratio, root=root, order=order, n=n):
             idxs = order[:channels_to_prune(n, ratio)]
             return _zero_channels(dg.get_pruning_group(root.target.module, root.handler, idxs))
 
         key = names[root.target.module]
-        sizes[key] = n
-        units[key] = (lambda r, n=n, c=per_channel: c * channels_to_prune(n, r), mask)
+        sizes[key], masks[key] = n, mask
         shares += [(key, d.target.module, d.handler.__name__, len(i)) for d, i in group
                    if isinstance(d.target.module, nn.Module)]
-    return _solve(fn, samples, units, amount, _removed_params(shares, sizes))
+    removed = _removed_params(shares, sizes)
+    # a group's cost alone: what pruning only that group removes
+    units = {key: (lambda r, key=key: removed({key: r}), mask) for key, mask in masks.items()}
+    return _solve(fn, samples, units, amount, removed)
 
 
 def _removed_params(shares, sizes: dict):
@@ -78,7 +78,8 @@ def _removed_params(shares, sizes: dict):
         ratios = {k: channels_to_prune(sizes[k], r) / sizes[k] for k, r in ratios.items()}
         total = 0.0
         for module, sides in layers.items():
-            fo, fi = (min(1.0, sum(ratios[k] * f for k, f in sides[s])) for s in ("out", "in"))
+            fo, fi = (min(1.0, sum(ratios.get(k, 0.0) * f for k, f in sides[s]))
+                      for s in ("out", "in"))
             bias = module.bias.numel() if getattr(module, "bias", None) is not None else 0
             if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
                 total += module.weight.numel() * (1 - (1 - fo) * (1 - fi)) + bias * fo
@@ -179,17 +180,6 @@ def _sample_distortion(ref: list, out: list) -> float:
         else:
             d += float(a != b)
     return d
-
-
-def _channel_cost(module, handler) -> float:
-    """Parameters one pruned channel removes from `module` (0 for non-parameter ops)."""
-    if not isinstance(module, nn.Module) or getattr(module, "weight", None) is None:
-        return 0.0
-    if handler.__name__ == "prune_in_channels":
-        n = getattr(module, "in_channels", getattr(module, "in_features", 0))
-        return module.weight.numel() / n if n else 0.0
-    n = module.weight.shape[0]
-    return sum(p.numel() for p in module.parameters(recurse=False)) / n
 
 
 @contextlib.contextmanager

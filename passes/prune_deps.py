@@ -58,15 +58,15 @@ class _Opaque:
     and groups that touch a leaf are not pruned (`prunable_groups`)."""
 
     def __init__(self, model: nn.Module):
-        self.modules_of_model = list(model.modules())
-        self.modules = [m for m in self.modules_of_model if not isinstance(m, KNOWN)
+        self.modules = [m for m in model.modules() if not isinstance(m, KNOWN)
                         and any(True for _ in m.parameters(recurse=False))]
+        self._layers = [m for m in model.modules() if isinstance(m, PRUNABLE)]
         self.leaves: dict = {}
         self.feeders: set = set()
         self._producers: dict = {}
 
     def __enter__(self):
-        self._hooks = [m.register_forward_hook(self._record) for m in self._prunable()]
+        self._hooks = [m.register_forward_hook(self._record) for m in self._layers]
         for m in self.modules:
             self._hooks += [m.register_forward_pre_hook(self._inputs),
                             m.register_forward_hook(self._cut)]
@@ -74,9 +74,6 @@ class _Opaque:
     def __exit__(self, *exc):
         for h in self._hooks:
             h.remove()
-
-    def _prunable(self):
-        return [m for m in self.modules_of_model if isinstance(m, PRUNABLE)]
 
     def _record(self, module, _, out):
         self._producers[out.grad_fn] = module

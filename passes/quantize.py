@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 
 from dycomp.errors import UnsupportedError
-from dycomp.ir.program import Assign, CallRegion, HostOp, If, walk
+from dycomp.ir.program import Assign, CallRegion, HostOp, If, expr_vars, walk
 
 log = logging.getLogger(__name__)
 
@@ -105,12 +105,9 @@ def region_inputs(graph, compiled, calibration) -> dict[str, list[list[np.ndarra
         seen[region].append([np.asarray(a, dtype=d) for a, d in zip(args, dtypes[region])])
         return executor(region, *args)
 
-    compiled.program.executor = record
-    try:
+    with compiled.program.using(record):
         for sample in calibration:
             compiled.run(*sample)
-    finally:
-        compiled.program.executor = executor
     return seen
 
 
@@ -122,7 +119,7 @@ def decision_outputs(graph) -> dict[str, set[int]]:
             wanted |= set(s.uses())
         elif isinstance(s, Assign):
             wanted |= {v for d, src in zip(s.dsts, s.srcs) if d in wanted
-                       for v in _vars(src)}
+                       for v in expr_vars(src)}
     out: dict[str, set[int]] = {}
     for s in walk(graph.body):
         if isinstance(s, CallRegion):
@@ -171,12 +168,6 @@ def quantize_regions(graph, config: Quantize, samples: dict | None) -> QuantRepo
     for w in report.warnings:
         log.warning("%s", w)
     return report
-
-
-def _vars(e):
-    from dycomp.ir.program import expr_vars
-
-    return expr_vars(e)
 
 
 def _decision_only_nodes(model: onnx.ModelProto, outputs: set[int]) -> list[str]:

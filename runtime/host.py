@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from typing import Protocol
@@ -30,6 +31,16 @@ class HostProgram:
         self.fn = load_host(source)
         self.executor = executor
         self.region_lines = region_lines or {}
+
+    @contextlib.contextmanager
+    def using(self, executor: Executor):
+        """Run with another executor meanwhile (one that records or times each call, say);
+        not while other threads call this program."""
+        saved, self.executor = self.executor, executor
+        try:
+            yield self
+        finally:
+            self.executor = saved
 
     def run(self, *inputs, return_path: bool = False):
         path: list[str] = []

@@ -75,12 +75,12 @@ def lower_onnx(graph, threads: int = 2, opset: int = DEFAULT_OPSET, fuse: bool =
     models = export_regions(graph, opset)
     if quantize is not None:
         quantize(graph)
-        models = {name: r.onnx.SerializeToString() for name, r in graph.regions.items()}
     n = fuse_branches(graph) if fuse else 0
     if n:
         log.info("lowered %d host branches into ONNX If nodes: %d subgraphs left", n,
                  len(graph.regions))
         graph.verify()
+    if quantize is not None or n:  # the regions' models changed since export
         models = {name: r.onnx.SerializeToString() for name, r in graph.regions.items()}
     threads = thread_plan(graph, threads)
     try:

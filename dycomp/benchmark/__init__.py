@@ -97,14 +97,12 @@ def bench(model, inputs, *, backends=DEFAULT, method: str = "forward", threads: 
         built = {name: _build(name, fn, inputs, reference, threads,
                               (pass_sets or {}).get(name.partition("+")[2], ()))
                  for name in _step(progress, names, "build + check")}
-        _time(built, inputs, runs, progress)
+        _time(list(built.values()), inputs, runs, progress)
     result = BenchResult(type(getattr(fn, "__self__", fn)).__name__, threads, len(inputs),
-                         runs, environment(threads), [r for r, _ in built.values()])
-    onnx = next((c for r, c in built.values() if r.name in DYCOMP and c), None)  # no passes
-    if onnx is not None:
-        for x in inputs:
-            path = " > ".join(onnx.run(*x, return_path=True)[1])
-            result.paths[path] = result.paths.get(path, 0) + 1
+                         runs, environment(threads), [r for r, _, _ in built.values()])
+    first = next((r for r in result.contenders if r.per_path and not r.optimized), None)
+    if first is not None:
+        result.paths = {p: st["n"] // runs for p, st in first.per_path.items()}
     if report_dir is not None:
         result.write(report_dir)
     return result
@@ -118,63 +116,57 @@ def _step(progress, items, what):
 
 
 def _build(name, fn, inputs, reference, threads, passes):
-    """(ContenderResult, the callable or None)."""
+    """(ContenderResult, the callable or None, the CompiledModel or None)."""
     from dycomp.benchmark import contenders as cs
 
     res = ContenderResult(name, optimized=bool(passes))
     start, rss = time.perf_counter(), _rss_mb()
     try:
         call, compiled = cs.build(name.partition("+")[0], fn, inputs[0], threads, passes)
-        first = call(*inputs[0])  # torch.compile compiles here, at the first call
+        call(*inputs[0])  # torch.compile compiles here, at the first call
         res.compile_s = time.perf_counter() - start
         wrong = sum(not cs.same_answer(ref, call(*x)) for x, ref in zip(inputs, reference))
-        del first
     except Exception as e:  # one contender failing must not stop the bench
         res.status = f"failed: {_reason(e)}"
-        return res, None
+        return res, None, None
     res.rss_mb = _rss_mb() - rss
     res.wrong = wrong / len(inputs)
     if compiled is not None and compiled.backend in ("onnx", "tvm"):
         with tempfile.TemporaryDirectory() as tmp:
             saved = compiled.save(Path(tmp) / "a.dyc")
             res.artifact_kb = sum(f.stat().st_size for f in saved.rglob("*")) / 1024
-    res.call, res.compiled = call, compiled
-    return res, compiled
+    return res, call, compiled
 
 
-def _time(built: dict, inputs, runs: int, progress) -> None:
-    live = [r for r, _ in built.values() if r.status == "ok"]
-    per_input = {r.name: [[] for _ in inputs] for r in live}
-    for r in live:  # warm-up
+def _time(built: list, inputs, runs: int, progress) -> None:
+    """Times every built contender; fills in its statistics (and dycomp's views)."""
+    live = [(r, call, cm) for r, call, cm in built if call is not None]
+    per_input = {r.name: [[] for _ in inputs] for r, _, _ in live}
+    for _, call, _ in live:  # warm-up
         for x in inputs:
-            r.call(*x)
+            call(*x)
     for k in _step(progress, range(runs), "timing round"):
         # Each contender runs the round's inputs as one block, in an order that rotates:
         # alternating runtimes call by call lets one's spinning worker threads (PyTorch's
         # OpenMP pool, ONNX Runtime's) starve the next one's on 2 cores.
-        for r in live[k % len(live):] + live[:k % len(live)]:
+        for r, call, _ in live[k % len(live):] + live[:k % len(live)]:
             for i, x in enumerate(inputs):
                 start = time.perf_counter()
-                r.call(*x)
+                call(*x)
                 per_input[r.name][i].append(1e3 * (time.perf_counter() - start))
-    for r in live:
+    for r, _, compiled in live:
         r.times_ms = [t for ts in per_input[r.name] for t in ts]
         r.stats = summarize(r.times_ms)
-        if r.compiled is not None:
-            groups: dict[str, list] = {}
-            for x, ts in zip(inputs, per_input[r.name]):
-                path = " > ".join(r.compiled.run(*x, return_path=True)[1])
-                groups.setdefault(path, []).extend(ts)
-            r.per_path = {p: summarize(ts) for p, ts in groups.items()}
-            _subgraph_times(r, inputs)
-        del r.call, r.compiled
+        if compiled is not None:
+            _dycomp_views(r, compiled, inputs, per_input[r.name])
 
 
-def _subgraph_times(r: ContenderResult, inputs) -> None:
-    """Mean time per subgraph call (host-side timers around each dispatch) and the share
-    of a call spent in the host program, over one more pass of the inputs."""
-    program = r.compiled.program
-    executor, spent, calls = program.executor, {}, {}
+def _dycomp_views(r: ContenderResult, compiled, inputs, per_input: list) -> None:
+    """Latency per path, mean time per subgraph call (host-side timers around each
+    dispatch) and the share of a call spent in the host program, from one more pass of
+    the inputs."""
+    program = compiled.program
+    executor, spent, calls, paths = program.executor, {}, {}, []
 
     def timed(region, *args):
         start = time.perf_counter()
@@ -183,14 +175,15 @@ def _subgraph_times(r: ContenderResult, inputs) -> None:
         calls[region] = calls.get(region, 0) + 1
         return out
 
-    program.executor = timed
-    try:
+    with program.using(timed):
         start = time.perf_counter()
         for x in inputs:
-            r.compiled(*x)
+            paths.append(" > ".join(compiled.run(*x, return_path=True)[1]))
         total = time.perf_counter() - start
-    finally:
-        program.executor = executor
+    groups: dict[str, list] = {}
+    for path, ts in zip(paths, per_input):
+        groups.setdefault(path, []).extend(ts)
+    r.per_path = {p: summarize(ts) for p, ts in groups.items()}
     r.subgraph_us = {k: 1e6 * spent[k] / calls[k] for k in sorted(spent)}
     r.host_share = max(0.0, 1 - sum(spent.values()) / total) if total else None
 

@@ -18,6 +18,7 @@ import torch
 from torch.utils._pytree import tree_flatten
 
 from dycomp.benchmark import CONTENDERS, DYCOMP
+from dycomp.check import tensor_leaves
 
 
 def build(name: str, fn, example: tuple, threads: int, passes=()) -> tuple[Callable, object]:
@@ -90,18 +91,6 @@ def _onnx_export(fn, example, threads: int):
         arrays = [a.numpy() for a in args if isinstance(a, torch.Tensor)]
         return tuple(session.run(None, dict(zip(names, arrays))))
     return run
-
-
-def tensor_leaves(out) -> list[np.ndarray]:
-    """The output's tensors as numpy arrays, in order (what every contender can return)."""
-    leaves = []
-    for x in tree_flatten(out)[0] if not isinstance(out, tuple) else [
-            y for item in out for y in tree_flatten(item)[0]]:
-        if isinstance(x, torch.Tensor):
-            leaves.append(x.detach().numpy())
-        elif isinstance(x, np.ndarray):
-            leaves.append(x)
-    return leaves
 
 
 def same_answer(expected, actual, atol: float = 1e-4, rtol: float = 1e-4) -> bool:
