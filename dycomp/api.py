@@ -20,7 +20,7 @@ from dycomp.errors import DycompError, PassError, UnsupportedError
 from dycomp.frontend.capture import InputSpec, capture
 from dycomp.ir.dyngraph import DynGraph
 from dycomp.logs import configure as configure_logging
-from dycomp.passes import cleanup_passes, run_passes
+from dycomp.passes import run_passes
 from dycomp.runtime.host import HostProgram
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 def compile(model, example_inputs, *, example_kwargs: dict | None = None,
             method: str = "forward", backend: str = "torch", passes=(),
-            check: bool = True, threads: int | None = None,
+            check: bool = True, threads: int | None = None, optimize=True,
             fuse_branches: bool = True, tune=None, strict: bool = False) -> CompiledModel:
     """Compile `model.<method>` (or a bound method) into static regions + a host program.
 
@@ -36,6 +36,10 @@ def compile(model, example_inputs, *, example_kwargs: dict | None = None,
     check then compares with the pruned eager model), `Quantize` (backend 'onnx': rewrites
     the exported subgraphs; no exact check, use `dycomp.compare`) and DynGraph passes.
     What they did is listed in `cm.optimizations`.
+    `optimize`: the dynamic-aware passes (`dycomp.passes.DYNAMIC_PASSES`: gate-to-branch,
+    hoist-loop-invariants, fuse-across-decisions): True for all (default), False for
+    none, or the names to run. Each one applied is listed in `cm.optimizations` with
+    its source line and estimated saving (`cm.explain()`, `dycomp compile --explain-opts`).
     `threads`: intra-op threads per compiled subgraph (backend 'onnx'; default 2).
     `fuse_branches`: lower host branches between subgraphs into ONNX `If` nodes
     (backend 'onnx'); off, every region is dispatched by the host.
@@ -55,7 +59,8 @@ def compile(model, example_inputs, *, example_kwargs: dict | None = None,
     graph, spec = capture(fn, args, kwargs)
     graph.verify()
     log.info("captured %s: %s", graph.source, graph.stats())
-    graph = run_passes(graph, cleanup_passes() + list(passes))
+    if_nodes = backend == "onnx" and fuse_branches
+    graph = run_passes(graph, _optimizations(optimize, if_nodes) + list(passes))
     graph.verify()
     log.info("after passes: %s", graph.stats())
     log.debug("host program:\n%s", graph.host_source())
@@ -71,7 +76,7 @@ def compile(model, example_inputs, *, example_kwargs: dict | None = None,
                                hint="pass backend='tvm'")
     executor = lower(graph, backend, **options)
     cm = CompiledModel.from_graph(graph, executor, spec, backend)
-    cm.optimizations = notes
+    cm.optimizations = notes + [str(a) for a in graph.applied]
     if check and quantize:
         check = False  # quantized outputs differ by design: measure with dycomp.compare
     if check:
@@ -79,6 +84,20 @@ def compile(model, example_inputs, *, example_kwargs: dict | None = None,
 
         differential_check(fn, cm, args, kwargs)
     return cm
+
+
+def _optimizations(optimize, if_nodes: bool) -> list:
+    """The dynamic-aware passes `optimize` selects (True: all, False: none, or names)."""
+    from dycomp.passes import DYNAMIC_PASSES, dynamic_passes
+
+    if optimize is True or optimize is False:
+        return dynamic_passes(None if optimize else (), if_nodes)
+    names = [optimize] if isinstance(optimize, str) else list(optimize)
+    unknown = [n for n in names if n not in DYNAMIC_PASSES]
+    if unknown:
+        raise UnsupportedError(f"unknown optimization {unknown[0]!r}",
+                               hint=f"use True, False or names from {list(DYNAMIC_PASSES)}")
+    return dynamic_passes(names, if_nodes)
 
 
 def _split_passes(passes, backend: str):
@@ -158,7 +177,7 @@ class CompiledModel:
                  graph: DynGraph | None = None, artifact=None):
         self.program, self.spec, self.backend, self.graph = program, spec, backend, graph
         self.artifact = artifact  # the dycomp.runtime Artifact this model was loaded from
-        self.optimizations: list[str] = []  # what pruning/quantization did, for reports
+        self.optimizations: list[str] = []  # what the passes did (source lines, savings)
 
     @classmethod
     def from_graph(cls, graph: DynGraph, executor, spec: InputSpec, backend: str):

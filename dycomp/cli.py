@@ -91,6 +91,8 @@ class CompileConfig:
     prune_allocation: str = "uniform"
     quantize: str | None = None
     calib: Path | None = None
+    no_opt: tuple[str, ...] = ()
+    explain_opts: bool = False
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -124,6 +126,20 @@ class CompileConfig:
             if self.calib.suffix != ".npz" or not self.calib.is_file():
                 raise UsageError(f"--calib {str(self.calib)!r} must be an existing .npz file")
         _check_threads(self.threads)
+        from dycomp.passes import DYNAMIC_PASSES
+
+        for name in self.no_opt:
+            if name != "all" and name not in DYNAMIC_PASSES:
+                raise UsageError(f"--no-opt {name!r}: unknown optimization; use one of "
+                                 f"{', '.join(DYNAMIC_PASSES)} or all")
+
+    @property
+    def optimize(self):
+        """`dycomp.compile(optimize=...)` for the --no-opt flags."""
+        from dycomp.passes import DYNAMIC_PASSES
+
+        return [] if "all" in self.no_opt else [n for n in DYNAMIC_PASSES
+                                                 if n not in self.no_opt]
 
     def passes(self, examples: tuple) -> list:
         """The Prune/Quantize configs the flags ask for."""
@@ -327,6 +343,12 @@ def _add_compile(sub) -> None:
                    help="onnx: quantize the subgraphs (int8: dynamic, or static with --calib)")
     p.add_argument("--calib", type=Path, metavar="FILE.npz",
                    help="int8 calibration inputs: one array per input, samples first")
+    p.add_argument("--no-opt", action="append", default=[], metavar="NAME",
+                   help="turn off a dynamic-aware optimization (gate-to-branch, "
+                        "hoist-loop-invariants, fuse-across-decisions, or all); repeatable")
+    p.add_argument("--explain-opts", action="store_true",
+                   help="list every optimization applied: pass, source line, what it did "
+                        "and the estimated saving")
     p.add_argument("--no-check", dest="check", action="store_false",
                    help="skip the differential check against eager PyTorch (with --prune or "
                         "--quantize: the agreement report)")
@@ -363,7 +385,8 @@ def _compile_config(ns) -> CompileConfig:
                          check=ns.check, tune_trials=ns.tune_trials, tune_db=ns.tune_db,
                          strict=ns.strict, prune=ns.prune,
                          prune_allocation=ns.prune_allocation, quantize=ns.quantize,
-                         calib=ns.calib)
+                         calib=ns.calib, no_opt=tuple(ns.no_opt),
+                         explain_opts=ns.explain_opts)
 
 
 def _run_config(ns) -> RunConfig:
@@ -468,7 +491,8 @@ def compile_command(cfg: CompileConfig, out: Console) -> None:
     passes = cfg.passes(examples)
     with stage(compiling, spinner="tune" not in options):  # tuning shows its own bar
         cm = dycomp.compile(loaded.model, examples, method=cfg.method, backend=cfg.backend,
-                            check=False, threads=cfg.threads, passes=passes, **options)
+                            check=False, threads=cfg.threads, passes=passes,
+                            optimize=cfg.optimize, **options)
     checked = None
     if cfg.check and passes:
         from dycomp.check import variants
@@ -486,6 +510,33 @@ def compile_command(cfg: CompileConfig, out: Console) -> None:
             cm.save(cfg.output)
     times = (stage.seconds[compiling], sum(stage.seconds.values()))
     out.print(_compile_summary(cfg, cm, examples, checked, times))
+    if cfg.explain_opts:
+        out.print(_applied_table(cm.graph.applied))
+
+
+def _fired(applied: list) -> str:
+    """`gate-to-branch x18 at gated_mul.py:64, gated_mul.py:70, ...` per pass."""
+    lines: dict = {}
+    for a in applied:
+        lines.setdefault(a.pass_name, []).append(a.line)
+    parts = []
+    for name, where in lines.items():
+        unique = list(dict.fromkeys(where))
+        more = " ..." if len(unique) > 3 else ""
+        parts.append(f"{name} x{len(where)} at {', '.join(unique[:3])}{more}")
+    return "; ".join(parts)
+
+
+def _applied_table(applied: list):
+    """One row per optimization the dynamic-aware passes applied."""
+    if not applied:
+        return Text("no dynamic-aware optimization applied")
+    table = Table(title="optimizations applied")
+    for col in ("pass", "source", "what", "estimated saving"):
+        table.add_column(col)
+    for a in applied:
+        _row(table, a.pass_name, a.line, a.what, a.saving)
+    return table
 
 
 def _method(model, name: str):
@@ -528,8 +579,13 @@ def _compile_summary(cfg: CompileConfig, cm, examples: tuple, checked: int | Non
     _row(table, "subgraphs", f"{s['regions']} ({calls} call site{'s' * (calls != 1)})")
     for key in ("branches", "loops", "returns", "ops"):
         _row(table, key, str(s[key]))
+    applied = [str(a) for a in cm.graph.applied]
     for note in cm.optimizations:
-        _row(table, "optimized", note)
+        if note not in applied:
+            _row(table, "optimized", note)
+    if applied:
+        _row(table, "dynamic opts", _fired(cm.graph.applied)
+             + ("" if cfg.explain_opts else " (--explain-opts: what and how much)"))
     _row(table, "check", "skipped" if checked is None else
          f"matched eager on {checked} inputs" if isinstance(checked, int) else
          f"vs eager on {checked.n} inputs: same path {checked.path_agreement:.0%}"

@@ -40,11 +40,12 @@ def region_key(gm: fx.GraphModule) -> str:
 
         args = fx.node.map_arg(n.args, ref)
         kwargs = fx.node.map_arg(n.kwargs, ref)
-        items.append((n.op, _target(gm, n), repr(args), repr(kwargs)))
+        items.append((n.op, node_target(gm, n), repr(args), repr(kwargs)))
     return repr(items)
 
 
-def _target(gm, n):
+def node_target(gm, n) -> str:
+    """What a node computes with: the op, or the identity of the module/parameter."""
     if n.op == "placeholder":
         return ""
     if n.op in ("call_module", "get_attr"):

@@ -1,7 +1,8 @@
 """MergeAdjacentRegions: two regions called one after the other with no decision
 between them become one region (one dispatch instead of two).
 
-Pure host statements between the two calls (host arithmetic, `.item()`, phi copies)
+Pure host statements between the two calls (host arithmetic, `.item()`, phi copies,
+branches that only assign host values)
 are moved out of the way when that keeps every value defined before its use: before
 the first call if they do not read its outputs, after the second if it does not read
 theirs."""
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 from torch import fx
 
-from dycomp.ir.program import Assign, CallRegion, HostOp
+from dycomp.ir.program import Assign, CallRegion, HostOp, If, walk
 from dycomp.passes.base import Pass, PassResult
 from dycomp.passes.regions import call_sites, rebuild
 
@@ -56,9 +57,17 @@ def _next_call(body, i):
         s = body[j]
         if isinstance(s, CallRegion):
             return j
-        if not (isinstance(s, Assign) or (isinstance(s, HostOp) and s.pure)):
+        if not _pure_host(s):
             return None
     return None
+
+
+def _pure_host(s) -> bool:
+    """Host work with no effect but its assignments: phi copies, pure host ops, and
+    branches made only of those (a branch id chosen by a decision)."""
+    if isinstance(s, If):
+        return all(_pure_host(x) for x in s.then + s.orelse)
+    return isinstance(s, Assign) or (isinstance(s, HostOp) and s.pure)
 
 
 def _mergeable(a, b, counts) -> bool:
@@ -73,7 +82,8 @@ def _reorder(a: CallRegion, between: list, b: CallRegion):
     late = set(a.outs)  # values only available after `a` (or after moved statements)
     read_late = set()  # values read by the statements moved after `b`
     for s in between:
-        uses, defs = set(s.uses()), set(s.defs())
+        uses = {v for x in walk([s]) for v in x.uses()}
+        defs = {v for x in walk([s]) for v in x.defs()}
         if not uses & late and not defs & (set(a.args) | read_late):
             before.append(s)
         elif not defs & set(b.args):

@@ -6,7 +6,7 @@ from collections import defaultdict
 
 from torch import fx
 
-from dycomp.ir.program import CallRegion, walk
+from dycomp.ir.program import Assign, CallRegion, Var, walk
 
 
 def call_sites(graph) -> dict[str, list[CallRegion]]:
@@ -15,6 +15,18 @@ def call_sites(graph) -> dict[str, list[CallRegion]]:
         if isinstance(s, CallRegion):
             sites[s.region].append(s)
     return sites
+
+
+def parent_block(body: list, stmt):
+    """The statement list (`body` or a block nested in it) that holds `stmt`, or None."""
+    if any(s is stmt for s in body):
+        return body
+    for s in body:
+        for b in s.blocks():
+            found = parent_block(b, stmt)
+            if found is not None:
+                return found
+    return None
 
 
 def set_outputs(gm: fx.GraphModule, nodes) -> None:
@@ -45,3 +57,24 @@ def _fetch(owner, target):
     for part in target.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+def tensor_vars(graph) -> set:
+    """Host variables that always hold tensors: entry tensors, region outputs, and phis
+    whose every source is one."""
+    tensors = set(graph.params)
+    for s in walk(graph.body):
+        if isinstance(s, CallRegion):
+            tensors |= set(s.outs)
+    assigns = [s for s in walk(graph.body) if isinstance(s, Assign)]
+    changed = True
+    while changed:
+        changed = False
+        for s in assigns:
+            for d, x in zip(s.dsts, s.srcs):
+                if d not in tensors and isinstance(x, Var) and x in tensors and all(
+                        isinstance(x2, Var) and x2 in tensors for a in assigns
+                        for d2, x2 in zip(a.dsts, a.srcs) if d2 == d):
+                    tensors.add(d)
+                    changed = True
+    return tensors

@@ -212,7 +212,7 @@ class TwoLayer(nn.Module):
 
 def test_executor_models_paths_arity_and_threads(tmp_path):
     m = TwoLayer().eval()
-    graph = dycomp.compile(m, torch.randn(1, 8), backend="torch").graph
+    graph = dycomp.compile(m, torch.randn(1, 8), backend="torch", optimize=False).graph
     models = export_regions(graph)
     assert set(models) == set(graph.regions) and all(isinstance(b, bytes) for b in models.values())
     (tmp_path / "r0.onnx").write_bytes(models["r0"])
@@ -247,7 +247,8 @@ def test_unloadable_model_is_an_artifact_error_naming_the_region():
 
 
 def test_onnx_executor_never_imports_torch(tmp_path):
-    graph = dycomp.compile(TwoLayer().eval(), torch.randn(1, 8), backend="torch").graph
+    graph = dycomp.compile(TwoLayer().eval(), torch.randn(1, 8), backend="torch",
+                           optimize=False).graph
     (tmp_path / "r0.onnx").write_bytes(export_regions(graph)["r0"])
     code = f'''
 import sys

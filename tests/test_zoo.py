@@ -63,11 +63,23 @@ def test_static_resnet_is_one_region(compiled):
     assert (s["regions"], s["branches"], s["loops"]) == (1, 0, 0)
 
 
-def test_gated54_is_linear_in_gates(compiled):
-    _, cm = compiled("gated54", "forward", "torch")
-    s = cm.graph.stats()
+def test_gated54_is_linear_in_gates():
+    model, example = ZOO["gated54"].make()
+    s = dycomp.compile(model, example, optimize=False).graph.stats()  # as captured
     assert s["branches"] == 54
     assert s["regions"] <= 3 * 54
+
+
+def test_gated_mul_gates_become_branches(compiled):
+    """GateToBranch turns each of the 18 multiplicative gates into a branch."""
+    _, cm = compiled("gated_mul", "forward", "torch")
+    assert cm.graph.stats()["branches"] == 18
+    assert sum(o.startswith("gate-to-branch") for o in cm.optimizations) == 18
+
+
+def test_decoder_attention_projections_leave_the_loop(compiled):
+    _, cm = compiled("decoder", "attend", "torch")
+    assert sum(o.startswith("hoist-loop-invariants") for o in cm.optimizations) == 1
 
 
 def test_gated_resnet_one_branch_per_block(compiled):

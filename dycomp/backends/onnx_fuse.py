@@ -25,6 +25,7 @@ from onnx import TensorProto, helper
 
 from dycomp.ir.dyngraph import Region
 from dycomp.ir.program import Assign, CallRegion, HostOp, If, Var, walk
+from dycomp.passes.regions import tensor_vars
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 def fuse_branches(graph) -> int:
     """Rewrite fusable runs of `graph.body` into fused ONNX regions; returns how many
     branches were lowered into `If` nodes. Regions must carry `.onnx` models."""
-    tensors = _tensor_vars(graph)
+    tensors = tensor_vars(graph)
     uses = Counter(v for s in walk(graph.body) for v in s.uses())
     fuser = _Fuser(graph, tensors, uses)
     fuser.block(graph.body)
@@ -40,25 +41,6 @@ def fuse_branches(graph) -> int:
     for name in [n for n in graph.regions if n not in live]:
         del graph.regions[name]
     return fuser.fused_ifs
-
-
-def _tensor_vars(graph) -> set:
-    tensors = set(graph.params)
-    for s in walk(graph.body):
-        if isinstance(s, CallRegion):
-            tensors |= set(s.outs)
-    assigns = [s for s in walk(graph.body) if isinstance(s, Assign)]
-    changed = True
-    while changed:
-        changed = False
-        for s in assigns:
-            for d, x in zip(s.dsts, s.srcs):
-                if d not in tensors and isinstance(x, Var) and x in tensors and all(
-                        isinstance(x2, Var) and x2 in tensors for a in assigns
-                        for d2, x2 in zip(a.dsts, a.srcs) if d2 == d):
-                    tensors.add(d)
-                    changed = True
-    return tensors
 
 
 class _Fuser:

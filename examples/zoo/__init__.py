@@ -10,6 +10,7 @@ from . import (
     act,
     decoder,
     gated54,
+    gated_mul,
     gated_resnet,
     moe,
     multi_exit,
@@ -28,6 +29,7 @@ ZOO = {
     "nested_if": nested_if,
     "static_resnet": static_resnet,
     "gated54": gated54,
+    "gated_mul": gated_mul,
 }
 
 __all__ = ["ZOO", *ZOO]
