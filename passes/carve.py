@@ -28,6 +28,12 @@ class Piece:
     outs: list  # source-graph nodes the piece returns, in order
 
 
+def carvable(region) -> bool:
+    """An FX region whose outputs are all graph values (not Python constants)."""
+    return (region is not None and region.gm is not None
+            and all(isinstance(n, fx.Node) for n in region.output_nodes))
+
+
 def compute_nodes(gm: fx.GraphModule) -> list[fx.Node]:
     return [n for n in gm.graph.nodes if n.op in COMPUTE]
 

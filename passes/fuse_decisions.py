@@ -33,6 +33,7 @@ from dycomp.passes.carve import (
     Names,
     bind_outputs,
     call_piece,
+    carvable,
     carve,
     compute_nodes,
     fresh_name,
@@ -79,7 +80,7 @@ class FuseAcrossDecisions(Pass):
             return None
         ct, ce = s.then[0], s.orelse[0]
         rt, re = graph.regions[ct.region], graph.regions[ce.region]
-        if rt.gm is None or re.gm is None or ct.region == ce.region:
+        if not (carvable(rt) and carvable(re)) or ct.region == ce.region:
             return None
         kt, ke = _keys(rt, ct), _keys(re, ce)
         common_e = {k: n for n, k in ke.items()}

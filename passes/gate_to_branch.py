@@ -40,6 +40,7 @@ from dycomp.passes.carve import (
     Names,
     bind_outputs,
     call_piece,
+    carvable,
     carve,
     compute_nodes,
     output_vars,
@@ -77,7 +78,7 @@ class GateToBranch(Pass):
             name = work.pop(0)
             sites = call_sites(graph).get(name, [])
             region = graph.regions.get(name)
-            if not sites or region is None or region.gm is None:
+            if not sites or not carvable(region):
                 continue
             found = self._find(region)
             if found is None:

@@ -32,6 +32,7 @@ from dycomp.passes.carve import (
     Names,
     bind_outputs,
     call_piece,
+    carvable,
     carve,
     compute_nodes,
     output_vars,
@@ -69,7 +70,7 @@ class HoistLoopInvariants(Pass):
         before = []
         for site in [s for s in walk(loop.body) if isinstance(s, CallRegion)]:
             region = graph.regions[site.region]
-            if region.gm is None:
+            if not carvable(region):
                 continue
             hoist = _invariant(region, site, variant)
             if cost.nodes_us(region.gm, hoist) <= cost.OP_US * len(_frontier(hoist)):
