@@ -38,8 +38,9 @@ def compile(model, example_inputs, *, example_kwargs: dict | None = None,
     What they did is listed in `cm.optimizations`.
     `optimize`: the dynamic-aware passes (`dycomp.passes.DYNAMIC_PASSES`: gate-to-branch,
     hoist-loop-invariants, fuse-across-decisions): True for all (default), False for
-    none, or the names to run. Each one applied is listed in `cm.optimizations` with
-    its source line and estimated saving (`cm.explain()`, `dycomp compile --explain-opts`).
+    none, or the names (or configured instances) to run. Each one applied is listed in
+    `cm.optimizations` with its source line and estimated saving (`cm.explain()`,
+    `dycomp compile --explain-opts`).
     `threads`: intra-op threads per compiled subgraph (backend 'onnx'; default 2).
     `fuse_branches`: lower host branches between subgraphs into ONNX `If` nodes
     (backend 'onnx'); off, every region is dispatched by the host.
@@ -87,17 +88,19 @@ def compile(model, example_inputs, *, example_kwargs: dict | None = None,
 
 
 def _optimizations(optimize, if_nodes: bool) -> list:
-    """The dynamic-aware passes `optimize` selects (True: all, False: none, or names)."""
+    """The dynamic-aware passes `optimize` selects: True (all), False (none), or names
+    and configured pass instances (`GateToBranch(min_us=0)`)."""
     from dycomp.passes import DYNAMIC_PASSES, dynamic_passes
 
     if optimize is True or optimize is False:
         return dynamic_passes(None if optimize else (), if_nodes)
-    names = [optimize] if isinstance(optimize, str) else list(optimize)
-    unknown = [n for n in names if n not in DYNAMIC_PASSES]
-    if unknown:
-        raise UnsupportedError(f"unknown optimization {unknown[0]!r}",
-                               hint=f"use True, False or names from {list(DYNAMIC_PASSES)}")
-    return dynamic_passes(names, if_nodes)
+    items = [optimize] if isinstance(optimize, str) else list(optimize)
+    for p in items:
+        if getattr(p, "name", p) not in DYNAMIC_PASSES or not isinstance(
+                p, (str, *DYNAMIC_PASSES.values())):
+            raise UnsupportedError(f"unknown optimization {p!r}",
+                                   hint=f"use True, False or names from {list(DYNAMIC_PASSES)}")
+    return dynamic_passes(items, if_nodes)
 
 
 def _split_passes(passes, backend: str):

@@ -20,15 +20,17 @@ def cleanup_passes() -> list[Pass]:
             DedupRegions()]
 
 
-def dynamic_passes(names=None, if_nodes: bool = False) -> list[Pass]:
-    """The dynamic-aware optimizations (all, or those named). They run on cleaned-up
-    regions (a gate and the block it gates in one region) and leave pieces that the
-    cleanup passes merge again. `if_nodes`: the backend lowers tensor-only branches
-    into `If` nodes (ONNX), which changes what speculation saves."""
-    names = list(DYNAMIC_PASSES) if names is None else list(names)
-    chosen = [FuseAcrossDecisions(if_nodes) if n == FuseAcrossDecisions.name
-              else DYNAMIC_PASSES[n]() for n in DYNAMIC_PASSES if n in names]
-    return cleanup_passes() + chosen + cleanup_passes() if chosen else cleanup_passes()
+def dynamic_passes(chosen=None, if_nodes: bool = False) -> list[Pass]:
+    """The dynamic-aware optimizations (all, or those named or given as configured
+    instances). They run on cleaned-up regions (a gate and the block it gates in one
+    region) and leave pieces that the cleanup passes merge again. `if_nodes`: the
+    backend lowers tensor-only branches into `If` nodes (ONNX), which changes what
+    speculation saves."""
+    given = {p.name: p for p in chosen or () if isinstance(p, Pass)}
+    names = set(DYNAMIC_PASSES) if chosen is None else {getattr(p, "name", p) for p in chosen}
+    run = [given.get(n) or (FuseAcrossDecisions(if_nodes) if n == FuseAcrossDecisions.name
+                            else cls()) for n, cls in DYNAMIC_PASSES.items() if n in names]
+    return cleanup_passes() + run + cleanup_passes() if run else cleanup_passes()
 
 
 __all__ = ["DYNAMIC_PASSES", "DeadValueElimination", "DedupRegions", "FuseAcrossDecisions",

@@ -113,9 +113,10 @@ class FuseAcrossDecisions(Pass):
         if None in arms:
             return None
         (calls_t, phis_t), (calls_e, phis_e) = arms
-        joined = [d for d in phis_t if d in phis_e and _is_tensor(self, phis_t[d], phis_e[d])]
-        if set(phis_t) != set(phis_e) or not (calls_t or calls_e):
+        t = _cond_tensor(before, s)
+        if set(phis_t) != set(phis_e) or not (calls_t or calls_e) or not self._tensor(t):
             return None
+        joined = [d for d in phis_t if self._tensor(phis_t[d]) and self._tensor(phis_e[d])]
         if not all(self._same_type(phis_t[d], phis_e[d]) for d in joined):
             return None
         est = sum(_call_us(graph, c) for c in calls_t + calls_e) + cost.OP_US * len(joined)
@@ -124,7 +125,6 @@ class FuseAcrossDecisions(Pass):
             saved = cost.IF_US
         if est >= saved:
             return None
-        t = _cond_tensor(before, s)
         out = calls_t + calls_e
         if joined:
             out.append(self._select(graph, s, t, joined, phis_t, phis_e))
@@ -136,6 +136,11 @@ class FuseAcrossDecisions(Pass):
             self.name, s.line or "?", f"both arms ({len(calls_t + calls_e)} region calls, "
             f"~{est:.0f} us) computed and selected", f"~{saved - est:.0f} us saved per call"))
         return out
+
+    def _tensor(self, v) -> bool:
+        """A variable that holds a tensor whose example value is known."""
+        return (isinstance(v, Var) and v in self.tensors
+                and isinstance(self.examples.get(v), torch.Tensor))
 
     def _same_type(self, a, b) -> bool:
         x, y = self.examples.get(a), self.examples.get(b)
@@ -185,10 +190,6 @@ def _arm(arm: list):
         else:
             return None
     return calls, phis
-
-
-def _is_tensor(self, a, b) -> bool:
-    return all(isinstance(x, Var) and x in self.tensors for x in (a, b))
 
 
 def _host_assign(phis: dict, joined, line) -> list:

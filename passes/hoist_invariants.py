@@ -46,6 +46,9 @@ RANDOM = {"rand", "randn", "rand_like", "randn_like", "randint", "bernoulli", "m
 class HoistLoopInvariants(Pass):
     name = "hoist-loop-invariants"
 
+    def __init__(self, min_us: float | None = None):
+        self.min_us = min_us  # None: the cost rule; a number: hoist work estimated above it
+
     def __call__(self, graph) -> PassResult:
         self.names = Names(graph, "hl")
         return PassResult(graph, self._block(graph, graph.body))
@@ -73,7 +76,8 @@ class HoistLoopInvariants(Pass):
             if not carvable(region):
                 continue
             hoist = _invariant(region, site, variant)
-            if cost.nodes_us(region.gm, hoist) <= cost.OP_US * len(_frontier(hoist)):
+            limit = cost.OP_US * len(_frontier(hoist)) if self.min_us is None else self.min_us
+            if cost.nodes_us(region.gm, hoist) <= limit:
                 continue
             before += self._carve(graph, loop, site, region, hoist)
         return before

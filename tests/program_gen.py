@@ -283,6 +283,8 @@ class Builder:
                 (1, "relu"),
                 (1, "where"),
                 (1, "clamp"),
+                (1, "hard_gate"),
+                (1, "hard_where"),
             ]
         )
         if kind == "linear":
@@ -306,6 +308,13 @@ class Builder:
             return f"torch.relu({a}) - {self.pick((0.25, 0.5))}"
         if kind == "where":
             return f"torch.where({a} > 0.0, {a}, {b})"
+        if kind == "hard_gate":  # gating by arithmetic with a 0/1 gate (GateToBranch)
+            g, i = f"({b}.sum() > 0).float()", self.ch.integer(0, 2)
+            return self.pick([f"{a} + {g} * torch.tanh(self.l{i}({a}))",
+                              f"{g} * torch.tanh(self.l{i}({a})) + (1 - {g}) * {a}"])
+        if kind == "hard_where":
+            i = self.ch.integer(0, 2)
+            return f"torch.where({b}.mean() > 0, torch.tanh(self.l{i}({a})), {a})"
         return f"{a}.clamp(-{self.pick((0.5, 1.0))}, {self.pick((0.5, 1.0))})"
 
     def gen_assign(self, ctx: Ctx) -> Line:

@@ -173,3 +173,35 @@ def test_cli_explain_opts_and_no_opt(tmp_path, capsys):
 def test_every_dynamic_pass_is_listed():
     assert list(DYNAMIC_PASSES) == ["gate-to-branch", "hoist-loop-invariants",
                                     "fuse-across-decisions"]
+
+
+# -- the pieces the passes share -----------------------------------------------------------
+def test_cost_model_counts_conv_and_linear_flops():
+    from dycomp.passes import cost
+
+    model = _seeded(dm.GatedNet, ("blend",))
+    cm = dycomp.compile(model, _image_inputs(1)[0], optimize=False)
+    (region,) = cm.graph.regions.values()
+    flops = {n.target: cost.node_flops(region.gm, n) for n in region.gm.graph.nodes
+             if n.op == "call_module"}
+    assert flops["blocks.0.conv"] == 2 * 16 * 8 * 8 * 16 * 9  # out elements x (cin k k) x 2
+    assert flops["blocks.0.gate"] == 2 * 1 * 16
+    assert cost.region_us(region) > cost.DISPATCH_US  # the block is worth a branch
+
+
+def test_carve_splits_a_region_into_pieces_that_compose():
+    from dycomp.passes.carve import carve, compute_nodes
+
+    model = _seeded(dm.GatedNet, ("blend",))
+    x = _image_inputs(1)[0][0]
+    cm = dycomp.compile(model, (x,), optimize=False)
+    (region,) = cm.graph.regions.values()
+    nodes = compute_nodes(region.gm)
+    half = set(nodes[: len(nodes) // 2])
+    first, second = carve(cm.graph, region, [half, set(nodes) - half])
+    env = {region.placeholders[0]: x}
+    for piece in (first, second):
+        outs = cm.graph.regions[piece.region].gm(*(env[n] for n in piece.ins))
+        env.update(zip(piece.outs, outs))
+    (expected,) = region.gm(x)
+    assert torch.equal(env[region.output_nodes[0]], expected)

@@ -160,6 +160,31 @@ def test_compiled_agrees_with_torch(program, input_seed, gen_dir):
             raise with_source(source, exc) from exc
 
 
+@settings(
+    max_examples=100, deadline=None, derandomize=True, database=None, suppress_health_check=SUPPRESS
+)
+@given(program=programs(), input_seed=st.integers(0, 2**16))
+def test_dynamic_passes_without_cost_rules_agree_with_torch(program, input_seed, gen_dir):
+    """The dynamic-aware passes rewrite wherever they can (cost rules off: the generated
+    layers are tiny) and the compiled program still matches eager PyTorch."""
+    import dycomp
+    from dycomp.passes import FuseAcrossDecisions, GateToBranch, HoistLoopInvariants
+
+    source = program.source()
+    note(source)
+    model = load_source(source, gen_dir)()
+    xs = make_inputs(input_seed, N_INPUTS)
+    aggressive = [GateToBranch(min_us=0), HoistLoopInvariants(min_us=0), FuseAcrossDecisions()]
+    try:
+        cm = dycomp.compile(model, (xs[0],), backend="torch", check=False, optimize=aggressive)
+        for i, x in enumerate(xs):
+            with torch.no_grad():
+                expected, _ = eager_with_trace(model, x)
+            assert_same(expected, cm(x), f"input {i}")
+    except Exception as exc:
+        raise with_source(source, exc) from exc
+
+
 # --------------------------------------------------------------------------- generator sanity
 
 
