@@ -1,8 +1,10 @@
 """The dynamic-aware optimizations, each on and off (ONNX Runtime, batch 1, 2 threads).
 
 Per case: eager PyTorch, dycomp without the pass, dycomp with it (median ms over inputs x
-rounds, calls interleaved input by input), the speedup the pass gives, and a check that
-the outputs with the pass equal those without it and eager's on every input.
+rounds; each round runs every contender over all inputs as a block, in an order rotated
+per round, as `dycomp bench` does: interleaving sessions call by call slows each one),
+the speedup the pass gives, and a check that the outputs with the pass equal those
+without it and eager's on every input.
 
 - gated_mul (GateToBranch): the zoo's multiplication-gated ResNet (18 gated blocks on
   1x3x32x32); its gate-off rate over the inputs is printed. Without the pass the model
@@ -74,12 +76,13 @@ def bench(case: str, n_inputs: int, rounds: int) -> dict:
     with torch.no_grad():
         for x, a in zip(samples, arrays):  # warm-up
             fn(*x), off.program.run(*a), on.program.run(*a)
-        for _ in range(rounds):
-            for x, a in zip(samples, arrays):
-                for k, f in contenders.items():
+        names = list(contenders)
+        for r in range(rounds):  # contender blocks, order rotated per round
+            for k in names[r % 3:] + names[:r % 3]:
+                for x, a in zip(samples, arrays):
                     args = x if k == "eager" else a
                     t = time.perf_counter()
-                    f(*args)
+                    contenders[k](*args)
                     times[k].append(time.perf_counter() - t)
     ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
     row = dict(case=case, pass_name=pass_name, applied=applied, exact=exact, ms=ms,
