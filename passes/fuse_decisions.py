@@ -11,6 +11,8 @@ Two rewrites of a host `if` whose condition is `bool(t)` of a region output:
   arms are cheap, both arms run before the `if` and a `torch.where(t, then, else)`
   selects each tensor the arms join; assignments of Python values (a branch id) stay
   in a host `if` with no region call. The regions then merge with their neighbours.
+  Arms that index with a tensor (an index that may be valid only under the condition)
+  are not speculated.
   Cost rule: the taken arm's dispatches (`cost.DISPATCH_US` each, measured) are saved
   and the other arm's work is added. Taking each arm half the time, it fires when
   `est(then) + est(else) + selects < DISPATCH_US * (calls(then) + calls(else)) / 2`.
@@ -41,6 +43,9 @@ from dycomp.passes.carve import (
 )
 from dycomp.passes.dedup_regions import node_target
 from dycomp.passes.regions import call_sites, rebuild, tensor_vars
+
+INDEXING = {"getitem", "index_select", "gather", "take", "take_along_dim", "embedding",
+            "index", "index_put", "scatter", "narrow", "select"}
 
 
 class FuseAcrossDecisions(Pass):
@@ -113,6 +118,8 @@ class FuseAcrossDecisions(Pass):
         if None in arms:
             return None
         (calls_t, phis_t), (calls_e, phis_e) = arms
+        if not all(_speculable(graph.regions[c.region]) for c in calls_t + calls_e):
+            return None
         t = _cond_tensor(before, s)
         if set(phis_t) != set(phis_e) or not (calls_t or calls_e) or not self._tensor(t):
             return None
@@ -190,6 +197,21 @@ def _arm(arm: list):
         else:
             return None
     return calls, phis
+
+
+def _speculable(region) -> bool:
+    """No op that may fail on values its branch would have excluded: indexing with a
+    tensor (an index valid only under the condition), embedding lookups."""
+    if region.gm is None:
+        return False
+    for n in region.gm.graph.nodes:
+        tensor_index = any(isinstance(a, fx.Node) for a in n.args[1:])
+        if cost.kind(n) in INDEXING and tensor_index:
+            return False
+        if n.op == "call_module" and isinstance(region.gm.get_submodule(n.target),
+                                                 torch.nn.Embedding):
+            return False
+    return True
 
 
 def _host_assign(phis: dict, joined, line) -> list:
