@@ -129,3 +129,19 @@ def test_pass_sets_add_optimized_contenders(tmp_path, capsys):
     assert code == 0 and "onnx+prune=0.5+int8" in capsys.readouterr().out
     assert main(["bench", "examples/zoo/moe.py:make", "--passes", "prune=lots"]) == 2
     assert "--passes 'prune=lots'" in capsys.readouterr().err
+
+
+def test_no_opt_pass_set_measures_the_dynamic_optimizations(capsys):
+    """`--passes no-opt` adds dycomp without the dynamic-aware passes, checked exactly."""
+    mod = ZOO["gated_mul"]
+    model, _ = mod.make(0)
+    result = dycomp.bench(model, mod.sample_inputs(3), backends=("onnx",), runs=1,
+                          pass_sets={"no-opt": ["no-opt"]})
+    plain, with_opts = result.result("onnx+no-opt"), result.result("onnx")
+    assert not plain.optimized and plain.verdict == "correct"
+    assert with_opts.verdict == "correct"
+    assert main(["bench", "examples/zoo/nested_if.py:make", "--samples", "2", "--runs", "1",
+                 "--backends", "onnx", "--passes", "no-opt"]) == 0
+    assert "onnx+no-opt" in capsys.readouterr().out
+    assert main(["bench", "examples/zoo/moe.py:make", "--passes", "no-opt=1"]) == 2
+

@@ -80,7 +80,8 @@ def bench(model, inputs, *, backends=DEFAULT, method: str = "forward", threads: 
 
     `pass_sets` ({label: [Prune(...), Quantize(...)]}) adds, per dycomp backend, a
     contender "<backend>+<label>" compiled with those passes; its differences from eager
-    are reported as expected ("optimized"), not as wrong answers."""
+    are reported as expected ("optimized"), not as wrong answers. The marker "no-opt"
+    in a set compiles without the dynamic-aware optimizations (exact, so checked)."""
     import torch
 
     from dycomp.api import _resolve
@@ -119,7 +120,7 @@ def _build(name, fn, inputs, reference, threads, passes):
     """(ContenderResult, the callable or None, the CompiledModel or None)."""
     from dycomp.benchmark import contenders as cs
 
-    res = ContenderResult(name, optimized=bool(passes))
+    res = ContenderResult(name, optimized=any(p != "no-opt" for p in passes))
     start, rss = time.perf_counter(), _rss_mb()
     try:
         call, compiled = cs.build(name.partition("+")[0], fn, inputs[0], threads, passes)

@@ -49,8 +49,12 @@ class BenchConfig:
         return {spec: pass_set(spec, calibration) for spec in self.passes}
 
 
+NO_OPT = "no-opt"
+
+
 def pass_set(spec: str, calibration: list) -> list:
-    """`prune=0.5`, `prune=0.5:layer_adaptive`, `int8`, `fp16`, joined with '+'."""
+    """`prune=0.5`, `prune=0.5:layer_adaptive`, `int8`, `fp16`, `no-opt` (the
+    dynamic-aware optimizations off), joined with '+'."""
     from dycomp.cli import UsageError
     from dycomp.passes import Prune, Quantize
 
@@ -65,11 +69,14 @@ def pass_set(spec: str, calibration: list) -> list:
                 out.append(Quantize("int8", calibration=calibration[:32] or None))
             elif name == "fp16":
                 out.append(Quantize("fp16"))
+            elif name == NO_OPT and not arg:
+                out.append(NO_OPT)
             else:
                 raise ValueError(f"unknown pass {name!r}")
         except ValueError as e:
             raise UsageError(f"--passes {spec!r}: {e}; use e.g. prune=0.5, "
-                             "prune=0.5:layer_adaptive, int8, fp16, joined with '+'") from None
+                             "prune=0.5:layer_adaptive, int8, fp16, no-opt, joined with '+'"
+                             ) from None
     return out
 
 
@@ -100,7 +107,8 @@ def add_bench(sub, formatter) -> None:
     p.add_argument("--passes", action="append", default=[], metavar="SET",
                    help="also run each dycomp backend with these passes (repeatable): "
                         "prune=0.5[:layer_adaptive], int8 (calibrated on the inputs), fp16, "
-                        "joined with '+', e.g. --passes prune=0.5+int8")
+                        "no-opt (without the dynamic-aware optimizations), joined with '+', "
+                        "e.g. --passes prune=0.5+int8 --passes no-opt")
     p.add_argument("--report", type=Path, metavar="DIR",
                    help="write report.html, report.md, results.json and results.csv here")
     p.set_defaults(command_fn=bench_command, make_config=_config)

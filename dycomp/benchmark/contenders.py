@@ -26,7 +26,10 @@ def build(name: str, fn, example: tuple, threads: int, passes=()) -> tuple[Calla
     if name in DYCOMP:
         import dycomp
 
-        cm = dycomp.compile(fn, example, backend=name, threads=threads, passes=passes)
+        optimize = "no-opt" not in passes  # the `--passes no-opt` marker
+        passes = [p for p in passes if p != "no-opt"]
+        cm = dycomp.compile(fn, example, backend=name, threads=threads, passes=passes,
+                            optimize=optimize)
         return cm, cm
     builders = {"eager": lambda: fn, "torchscript": lambda: _script(fn),
                 "torch-compile": lambda: _compile(fn),
