@@ -514,6 +514,15 @@ def compile_command(cfg: CompileConfig, out: Console) -> None:
         out.print(_applied_table(cm.graph.applied))
 
 
+def _if_nodes(graph) -> int:
+    """ONNX `If` nodes in the lowered subgraphs (branches fused out of the host), nested
+    ones included."""
+    def count(g) -> int:
+        return sum((n.op_type == "If") + sum(count(a.g) for a in n.attribute if a.g.node)
+                   for n in g.node)
+    return sum(count(r.onnx.graph) for r in graph.regions.values() if r.onnx is not None)
+
+
 def _fired(applied: list) -> str:
     """`gate-to-branch x18 at gated_mul.py:64, gated_mul.py:70, ...` per pass."""
     lines: dict = {}
@@ -577,7 +586,10 @@ def _compile_summary(cfg: CompileConfig, cm, examples: tuple, checked: int | Non
         _row(table, "tvm", report.summary())
     calls = s["region_calls"]
     _row(table, "subgraphs", f"{s['regions']} ({calls} call site{'s' * (calls != 1)})")
-    for key in ("branches", "loops", "returns", "ops"):
+    fused = _if_nodes(cm.graph)
+    _row(table, "branches", f"{s['branches']}" + (f" on the host, {fused} inside the "
+                                                  "subgraphs (ONNX If)" if fused else ""))
+    for key in ("loops", "returns", "ops"):
         _row(table, key, str(s[key]))
     applied = [str(a) for a in cm.graph.applied]
     for note in cm.optimizations:
