@@ -61,7 +61,8 @@ def compile(model, example_inputs, *, example_kwargs: dict | None = None,
     graph.verify()
     log.info("captured %s: %s", graph.source, graph.stats())
     if_nodes = backend == "onnx" and fuse_branches
-    graph = run_passes(graph, _optimizations(optimize, if_nodes) + list(passes))
+    graph = run_passes(graph, _optimizations(optimize, if_nodes) + _lowering(if_nodes)
+                       + list(passes))
     graph.verify()
     log.info("after passes: %s", graph.stats())
     log.debug("host program:\n%s", graph.host_source())
@@ -101,6 +102,15 @@ def _optimizations(optimize, if_nodes: bool) -> list:
             raise UnsupportedError(f"unknown optimization {p!r}",
                                    hint=f"use True, False or names from {list(DYNAMIC_PASSES)}")
     return dynamic_passes(items, if_nodes)
+
+
+def _lowering(if_nodes: bool) -> list:
+    """Host decisions on scalars read from tensors become tensor decisions where the
+    backend lowers branches into `If` nodes (ONNX)."""
+    from dycomp.passes import cleanup_passes
+    from dycomp.passes.tensor_conditions import TensorConditions
+
+    return [TensorConditions()] + cleanup_passes() if if_nodes else []
 
 
 def _split_passes(passes, backend: str):

@@ -28,7 +28,7 @@ import torch
 from torch import fx
 
 from dycomp.ir.dyngraph import Applied, Region
-from dycomp.ir.program import Assign, CallRegion, HostOp, If, Var, walk
+from dycomp.ir.program import Assign, CallRegion, HostOp, If, Var
 from dycomp.passes import cost
 from dycomp.passes.base import Pass, PassResult
 from dycomp.passes.carve import (
@@ -42,7 +42,7 @@ from dycomp.passes.carve import (
     output_vars,
 )
 from dycomp.passes.dedup_regions import node_target
-from dycomp.passes.regions import call_sites, rebuild, tensor_vars
+from dycomp.passes.regions import call_sites, rebuild, tensor_vars, var_examples
 
 INDEXING = {"getitem", "index_select", "gather", "take", "take_along_dim", "embedding",
             "index", "index_put", "scatter", "narrow", "select"}
@@ -57,7 +57,7 @@ class FuseAcrossDecisions(Pass):
     def __call__(self, graph) -> PassResult:
         self.names = Names(graph, "fd")
         self.tensors = tensor_vars(graph)
-        self.examples = _var_examples(graph)
+        self.examples = var_examples(graph)
         return PassResult(graph, self._block(graph, graph.body))
 
     def _block(self, graph, body) -> bool:
@@ -222,21 +222,6 @@ def _host_assign(phis: dict, joined, line) -> list:
 def _call_us(graph, c: CallRegion) -> float:
     r = graph.regions[c.region]
     return cost.region_us(r) if r.gm is not None else cost.DISPATCH_US
-
-
-def _var_examples(graph) -> dict:
-    """Example value of every tensor variable a region reads or returns."""
-    ex = {}
-    for c in [s for s in walk(graph.body) if isinstance(s, CallRegion)]:
-        r = graph.regions[c.region]
-        if r.gm is None:
-            continue
-        for v, n in zip(c.args, r.placeholders):
-            ex.setdefault(v, n.meta.get("example"))
-        for v, n in zip(c.outs, r.output_nodes):
-            if isinstance(n, fx.Node):
-                ex.setdefault(v, n.meta.get("example"))
-    return ex
 
 
 def _keys(region, site) -> dict:

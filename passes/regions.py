@@ -78,3 +78,18 @@ def tensor_vars(graph) -> set:
                     tensors.add(d)
                     changed = True
     return tensors
+
+
+def var_examples(graph) -> dict:
+    """Example value of every tensor variable a region reads or returns."""
+    ex = {}
+    for c in [s for s in walk(graph.body) if isinstance(s, CallRegion)]:
+        r = graph.regions[c.region]
+        if r.gm is None:
+            continue
+        for v, n in zip(c.args, r.placeholders):
+            ex.setdefault(v, n.meta.get("example"))
+        for v, n in zip(c.outs, r.output_nodes):
+            if isinstance(n, fx.Node):
+                ex.setdefault(v, n.meta.get("example"))
+    return ex

@@ -154,3 +154,25 @@ class BreakLoop(nn.Module):
                 x = x.relu()
                 break
         return x
+
+
+class IndexSwitch(nn.Module):
+    """Decisions on an integer read out of a tensor, and one on a float read out."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(16, 8)
+        self.heads = nn.ModuleList([nn.Linear(8, 8) for _ in range(3)])
+
+    def forward(self, x):
+        h = self.a(x)
+        idx = int(h.argmax(-1).item())
+        if idx == 2:
+            y = self.heads[0](h)
+        elif idx > 5:
+            y = self.heads[1](h) * h[0, idx]
+        else:
+            y = self.heads[2](h)
+        if h.max().item() > 0.5:  # a float: stays a host decision
+            y = y + 1
+        return y, idx

@@ -149,6 +149,32 @@ def test_no_speculation_of_heavy_arms_or_breaks(cls):
     assert cm.graph.stats()["branches"] == 1
 
 
+# -- TensorConditions (backend lowering, ONNX) ----------------------------------------------
+def test_moe_switch_becomes_one_subgraph():
+    """The experts switch on `int(argmax.item())` is decided on the tensor, so the ONNX
+    backend fuses the whole network; the index still comes back as a Python int."""
+    from examples.zoo import ZOO
+
+    mod = ZOO["moe"]
+    model, ex = mod.make()
+    cm = dycomp.compile(model, ex, backend="onnx")
+    assert cm.graph.stats()["region_calls"] == 1
+    assert _applied(cm, "tensor-conditions")
+    unfused = dycomp.compile(model, ex, backend="onnx", fuse_branches=False)
+    assert not _applied(unfused, "tensor-conditions")
+
+
+def test_integer_decisions_move_into_regions_and_float_ones_stay():
+    model = _seeded(dm.IndexSwitch)
+    inputs = [(x,) for x in randn_inputs((1, 16), 40)]
+    cm, _ = assert_matches_eager(model, inputs, backend="onnx")
+    assert len(_applied(cm, "tensor-conditions")) == 2  # idx == 2, idx > 5
+    assert "> 0.5)" in cm.host_source  # the float comparison stays on the host
+    assert {type(cm(*x)[1]) for x in inputs} == {int}
+    idx = {cm(*x)[1] for x in inputs}
+    assert 2 in idx and any(i > 5 for i in idx) and any(i not in (2, 6, 7) for i in idx)
+
+
 # -- reports -------------------------------------------------------------------------------
 def test_explain_lists_every_optimization_with_its_source_line():
     model = _seeded(dm.GatedNet)

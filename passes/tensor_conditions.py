@@ -1,0 +1,161 @@
+"""TensorConditions: decide on a tensor, not on a scalar the host read out of it.
+
+A switch over experts written as
+
+    idx = int(torch.argmax(logits, -1).item())
+    y = self.experts[idx](h) * probs[0, idx]
+
+makes the host read the index, compare it with every candidate (`if idx == 0: ...`)
+and pass it back into a region. Each comparison can run in a region instead (the 0-d
+boolean `argmax == 0`), so every branch tests a tensor (`bool(t)`), which the ONNX
+backend lowers into `If` nodes, and a region input that was the host scalar takes the
+tensor. The host still reads the scalar where the program returns it; those reads
+move down to their first use, so they no longer split the run of regions and
+branches that the backend fuses.
+
+Integer and boolean tensors only: a float read out with `.item()` is compared in double
+precision on the host, which a float32 comparison would not reproduce.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+
+import torch
+from torch import fx
+
+from dycomp.ir.dyngraph import Applied, Region
+from dycomp.ir.program import CallRegion, HostOp, Lit, Op, Var, walk
+from dycomp.passes.base import Pass, PassResult
+from dycomp.passes.carve import Names, fresh_name
+from dycomp.passes.regions import parent_block, rebuild, var_examples
+
+COMPARE = {"==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le,
+           ">": operator.gt, ">=": operator.ge}
+_CMP = re.compile(r"^\(\{0\} (==|!=|<=|>=|<|>) (\{1\}|-?\d+)\)$")
+_READS = {"{0}.item()", "int({0})", "int({0}.item())"}
+
+
+class TensorConditions(Pass):
+    name = "tensor-conditions"
+
+    def __call__(self, graph) -> PassResult:
+        self.graph, self.names = graph, Names(graph, "tc")
+        self.examples = var_examples(graph)
+        roots = self._scalars()
+        changed = False
+        for s in list(walk(graph.body)):
+            if isinstance(s, HostOp) and s.out is not None:
+                changed |= self._condition(s, roots)
+            elif isinstance(s, CallRegion):
+                changed |= self._arguments(s, roots)
+        if changed:
+            _sink_reads(graph.body, set(roots))
+        return PassResult(graph, changed)
+
+    def _scalars(self) -> dict:
+        """Host variable -> (the integer tensor it was read from, the reading statement)."""
+        roots = {}
+        for s in walk(self.graph.body):
+            if not (isinstance(s, HostOp) and s.out is not None and s.expr.fmt in _READS):
+                continue
+            (src,) = s.expr.args
+            if src in roots:
+                roots[s.out] = roots[src]
+            elif isinstance(src, Var) and _integer_scalar(self.examples.get(src)):
+                roots[s.out] = (src, s)
+        return roots
+
+    def _condition(self, s: HostOp, roots: dict) -> bool:
+        """`c = (idx == 2)` -> `c = bool(t)`, `t` computed right after idx is read."""
+        m = _CMP.match(s.expr.fmt)
+        args = s.expr.args
+        if m is None or not args or args[0] not in roots:
+            return False
+        k = args[1].value if m.group(2) == "{1}" and len(args) > 1 and isinstance(
+            args[1], Lit) else (int(m.group(2)) if m.group(2) != "{1}" else None)
+        if not isinstance(k, int):
+            return False
+        tensor, read = roots[args[0]]
+        out = self._insert(read, tensor, lambda g, x: g.call_function(
+            COMPARE[m.group(1)], (g.call_method("reshape", (x, ())), k)), s.line)
+        s.expr = Op("bool({0})", (out,))
+        self.graph.applied.append(Applied(
+            self.name, s.line or "?", f"host decision `{m.group(0)}` on a scalar read from "
+            f"{tensor.name} computed on the tensor", "lets the backend fuse the branch"))
+        return True
+
+    def _arguments(self, s: CallRegion, roots: dict) -> bool:
+        """A region input that was the host scalar takes the tensor (same dtype, 0-d)."""
+        region = self.graph.regions[s.region]
+        if region.gm is None:
+            return False
+        changed = False
+        for i, (v, ph) in enumerate(zip(s.args, region.placeholders)):
+            if v not in roots:
+                continue
+            tensor, read = roots[v]
+            want = ph.meta.get("example")
+            if not (isinstance(want, torch.Tensor) and want.dim() == 0
+                    and want.dtype == self.examples[tensor].dtype):
+                continue
+            s.args[i] = self._insert(read, tensor, lambda g, x: g.call_method(
+                "reshape", (x, ())), s.line)
+            changed = True
+        return changed
+
+    def _insert(self, read: HostOp, tensor: Var, build, line) -> Var:
+        """A one-op region `build(tensor)` called right after `read`; its output var."""
+        g = fx.Graph()
+        x = g.placeholder(tensor.name)
+        x.meta["example"] = self.examples[tensor]
+        out = build(g, x)
+        for n in g.nodes:
+            if n.op != "placeholder":
+                args = fx.node.map_arg(n.args, lambda a: a.meta["example"])
+                n.meta.update(example=_run(n, args), line=line)
+        g.output((out,))
+        name = fresh_name(self.graph)
+        self.graph.regions[name] = Region(name, rebuild(g, []), lines=[line] if line else [])
+        var = self.names.var()
+        self.examples[var] = out.meta["example"]
+        block = parent_block(self.graph.body, read)
+        i = next(i for i, x in enumerate(block) if x is read)
+        block.insert(i + 1, CallRegion(name, [tensor], [var], line=line))
+        return var
+
+
+def _run(n: fx.Node, args):
+    if n.op == "call_method":
+        return getattr(args[0], n.target)(*args[1:])
+    return n.target(*args)
+
+
+def _integer_scalar(ex) -> bool:
+    return (isinstance(ex, torch.Tensor) and ex.numel() == 1
+            and (ex.dtype == torch.bool or not (ex.dtype.is_floating_point
+                                                or ex.dtype.is_complex)))
+
+
+def _sink_reads(body: list, reads: set) -> None:
+    """Move the host's scalar reads down to just before their first use in their block,
+    past statements that neither use their value nor redefine what they read."""
+    for s in body:
+        for b in s.blocks():
+            _sink_reads(b, reads)
+    i = len(body) - 1
+    while i >= 0:
+        s = body[i]
+        if isinstance(s, HostOp) and s.out in reads and s.pure:
+            j = i
+            while j + 1 < len(body) and not _touches(body[j + 1], s):
+                j += 1
+            body.insert(j, body.pop(i))
+        i -= 1
+
+
+def _touches(stmt, read: HostOp) -> bool:
+    uses = {v for x in walk([stmt]) for v in x.uses()}
+    defs = {v for x in walk([stmt]) for v in x.defs()}
+    return read.out in uses or bool(set(read.uses()) & defs) or read.out in defs
