@@ -9,12 +9,14 @@ makes the host read the index, compare it with every candidate (`if idx == 0: ..
 and pass it back into a region. Each comparison can run in a region instead (the 0-d
 boolean `argmax == 0`), so every branch tests a tensor (`bool(t)`), which the ONNX
 backend lowers into `If` nodes, and a region input that was the host scalar takes the
-tensor. The host still reads the scalar where the program returns it; those reads
-move down to their first use, so they no longer split the run of regions and
-branches that the backend fuses.
+tensor (also for floats, `scale = float(h.abs().max())`, where the input is at least as
+precise as the tensor read, so the value is the same). The host still reads the scalar
+where the program returns it; those reads move down to their first use, so they no
+longer split the run of regions and branches that the backend fuses.
 
-Integer and boolean tensors only: a float read out with `.item()` is compared in double
-precision on the host, which a float32 comparison would not reproduce.
+Comparisons on integer and boolean tensors only: a float read out with `.item()` is
+compared in double precision on the host, which a float32 comparison would not
+reproduce.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from dycomp.passes.regions import parent_block, rebuild, var_examples
 COMPARE = {"==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le,
            ">": operator.gt, ">=": operator.ge}
 _CMP = re.compile(r"^\(\{0\} (==|!=|<=|>=|<|>) (\{1\}|-?\d+)\)$")
-_READS = {"{0}.item()", "int({0})", "int({0}.item())"}
+_READS = {"{0}.item()", "int({0})", "int({0}.item())", "float({0})", "float({0}.item())"}
 
 
 class TensorConditions(Pass):
@@ -63,7 +65,7 @@ class TensorConditions(Pass):
             (src,) = s.expr.args
             if src in roots:
                 roots[s.out] = roots[src]
-            elif isinstance(src, Var) and _integer_scalar(self.examples.get(src)):
+            elif isinstance(src, Var) and _scalar(self.examples.get(src)):
                 roots[s.out] = (src, s)
         return roots
 
@@ -71,7 +73,8 @@ class TensorConditions(Pass):
         """`c = (idx == 2)` -> `c = bool(t)`, `t` computed right after idx is read."""
         m = _CMP.match(s.expr.fmt)
         args = s.expr.args
-        if m is None or not args or args[0] not in roots:
+        if m is None or not args or args[0] not in roots or not _integer(
+                self.examples[roots[args[0]][0]]):
             return False
         k = args[1].value if m.group(2) == "{1}" and len(args) > 1 and isinstance(
             args[1], Lit) else (int(m.group(2)) if m.group(2) != "{1}" else None)
@@ -97,11 +100,10 @@ class TensorConditions(Pass):
                 continue
             tensor, read = roots[v]
             want = ph.meta.get("example")
-            if not (isinstance(want, torch.Tensor) and want.dim() == 0
-                    and want.dtype == self.examples[tensor].dtype):
+            if not _holds(want, self.examples[tensor]):
                 continue
-            s.args[i] = self._insert(read, tensor, lambda g, x: g.call_method(
-                "reshape", (x, ())), s.line)
+            s.args[i] = self._insert(read, tensor, lambda g, x, dt=want.dtype: g.call_method(
+                "to", (g.call_method("reshape", (x, ())), dt)), s.line)
             changed = True
         return changed
 
@@ -132,10 +134,22 @@ def _run(n: fx.Node, args):
     return n.target(*args)
 
 
-def _integer_scalar(ex) -> bool:
-    return (isinstance(ex, torch.Tensor) and ex.numel() == 1
-            and (ex.dtype == torch.bool or not (ex.dtype.is_floating_point
-                                                or ex.dtype.is_complex)))
+def _scalar(ex) -> bool:
+    return isinstance(ex, torch.Tensor) and ex.numel() == 1 and not ex.dtype.is_complex
+
+
+def _integer(ex) -> bool:
+    return ex.dtype == torch.bool or not ex.dtype.is_floating_point
+
+
+def _holds(want, have) -> bool:
+    """A 0-d region input of dtype `want.dtype` receives exactly the host's scalar read
+    from `have`: the same kind (integer or float) and at least the same precision."""
+    if not (isinstance(want, torch.Tensor) and want.dim() == 0):
+        return False
+    if _integer(have):
+        return want.dtype == have.dtype
+    return want.dtype.is_floating_point and want.dtype.itemsize >= have.dtype.itemsize
 
 
 def _sink_reads(body: list, reads: set) -> None:

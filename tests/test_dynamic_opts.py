@@ -233,3 +233,18 @@ def test_carve_splits_a_region_into_pieces_that_compose():
         env.update(zip(piece.outs, outs))
     (expected,) = region.gm(x)
     assert torch.equal(env[region.output_nodes[0]], expected)
+
+
+def test_branch_ids_and_flags_fuse_and_come_back_as_python_values():
+    """nested_if chooses a branch id (int) and a flag (bool) in its branches and feeds a
+    float read with `.item()` back into a region: all of it runs as one ONNX call."""
+    from examples.zoo import ZOO
+
+    mod = ZOO["nested_if"]
+    model, ex = mod.make()
+    cm = dycomp.compile(model, ex, backend="onnx")
+    assert cm.graph.stats()["region_calls"] == 1
+    for x in mod.sample_inputs(40):
+        out = cm(*x)
+        assert type(out["branch"]) is int and type(out["normalized"]) is bool
+        assert type(out["score"]) is float and type(out["n_active"]) is int

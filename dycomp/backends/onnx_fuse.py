@@ -9,9 +9,10 @@ executes only the taken arm, so no work is added).
 
 Cost rule (measured here, see benchmarks/README.md): an `If` node costs ~1 us inside a
 session against ~6 us for a host-dispatched region call, so every structurally
-fusable branch is fused. Host dispatch stays for early returns, loops, breaks and
-branches whose values leave as Python values (exit ids, flags): those are not
-fusable by construction.
+fusable branch is fused. Host dispatch stays for early returns, loops and breaks.
+Branches that also choose a Python int or bool (a branch id, a flag) are fused too:
+the literal becomes a constant tensor inside the model and the host converts the
+model's output back (`branch = int(branch__t)`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from dycomp.ir.dyngraph import Region
-from dycomp.ir.program import Assign, CallRegion, HostOp, If, Var, walk
+from dycomp.ir.program import Assign, CallRegion, HostOp, If, Lit, Op, Var, walk
 from dycomp.passes.regions import tensor_vars
 
 log = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ def fuse_branches(graph) -> int:
     branches were lowered into `If` nodes. Regions must carry `.onnx` models."""
     tensors = tensor_vars(graph)
     uses = Counter(v for s in walk(graph.body) for v in s.uses())
-    fuser = _Fuser(graph, tensors, uses)
+    fuser = _Fuser(graph, tensors, uses, literal_vars(graph))
     fuser.block(graph.body)
     live = {s.region for s in walk(graph.body) if isinstance(s, CallRegion)}
     for name in [n for n in graph.regions if n not in live]:
@@ -43,9 +44,43 @@ def fuse_branches(graph) -> int:
     return fuser.fused_ifs
 
 
+def literal_vars(graph) -> dict:
+    """Host variables only ever assigned Python int or bool literals (or each other):
+    {var: TensorProto element type}."""
+    defs: dict = {}
+    for s in walk(graph.body):
+        if isinstance(s, Assign):
+            for d, x in zip(s.dsts, s.srcs):
+                defs.setdefault(d, []).append(x)
+        else:
+            for d in s.defs():
+                defs.setdefault(d, []).append(None)  # defined some other way
+    for p in graph.params:
+        defs.setdefault(p, []).append(None)
+    kinds: dict = {}
+    changed = True
+    while changed:
+        changed = False
+        for d, srcs in defs.items():
+            found = {_literal_kind(x, kinds) for x in srcs}
+            if d not in kinds and len(found) == 1 and None not in found:
+                kinds[d] = found.pop()
+                changed = True
+    return kinds
+
+
+def _literal_kind(x, kinds):
+    if isinstance(x, Lit) and isinstance(x.value, bool):
+        return TensorProto.BOOL
+    if isinstance(x, Lit) and type(x.value) is int and -2**63 <= x.value < 2**63:
+        return TensorProto.INT64
+    return kinds.get(x) if isinstance(x, Var) else None
+
+
 class _Fuser:
-    def __init__(self, graph, tensors, uses):
+    def __init__(self, graph, tensors, uses, literals):
         self.graph, self.tensors, self.uses = graph, tensors, uses
+        self.literals = literals
         self.fused_ifs = 0
         self.count = 0
 
@@ -58,8 +93,8 @@ class _Fuser:
             return (s.out is not None and s.expr.fmt == "bool({0})" and len(s.uses()) == 1
                     and s.uses()[0] in self.tensors)
         if isinstance(s, Assign):
-            return all(isinstance(x, Var) and x in self.tensors for x in s.srcs) and all(
-                d in self.tensors for d in s.dsts)
+            return all((d in self.tensors and isinstance(x, Var) and x in self.tensors)
+                       or d in self.literals for d, x in zip(s.dsts, s.srcs))
         if isinstance(s, If):
             return all(self.ok(x) for x in s.then + s.orelse) and self._arms_closed(s)
         return False
@@ -94,7 +129,10 @@ class _Fuser:
             if s is not None and self.ok(s):
                 run.append(s)
                 continue
-            out += self.fuse(run) if _worth(run) else run
+            tail = []  # conditions for a branch left on the host: tested after the call
+            while run and isinstance(run[-1], HostOp):
+                tail.insert(0, run.pop())
+            out += (self.fuse(run) if _worth(run) else run) + tail
             run = []
             if s is not None:
                 out.append(s)
@@ -106,7 +144,7 @@ class _Fuser:
         inputs = list(dict.fromkeys(v for s in walk(run) for v in s.uses()
                                     if v not in defined))
         outputs = [d for d in dict.fromkeys(defined) if self.uses[d] > used_in[d]]
-        if any(d not in self.tensors for d in outputs):
+        if any(d not in self.tensors and d not in self.literals for d in outputs):
             return run
         self.count += 1
         name = f"f{self.count}"
@@ -120,7 +158,11 @@ class _Fuser:
         lines = list(dict.fromkeys(ln for s in walk(run) if isinstance(s, CallRegion)
                                    for ln in self.graph.regions[s.region].lines))
         self.graph.regions[name] = Region(name, None, lines, onnx=model)
-        return [CallRegion(name, inputs, outputs, line=run[0].line)]
+        outs = [Var(f"{d.name}__t") if d in self.literals else d for d in outputs]
+        back = [HostOp(d, Op("bool({0})" if self.literals[d] == TensorProto.BOOL
+                             else "int({0})", (t,)), line=run[0].line)
+                for d, t in zip(outputs, outs) if d in self.literals]
+        return [CallRegion(name, inputs, outs, line=run[0].line)] + back
 
 
 # Arms whose weights hold at most this many elements (and no convolution, recurrent cell
@@ -134,6 +176,8 @@ def _speculate(arms) -> bool:
     weights = sum(int(np.prod(t.dims)) for _, inits, _ in arms for t in inits)
     heavy = any(n.op_type in _HEAVY for nodes, _, _ in arms for n in nodes)
     same = all(a.type == b.type for a, b in zip(arms[0][2], arms[1][2]))
+    # ONNX Runtime's CPU `Where` has no bool kernel (a flag the branch chooses)
+    same &= all(a.type.tensor_type.elem_type != TensorProto.BOOL for a in arms[0][2])
     return weights <= SPECULATE_MAX_WEIGHTS and not heavy and same
 
 
@@ -196,8 +240,8 @@ class _OnnxBuilder:
                 self.types[s.out.name] = t
             elif isinstance(s, Assign):
                 for d, x in zip(s.dsts, s.srcs):
-                    nodes.append(helper.make_node("Identity", [x.name], [d.name]))
-                    self.types[d.name] = self._type(x.name)
+                    nodes.append(self.value(x, d.name))
+                    self.types[d.name] = self.type_of(x)
             elif isinstance(s, If):
                 nodes += self.if_node(s)
         return nodes
@@ -209,7 +253,7 @@ class _OnnxBuilder:
         arms = [self._arm(arm, tag, phis) for arm, tag in ((s.then, "then"),
                                                            (s.orelse, "else"))]
         for d in phis:
-            self.types[d.name] = self._type(then_map[d].name)
+            self.types[d.name] = self.type_of(then_map[d])
         if _speculate(arms):
             nodes = []
             for arm_nodes, inits, _ in arms:
@@ -235,9 +279,25 @@ class _OnnxBuilder:
         outs = []
         for d in phis:
             o = f"{d.name}__{tag}{self._next()}"
-            nodes.append(helper.make_node("Identity", [srcs[d].name], [o]))
-            outs.append(helper.make_value_info(o, self._type(srcs[d].name)))
+            nodes.append(self.value(srcs[d], o))
+            outs.append(helper.make_value_info(o, self.type_of(srcs[d])))
         return nodes, inits, outs
+
+    def value(self, x, out: str):
+        """A node computing `out` from a host variable or a Python literal."""
+        if isinstance(x, Lit):
+            t = self.type_of(x).tensor_type.elem_type
+            value = helper.make_tensor(f"{out}_value", t, [], [int(x.value)])
+            return helper.make_node("Constant", [], [out], value=value)
+        return helper.make_node("Identity", [x.name], [out])
+
+    def type_of(self, x) -> onnx.TypeProto:
+        if isinstance(x, Lit):
+            kind = _literal_kind(x, {})
+            if kind is None:
+                raise _CannotFuse(f"literal {x.value!r} is not an int or bool")
+            return helper.make_tensor_type_proto(kind, [])
+        return self._type(x.name)
 
     def _next(self) -> int:
         self.k += 1
