@@ -5,7 +5,9 @@ from torch import nn
 
 
 class Gate(nn.Module):
-    """A data-dependent branch: two paths, a few parameters; builds without arguments."""
+    """A data-dependent branch: two paths, a few parameters; builds without arguments.
+    The condition reads a float out of a tensor, so the branch stays in the host program
+    on every backend and `--show-path` shows which arm ran."""
 
     def __init__(self):
         super().__init__()
@@ -14,7 +16,7 @@ class Gate(nn.Module):
 
     def forward(self, x):
         h = self.a(x)
-        if h.sum() > 0:
+        if h.sum().item() > 0:
             return torch.relu(h), 1
         return self.b(h), 0
 
