@@ -57,7 +57,8 @@ class TensorConditions(Pass):
         return PassResult(graph, changed)
 
     def _scalars(self) -> dict:
-        """Host variable -> (the integer tensor it was read from, the reading statement)."""
+        """Host variable -> (the one-element tensor it was read from, the statement
+        reading it first)."""
         roots = {}
         for s in walk(self.graph.body):
             if not (isinstance(s, HostOp) and s.out is not None and s.expr.fmt in _READS):
@@ -76,8 +77,7 @@ class TensorConditions(Pass):
         if m is None or not args or args[0] not in roots or not _integer(
                 self.examples[roots[args[0]][0]]):
             return False
-        k = args[1].value if m.group(2) == "{1}" and len(args) > 1 and isinstance(
-            args[1], Lit) else (int(m.group(2)) if m.group(2) != "{1}" else None)
+        k = _operand(m.group(2), args)
         if not isinstance(k, int):
             return False
         tensor, read = roots[args[0]]
@@ -126,6 +126,13 @@ class TensorConditions(Pass):
         i = next(i for i, x in enumerate(block) if x is read)
         block.insert(i + 1, CallRegion(name, [tensor], [var], line=line))
         return var
+
+
+def _operand(text: str, args: tuple):
+    """The literal a comparison's format holds (`({0} == 2)`), or its second argument."""
+    if text != "{1}":
+        return int(text)
+    return args[1].value if len(args) > 1 and isinstance(args[1], Lit) else None
 
 
 def _run(n: fx.Node, args):
