@@ -42,7 +42,13 @@ from dycomp.passes.carve import (
     output_vars,
 )
 from dycomp.passes.dedup_regions import node_target
-from dycomp.passes.regions import call_sites, rebuild, tensor_vars, var_examples
+from dycomp.passes.regions import (
+    call_sites,
+    rebuild,
+    rewrite_body,
+    tensor_vars,
+    var_examples,
+)
 
 INDEXING = {"getitem", "index_select", "gather", "take", "take_along_dim", "embedding",
             "index", "index_put", "scatter", "narrow", "select"}
@@ -58,25 +64,15 @@ class FuseAcrossDecisions(Pass):
         self.names = Names(graph, "fd")
         self.tensors = tensor_vars(graph)
         self.examples = var_examples(graph)
-        return PassResult(graph, self._block(graph, graph.body))
+        return PassResult(graph, rewrite_body(graph.body, lambda body, i: self._rewrite(
+            graph, body, i)))
 
-    def _block(self, graph, body) -> bool:
-        changed = False
-        i = 0
-        while i < len(body):
-            s = body[i]
-            for b in s.blocks():
-                changed |= self._block(graph, b)
-            new = None
-            if isinstance(s, If) and _cond_tensor(body[:i], s) is not None:
-                new = self._hoist_common(graph, s) or self._speculate(graph, body[:i], s)
-            if new is None:
-                i += 1
-                continue
-            body[i:i + 1] = new
-            i += len(new)
-            changed = True
-        return changed
+    def _rewrite(self, graph, body, i):
+        """The statements replacing `body[i]` if it is a decision worth fusing across."""
+        s = body[i]
+        if not (isinstance(s, If) and _cond_tensor(body[:i], s) is not None):
+            return None
+        return self._hoist_common(graph, s) or self._speculate(graph, body[:i], s)
 
     # -- common work at the start of both arms ----------------------------------------
     def _hoist_common(self, graph, s: If):

@@ -45,7 +45,7 @@ from dycomp.passes.carve import (
     compute_nodes,
     output_vars,
 )
-from dycomp.passes.regions import call_sites, parent_block
+from dycomp.passes.regions import call_sites, replace_stmt
 
 CMP = {"gt", "lt", "ge", "le", "eq", "ne", "logical_and", "logical_or", "logical_not",
        "logical_xor", "isnan", "isinf", "bool"}
@@ -282,7 +282,6 @@ def _descendants(n: fx.Node) -> set:
 
 def _rewrite(graph, site, region, gate: Gate, pieces, pred, names: Names) -> None:
     """Replace `site` by: pre; if any(gate): then; post."""
-    body = parent_block(graph.body, site)
     line = site.line
     env = dict(zip(region.placeholders, site.args))
     named = output_vars(region, site)
@@ -299,8 +298,7 @@ def _rewrite(graph, site, region, gate: Gate, pieces, pred, names: Names) -> Non
     if post is not None:
         stmts.append(call_piece(post, env, names, line, named))
     stmts += bind_outputs(region, site, env, line)
-    i = next(i for i, s in enumerate(body) if s is site)
-    body[i:i + 1] = stmts
+    replace_stmt(graph.body, site, stmts)
 
 
 def gate_line(gate: Gate):

@@ -37,7 +37,7 @@ from dycomp.passes.carve import (
     compute_nodes,
     output_vars,
 )
-from dycomp.passes.regions import call_sites, parent_block
+from dycomp.passes.regions import call_sites, replace_stmt, rewrite_body
 
 RANDOM = {"rand", "randn", "rand_like", "randn_like", "randint", "bernoulli", "multinomial",
           "dropout", "normal", "uniform", "exponential"}
@@ -51,20 +51,14 @@ class HoistLoopInvariants(Pass):
 
     def __call__(self, graph) -> PassResult:
         self.names = Names(graph, "hl")
-        return PassResult(graph, self._block(graph, graph.body))
+        # inner loops first (rewrite_body's order): their invariants may go further out
+        return PassResult(graph, rewrite_body(graph.body, lambda body, i: self._before(
+            graph, body[i])))
 
-    def _block(self, graph, body) -> bool:
-        changed = False
-        i = 0
-        while i < len(body):
-            s = body[i]
-            for b in s.blocks():  # inner loops first: their invariants may go further out
-                changed |= self._block(graph, b)
-            hoisted = self._loop(graph, s) if isinstance(s, Loop) else []
-            body[i:i] = hoisted
-            i += len(hoisted) + 1
-            changed |= bool(hoisted)
-        return changed
+    def _before(self, graph, s):
+        """`s` preceded by its invariant work if it is a loop with some, else None."""
+        hoisted = self._loop(graph, s) if isinstance(s, Loop) else []
+        return hoisted + [s] if hoisted else None
 
     def _loop(self, graph, loop: Loop) -> list:
         """Calls to place before `loop` (its body's invariant work), rewriting the body."""
@@ -85,8 +79,7 @@ class HoistLoopInvariants(Pass):
     def _carve(self, graph, loop, site, region, hoist) -> list:
         rest = set(compute_nodes(region.gm)) - hoist
         if not rest:  # the whole call is invariant: it moves before the loop as it is
-            block = parent_block(loop.body, site)
-            block[:] = [s for s in block if s is not site]
+            replace_stmt(loop.body, site, [])
             self._note(graph, loop, region, hoist)
             return [site]
         first, second = carve(graph, region, [hoist, rest])
@@ -96,7 +89,7 @@ class HoistLoopInvariants(Pass):
         inner = call_piece(second, env, self.names, site.line, named)
         assigns = bind_outputs(region, site, env, site.line)
         site.region, site.args, site.outs = inner.region, inner.args, inner.outs
-        _insert_after(graph, site, assigns)
+        replace_stmt(graph.body, site, [site] + assigns)
         if len(call_sites(graph).get(region.name, [])) == 0:
             del graph.regions[region.name]
         self._note(graph, loop, region, hoist)
@@ -128,10 +121,3 @@ def _frontier(hoist: set) -> list:
 
 def _line(nodes) -> str | None:
     return next((n.meta["line"] for n in nodes if n.meta.get("line")), None)
-
-
-def _insert_after(graph, site, assigns) -> None:
-    """Insert the assignments of the site's outputs that the carved call left unbound."""
-    block = parent_block(graph.body, site)
-    i = next(i for i, x in enumerate(block) if x is site)
-    block[i + 1:i + 1] = assigns

@@ -29,6 +29,30 @@ def parent_block(body: list, stmt):
     return None
 
 
+def replace_stmt(root: list, stmt, stmts: list) -> None:
+    """Replace `stmt`, wherever it is in `root`, by the statements `stmts`."""
+    block = parent_block(root, stmt)
+    i = next(i for i, s in enumerate(block) if s is stmt)
+    block[i:i + 1] = stmts
+
+
+def rewrite_body(body: list, fn) -> bool:
+    """Depth first: nested blocks first, then `fn(body, i)` for each statement, which
+    returns the statements replacing `body[i]` (None: keep it). True if any changed."""
+    changed, i = False, 0
+    while i < len(body):
+        for b in body[i].blocks():
+            changed |= rewrite_body(b, fn)
+        new = fn(body, i)
+        if new is None:
+            i += 1
+            continue
+        body[i:i + 1] = new
+        i += len(new)
+        changed = True
+    return changed
+
+
 def set_outputs(gm: fx.GraphModule, nodes) -> None:
     out = next(n for n in gm.graph.nodes if n.op == "output")
     out.args = (tuple(nodes),)

@@ -31,7 +31,7 @@ from dycomp.ir.dyngraph import Applied, Region
 from dycomp.ir.program import CallRegion, HostOp, Lit, Op, Var, walk
 from dycomp.passes.base import Pass, PassResult
 from dycomp.passes.carve import Names, fresh_name
-from dycomp.passes.regions import parent_block, rebuild, var_examples
+from dycomp.passes.regions import rebuild, replace_stmt, var_examples
 
 COMPARE = {"==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le,
            ">": operator.gt, ">=": operator.ge}
@@ -122,9 +122,8 @@ class TensorConditions(Pass):
         self.graph.regions[name] = Region(name, rebuild(g, []), lines=[line] if line else [])
         var = self.names.var()
         self.examples[var] = out.meta["example"]
-        block = parent_block(self.graph.body, read)
-        i = next(i for i, x in enumerate(block) if x is read)
-        block.insert(i + 1, CallRegion(name, [tensor], [var], line=line))
+        replace_stmt(self.graph.body, read, [read, CallRegion(name, [tensor], [var],
+                                                               line=line)])
         return var
 
 

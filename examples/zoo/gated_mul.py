@@ -27,28 +27,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 if __package__:
-    from . import common
+    from . import common, gated_resnet
 else:  # run as a script, or loaded by path: common.py is a sibling
     import common
+    import gated_resnet
 
 
-def conv3x3(cin, cout, stride=1):
-    return nn.Conv2d(cin, cout, kernel_size=3, stride=stride, padding=1, bias=False)
-
-
-class GatedBlock(nn.Module):
-    """Residual body plus a feed-forward gate; subclasses decide how the mask is applied."""
-
-    def __init__(self, planes):
-        super().__init__()
-        self.body = nn.Sequential(
-            conv3x3(planes, planes),
-            nn.BatchNorm2d(planes),
-            nn.ReLU(inplace=True),
-            conv3x3(planes, planes),
-            nn.BatchNorm2d(planes),
-        )
-        self.gate = nn.Linear(planes, 1)
+class GatedBlock(gated_resnet.GatedBlock):
+    """gated_resnet's block (residual body + feed-forward gate); subclasses apply the
+    mask instead of branching on it."""
 
     def mask(self, x):
         p = torch.sigmoid(self.gate(x.mean((2, 3))))
@@ -79,39 +66,11 @@ class AddGateBlock(GatedBlock):
 GATE_FORMS = (MulGateBlock, WhereGateBlock, AddGateBlock)
 
 
-class Transition(nn.Module):
-    def __init__(self, cin, cout):
-        super().__init__()
-        self.conv = conv3x3(cin, cout, stride=2)
-        self.bn = nn.BatchNorm2d(cout)
-        self.relu = nn.ReLU(inplace=True)
+class GatedMulResNet(gated_resnet.GatedResNet):
+    """gated_resnet's network with the three multiplicative gate forms, in turn."""
 
-    def forward(self, x):
-        return self.relu(self.bn(self.conv(x)))
-
-
-class GatedMulResNet(nn.Module):
-    def __init__(self, widths=(16, 32, 64), blocks_per_stage=6, num_classes=10):
-        super().__init__()
-        self.stem = nn.Sequential(
-            conv3x3(3, widths[0], stride=2), nn.BatchNorm2d(widths[0]), nn.ReLU(inplace=True)
-        )
-        layers = []
-        cin = widths[0]
-        for stage, planes in enumerate(widths):
-            if stage > 0:
-                layers.append(Transition(cin, planes))
-            for b in range(blocks_per_stage):
-                layers.append(GATE_FORMS[(stage * blocks_per_stage + b) % 3](planes))
-            cin = planes
-        self.layers = nn.Sequential(*layers)
-        self.fc = nn.Linear(cin, num_classes)
-
-    def forward(self, x):
-        x = self.stem(x)
-        x = self.layers(x)
-        x = F.adaptive_avg_pool2d(x, 1).flatten(1)
-        return self.fc(x)
+    def block(self, index: int, planes: int) -> nn.Module:
+        return GATE_FORMS[index % 3](planes)
 
 
 # ----------------------------------------------------------------------------- zoo interface

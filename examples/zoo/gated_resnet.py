@@ -70,11 +70,15 @@ class GatedResNet(nn.Module):
         for stage, planes in enumerate(widths):
             if stage > 0:
                 layers.append(Transition(cin, planes))
-            for _ in range(blocks_per_stage):
-                layers.append(GatedBlock(planes))
+            for b in range(blocks_per_stage):
+                layers.append(self.block(stage * blocks_per_stage + b, planes))
             cin = planes
         self.layers = nn.Sequential(*layers)
         self.fc = nn.Linear(cin, num_classes)
+
+    def block(self, index: int, planes: int) -> nn.Module:
+        """The gated block at position ``index`` (variants override this)."""
+        return GatedBlock(planes)
 
     def forward(self, x):
         x = self.stem(x)
