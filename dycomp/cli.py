@@ -514,11 +514,11 @@ def compile_command(cfg: CompileConfig, out: Console) -> None:
         out.print(_applied_table(cm.graph.applied))
 
 
-def _if_nodes(graph) -> int:
-    """ONNX `If` nodes in the lowered subgraphs (branches fused out of the host), nested
-    ones included."""
+def _fused_nodes(graph, op: str) -> int:
+    """ONNX `If` / `Loop` nodes in the lowered subgraphs (branches and loops fused out of
+    the host), nested ones included."""
     def count(g) -> int:
-        return sum((n.op_type == "If") + sum(count(a.g) for a in n.attribute if a.g.node)
+        return sum((n.op_type == op) + sum(count(a.g) for a in n.attribute if a.g.node)
                    for n in g.node)
     return sum(count(r.onnx.graph) for r in graph.regions.values() if r.onnx is not None)
 
@@ -586,10 +586,11 @@ def _compile_summary(cfg: CompileConfig, cm, examples: tuple, checked: int | Non
         _row(table, "tvm", report.summary())
     calls = s["region_calls"]
     _row(table, "subgraphs", f"{s['regions']} ({calls} call site{'s' * (calls != 1)})")
-    fused = _if_nodes(cm.graph)
-    _row(table, "branches", f"{s['branches']}" + (f" on the host, {fused} inside the "
-                                                  "subgraphs (ONNX If)" if fused else ""))
-    for key in ("loops", "returns", "ops"):
+    for key, op in (("branches", "If"), ("loops", "Loop")):
+        fused = _fused_nodes(cm.graph, op)
+        _row(table, key, f"{s[key]}" + (f" on the host, {fused} inside the subgraphs "
+                                        f"(ONNX {op})" if fused else ""))
+    for key in ("returns", "ops"):
         _row(table, key, str(s[key]))
     applied = [str(a) for a in cm.graph.applied]
     for note in cm.optimizations:

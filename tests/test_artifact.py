@@ -22,17 +22,19 @@ from examples.zoo import ZOO
 N_INPUTS = 30
 
 
-def _compile(name: str, method: str | None = None):
+def _compile(name: str, method: str | None = None, **options):
     ex = ZOO[name]
     model, example = ex.make(0)
-    cm = dycomp.compile(model, example, method=method or ex.METHOD, backend="onnx", check=False)
+    cm = dycomp.compile(model, example, method=method or ex.METHOD, backend="onnx", check=False,
+                        **options)
     return model, cm
 
 
 @pytest.fixture(scope="module")
 def multi_exit(tmp_path_factory):
-    """(eager model, in-process compiled model, saved artifact directory)."""
-    model, cm = _compile("multi_exit")
+    """(eager model, in-process compiled model, saved artifact directory). Unfused, so the
+    artifact has several subgraphs and host decisions to check and tamper with."""
+    model, cm = _compile("multi_exit", fuse_branches=False)
     path = cm.save(tmp_path_factory.mktemp("art") / "multi_exit.dyc")
     return model, cm, path
 

@@ -38,21 +38,21 @@ def test_verdicts_flag_wrong_and_failed_contenders(nested):
 
 @pytest.fixture(scope="module")
 def looped():
-    """A halting loop: its decisions stay on the host with every backend, so the onnx
-    contender takes several paths (nested_if's branches all fuse into one ONNX call)."""
+    """A halting loop on the torch backend: its decisions stay on the host, so the
+    contender takes several paths (on onnx the loop fuses into one ONNX call)."""
     mod = ZOO["act"]
     model, _ = mod.make(0)
-    return dycomp.bench(model, mod.sample_inputs(12), runs=2, backends=("eager", "onnx"))
+    return dycomp.bench(model, mod.sample_inputs(12), runs=2, backends=("eager", "torch"))
 
 
 def test_statistics_and_paths(looped):
     result = looped
-    onnx = result.result("onnx")
-    s = onnx.stats
+    compiled = result.result("torch")
+    s = compiled.stats
     assert s["n"] == 24 and s["ci_low"] <= s["median"] <= s["ci_high"] <= s["p99"] + 1e-9
     assert sum(result.paths.values()) == 12 and len(result.paths) > 1
-    assert set(onnx.per_path) == set(result.paths)
-    assert onnx.artifact_kb > 0 and onnx.compile_s > 0
+    assert set(compiled.per_path) == set(result.paths)
+    assert compiled.compile_s > 0 and compiled.artifact_kb is None  # nothing to save
     assert result.environment["threads"] == 2 and result.environment["cpu"]
 
 
@@ -68,6 +68,8 @@ def test_reports_are_written(nested):
     eager_row = next(r for r in rows if r["contender"] == "eager")
     assert float(eager_row["speedup_vs_eager"]) == pytest.approx(1.0)
     assert next(r for r in rows if r["contender"] == "onnx-export")["speedup_vs_eager"] == ""
+    onnx = result.result("onnx")
+    assert onnx.artifact_kb > 0 and onnx.compile_s > 0
 
 
 def test_summarize_known_values():

@@ -100,7 +100,9 @@ def test_hoist_moves_attention_projections_out_of_the_loop(backend):
         inside = _loop_modules(cm)
         assert not any(t.startswith(("key", "value")) for t in inside), inside
         assert any(t.startswith("query") for t in inside), inside
-    assert len({len(p) for p in paths}) > 2  # several decode lengths covered
+        assert len({len(p) for p in paths}) > 2  # several decode lengths covered
+    else:
+        assert {len(p) for p in paths} == {1}  # the decode loop runs in one ONNX Loop
 
 
 @pytest.mark.parametrize("mutate", ["inplace", "assign"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 import torch
 from torch import nn
@@ -13,6 +15,16 @@ from examples.zoo import ZOO
 
 def _if_nodes(model) -> int:
     return sum(n.op_type == "If" for n in model.graph.node)
+
+
+def _all_ops(g) -> Counter:
+    """Op types of a graph and its subgraphs."""
+    ops = Counter(n.op_type for n in g.node)
+    for n in g.node:
+        for a in n.attribute:
+            if a.g.node:
+                ops += _all_ops(a.g)
+    return ops
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +45,24 @@ def test_gated_network_becomes_one_subgraph(gated54):
         assert compare(expected, cm(*inputs)) is None
 
 
-def test_early_exits_keep_host_dispatch():
-    model, example = ZOO["multi_exit"].make()
+def test_early_exits_fuse_into_nested_ifs():
+    """multi_exit's exits are nested branches that choose the logits, the exit id and a
+    flag: one call, the exits as nested `If` nodes, Python values converted back."""
+    mod = ZOO["multi_exit"]
+    model, example = mod.make()
     cm = dycomp.compile(model, example, backend="onnx")
-    assert len(cm.graph.regions) > 1 and "if v" in cm.host_source
+    assert len(cm.graph.regions) == 1 and "if v" not in cm.host_source
+    (region,) = cm.graph.regions.values()
+    assert _all_ops(region.onnx.graph)["If"] == 4
+    exits = set()
+    for inputs in mod.sample_inputs(40):
+        with torch.no_grad():
+            expected = model(*inputs)
+        actual = cm(*inputs)
+        assert compare(expected, actual) is None
+        assert type(actual[1]) is int and type(actual[2]) is bool
+        exits.add(actual[1])
+    assert len(exits) >= 3
 
 
 class IntBranch(nn.Module):
@@ -62,3 +88,88 @@ def test_branch_with_python_values_is_not_fused():
     for s in (1.0, -1.0):
         x = torch.ones(1, 4) * s
         assert compare(m(x), cm(x)) is None
+
+
+# -- loops lowered into ONNX `Loop` ----------------------------------------------------------
+@pytest.mark.parametrize("name,method", [("act", "forward"), ("decoder", "forward"),
+                                         ("decoder", "attend")])
+def test_zoo_loops_become_one_onnx_loop(name, method):
+    """The halting loop and the greedy decoders (break, a Python counter, token lists)
+    run as one ONNX `Loop`: one subgraph call, every path key covered, outputs equal."""
+    mod = ZOO[name]
+    model, example = mod.make()
+    fn = getattr(model, method)
+    cm = dycomp.compile(fn, example, backend="onnx")
+    assert cm.graph.stats()["loops"] == 0 and cm.graph.stats()["region_calls"] == 1
+    assert sum(_all_ops(r.onnx.graph)["Loop"] for r in cm.graph.regions.values()) == 1
+    keys = set()
+    for inputs in mod.sample_inputs(60):
+        with torch.no_grad():
+            expected = fn(*inputs)
+        actual = cm(*inputs)
+        assert compare(expected, actual) is None
+        keys.add(len(actual[0]) if name == "decoder" else actual[1])
+    assert len(keys) >= 5  # many step counts / output lengths
+
+
+class HostLoops(nn.Module):
+    """A `while` loop with a rotated test, a break on a float read, a continue, a list of
+    Python ints and a Python float accumulated from `.item()`."""
+
+    def __init__(self, returns: bool = False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.f = nn.Linear(6, 6)
+        self.returns = returns
+
+    def forward(self, x):
+        h, n, total, seen = x, 0, 0.0, []
+        while n < 7:
+            h = torch.tanh(self.f(h) + 0.6 * h)
+            n += 1
+            if h.sum().item() > 1.0:
+                break
+            if h.mean() < -0.05:
+                continue
+            if self.returns and h.max() > 0.9:
+                return h, -1, total, seen
+            seen.append(int(h.argmax()))
+            total = total + h.max().item()
+        return h, n, total, seen
+
+
+def _loop_inputs(n):
+    g = torch.Generator().manual_seed(3)
+    return [torch.randn(1, 6, generator=g) * (0.5 + i % 4) for i in range(n)]
+
+
+def test_loop_with_break_continue_and_python_values():
+    model = HostLoops().eval()
+    xs = _loop_inputs(60)
+    cm = dycomp.compile(model, (xs[0],), backend="onnx")
+    assert "while" not in cm.host_source and cm.graph.stats()["region_calls"] == 1
+    counts = set()
+    for x in xs:
+        with torch.no_grad():
+            expected = model(x)
+        actual = cm(x)
+        assert compare(expected, actual) is None
+        assert type(actual[2]) is float  # summed in double, as the host would
+        assert actual[3] == expected[3] and all(type(t) is int for t in actual[3])
+        counts.add((actual[1], len(actual[3])))
+    assert len({n for n, _ in counts}) >= 4 and any(n > k for n, k in counts)  # continues
+
+
+def test_loop_with_a_return_stays_on_the_host():
+    model = HostLoops(returns=True).eval()
+    xs = _loop_inputs(40)
+    cm = dycomp.compile(model, (xs[0],), backend="onnx")
+    assert "while True" in cm.host_source
+    results = set()
+    for x in xs:
+        with torch.no_grad():
+            expected = model(x)
+        actual = cm(x)
+        assert compare(expected, actual) is None
+        results.add(actual[1] == -1)
+    assert results == {True, False}

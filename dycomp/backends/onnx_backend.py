@@ -66,8 +66,9 @@ def lower_onnx(graph, threads: int = 2, opset: int = DEFAULT_OPSET, fuse: bool =
     """An `OnnxExecutor` for the graph's regions; its `.models` are the exported bytes.
 
     `quantize(graph)` rewrites the exported regions' ONNX models before they are fused.
-    With `fuse`, host branches between regions are lowered into ONNX `If` nodes
-    (`onnx_fuse.fuse_branches`); `graph` then holds the fused, ONNX-only regions."""
+    With `fuse`, host branches and loops around regions are lowered into ONNX `If` /
+    `Loop` nodes (`onnx_fuse.fuse_branches`); `graph` then holds the fused, ONNX-only
+    regions."""
     from dycomp.backends.onnx_fuse import fuse_branches
     from dycomp.runtime.errors import ArtifactError
     from dycomp.runtime.onnx_executor import OnnxExecutor
@@ -75,10 +76,10 @@ def lower_onnx(graph, threads: int = 2, opset: int = DEFAULT_OPSET, fuse: bool =
     models = export_regions(graph, opset)
     if quantize is not None:
         quantize(graph)
-    n = fuse_branches(graph) if fuse else 0
+    n = fuse_branches(graph) if fuse else None
     if n:
-        log.info("lowered %d host branches into ONNX If nodes: %d subgraphs left", n,
-                 len(graph.regions))
+        log.info("lowered %d host branches and %d loops into ONNX If / Loop nodes: %d "
+                 "subgraphs left", n["If"], n["Loop"], len(graph.regions))
         graph.verify()
     if quantize is not None or n:  # the regions' models changed since export
         models = {name: r.onnx.SerializeToString() for name, r in graph.regions.items()}

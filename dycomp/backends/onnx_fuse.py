@@ -1,87 +1,189 @@
-"""FuseBranchesIntoOnnx: lower host branches into ONNX `If` nodes.
+"""FuseIntoOnnx: lower host branches and loops into ONNX `If` / `Loop` nodes.
 
 ONNX Runtime costs ~5-8 us per `run()` call, more than many small regions compute, so
-a gated network that dispatches one region per gate is dominated by dispatch. A run
-of host statements made only of region calls, `bool(tensor)` conditions, branches
-whose arms are such runs again, and phi assignments of tensors is rewritten into ONE
-ONNX model: each region is inlined and each branch becomes an `If` node (ONNX Runtime
-executes only the taken arm, so no work is added).
+a gated network that dispatches one region per gate, or a decoding loop that dispatches
+one region per step, is dominated by dispatch. A run of host statements made only of
+region calls, `bool(tensor)` conditions, branches whose arms are such runs again, loops
+whose body is one (with Python scalar arithmetic, comparisons and `.item()` reads, and
+`break`), and assignments of tensors and Python int/bool/float values is rewritten into
+ONE ONNX model (`onnx_build.Builder`): each region is inlined, each branch becomes an
+`If` node (ONNX Runtime executes only the taken arm, so no work is added) and each loop
+a `Loop` node (`onnx_loops.plan_loop` rewrites its breaks and list appends).
 
-Cost rule (measured here, see benchmarks/README.md): an `If` node costs ~1 us inside a
-session against ~6 us for a host-dispatched region call, so every structurally
-fusable branch is fused. Host dispatch stays for early returns, loops and breaks.
-Branches that also choose a Python int or bool (a branch id, a flag) are fused too:
-the literal becomes a constant tensor inside the model and the host converts the
-model's output back (`branch = int(branch__t)`).
+Cost rules (measured here, see benchmarks/README.md): an `If` node costs ~1-2 us inside
+a session and a `Loop` iteration ~2 us, against ~6.5 us for a host-dispatched region
+call, so every structurally fusable branch and loop is fused. Host dispatch stays for
+early returns, loops over host containers, and branches or loops with other host work.
+Python values the fused statements produce for later host code come back as 0-d
+tensors and are converted back (`n = int(n__t)`); lists a fused loop appended to are
+extended after the call.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from collections import Counter, defaultdict
 
-import numpy as np
 import onnx
-from onnx import TensorProto, helper
 
+from dycomp.backends.onnx_build import (
+    BOOL,
+    DOUBLE,
+    INT64,
+    Builder,
+    CannotFuse,
+    Tensor,
+    branch_phis,
+    literal_kind,
+    op_kind,
+)
+from dycomp.backends.onnx_loops import NotLowerable, plan_loop
 from dycomp.ir.dyngraph import Region
-from dycomp.ir.program import Assign, CallRegion, HostOp, If, Lit, Op, Var, walk
+from dycomp.ir.program import Assign, CallRegion, HostOp, If, Lit, Loop, Op, Var, expr_vars, walk
+from dycomp.passes.carve import Names
 from dycomp.passes.regions import tensor_vars
 
 log = logging.getLogger(__name__)
 
+_BACK = {INT64: "int({0})", DOUBLE: "float({0})", BOOL: "bool({0})"}
+EXTEND = "{0}.extend(x for x, f in zip({1}.tolist(), {2}.tolist()) if f)"
 
-def fuse_branches(graph) -> int:
-    """Rewrite fusable runs of `graph.body` into fused ONNX regions; returns how many
-    branches were lowered into `If` nodes. Regions must carry `.onnx` models."""
+
+def fuse_branches(graph) -> Counter:
+    """Rewrite fusable runs of `graph.body` into fused ONNX regions; counts the branches
+    and loops lowered into `If` / `Loop` nodes. Regions must carry `.onnx` models."""
+    types = var_types(graph)
     tensors = tensor_vars(graph)
-    uses = Counter(v for s in walk(graph.body) for v in s.uses())
-    fuser = _Fuser(graph, tensors, uses, literal_vars(graph))
+    kinds = scalar_kinds(graph, types, tensors)
+    fuser = _Fuser(graph, types, tensors, kinds, fed_vars(graph, tensors, kinds, types))
     fuser.block(graph.body)
     live = {s.region for s in walk(graph.body) if isinstance(s, CallRegion)}
     for name in [n for n in graph.regions if n not in live]:
         del graph.regions[name]
-    return fuser.fused_ifs
+    return fuser.lowered
 
 
-def literal_vars(graph) -> dict:
-    """Host variables only ever assigned Python int or bool literals (or each other):
-    {var: TensorProto element type}."""
-    defs: dict = {}
+def var_types(graph) -> dict:
+    """ONNX type of every host variable a region reads (its input's type) or returns, or
+    that is moved into one."""
+    types: dict = {}
+    for s in walk(graph.body):
+        if isinstance(s, CallRegion):
+            g = graph.regions[s.region].onnx.graph
+            for v, i in zip(s.args, g.input):
+                types.setdefault(v, i.type)
+    for s in walk(graph.body):
+        if isinstance(s, CallRegion):
+            g = graph.regions[s.region].onnx.graph
+            for v, o in zip(s.outs, g.output):
+                types.setdefault(v, o.type)
+    moves = [(d, x) for s in walk(graph.body) if isinstance(s, Assign)
+             for d, x in zip(s.dsts, s.srcs) if isinstance(x, Var)]
+    for _ in range(2):  # a value only ever moved into a variable a region reads: its type
+        for d, x in moves:
+            if d in types and x not in types:
+                types[x] = types[d]
+    return types
+
+
+def _sources(graph) -> dict:
+    """Every definition of each host variable: a Lit/Var, an Op, "range" or None."""
+    srcs: dict = defaultdict(list)
     for s in walk(graph.body):
         if isinstance(s, Assign):
             for d, x in zip(s.dsts, s.srcs):
-                defs.setdefault(d, []).append(x)
+                srcs[d].append(x if isinstance(x, (Lit, Var)) else None)
+        elif isinstance(s, HostOp) and s.out is not None:
+            srcs[s.out].append(s.expr if isinstance(s.expr, Op) else None)
+        elif isinstance(s, Loop) and s.target is not None:
+            r = s.iter_expr.value if isinstance(s.iter_expr, Lit) else None
+            srcs[s.target].append("range" if isinstance(r, range) else None)
         else:
             for d in s.defs():
-                defs.setdefault(d, []).append(None)  # defined some other way
+                srcs[d].append(None)
     for p in graph.params:
-        defs.setdefault(p, []).append(None)
+        srcs[p].append(None)
+    return srcs
+
+
+def scalar_kinds(graph, types: dict, tensors: set) -> dict:
+    """Host variables that hold a Python bool, int or float that ONNX can compute:
+    {var: TensorProto element type}."""
+    srcs = _sources(graph)
     kinds: dict = {}
+
+    def kind(x, strict):
+        if x == "range":
+            return INT64
+        if isinstance(x, Lit):
+            return literal_kind(x.value)
+        if isinstance(x, Var):
+            return kinds.get(x) if x in kinds or strict else "later"
+        if not isinstance(x, Op):
+            return None
+        ops = [Tensor(types[a].tensor_type.elem_type) if isinstance(a, Var) and a in types
+               and a in tensors
+               else kind(a, strict) for a in x.args]
+        if "later" in ops:
+            return "later"
+        return op_kind(x.fmt, ops)
+
     changed = True
-    while changed:
+    while changed:  # optimistic: a loop counter's kind comes from its first value
         changed = False
-        for d, srcs in defs.items():
-            found = {_literal_kind(x, kinds) for x in srcs}
-            if d not in kinds and len(found) == 1 and None not in found:
-                kinds[d] = found.pop()
+        for d, xs in srcs.items():
+            found = {kind(x, False) for x in xs} - {"later"}
+            if len(found) == 1 and None not in found and kinds.get(d) != min(found):
+                kinds[d] = min(found)
+                changed = True
+    changed = True
+    while changed:  # then every source must agree
+        changed = False
+        for d in list(kinds):
+            if any(kind(x, True) != kinds[d] for x in srcs[d]):
+                del kinds[d]
                 changed = True
     return kinds
 
 
-def _literal_kind(x, kinds):
-    if isinstance(x, Lit) and isinstance(x.value, bool):
-        return TensorProto.BOOL
-    if isinstance(x, Lit) and type(x.value) is int and -2**63 <= x.value < 2**63:
-        return TensorProto.INT64
-    return kinds.get(x) if isinstance(x, Var) else None
+def fed_vars(graph, tensors: set, kinds: dict, types: dict) -> set:
+    """Variables that are a tensor on some paths and a Python number on others (a sum
+    that starts at 0.0), only ever passed to regions: the executor converts them to the
+    region's input type, and so can the fused model."""
+    srcs = _sources(graph)
+    fed = {d for d, xs in srcs.items() if d not in tensors and d not in kinds and d in types
+           and all(isinstance(x, Var) or (isinstance(x, Lit) and literal_kind(x.value)
+                                          in (INT64, DOUBLE)) for x in xs)}
+    changed = True
+    while changed:
+        changed = False
+        for d in list(fed):
+            bad_src = any(isinstance(x, Var) and x not in tensors and x not in fed
+                          for x in srcs[d])
+            if bad_src or any(d in s.uses() and not _feeds(s, d, fed) for s in walk(graph.body)):
+                fed.discard(d)
+                changed = True
+    return fed
+
+
+def _feeds(s, d, fed) -> bool:
+    if isinstance(s, CallRegion):
+        return True
+    return isinstance(s, Assign) and all(t in fed for t, x in zip(s.dsts, s.srcs) if x == d)
 
 
 class _Fuser:
-    def __init__(self, graph, tensors, uses, literals):
-        self.graph, self.tensors, self.uses = graph, tensors, uses
-        self.literals = literals
-        self.fused_ifs = 0
+    def __init__(self, graph, types, tensors, kinds, fed):
+        self.graph, self.types, self.tensors = graph, types, tensors
+        self.kinds, self.fed = kinds, fed
+        self.uses = Counter(v for s in walk(graph.body) for v in s.uses())
+        self.names = Names(graph, "lp")
+        self.outside = Counter(d for s in walk(graph.body) for d in s.defs())
+        self.outside.update(graph.params)
+        self.plans: dict = {}
+        self.live: set = set()
+        self.in_loop = 0
+        self.lowered = Counter()
         self.count = 0
 
     # -- which statements can go into one ONNX model ---------------------------------
@@ -90,256 +192,152 @@ class _Fuser:
             r = self.graph.regions[s.region]
             return r.onnx is not None and not _has_subgraphs(r.onnx)
         if isinstance(s, HostOp):
-            return (s.out is not None and s.expr.fmt == "bool({0})" and len(s.uses()) == 1
-                    and s.uses()[0] in self.tensors)
+            if s.out is None or not s.pure:
+                return False
+            if s.expr.fmt == "bool({0})" and s.uses() and s.uses()[0] in self.tensors:
+                return len(s.uses()) == 1
+            return self.in_loop > 0 and s.out in self.kinds
         if isinstance(s, Assign):
-            return all((d in self.tensors and isinstance(x, Var) and x in self.tensors)
-                       or d in self.literals for d, x in zip(s.dsts, s.srcs))
+            return all(self._assignable(d, x) for d, x in zip(s.dsts, s.srcs))
         if isinstance(s, If):
-            return all(self.ok(x) for x in s.then + s.orelse) and self._arms_closed(s)
+            phis, other = branch_phis(s, self.uses, self.live)
+            return phis == other and all(self.ok(x) for x in s.then + s.orelse)
+        if isinstance(s, Loop):
+            return self._lowerable(s)
         return False
 
-    def _phis(self, s: If):
-        then = {d: x for a in s.then if isinstance(a, Assign) for d, x in zip(a.dsts, a.srcs)}
-        other = {d: x for a in s.orelse if isinstance(a, Assign)
-                 for d, x in zip(a.dsts, a.srcs)}
-        return then, other
+    def _assignable(self, d, x) -> bool:
+        if d in self.tensors:
+            return isinstance(x, Var) and x in self.tensors
+        if d in self.kinds:
+            return isinstance(x, Lit) or x in self.kinds
+        return d in self.fed and (isinstance(x, Lit) or x in self.tensors or x in self.fed)
 
-    def _arms_closed(self, s: If) -> bool:
-        """Both arms assign the same phi variables, and nothing else defined in an arm is
-        used outside it."""
-        then, other = self._phis(s)
-        if set(then) != set(other):
+    def _lowerable(self, loop: Loop) -> bool:
+        if id(loop) in self.plans:
+            return True
+        body_defs = Counter(d for s in walk(loop.body) for d in s.defs())
+        outside = {d for d in self.outside if self.outside[d] > body_defs[d]}
+        try:
+            plan = plan_loop(loop, self.names.var, self.kinds, outside)
+        except NotLowerable as e:
+            log.debug("loop at %s stays on the host: %s", loop.line, e)
             return False
-        for arm in (s.then, s.orelse):
-            inner = Counter(v for x in walk(arm) for v in x.uses())
-            for x in walk(arm):
-                for d in x.defs():
-                    if d not in then and self.uses[d] > inner[d]:
-                        return False
-        return True
+        synthetic = {plan.stop} | {v for a in plan.appends for v in (a.value, a.taken)}
+        outer_live = self.live
+        self.live = self.live | (set(body_defs) & outside) | synthetic
+        self.in_loop += 1
+        try:
+            stuck = next((s for s in plan.header + plan.body if not self.ok(s)), None)
+        finally:
+            self.in_loop -= 1
+            self.live = outer_live
+        if stuck is not None:
+            log.debug("loop at %s stays on the host: cannot lower %s", loop.line,
+                      _describe(stuck))
+        fits = stuck is None
+        calls = any(isinstance(s, CallRegion) for s in walk(loop.body))
+        if fits and calls:
+            self.plans[id(loop)] = plan
+        return fits and calls
 
     # -- rewriting ------------------------------------------------------------------------
     def block(self, body: list) -> None:
-        for s in body:
-            for b in s.blocks():
-                self.block(b)
-        out, run = [], []
+        """Fuse the runs of `body`, outermost first; then inside what stays on the host."""
+        out, run, before = [], [], []
         for s in body + [None]:
+            host, s = _split_literals(s, self._assignable) if isinstance(s, Assign) else ([], s)
             if s is not None and self.ok(s):
+                before += host
                 run.append(s)
                 continue
             tail = []  # conditions for a branch left on the host: tested after the call
             while run and isinstance(run[-1], HostOp):
                 tail.insert(0, run.pop())
-            out += (self.fuse(run) if _worth(run) else run) + tail
-            run = []
+            out += before + (self.fuse(run) if _worth(run) else run) + tail + host
+            run, before = [], []
             if s is not None:
                 out.append(s)
         body[:] = out
+        for s in body:
+            for b in s.blocks():
+                self.block(b)
 
     def fuse(self, run: list) -> list:
-        defined = {d for s in walk(run) for d in s.defs()}
         used_in = Counter(v for s in walk(run) for v in s.uses())
-        inputs = list(dict.fromkeys(v for s in walk(run) for v in s.uses()
-                                    if v not in defined))
-        outputs = [d for d in dict.fromkeys(defined) if self.uses[d] > used_in[d]]
-        if any(d not in self.tensors and d not in self.literals for d in outputs):
+        lists = {a.lst for s in walk(run) if id(s) in self.plans
+                 for a in self.plans[id(s)].appends}
+        inputs = [v for v in _exposed(run) if v not in lists]  # appended to after the call
+        outputs = [d for d in dict.fromkeys(d for s in walk(run) for d in s.defs())
+                   if self.uses[d] > used_in[d]]
+        if any(d not in self.tensors and d not in self.kinds and d not in self.fed
+               for d in outputs):
             return run
         self.count += 1
         name = f"f{self.count}"
-        b = _OnnxBuilder(self.graph, name)
+        b = Builder(self.graph, name, self.types, self.kinds, self.uses, self.plans)
         try:
             model = b.model(run, inputs, outputs)
-        except _CannotFuse as e:
+        except CannotFuse as e:
             log.debug("not fusing %d statements at %s: %s", len(run), run[0].line, e)
             return run
-        self.fused_ifs += sum(isinstance(s, If) for s in walk(run))
+        self.lowered.update(type(s).__name__ for s in walk(run) if isinstance(s, (If, Loop)))
         lines = list(dict.fromkeys(ln for s in walk(run) if isinstance(s, CallRegion)
                                    for ln in self.graph.regions[s.region].lines))
         self.graph.regions[name] = Region(name, None, lines, onnx=model)
-        outs = [Var(f"{d.name}__t") if d in self.literals else d for d in outputs]
-        back = [HostOp(d, Op("bool({0})" if self.literals[d] == TensorProto.BOOL
-                             else "int({0})", (t,)), line=run[0].line)
-                for d, t in zip(outputs, outs) if d in self.literals]
-        return [CallRegion(name, inputs, outs, line=run[0].line)] + back
+        outs = [Var(f"{d.name}__t") if d in self.kinds else d for d in outputs]
+        back = [HostOp(d, Op(_BACK[self.kinds[d]], (t,)), line=run[0].line)
+                for d, t in zip(outputs, outs) if d in self.kinds]
+        scans = [v for a, _, _ in b.appends for v in (a.value, a.taken)]
+        extend = [HostOp(None, Op(EXTEND, (a.lst, a.value, a.taken)), pure=False,
+                         line=run[0].line) for a, _, _ in b.appends]
+        return [CallRegion(name, inputs, outs + scans, line=run[0].line)] + back + extend
 
 
-# Arms whose weights hold at most this many elements (and no convolution, recurrent cell
-# or nested control flow) are both computed and selected with `Where`: an `If` node costs
-# ~2 us in ONNX Runtime here, about what a batch-1 matmul over this many weights costs.
-SPECULATE_MAX_WEIGHTS = 8192
-_HEAVY = {"Conv", "ConvTranspose", "LSTM", "GRU", "RNN", "Loop", "If", "Scan"}
+def _split_literals(s: Assign, fusable) -> tuple[list, Assign]:
+    """(host part, rest) of an assignment: the host part sets variables the fused model
+    cannot hold (`tokens = []`) to literals, so it can run before the fused statements."""
+    keep = [fusable(d, x) or isinstance(x, Var) or bool(expr_vars(x))
+            for d, x in zip(s.dsts, s.srcs)]
+    if all(keep) or not any(keep):
+        return [], s
+    pick = [(d, x) for d, x, k in zip(s.dsts, s.srcs, keep) if not k]
+    rest = [(d, x) for d, x, k in zip(s.dsts, s.srcs, keep) if k]
+    host = Assign([d for d, _ in pick], [x for _, x in pick], line=s.line)
+    return [host], Assign([d for d, _ in rest], [x for _, x in rest], line=s.line)
 
 
-def _speculate(arms) -> bool:
-    weights = sum(int(np.prod(t.dims)) for _, inits, _ in arms for t in inits)
-    heavy = any(n.op_type in _HEAVY for nodes, _, _ in arms for n in nodes)
-    same = all(a.type == b.type for a, b in zip(arms[0][2], arms[1][2]))
-    # ONNX Runtime's CPU `Where` has no bool kernel (a flag the branch chooses)
-    same &= all(a.type.tensor_type.elem_type != TensorProto.BOOL for a in arms[0][2])
-    return weights <= SPECULATE_MAX_WEIGHTS and not heavy and same
+def _exposed(run: list) -> list:
+    """Variables the run reads before it defines them (a loop's carried values
+    included: the first iteration reads the value from before the loop)."""
+    out: dict = {}
+
+    def visit(stmts, defined):
+        for s in stmts:
+            for v in s.uses():
+                if v not in defined:
+                    out[v] = None
+            inner = set(defined) | set(s.defs())
+            for b in s.blocks():
+                visit(b, set(inner))
+            defined |= {d for x in walk([s]) for d in x.defs()}
+
+    visit(run, set())
+    return list(out)
+
+
+def _describe(s) -> str:
+    if isinstance(s, HostOp):
+        return f"host operation `{s.expr.fmt if isinstance(s.expr, Op) else s.expr}` ({s.line})"
+    return f"{type(s).__name__} ({s.line})"
 
 
 def _worth(run) -> bool:
-    return sum(isinstance(s, CallRegion) for s in walk(run)) >= 2 and any(
-        isinstance(s, If) for s in run)
+    calls = sum(isinstance(s, CallRegion) for s in walk(run))
+    return any(isinstance(s, Loop) for s in run) or (
+        calls >= 2 and any(isinstance(s, If) for s in run))
 
 
 def _has_subgraphs(model) -> bool:
     return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
                for n in model.graph.node for a in n.attribute)
-
-
-class _CannotFuse(Exception):
-    pass
-
-
-class _OnnxBuilder:
-    """Builds one ONNX model from a run of host statements."""
-
-    def __init__(self, graph, name):
-        self.graph, self.name = graph, name
-        self.types: dict[str, onnx.TypeProto] = {}
-        self.initializers: list = []
-        self.k = 0
-
-    def model(self, run, inputs, outputs) -> onnx.ModelProto:
-        nodes = self.stmts(run)
-        first = self.graph.regions[next(s.region for s in walk(run)
-                                        if isinstance(s, CallRegion))].onnx
-        ins = [helper.make_value_info(v.name, self._type(v.name)) for v in inputs]
-        outs = [helper.make_value_info(v.name, self._type(v.name)) for v in outputs]
-        g = helper.make_graph(nodes, self.name, ins, outs, self.initializers)
-        m = helper.make_model(g, opset_imports=list(first.opset_import))
-        m.ir_version = first.ir_version
-        try:
-            onnx.checker.check_model(m)
-        except onnx.checker.ValidationError as e:
-            raise _CannotFuse(str(e)) from e
-        return m
-
-    def _type(self, name) -> onnx.TypeProto:
-        if name not in self.types:
-            raise _CannotFuse(f"unknown type of {name}")
-        return self.types[name]
-
-    def stmts(self, run) -> list:
-        nodes = []
-        for s in run:
-            if isinstance(s, CallRegion):
-                nodes += self.inline(self.graph.regions[s.region].onnx,
-                                     [v.name for v in s.args], [v.name for v in s.outs])
-            elif isinstance(s, HostOp):
-                src = s.uses()[0].name
-                nodes.append(helper.make_node("Cast", [src], [s.out.name], to=TensorProto.BOOL,
-                                              name=f"{s.out.name}_cond"))
-                t = onnx.TypeProto()
-                t.CopyFrom(self._type(src))
-                t.tensor_type.elem_type = TensorProto.BOOL
-                self.types[s.out.name] = t
-            elif isinstance(s, Assign):
-                for d, x in zip(s.dsts, s.srcs):
-                    nodes.append(self.value(x, d.name))
-                    self.types[d.name] = self.type_of(x)
-            elif isinstance(s, If):
-                nodes += self.if_node(s)
-        return nodes
-
-    def if_node(self, s: If) -> list:
-        """An `If` node, or both arms and a `Where` when they are cheaper than an `If`."""
-        then_map = {d: x for a in s.then if isinstance(a, Assign) for d, x in zip(a.dsts, a.srcs)}
-        phis = list(then_map)
-        arms = [self._arm(arm, tag, phis) for arm, tag in ((s.then, "then"),
-                                                           (s.orelse, "else"))]
-        for d in phis:
-            self.types[d.name] = self.type_of(then_map[d])
-        if _speculate(arms):
-            nodes = []
-            for arm_nodes, inits, _ in arms:
-                nodes += arm_nodes
-                self.initializers += inits
-            for d, a, b in zip(phis, arms[0][2], arms[1][2]):
-                nodes.append(helper.make_node("Where", [s.cond.name, a.name, b.name], [d.name]))
-            return nodes
-        branches = [helper.make_graph(n, f"{self.name}_{tag}{self._next()}", [], outs,
-                                      initializer=inits)
-                    for (n, inits, outs), tag in zip(arms, ("then", "else"))]
-        return [helper.make_node("If", [s.cond.name], [d.name for d in phis],
-                                 then_branch=branches[0], else_branch=branches[1],
-                                 name=f"if_{s.cond.name}")]
-
-    def _arm(self, arm, tag, phis):
-        """Nodes, initializers (an arm's weights live in the arm) and outputs of one arm."""
-        body = [x for x in arm if not isinstance(x, Assign)]
-        srcs = {d: x for a in arm if isinstance(a, Assign) for d, x in zip(a.dsts, a.srcs)}
-        outer, self.initializers = self.initializers, []
-        nodes = self.stmts(body)
-        inits, self.initializers = self.initializers, outer
-        outs = []
-        for d in phis:
-            o = f"{d.name}__{tag}{self._next()}"
-            nodes.append(self.value(srcs[d], o))
-            outs.append(helper.make_value_info(o, self.type_of(srcs[d])))
-        return nodes, inits, outs
-
-    def value(self, x, out: str):
-        """A node computing `out` from a host variable or a Python literal."""
-        if isinstance(x, Lit):
-            t = self.type_of(x).tensor_type.elem_type
-            value = helper.make_tensor(f"{out}_value", t, [], [int(x.value)])
-            return helper.make_node("Constant", [], [out], value=value)
-        return helper.make_node("Identity", [x.name], [out])
-
-    def type_of(self, x) -> onnx.TypeProto:
-        if isinstance(x, Lit):
-            kind = _literal_kind(x, {})
-            if kind is None:
-                raise _CannotFuse(f"literal {x.value!r} is not an int or bool")
-            return helper.make_tensor_type_proto(kind, [])
-        return self._type(x.name)
-
-    def _next(self) -> int:
-        self.k += 1
-        return self.k
-
-    def inline(self, model, args, outs) -> list:
-        """The region's nodes with its inputs/outputs renamed to host variables and its
-        internal names made unique."""
-        g = model.graph
-        prefix = f"{self.name}_{self._next()}_"
-        rename = {i.name: a for i, a in zip(g.input, args)}
-        for i, a in zip(g.input, args):
-            self.types.setdefault(a, i.type)
-        nodes = []
-        for o, name in zip(g.output, outs):
-            self.types[name] = o.type
-            if o.name in rename:  # the region returns one of its inputs unchanged
-                nodes.append(helper.make_node("Identity", [rename[o.name]], [name]))
-            else:
-                rename[o.name] = name
-        for init in g.initializer:
-            new = onnx.TensorProto()
-            new.CopyFrom(init)
-            new.name = prefix + init.name
-            rename[init.name] = new.name
-            self.initializers.append(new)
-
-        def ren(x):
-            if not x:
-                return x
-            if x not in rename:
-                rename[x] = prefix + x
-            return rename[x]
-
-        for n in g.node:
-            new = onnx.NodeProto()
-            new.CopyFrom(n)
-            new.name = prefix + n.name
-            del new.input[:]
-            del new.output[:]
-            new.input.extend(ren(x) for x in n.input)
-            new.output.extend(ren(x) for x in n.output)
-            nodes.append(new)
-        return nodes
-

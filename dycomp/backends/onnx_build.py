@@ -1,0 +1,483 @@
+"""One ONNX model from a run of host statements: regions inlined, Python scalar host ops
+as ONNX ops, branches as `If` (or both arms and `Where`), loops as `Loop`.
+
+Host variables map to ONNX values through an environment, so a variable assigned
+several times (a loop counter, a phi) gets a fresh ONNX name at each definition, and
+an assignment `a = b` costs no node. Python scalars are 0-d tensors: int -> int64,
+float -> double (the host's own precision: results are bit-exact), bool -> bool.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from dycomp.ir.program import Assign, CallRegion, HostOp, If, Lit, Loop, Var, walk
+
+INT64, DOUBLE, BOOL = TensorProto.INT64, TensorProto.DOUBLE, TensorProto.BOOL
+_FLOATS = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A tensor operand of a host op (its ONNX element type)."""
+
+    elem: int
+
+
+_ARITH = {"({0} + {1})": "Add", "({0} - {1})": "Sub", "({0} * {1})": "Mul"}
+_COMPARE = {"({0} < {1})": "Less", "({0} <= {1})": "LessOrEqual", "({0} > {1})": "Greater",
+            "({0} >= {1})": "GreaterOrEqual", "({0} == {1})": "Equal", "({0} != {1})": "Equal"}
+_CONVERT = {"int({0})": INT64, "float({0})": DOUBLE, "bool({0})": BOOL}
+_ITEM = {"{0}.item()": None, "int({0}.item())": INT64, "float({0}.item())": DOUBLE}
+_EQ_K = re.compile(r"\(\{0\} == (-?\d+)\)$")  # a switch case: `(index == 2)`
+_NOT_ANY = re.compile(r"\(not \(\{0\}( or \{\d+\})*\)\)$")  # `(not (a or b))`
+
+
+def item_kind(elem: int) -> int:
+    """The kind of `tensor.item()`: a Python float, int or bool."""
+    return DOUBLE if elem in _FLOATS else BOOL if elem == BOOL else INT64
+
+
+def literal_kind(value) -> int | None:
+    if isinstance(value, bool):
+        return BOOL
+    if type(value) is int and -2**63 <= value < 2**63:
+        return INT64
+    return DOUBLE if type(value) is float else None
+
+
+def op_kind(fmt: str, operands: list) -> int | None:
+    """The Python scalar kind a host op yields, or None if it is not lowered to ONNX.
+    `operands`: scalar kinds, or `Tensor` for tensor operands."""
+    scalars = all(k in (INT64, DOUBLE, BOOL) for k in operands)
+    numbers = all(k in (INT64, DOUBLE) for k in operands)
+    if fmt in _ITEM:
+        (a,) = operands
+        return (_ITEM[fmt] or item_kind(a.elem)) if isinstance(a, Tensor) else None
+    if fmt == "bool({0})":
+        return BOOL if operands[0] is not None else None
+    if fmt in _CONVERT:
+        return _CONVERT[fmt] if scalars else None
+    if fmt in _ARITH and numbers:
+        return DOUBLE if DOUBLE in operands else INT64
+    if fmt in _COMPARE and (numbers or (fmt.split()[1] in "==!=" and operands == [BOOL] * 2)):
+        return BOOL
+    if fmt == "(not {0})" or _EQ_K.match(fmt):
+        return BOOL if scalars else None
+    if _NOT_ANY.match(fmt):
+        return BOOL if operands == [BOOL] * len(operands) else None
+    return None
+
+
+def branch_phis(s: If, uses: Counter, live: set) -> list[list[Var]]:
+    """Per arm, the variables it defines that are used after it (or are in `live`)."""
+    out = []
+    for arm in (s.then, s.orelse):
+        inner = Counter(v for x in walk(arm) for v in x.uses())
+        defs = dict.fromkeys(d for x in walk(arm) for d in x.defs())
+        out.append(sorted((d for d in defs if uses[d] > inner[d] or d in live),
+                          key=lambda v: v.name))
+    return out
+
+
+class CannotFuse(Exception):
+    pass
+
+
+# Arms whose weights hold at most this many elements (and no convolution, recurrent cell
+# or nested control flow) are both computed and selected with `Where`: an `If` node costs
+# ~2 us in ONNX Runtime here, about what a batch-1 matmul over this many weights costs.
+SPECULATE_MAX_WEIGHTS = 8192
+_HEAVY = {"Conv", "ConvTranspose", "LSTM", "GRU", "RNN", "Loop", "If", "Scan"}
+
+
+def _speculate(arms) -> bool:
+    weights = sum(int(np.prod(t.dims)) for _, inits, _ in arms for t in inits)
+    heavy = any(n.op_type in _HEAVY for nodes, _, _ in arms for n in nodes)
+    same = all(a.type == b.type for a, b in zip(arms[0][2], arms[1][2]))
+    # ONNX Runtime's CPU `Where` has no bool kernel (a flag the branch chooses)
+    same &= all(a.type.tensor_type.elem_type != BOOL for a in arms[0][2])
+    return weights <= SPECULATE_MAX_WEIGHTS and not heavy and same
+
+
+def _elem_type(t: onnx.TypeProto) -> onnx.TypeProto:
+    return helper.make_tensor_type_proto(t.tensor_type.elem_type, None)
+
+
+def _scalar(kind: int) -> onnx.TypeProto:
+    return helper.make_tensor_type_proto(kind, [])
+
+
+class Builder:
+    """Statements -> nodes of one ONNX model (see the module docstring).
+
+    `types`: ONNX types of host tensor variables (`onnx_fuse.var_types`); `kinds`: the
+    scalar kind of Python-scalar variables; `uses`: uses of each variable in the whole
+    program; `plans`: `LoopPlan` of each loop to lower, by `id`."""
+
+    def __init__(self, graph, name, types, kinds, uses, plans):
+        self.graph, self.name = graph, name
+        self.var_types, self.kinds, self.uses, self.plans = types, kinds, uses, plans
+        self.env: dict[Var, str] = {}
+        self.types: dict[str, onnx.TypeProto] = {}
+        self.taken: set[str] = set()
+        self.nodes: list = []
+        self.initializers: list = []
+        self.live: set = set()  # loop-carried and synthetic variables of enclosing loops
+        self.depth = 0
+        self.appends: list = []  # (Append, scan value, scan taken) of top-level loops
+        self.k = 0
+
+    # -- the model --------------------------------------------------------------------------
+    def model(self, run, inputs, outputs) -> onnx.ModelProto:
+        ins = []
+        for v in inputs:
+            t = _scalar(self.kinds[v]) if v in self.kinds else self.var_types.get(v)
+            if t is None:
+                raise CannotFuse(f"unknown type of {v}")
+            self.taken.add(v.name)
+            self.env[v], self.types[v.name] = v.name, t
+            ins.append(helper.make_value_info(v.name, t))
+        self.stmts(run)
+        names = [self.lookup(v) for v in outputs] + [
+            n for _, value, taken in self.appends for n in (value, taken)]
+        outs, seen = [], {v.name for v in inputs}
+        for n in names:
+            if n in seen:  # an output twice, or an input returned as it is
+                n = self.node("Identity", [n], like=n)
+            seen.add(n)
+            outs.append(helper.make_value_info(n, self.types[n]))
+        g = helper.make_graph(self.nodes, self.name, ins, outs, self.initializers)
+        first = self.graph.regions[next(s.region for s in walk(run)
+                                        if isinstance(s, CallRegion))].onnx
+        m = helper.make_model(g, opset_imports=list(first.opset_import))
+        m.ir_version = first.ir_version
+        _check(m)
+        return m
+
+    # -- names and nodes --------------------------------------------------------------------
+    def fresh(self, base: str) -> str:
+        name = base
+        while name in self.taken:
+            self.k += 1
+            name = f"{base}__{self.k}"
+        self.taken.add(name)
+        return name
+
+    def lookup(self, v: Var) -> str:
+        if v not in self.env:
+            raise CannotFuse(f"{v} is not defined in the fused statements")
+        return self.env[v]
+
+    def node(self, op: str, inputs: list, out: str = "t", like: str | None = None,
+             kind: int | None = None, **attrs) -> str:
+        """Append one node; returns its output's name. Its type is `like`'s, or the scalar
+        `kind` (none: unknown, for nodes whose output no one asks about)."""
+        name = self.fresh(f"{self.name}_{out}")
+        self.nodes.append(helper.make_node(op, inputs, [name], name=f"n_{name}", **attrs))
+        if like is not None:
+            self.types[name] = self.types[like]
+        elif kind is not None:
+            self.types[name] = _scalar(kind)
+        return name
+
+    def const(self, value, kind: int) -> str:
+        t = numpy_helper.from_array(np.array(value, helper.tensor_dtype_to_np_dtype(kind)))
+        return self.node("Constant", [], "c", kind=kind, value=t)
+
+    def elem(self, name: str) -> int:
+        return self.types[name].tensor_type.elem_type
+
+    def cast(self, name: str, kind: int) -> str:
+        if self.elem(name) == kind:
+            return name
+        t = onnx.TypeProto()
+        t.CopyFrom(self.types[name])
+        t.tensor_type.elem_type = kind
+        out = self.node("Cast", [name], "cast", to=kind)
+        self.types[out] = t
+        return out
+
+    def operand(self, x, kind: int) -> str:
+        if isinstance(x, Lit):
+            return self.const(x.value, kind)
+        return self.cast(self.lookup(x), kind)
+
+    # -- statements -------------------------------------------------------------------------
+    def stmts(self, stmts: list) -> None:
+        for s in stmts:
+            if isinstance(s, CallRegion):
+                self.inline(s)
+            elif isinstance(s, HostOp):
+                self.env[s.out] = self.host_op(s)
+            elif isinstance(s, Assign):
+                srcs = [self.assigned(d, x) for d, x in zip(s.dsts, s.srcs)]
+                self.env.update(zip(s.dsts, srcs))
+            elif isinstance(s, If):
+                self.if_node(s)
+            elif isinstance(s, Loop):
+                self.loop_node(self.plans[id(s)])
+            else:
+                raise CannotFuse(f"cannot lower {type(s).__name__} at {s.line}")
+
+    def assigned(self, d: Var, x) -> str:
+        if not isinstance(x, Lit):
+            return self.lookup(x)
+        if d in self.kinds:
+            return self.const(x.value, self.kinds[d])
+        return self.const(x.value, self.var_types[d].tensor_type.elem_type)  # fed to regions
+
+    def host_op(self, s: HostOp) -> str:
+        if isinstance(s.expr, _Target):
+            e = s.expr
+            step = self.node("Mul", [e.it, self.const(e.step, INT64)], kind=INT64)
+            return self.node("Add", [step, self.const(e.start, INT64)], kind=INT64)
+        fmt, args = s.expr.fmt, s.expr.args
+        kind = self.kinds.get(s.out, BOOL)
+        if fmt == "bool({0})" or fmt in _CONVERT:
+            return self.cast(self.lookup(args[0]), kind)
+        if fmt in _ITEM:
+            x = self.node("Reshape", [self.lookup(args[0]), self.const([], INT64)], "item")
+            self.types[x] = _scalar(self.elem(self.lookup(args[0])))
+            return self.cast(x, kind)
+        if fmt in _ARITH:
+            return self.node(_ARITH[fmt], [self.operand(a, kind) for a in args], kind=kind)
+        if fmt in _COMPARE:
+            both = [self.kinds.get(a) or literal_kind(getattr(a, "value", None)) for a in args]
+            k = BOOL if both == [BOOL, BOOL] else DOUBLE if DOUBLE in both else INT64
+            out = self.node(_COMPARE[fmt], [self.operand(a, k) for a in args], kind=BOOL)
+            return self.node("Not", [out], kind=BOOL) if "!=" in fmt else out
+        if _EQ_K.match(fmt):
+            k = int(_EQ_K.match(fmt).group(1))
+            return self.node("Equal", [self.operand(args[0], INT64), self.const(k, INT64)],
+                             kind=BOOL)
+        if fmt == "(not {0})":
+            return self.node("Not", [self.operand(args[0], BOOL)], kind=BOOL)
+        if _NOT_ANY.match(fmt):
+            out = self.operand(args[0], BOOL)
+            for a in args[1:]:
+                out = self.node("Or", [out, self.operand(a, BOOL)], kind=BOOL)
+            return self.node("Not", [out], kind=BOOL)
+        raise CannotFuse(f"host operation {fmt} at {s.line}")
+
+    def inline(self, s: CallRegion) -> None:
+        """The region's nodes, inputs bound to the arguments and names made unique."""
+        g = self.graph.regions[s.region].onnx.graph
+        self.k += 1
+        prefix = f"{self.name}_{self.k}_"
+        rename = {}
+        for i, a in zip(g.input, s.args):
+            rename[i.name] = self.cast(self.lookup(a), i.type.tensor_type.elem_type)
+        for init in g.initializer:
+            new = onnx.TensorProto()
+            new.CopyFrom(init)
+            new.name = rename[init.name] = prefix + init.name
+            self.initializers.append(new)
+
+        def ren(x):
+            if x and x not in rename:
+                rename[x] = prefix + x
+                self.taken.add(rename[x])
+            return rename.get(x, x)
+
+        for n in g.node:
+            new = onnx.NodeProto()
+            new.CopyFrom(n)
+            new.name = prefix + n.name
+            del new.input[:]
+            del new.output[:]
+            new.input.extend(ren(x) for x in n.input)
+            new.output.extend(ren(x) for x in n.output)
+            self.nodes.append(new)
+        for o, v in zip(g.output, s.outs):
+            name = ren(o.name)
+            self.types.setdefault(name, o.type)
+            self.env[v] = name
+
+    # -- control flow -----------------------------------------------------------------------
+    def subgraph(self, stmts: list, results: list, inputs=()) -> tuple:
+        """Build `stmts` as a subgraph: (nodes, initializers, outputs). `results` are
+        names computed inside it (callables, run after the statements) or variables."""
+        saved = self.env.copy(), self.nodes, self.initializers
+        self.nodes, self.initializers = [], []
+        self.depth += 1
+        try:
+            for name, v, t in inputs:
+                self.types[name] = t
+                if v is not None:
+                    self.env[v] = name
+            self.stmts(stmts)
+            outs = []
+            for r in results:
+                src = r() if callable(r) else self.lookup(r)
+                out = self.node("Identity", [src], "out", like=src)
+                outs.append(helper.make_value_info(out, self.types[out]))
+            return self.nodes, self.initializers, outs
+        finally:
+            self.depth -= 1
+            self.env, self.nodes, self.initializers = saved
+
+    def if_node(self, s: If) -> None:
+        """An `If` node, or both arms and a `Where` when they are cheaper than an `If`."""
+        phis, other = branch_phis(s, self.uses, self.live)
+        if phis != other:
+            raise CannotFuse(f"the arms of the branch at {s.line} define different values")
+        if not phis:  # nothing either arm computes is used
+            return
+        cond = self.lookup(s.cond)
+        if all(isinstance(x, Assign) for x in s.then + s.orelse) and self.select(s, phis, cond):
+            return
+        arms = [self.subgraph(arm, phis) for arm in (s.then, s.orelse)]
+        if _speculate(arms):
+            for nodes, inits, _ in arms:
+                self.nodes += nodes
+                self.initializers += inits
+            for d, a, b in zip(phis, arms[0][2], arms[1][2]):
+                self.env[d] = self.node("Where", [cond, a.name, b.name], d.name, like=a.name)
+            return
+        outs = [self.fresh(d.name) for d in phis]
+        branches = [helper.make_graph(nodes, self.fresh(f"{self.name}_{tag}"), [], o, inits)
+                    for (nodes, inits, o), tag in zip(arms, ("then", "else"))]
+        self.nodes.append(helper.make_node("If", [cond], outs, name=self.fresh(f"if_{cond}"),
+                                           then_branch=branches[0], else_branch=branches[1]))
+        for d, out, vi in zip(phis, outs, arms[0][2]):
+            self.types[out] = vi.type
+            self.env[d] = out
+
+    def select(self, s: If, phis: list, cond: str) -> bool:
+        """A branch that only assigns, without an `If` node: a value both arms assign
+        stays as it is, a flag becomes the condition (or its negation), another value of
+        one type a `Where`. False (nothing added) when some phi needs an `If`."""
+        arms = []
+        for arm in (s.then, s.orelse):
+            srcs = dict(self.env)  # var -> ONNX name, or a Lit
+            for a in arm:
+                srcs.update(zip(a.dsts, [srcs.get(x) if isinstance(x, Var) else x
+                                         for x in a.srcs]))
+            arms.append([srcs.get(d) for d in phis])
+
+        def typ(d, v):
+            if isinstance(v, Lit):
+                return _scalar(self.kinds[d]) if d in self.kinds else None
+            return self.types.get(v)
+
+        def flag(a, b):
+            return all(isinstance(v, Lit) and type(v.value) is bool for v in (a, b))
+
+        for d, a, b in zip(phis, *arms):
+            t = typ(d, a)
+            if a is None or b is None or not (a == b or (t is not None and t == typ(d, b))):
+                return False
+        cond = self.node("Reshape", [cond, self.const([], INT64)], "cond", kind=BOOL)
+        for d, a, b in zip(phis, *arms):
+            x, y = (self.assigned(d, v) if isinstance(v, Lit) else v for v in (a, b))
+            if a == b:
+                self.env[d] = x
+            elif flag(a, b):
+                self.env[d] = cond if a.value else self.node("Not", [cond], kind=BOOL)
+            elif self.elem(x) == BOOL:  # no bool `Where` on ONNX Runtime's CPU
+                keep = self.node("And", [cond, x], kind=BOOL)
+                other = self.node("And", [self.node("Not", [cond], kind=BOOL), y], kind=BOOL)
+                self.env[d] = self.node("Or", [keep, other], kind=BOOL)
+            else:
+                self.env[d] = self.node("Where", [cond, x, y], d.name, like=x)
+        return True
+
+    def loop_node(self, plan) -> None:
+        """An ONNX `Loop` running `plan` (an `onnx_loops.LoopPlan`)."""
+        loop = plan.loop
+        defs = dict.fromkeys(d for s in walk(plan.body) for d in s.defs())
+        synthetic = {plan.stop} | {v for a in plan.appends for v in (a.value, a.taken)}
+        carried = [d for d in defs if d in self.env and d not in synthetic]
+        inner = Counter(v for s in walk(loop.body) for v in s.uses())
+        leak = [d for d in defs if d not in self.env and d not in synthetic
+                and self.uses[d] > inner[d]]
+        if leak or (loop.target is not None and self.uses[loop.target] > inner[loop.target]):
+            raise CannotFuse(f"the loop at {loop.line} defines {leak} for later code")
+        if plan.appends and self.depth:
+            raise CannotFuse(f"the loop at {loop.line} appends to a list inside a branch")
+        self.stmts(plan.header)
+        cond0 = self.loop_test(plan) if plan.header else self.const(True, BOOL)
+        trips = self.const(plan.trips, INT64) if plan.trips is not None else ""
+        it, cin = self.fresh(f"{self.name}_iter"), self.fresh(f"{self.name}_cond")
+        inputs = [(it, None, _scalar(INT64)), (cin, None, _scalar(BOOL))]
+        inputs += [(self.fresh(d.name), d, _elem_type(self.types[self.env[d]]))
+                   for d in carried]
+        body = list(plan.body)
+        if loop.target is not None:
+            body.insert(0, HostOp(loop.target, _Target(it, plan.start, plan.step)))
+        results = [lambda: self.loop_cond(plan)] + carried + [
+            v for a in plan.appends for v in (a.value, a.taken)]
+        outer_live = self.live
+        self.live = self.live | set(carried) | synthetic
+        try:
+            nodes, inits, outs = self.subgraph(body, results, inputs)
+        finally:
+            self.live = outer_live
+        g = helper.make_graph(nodes, self.fresh(f"{self.name}_body"),
+                              [helper.make_value_info(n, t) for n, _, t in inputs], outs, inits)
+        names = [self.fresh(d.name) for d in carried]
+        scans = [self.fresh(f"{v.name}_scan") for a in plan.appends for v in (a.value, a.taken)]
+        self.nodes.append(helper.make_node("Loop", [trips, cond0] + [
+            self.env[d] for d in carried], names + scans, name=self.fresh("loop"), body=g))
+        for n, vi in zip(names + scans, outs[1:]):
+            self.types[n] = _elem_type(vi.type)
+        self.env.update(zip(carried, names))
+        for i, a in enumerate(plan.appends):
+            self.appends.append((a, scans[2 * i], scans[2 * i + 1]))
+
+    def loop_test(self, plan) -> str:
+        """The rotated `while` test: True while the loop goes on (a bool scalar)."""
+        go = self.operand(plan.exit_var, BOOL)
+        if plan.exit_when:
+            go = self.node("Not", [go], kind=BOOL)
+        return self.node("Reshape", [go, self.const([], INT64)], "go", kind=BOOL)
+
+    def loop_cond(self, plan) -> str:
+        """cond_out of the body: no break taken, and the rotated test holds."""
+        parts = []
+        if plan.stop is not None:
+            parts.append(self.node("Not", [self.operand(plan.stop, BOOL)], kind=BOOL))
+        if plan.header:
+            self.stmts(plan.header)
+            parts.append(self.loop_test(plan))
+        if not parts:
+            return self.const(True, BOOL)
+        go = parts[0] if len(parts) == 1 else self.node("And", parts, kind=BOOL)
+        return self.node("Reshape", [go, self.const([], INT64)], "go", kind=BOOL)
+
+
+@dataclass(frozen=True)
+class _Target:
+    """A `for` loop's target, `start + step * iteration` (an expression only the Builder
+    makes and reads)."""
+
+    it: str
+    start: int
+    step: int
+
+
+def _check(m: onnx.ModelProto) -> None:
+    """`onnx.checker` on a copy: it insists on a shape where the rank is free."""
+    c = onnx.ModelProto()
+    c.CopyFrom(m)
+
+    def fill(g):
+        for v in [*g.input, *g.output]:
+            if not v.type.tensor_type.HasField("shape"):
+                v.type.tensor_type.shape.SetInParent()
+        for n in g.node:
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    fill(a.g)
+    fill(c.graph)
+    try:
+        onnx.checker.check_model(c)
+    except onnx.checker.ValidationError as e:
+        raise CannotFuse(str(e)) from e

@@ -1,0 +1,183 @@
+"""Host loops rewritten into the shape of an ONNX `Loop` body.
+
+An ONNX `Loop` runs its body while a condition holds, up to an optional trip count;
+the body cannot `break`. `plan_loop` rewrites a host loop into that shape, or says why
+it cannot:
+
+- `for t in range(a, b, s)` gives the trip count; `t = a + s * iteration`.
+- A `while` loop's leading test (`v = n < 8; if not v: break`, pure scalar host ops) is
+  *rotated*: evaluated once before the loop and again at the end of each iteration.
+- Every other `break` sets a stop flag, and the statements after the `if` that breaks
+  move into its other arm, so the rest of the iteration is skipped.
+- `lst.append(x)` of a Python scalar becomes a per-iteration (value, taken) pair that
+  the ONNX `Loop` emits as scan outputs; the host extends `lst` after the call.
+
+Arms of every rewritten branch are closed: a variable assigned in one arm and live after
+it is assigned in the other arm too (to its own value).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from onnx import TensorProto
+
+from dycomp.ir.program import Assign, Break, Continue, HostOp, If, Lit, Loop, Return, Var, walk
+
+APPEND = "{0}.append({1})"
+
+
+class NotLowerable(Exception):
+    """The loop stays a host loop; the message says why (logged at debug level)."""
+
+
+@dataclass
+class Append:
+    lst: Var  # the host list
+    value: Var  # per-iteration value (scan output)
+    taken: Var  # per-iteration flag: appended in this iteration
+
+
+@dataclass
+class LoopPlan:
+    loop: Loop
+    body: list  # no Break / append left; sets `stop`
+    trips: int | None = None  # for range loops
+    start: int = 0
+    step: int = 1
+    header: list = field(default_factory=list)  # rotated `while` test
+    exit_var: Var | None = None  # the header's break condition ...
+    exit_when: bool = True  # ... breaks when it has this truth value
+    stop: Var | None = None
+    appends: list = field(default_factory=list)
+
+
+def plan_loop(loop: Loop, names, kinds: dict, outside: set) -> LoopPlan:
+    """`names()` gives fresh host variables; `kinds` (scalar kinds) gains the new ones;
+    `outside`: the variables defined outside the loop body."""
+    plan = LoopPlan(loop, list(loop.body))
+    if loop.iter_expr is not None:
+        r = loop.iter_expr.value if isinstance(loop.iter_expr, Lit) else None
+        if not isinstance(r, range):
+            raise NotLowerable("iterates over something other than a literal range")
+        plan.trips, plan.start, plan.step = len(r), r.start, r.step
+    else:
+        _rotate(plan, kinds)
+    if any(isinstance(s, Return) for s in walk(plan.body)):
+        raise NotLowerable("returns from inside the loop")
+    body = plan.body
+    if any(isinstance(s, Break) for s in _own(body)):
+        plan.stop = names()
+        kinds[plan.stop] = TensorProto.BOOL
+        body = [Assign([plan.stop], [Lit(False)])] + _unbreak(body, plan.stop)
+    elif any(isinstance(s, Continue) for s in _own(body)):
+        body = _unbreak(body, None)
+    plan.body = _appends(body, plan, names, kinds)
+    plan.body = _close(plan.body, set(outside))
+    return plan
+
+
+def _rotate(plan: LoopPlan, kinds: dict) -> None:
+    """Move a `while` loop's leading scalar test out of the body."""
+    body = plan.body
+    k = 0
+    while k < len(body) and isinstance(body[k], HostOp) and body[k].out in kinds:
+        k += 1
+    test = body[k] if k < len(body) else None
+    if not (isinstance(test, If) and {len(test.then), len(test.orelse)} == {0, 1}
+            and any(isinstance(s, Break) for s in test.then + test.orelse)):
+        return
+    header_defs = {s.out for s in body[:k]}
+    rest_uses = {v for s in walk(body[k + 1:]) for v in s.uses()}
+    if header_defs & rest_uses:
+        return
+    plan.header, plan.exit_var = body[:k], test.cond
+    plan.exit_when = bool(test.then)
+    plan.body = body[k + 1:]
+
+
+def _own(stmts: list):
+    """`walk`, without going into inner loops (their breaks are their own)."""
+    for s in stmts:
+        yield s
+        if not isinstance(s, Loop):
+            for b in s.blocks():
+                yield from _own(b)
+
+
+def _unbreak(stmts: list, stop: Var | None) -> list:
+    """`stmts` without break / continue: an arm that breaks sets `stop`, one that
+    continues ends there; the other arm runs the rest of the iteration."""
+    out = []
+    for i, s in enumerate(stmts):
+        if isinstance(s, Break):
+            return out + [Assign([stop], [Lit(True)], line=s.line)]
+        if isinstance(s, Continue):
+            return out
+        if not isinstance(s, If) or not any(isinstance(x, (Break, Continue)) for x in _own([s])):
+            out.append(s)
+            continue
+        rest = stmts[i + 1:]  # what runs after the branch, in each arm that goes on
+        arms = [_unbreak(arm + rest, stop) for arm in (s.then, s.orelse)]
+        return out + [If(s.cond, arms[0], arms[1], source=s.source, line=s.line)]
+    return out
+
+
+def _appends(body: list, plan: LoopPlan, names, kinds: dict) -> list:
+    """`lst.append(x)` -> `value, taken = x, True`; defaults at the top of the body."""
+    sites = [s for s in _own(body) if isinstance(s, HostOp) and not s.pure]
+    site_ids = {id(s) for s in sites}
+    by_list: dict = {}
+    for s in sites:
+        if s.expr.fmt != APPEND or s.expr.args[1] not in kinds:
+            raise NotLowerable(f"host side effect `{s.expr.fmt}` at {s.line}")
+        lst, x = s.expr.args
+        if lst in by_list:
+            raise NotLowerable(f"{lst} is appended to twice in one iteration")
+        value, taken = names(), names()
+        kinds[value], kinds[taken] = kinds[x], TensorProto.BOOL
+        by_list[lst] = Append(lst, value, taken)
+    if any(lst in s.uses() for s in walk(body) for lst in by_list
+           if id(s) not in site_ids):
+        raise NotLowerable("a list appended to is also read in the loop")
+    plan.appends = list(by_list.values())
+    zero = {TensorProto.BOOL: False, TensorProto.INT64: 0, TensorProto.DOUBLE: 0.0}
+
+    def rewrite(stmts):
+        out = []
+        for s in stmts:
+            if id(s) in site_ids:
+                a = by_list[s.expr.args[0]]
+                out.append(Assign([a.value, a.taken], [s.expr.args[1], Lit(True)], line=s.line))
+            elif isinstance(s, If):
+                out.append(If(s.cond, rewrite(s.then), rewrite(s.orelse), source=s.source,
+                              line=s.line))
+            else:
+                out.append(s)
+        return out
+
+    defaults = [Assign([a.value, a.taken], [Lit(zero[kinds[a.value]]), Lit(False)])
+                for a in plan.appends]
+    return defaults + rewrite(body)
+
+
+def _defined(stmts: list) -> set:
+    return {d for s in walk(stmts) for d in s.defs()}
+
+
+def _close(stmts: list, before: set) -> list:
+    """`stmts` with both arms of every branch assigning the same variables: an arm that
+    leaves a variable defined before the branch alone assigns it to itself."""
+    known, out = set(before), []
+    for s in stmts:
+        if isinstance(s, If):
+            then, other = _close(s.then, known), _close(s.orelse, known)
+            for arm, missing in ((then, _defined(other) - _defined(then)),
+                                 (other, _defined(then) - _defined(other))):
+                keep = sorted((v for v in missing if v in known), key=lambda v: v.name)
+                if keep:
+                    arm.append(Assign(keep, list(keep)))
+            s = If(s.cond, then, other, source=s.source, line=s.line)
+        out.append(s)
+        known |= _defined([s])
+    return out
