@@ -11,6 +11,8 @@ it cannot:
   move into its other arm, so the rest of the iteration is skipped.
 - `lst.append(x)` of a Python scalar becomes a per-iteration (value, taken) pair that
   the ONNX `Loop` emits as scan outputs; the host extends `lst` after the call.
+- Scalar reads that start a branch arm move before the branch, so an arm left with
+  assignments only becomes a select instead of an `If`.
 
 Arms of every rewritten branch are closed: a variable assigned in one arm and live after
 it is assigned in the other arm too (to its own value).
@@ -72,7 +74,7 @@ def plan_loop(loop: Loop, names, kinds: dict, outside: set) -> LoopPlan:
         body = [Assign([plan.stop], [Lit(False)])] + _unbreak(body, plan.stop)
     elif any(isinstance(s, Continue) for s in _own(body)):
         body = _unbreak(body, None)
-    plan.body = _appends(body, plan, names, kinds)
+    plan.body = _hoist_reads(_appends(body, plan, names, kinds), kinds)
     plan.body = _close(plan.body, set(outside))
     return plan
 
@@ -159,6 +161,21 @@ def _appends(body: list, plan: LoopPlan, names, kinds: dict) -> list:
     defaults = [Assign([a.value, a.taken], [Lit(zero[kinds[a.value]]), Lit(False)])
                 for a in plan.appends]
     return defaults + rewrite(body)
+
+
+def _hoist_reads(stmts: list, kinds: dict) -> list:
+    """Scalar host ops that start an arm (`tok = t.item()`) move before the branch: they
+    are cheap and cannot fail, and an arm left with assignments only needs no `If`."""
+    out = []
+    for s in stmts:
+        if isinstance(s, If):
+            arms = [_hoist_reads(a, kinds) for a in (s.then, s.orelse)]
+            for arm in arms:
+                while arm and isinstance(arm[0], HostOp) and arm[0].pure and arm[0].out in kinds:
+                    out.append(arm.pop(0))
+            s = If(s.cond, arms[0], arms[1], source=s.source, line=s.line)
+        out.append(s)
+    return out
 
 
 def _defined(stmts: list) -> set:
