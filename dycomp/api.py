@@ -42,8 +42,8 @@ def compile(model, example_inputs, *, example_kwargs: dict | None = None,
     `cm.optimizations` with its source line and estimated saving (`cm.explain()`,
     `dycomp compile --explain-opts`).
     `threads`: intra-op threads per compiled subgraph (backend 'onnx'; default 2).
-    `fuse_branches`: lower host branches between subgraphs into ONNX `If` nodes
-    (backend 'onnx'); off, every region is dispatched by the host.
+    `fuse_branches`: lower host branches and loops around subgraphs into ONNX `If` /
+    `Loop` nodes (backend 'onnx'); off, every region is dispatched by the host.
     `tune`: a `dycomp.TuneConfig` (backend 'tvm'): MetaSchedule tuning with a persistent
     database; without it TVM's code is untuned (slow). `strict` (backend 'tvm'): raise
     instead of running regions TVM cannot compile on ONNX Runtime."""
