@@ -517,10 +517,10 @@ def compile_command(cfg: CompileConfig, out: Console) -> None:
 def _fused_nodes(graph, op: str) -> int:
     """ONNX `If` / `Loop` nodes in the lowered subgraphs (branches and loops fused out of
     the host), nested ones included."""
-    def count(g) -> int:
-        return sum((n.op_type == op) + sum(count(a.g) for a in n.attribute if a.g.node)
-                   for n in g.node)
-    return sum(count(r.onnx.graph) for r in graph.regions.values() if r.onnx is not None)
+    from dycomp.backends.onnx_backend import all_nodes
+
+    return sum(n.op_type == op for r in graph.regions.values() if r.onnx is not None
+               for n in all_nodes(r.onnx.graph))
 
 
 def _fired(applied: list) -> str:

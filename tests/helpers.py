@@ -10,9 +10,10 @@ import dycomp
 from dycomp.check import compare
 
 
-def assert_matches_eager(fn, inputs, cm=None, backend="torch", **compile_kw):
+def assert_matches_eager(fn, inputs, cm=None, backend="torch", outputs=None, **compile_kw):
     """Compile `fn` (a bound method or module) on inputs[0] and compare with eager on every
-    input. Returns (compiled model, list of compiled paths)."""
+    input. Returns (compiled model, list of compiled paths); the compiled outputs are
+    appended to `outputs` if given."""
     first = inputs[0] if isinstance(inputs[0], tuple) else (inputs[0],)
     if cm is None:
         cm = dycomp.compile(fn, first, backend=backend, check=False, **compile_kw)
@@ -25,6 +26,8 @@ def assert_matches_eager(fn, inputs, cm=None, backend="torch", **compile_kw):
         diff = compare(expected, actual)
         assert diff is None, f"input {i}: {diff} (path {path})\n{cm.host_source}"
         paths.append(path)
+        if outputs is not None:
+            outputs.append(actual)
     return cm, paths
 
 

@@ -9,8 +9,10 @@ import torch
 from torch import nn
 
 import dycomp
+from dycomp.backends.onnx_backend import all_nodes
 from dycomp.check import compare
 from examples.zoo import ZOO
+from tests.helpers import assert_matches_eager
 
 
 def _if_nodes(model) -> int:
@@ -19,12 +21,7 @@ def _if_nodes(model) -> int:
 
 def _all_ops(g) -> Counter:
     """Op types of a graph and its subgraphs."""
-    ops = Counter(n.op_type for n in g.node)
-    for n in g.node:
-        for a in n.attribute:
-            if a.g.node:
-                ops += _all_ops(a.g)
-    return ops
+    return Counter(n.op_type for n in all_nodes(g))
 
 
 @pytest.fixture(scope="module")
@@ -54,14 +51,10 @@ def test_early_exits_fuse_into_nested_ifs():
     assert len(cm.graph.regions) == 1 and "if v" not in cm.host_source
     (region,) = cm.graph.regions.values()
     assert _all_ops(region.onnx.graph)["If"] == 4
-    exits = set()
-    for inputs in mod.sample_inputs(40):
-        with torch.no_grad():
-            expected = model(*inputs)
-        actual = cm(*inputs)
-        assert compare(expected, actual) is None
-        assert type(actual[1]) is int and type(actual[2]) is bool
-        exits.add(actual[1])
+    outs = []
+    assert_matches_eager(model, mod.sample_inputs(40), cm=cm, outputs=outs)
+    assert all(type(o[1]) is int and type(o[2]) is bool for o in outs)
+    exits = {o[1] for o in outs}
     assert len(exits) >= 3
 
 
@@ -102,13 +95,9 @@ def test_zoo_loops_become_one_onnx_loop(name, method):
     cm = dycomp.compile(fn, example, backend="onnx")
     assert cm.graph.stats()["loops"] == 0 and cm.graph.stats()["region_calls"] == 1
     assert sum(_all_ops(r.onnx.graph)["Loop"] for r in cm.graph.regions.values()) == 1
-    keys = set()
-    for inputs in mod.sample_inputs(60):
-        with torch.no_grad():
-            expected = fn(*inputs)
-        actual = cm(*inputs)
-        assert compare(expected, actual) is None
-        keys.add(len(actual[0]) if name == "decoder" else actual[1])
+    outs = []
+    assert_matches_eager(fn, mod.sample_inputs(60), cm=cm, outputs=outs)
+    keys = {len(o[0]) if name == "decoder" else o[1] for o in outs}
     assert len(keys) >= 5  # many step counts / output lengths
 
 
@@ -148,15 +137,11 @@ def test_loop_with_break_continue_and_python_values():
     xs = _loop_inputs(60)
     cm = dycomp.compile(model, (xs[0],), backend="onnx")
     assert "while" not in cm.host_source and cm.graph.stats()["region_calls"] == 1
-    counts = set()
-    for x in xs:
-        with torch.no_grad():
-            expected = model(x)
-        actual = cm(x)
-        assert compare(expected, actual) is None
-        assert type(actual[2]) is float  # summed in double, as the host would
-        assert actual[3] == expected[3] and all(type(t) is int for t in actual[3])
-        counts.add((actual[1], len(actual[3])))
+    outs = []
+    assert_matches_eager(model, xs, cm=cm, outputs=outs)  # token lists equal, types too
+    assert all(type(o[2]) is float for o in outs)  # summed in double, as the host would
+    assert all(type(t) is int for o in outs for t in o[3])
+    counts = {(o[1], len(o[3])) for o in outs}
     assert len({n for n, _ in counts}) >= 4 and any(n > k for n, k in counts)  # continues
 
 
@@ -165,11 +150,7 @@ def test_loop_with_a_return_stays_on_the_host():
     xs = _loop_inputs(40)
     cm = dycomp.compile(model, (xs[0],), backend="onnx")
     assert "while True" in cm.host_source
-    results = set()
-    for x in xs:
-        with torch.no_grad():
-            expected = model(x)
-        actual = cm(x)
-        assert compare(expected, actual) is None
-        results.add(actual[1] == -1)
+    outs = []
+    assert_matches_eager(model, xs, cm=cm, outputs=outs)
+    results = {o[1] == -1 for o in outs}
     assert results == {True, False}

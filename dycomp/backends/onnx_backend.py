@@ -102,20 +102,20 @@ def thread_plan(graph, threads: int) -> dict[str, int]:
     plan = {}
     for name, region in graph.regions.items():
         model = region.onnx
-        nodes = _all_nodes(model.graph)
+        nodes = all_nodes(model.graph)
         weights = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
         heavy = any(n.op_type in HEAVY_OPS for n in nodes) or weights >= HEAVY_WEIGHTS
         plan[name] = threads if heavy else 1
     return plan
 
 
-def _all_nodes(g) -> list:
+def all_nodes(g) -> list:
     out = []
     for n in g.node:
         out.append(n)
         for a in n.attribute:
             if a.type == onnx.AttributeProto.GRAPH:
-                out += _all_nodes(a.g)
+                out += all_nodes(a.g)
     return out
 
 

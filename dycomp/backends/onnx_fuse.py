@@ -52,10 +52,10 @@ EXTEND = "{0}.extend(x for x, f in zip({1}.tolist(), {2}.tolist()) if f)"
 def fuse_branches(graph) -> Counter:
     """Rewrite fusable runs of `graph.body` into fused ONNX regions; counts the branches
     and loops lowered into `If` / `Loop` nodes. Regions must carry `.onnx` models."""
-    types = var_types(graph)
+    types, srcs = var_types(graph), _sources(graph)
     tensors = tensor_vars(graph)
-    kinds = scalar_kinds(graph, types, tensors)
-    fuser = _Fuser(graph, types, tensors, kinds, fed_vars(graph, tensors, kinds, types))
+    kinds = scalar_kinds(srcs, types, tensors)
+    fuser = _Fuser(graph, types, tensors, kinds, fed_vars(graph, srcs, tensors, kinds, types))
     fuser.block(graph.body)
     live = {s.region for s in walk(graph.body) if isinstance(s, CallRegion)}
     for name in [n for n in graph.regions if n not in live]:
@@ -106,10 +106,9 @@ def _sources(graph) -> dict:
     return srcs
 
 
-def scalar_kinds(graph, types: dict, tensors: set) -> dict:
+def scalar_kinds(srcs: dict, types: dict, tensors: set) -> dict:
     """Host variables that hold a Python bool, int or float that ONNX can compute:
-    {var: TensorProto element type}."""
-    srcs = _sources(graph)
+    {var: TensorProto element type}. `srcs`: `_sources(graph)`."""
     kinds: dict = {}
 
     def kind(x, strict):
@@ -146,21 +145,25 @@ def scalar_kinds(graph, types: dict, tensors: set) -> dict:
     return kinds
 
 
-def fed_vars(graph, tensors: set, kinds: dict, types: dict) -> set:
+def fed_vars(graph, srcs: dict, tensors: set, kinds: dict, types: dict) -> set:
     """Variables that are a tensor on some paths and a Python number on others (a sum
     that starts at 0.0), only ever passed to regions: the executor converts them to the
     region's input type, and so can the fused model."""
-    srcs = _sources(graph)
     fed = {d for d, xs in srcs.items() if d not in tensors and d not in kinds and d in types
            and all(isinstance(x, Var) or (isinstance(x, Lit) and literal_kind(x.value)
                                           in (INT64, DOUBLE)) for x in xs)}
+    readers = defaultdict(list)
+    for s in walk(graph.body):
+        for v in s.uses():
+            if v in fed:
+                readers[v].append(s)
     changed = True
     while changed:
         changed = False
         for d in list(fed):
             bad_src = any(isinstance(x, Var) and x not in tensors and x not in fed
                           for x in srcs[d])
-            if bad_src or any(d in s.uses() and not _feeds(s, d, fed) for s in walk(graph.body)):
+            if bad_src or not all(_feeds(s, d, fed) for s in readers[d]):
                 fed.discard(d)
                 changed = True
     return fed

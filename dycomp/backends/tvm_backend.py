@@ -25,7 +25,7 @@ import onnx
 
 from dycomp.backends.onnx_backend import (
     DEFAULT_OPSET,
-    _all_nodes,
+    all_nodes,
     export_regions,
     quiet,
     regions_error,
@@ -149,7 +149,7 @@ def _import_regions(graph, failed: dict[str, str]) -> dict:
     supported = set(_get_convert_map())
     funcs = {}
     for name, region in graph.regions.items():
-        missing = sorted({n.op_type for n in _all_nodes(region.onnx.graph)} - supported)
+        missing = sorted({n.op_type for n in all_nodes(region.onnx.graph)} - supported)
         if missing:
             failed[name] = f"no TVM importer for ONNX op(s) {', '.join(missing)}"
             continue
