@@ -5,6 +5,18 @@ path, host overhead per transition, the same path compiled as ONE static ONNX gr
 (the lower bound for dispatch), compile time and artifact size. Eager and dycomp calls
 are interleaved input by input; every contender runs with 2 threads.
 
+The static graph is the first input's path traced by `torch.onnx.export(dynamo=False)`,
+in two forms: "st+dec" keeps every value the Python code reads to decide (`bool(t)`,
+`t.item()`, `float(t)`, ...) as an extra output, so it computes the same decisions as
+the dynamic model without dispatching on them: the lower bound for dispatch, which the
+path/st+dec ratio compares against. "static" is the bare trace, where tracing folds
+those decisions into constants and drops the work that computed them. "no-If ms"
+splits the gap: dycomp's own one-call graph with every `If` node replaced by the arm
+this input takes (conditions kept as outputs; nan when the graph holds a `Loop` or is
+more than one subgraph), so path - no-If is what the `If` nodes cost. Both static
+graphs and the no-If graph run in sessions configured as dycomp configures its own
+(intra-op threads by its rule, workers stop spinning after each run).
+
 Run: python benchmarks/onnx_vs_eager.py [--inputs 40] [--rounds 5] [name ...]
 """
 
@@ -20,12 +32,17 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
+from torch.overrides import TorchFunctionMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import dycomp  # noqa: E402
+from dycomp.backends.onnx_backend import all_nodes, model_threads  # noqa: E402
+from dycomp.runtime.onnx_executor import session_options  # noqa: E402
 from examples.zoo import ZOO  # noqa: E402
 
 THREADS = 2
@@ -37,34 +54,93 @@ def _timed(fn, *args):
     return time.perf_counter() - t0, out
 
 
-class _TensorOutputs(torch.nn.Module):
-    """The model with its non-tensor outputs dropped (tracing refuses them)."""
+class _KeepDecisions(TorchFunctionMode):
+    """Records every tensor that Python code converts to a Python value."""
 
-    def __init__(self, model):
+    READS = {torch.Tensor.__bool__, torch.Tensor.item, torch.Tensor.__float__,
+             torch.Tensor.__int__, torch.Tensor.__index__, torch.Tensor.tolist}
+
+    def __init__(self):
         super().__init__()
-        self.model = model
+        self.read = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self.READS:
+            self.read.append(args[0])
+        return func(*args, **(kwargs or {}))
+
+
+class _TensorOutputs(torch.nn.Module):
+    """The model with its non-tensor outputs dropped (tracing refuses them); with
+    `decisions`, the tensors its Python code reads are outputs too."""
+
+    def __init__(self, model, decisions: bool):
+        super().__init__()
+        self.model, self.decisions = model, decisions
 
     def forward(self, *args):
-        leaves = torch.utils._pytree.tree_flatten(self.model(*args))[0]
-        return tuple(t for t in leaves if isinstance(t, torch.Tensor))
+        with _KeepDecisions() as keep:
+            out = self.model(*args)
+        leaves = torch.utils._pytree.tree_flatten(out)[0]
+        kept = tuple(keep.read) if self.decisions else ()
+        return tuple(t for t in leaves if isinstance(t, torch.Tensor)) + kept
 
 
-def _static_path_session(model, inputs):
+def _static_path_session(model, inputs, decisions: bool):
     """The path this input takes, traced into one static ONNX graph (None if it fails)."""
     buf = io.BytesIO()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(_TensorOutputs(model).eval(), inputs, buf, dynamo=False,
-                              opset_version=17)
+            torch.onnx.export(_TensorOutputs(model, decisions).eval(), inputs, buf,
+                              dynamo=False, opset_version=17)
     except Exception as e:  # tracing refuses some outputs (python lists, ints)
         return None, f"{type(e).__name__}"
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = THREADS, 1
-    sess = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+    sess = _session(buf.getvalue())
     names = [i.name for i in sess.get_inputs()]
     feed = {n: t.numpy() for n, t in zip(names, inputs)}
     return (lambda: sess.run(None, feed)), ""
+
+
+def _session(model: bytes):
+    """A session configured as dycomp configures its own (threads by its rule, workers
+    stop spinning after each run), so that only the dispatch differs."""
+    opts = session_options(model_threads(onnx.load_from_string(model), THREADS))
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+
+
+def _taken_arms_session(cm, arrays):
+    """dycomp's one-subgraph model with each `If` replaced by the arm `arrays` takes."""
+    models = cm.program.executor.models
+    if len(models) != 1:
+        return None
+    m = onnx.load_from_string(next(iter(models.values())))
+    if any(n.op_type == "Loop" for n in all_nodes(m.graph)):
+        return None
+    feed = {i.name: a for i, a in zip(m.graph.input, arrays)}
+    conds = []
+    while ifs := [n for n in m.graph.node if n.op_type == "If"]:
+        probe = onnx.ModelProto()
+        probe.CopyFrom(m)
+        probe.graph.output.extend(onnx.ValueInfoProto(name=n.input[0]) for n in ifs)
+        taken = _session(probe.SerializeToString()).run([n.input[0] for n in ifs], feed)
+        nodes = []
+        for n in m.graph.node:
+            if n.op_type != "If":
+                nodes.append(n)
+                continue
+            arm = onnx.helper.get_node_attr_value(
+                n, "then_branch" if np.asarray(taken[ifs.index(n)]).item() else "else_branch")
+            m.graph.initializer.extend(arm.initializer)
+            nodes += arm.node
+            nodes += [onnx.helper.make_node("Identity", [o.name], [out])
+                      for o, out in zip(arm.output, n.output)]
+            conds.append(n.input[0])
+        del m.graph.node[:]
+        m.graph.node.extend(nodes)
+    m.graph.output.extend(onnx.ValueInfoProto(name=c) for c in dict.fromkeys(conds))
+    sess, names = _session(m.SerializeToString()), [o.name for o in m.graph.output]
+    return lambda: sess.run(names, feed)
 
 
 class CallTimer:
@@ -111,21 +187,25 @@ def bench(name, mod, n_inputs, rounds, threads=None, fuse=True):
         runs.append((_timed(cm.program.run, *arrays[0])[0], timer.inside, timer.calls))
     cm.program.executor = timer.inner
     total, inside, calls = sorted(runs)[len(runs) // 2]
-    static_fn, why = _static_path_session(model, inputs[0])
-    static_ms = path_ms = float("nan")
-    if static_fn is not None:
-        for _ in range(20):
-            static_fn()
-        static_ms = 1e3 * statistics.median(_timed(static_fn)[0] for _ in range(200))
-        path_ms = 1e3 * statistics.median(_timed(cm.program.run, *arrays[0])[0]
-                                          for _ in range(200))
+    static_fn, why = _static_path_session(model, inputs[0], decisions=False)
+    decided_fn, _ = _static_path_session(model, inputs[0], decisions=True)
+    arms_fn = _taken_arms_session(cm, arrays[0]) if fuse else None
+    static_ms = decided_ms = path_ms = arms_ms = float("nan")
+    if static_fn is not None and decided_fn is not None:
+        contenders = [static_fn, decided_fn, lambda: cm.program.run(*arrays[0])]
+        times = [[] for _ in range(4)]
+        for _ in range(220):  # interleaved; the first 20 warm up
+            for fn, ts in zip(contenders + [arms_fn] * bool(arms_fn), times):
+                ts.append(_timed(fn)[0])
+        static_ms, decided_ms, path_ms, arms_ms = (
+            1e3 * statistics.median(ts[20:]) if ts else float("nan") for ts in times)
     e, c = 1e3 * statistics.median(eager), 1e3 * statistics.median(comp)
     return dict(name=name, eager=e, dycomp=c, speedup=e / c, calls=calls,
                 host_us=1e6 * (total - inside) / max(calls, 1),
-                dispatch_us=1e6 * (path_ms - static_ms) / 1e3 / max(calls, 1)
-                if static_fn else float("nan"),
-                static=static_ms, path=path_ms, ratio=path_ms / static_ms if static_fn else
-                float("nan"), compile=compile_s, size=size / 1024, why=why)
+                dispatch_us=1e3 * (path_ms - decided_ms) / max(calls, 1),
+                static=static_ms, decided=decided_ms, path=path_ms, arms=arms_ms,
+                ratio=path_ms / decided_ms, folded_ratio=path_ms / static_ms,
+                compile=compile_s, size=size / 1024, why=why)
 
 
 def main(argv=None):
@@ -140,22 +220,26 @@ def main(argv=None):
     torch.set_num_threads(THREADS)
     rows = [bench(n, ZOO[n], a.inputs, a.rounds, a.threads, not a.no_fuse) for n in a.names]
     hdr = (f"{'example':<15}{'eager ms':>9}{'dycomp ms':>10}{'speedup':>8}{'calls':>6}"
-           f"{'host us':>8}{'disp us':>8}{'static ms':>10}{'path ms':>8}{'path/st':>8}"
+           f"{'host us':>8}{'disp us':>8}{'static ms':>10}{'st+dec ms':>10}{'path ms':>8}"
+           f"{'no-If ms':>9}{'path/st':>8}{'path/st+dec':>12}"
            f"{'compile s':>10}{'KiB':>8}")
     print(hdr)
     for r in rows:
         print(f"{r['name']:<15}{r['eager']:>9.3f}{r['dycomp']:>10.3f}{r['speedup']:>8.2f}"
               f"{r['calls']:>6}{r['host_us']:>8.1f}{r['dispatch_us']:>8.1f}{r['static']:>10.3f}"
-              f"{r['path']:>8.3f}{r['ratio']:>8.2f}{r['compile']:>10.2f}{r['size']:>8.0f}"
+              f"{r['decided']:>10.3f}{r['path']:>8.3f}{r['arms']:>9.3f}{r['folded_ratio']:>8.2f}"
+              f"{r['ratio']:>12.2f}{r['compile']:>10.2f}{r['size']:>8.0f}"
               + (f"  static: {r['why']}" if r["why"] else ""))
     geo = math.exp(statistics.mean(math.log(r["speedup"]) for r in rows))
-    ratios = [r["ratio"] for r in rows if not math.isnan(r["ratio"])]
     print(f"\ngeomean speedup vs eager: {geo:.2f}x; slowest: "
           f"{min(r['speedup'] for r in rows):.2f}x")
-    if ratios:
-        print(f"geomean path / one-static-graph: "
-              f"{math.exp(statistics.mean(math.log(x) for x in ratios)):.2f} "
-              f"({len(ratios)} examples exportable as one static graph)")
+    for key, what in (("ratio", "one static graph computing the decisions (st+dec)"),
+                      ("folded_ratio", "the bare trace, decisions folded (static)")):
+        ratios = [r[key] for r in rows if not math.isnan(r[key])]
+        if ratios:
+            print(f"geomean path / {what}: "
+                  f"{math.exp(statistics.mean(math.log(x) for x in ratios)):.2f} "
+                  f"({len(ratios)} examples exportable as one static graph)")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import onnx
 import pytest
 import torch
 from torch import nn
@@ -154,3 +155,41 @@ def test_loop_with_a_return_stays_on_the_host():
     assert_matches_eager(model, xs, cm=cm, outputs=outs)
     results = {o[1] == -1 for o in outs}
     assert results == {True, False}
+
+
+# -- what the fused graphs leave out ---------------------------------------------------------
+def _graphs(g):
+    yield g
+    for n in g.node:
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                yield from _graphs(a.g)
+
+
+@pytest.mark.parametrize("name,method", [("act", "forward"), ("decoder", "forward"),
+                                         ("multi_exit", "forward"), ("nested_if", "forward"),
+                                         ("moe", "forward")])
+def test_fused_graphs_hold_no_needless_nodes(name, method):
+    """ONNX Runtime runs every node of a `Loop` body on every iteration: no node whose
+    result nothing reads, no `Not` of a `Not`, no logic on a constant, no logic node
+    twice on the same inputs, no `Identity` in front of a value computed in the graph."""
+    model, example = ZOO[name].make()
+    cm = dycomp.compile(getattr(model, method), example, backend="onnx")
+    (region,) = cm.graph.regions.values()
+    for g in _graphs(region.onnx.graph):
+        read = {o.name for o in g.output}
+        for n in all_nodes(g):
+            read.update(n.input)
+        made = {o: n for n in g.node for o in n.output}
+        consts = {o for o, n in made.items() if n.op_type == "Constant"}
+        logic = [n for n in g.node if n.op_type in ("Not", "And", "Or")]
+        for n in g.node:
+            assert read.intersection(n.output), f"{n.op_type} {n.name}: result unread"
+        for n in logic:
+            assert not consts.intersection(n.input), f"{n.name}: logic on a constant"
+            assert not (n.op_type == "Not" and made.get(n.input[0], n).op_type == "Not")
+        assert len({(n.op_type, *n.input) for n in logic}) == len(logic)
+        for o in g.output:
+            n = made.get(o.name)
+            if n is not None and n.op_type == "Identity" and n.input[0] in made:
+                assert [x.name for x in g.output].count(n.input[0]), o.name

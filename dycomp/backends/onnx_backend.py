@@ -99,14 +99,14 @@ HEAVY_WEIGHTS = 1 << 18
 
 def thread_plan(graph, threads: int) -> dict[str, int]:
     """Intra-op threads per lowered subgraph: `threads` for heavy ones, 1 for the rest."""
-    plan = {}
-    for name, region in graph.regions.items():
-        model = region.onnx
-        nodes = all_nodes(model.graph)
-        weights = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
-        heavy = any(n.op_type in HEAVY_OPS for n in nodes) or weights >= HEAVY_WEIGHTS
-        plan[name] = threads if heavy else 1
-    return plan
+    return {name: model_threads(region.onnx, threads) for name, region in graph.regions.items()}
+
+
+def model_threads(model: onnx.ModelProto, threads: int) -> int:
+    """`threads` for a heavy model, 1 for a light one (the rule above)."""
+    weights = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
+    heavy = any(n.op_type in HEAVY_OPS for n in all_nodes(model.graph))
+    return threads if heavy or weights >= HEAVY_WEIGHTS else 1
 
 
 def all_nodes(g) -> list:

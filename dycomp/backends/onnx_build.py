@@ -90,10 +90,12 @@ class CannotFuse(Exception):
     pass
 
 
-# Arms whose weights hold at most this many elements (and no convolution, recurrent cell
-# or nested control flow) are both computed and selected with `Where`: an `If` node costs
-# ~2 us in ONNX Runtime here, about what a batch-1 matmul over this many weights costs.
-SPECULATE_MAX_WEIGHTS = 8192
+# Arms whose weights hold at most this many elements together (and no convolution,
+# recurrent cell or nested control flow) are both computed and selected with `Where`: an
+# `If` node costs ~1 us in ONNX Runtime here, about what batch-1 matmuls over this many
+# weights cost (measured in benchmarks/README.md: nested_if 0.031 ms with 4,224 weights
+# speculated, 0.025 ms with an `If` there).
+SPECULATE_MAX_WEIGHTS = 2048
 _HEAVY = {"Conv", "ConvTranspose", "LSTM", "GRU", "RNN", "Loop", "If", "Scan"}
 
 
@@ -127,6 +129,9 @@ class Builder:
         self.env: dict[Var, str] = {}
         self.types: dict[str, onnx.TypeProto] = {}
         self.taken: set[str] = set()
+        self.truth: dict[str, bool] = {}  # bool constants
+        self.negation: dict[str, str] = {}  # Not(x) -> x
+        self.memo: dict[tuple, str] = {}  # (op, inputs) -> output, of this scope
         self.nodes: list = []
         self.initializers: list = []
         self.live: set = set()  # loop-carried and synthetic variables of enclosing loops
@@ -154,6 +159,7 @@ class Builder:
             seen.add(n)
             outs.append(helper.make_value_info(n, self.types[n]))
         g = helper.make_graph(self.nodes, self.name, ins, outs, self.initializers)
+        _drop_dead(g)
         first = self.graph.regions[next(s.region for s in walk(run)
                                         if isinstance(s, CallRegion))].onnx
         m = helper.make_model(g, opset_imports=list(first.opset_import))
@@ -189,10 +195,50 @@ class Builder:
 
     def const(self, value, kind: int) -> str:
         t = numpy_helper.from_array(np.array(value, helper.tensor_dtype_to_np_dtype(kind)))
-        return self.node("Constant", [], "c", kind=kind, value=t)
+        out = self.node("Constant", [], "c", kind=kind, value=t)
+        if kind == BOOL:
+            self.truth[out] = bool(value)
+        return out
+
+    def logic(self, op: str, *args: str) -> str:
+        """`Not`, `And` or `Or` of bool scalars, folded where an operand is a constant
+        (`x and True` is `x`) or the negation of a negation."""
+        if op == "Not":
+            (x,) = args
+            if x in self.truth:
+                return self.const(not self.truth[x], BOOL)
+            if x in self.negation:
+                return self.negation[x]
+            if ("Not", x) not in self.memo:
+                self.memo["Not", x] = self.node("Not", [x], kind=BOOL)
+                self.negation[self.memo["Not", x]] = x
+            return self.memo["Not", x]
+        absorbing = op == "Or"  # True decides an `Or`, False an `And`
+        if any(self.truth.get(x) is absorbing for x in args):
+            return self.const(absorbing, BOOL)
+        rest = [x for x in args if x not in self.truth]
+        if not rest:
+            return self.const(not absorbing, BOOL)
+        out = rest[0]
+        for x in rest[1:]:
+            if (op, out, x) not in self.memo:
+                self.memo[op, out, x] = self.node(op, [out, x], kind=BOOL)
+            out = self.memo[op, out, x]
+        return out
 
     def elem(self, name: str) -> int:
         return self.types[name].tensor_type.elem_type
+
+    def scalar(self, name: str, tag: str) -> str:
+        """`name`, a one-element tensor, as a 0-d tensor (no node when it is one)."""
+        t = self.types[name].tensor_type
+        if t.HasField("shape") and not t.shape.dim:
+            return name
+        if ("Reshape", name) not in self.memo:
+            out = self.node("Reshape", [name, self.const([], INT64)], tag)
+            self.types[out] = _scalar(t.elem_type)
+            self.memo["Reshape", name] = out
+        return self.memo["Reshape", name]
 
     def cast(self, name: str, kind: int) -> str:
         if self.elem(name) == kind:
@@ -243,27 +289,22 @@ class Builder:
         if fmt == "bool({0})" or fmt in _CONVERT:
             return self.cast(self.lookup(args[0]), kind)
         if fmt in _ITEM:
-            x = self.node("Reshape", [self.lookup(args[0]), self.const([], INT64)], "item")
-            self.types[x] = _scalar(self.elem(self.lookup(args[0])))
-            return self.cast(x, kind)
+            return self.cast(self.scalar(self.lookup(args[0]), "item"), kind)
         if fmt in _ARITH:
             return self.node(_ARITH[fmt], [self.operand(a, kind) for a in args], kind=kind)
         if fmt in _COMPARE:
             both = [self.kinds.get(a) or literal_kind(getattr(a, "value", None)) for a in args]
             k = BOOL if both == [BOOL, BOOL] else DOUBLE if DOUBLE in both else INT64
             out = self.node(_COMPARE[fmt], [self.operand(a, k) for a in args], kind=BOOL)
-            return self.node("Not", [out], kind=BOOL) if "!=" in fmt else out
+            return self.logic("Not", out) if "!=" in fmt else out
         if _EQ_K.match(fmt):
             k = int(_EQ_K.match(fmt).group(1))
             return self.node("Equal", [self.operand(args[0], INT64), self.const(k, INT64)],
                              kind=BOOL)
         if fmt == "(not {0})":
-            return self.node("Not", [self.operand(args[0], BOOL)], kind=BOOL)
+            return self.logic("Not", self.operand(args[0], BOOL))
         if _NOT_ANY.match(fmt):
-            out = self.operand(args[0], BOOL)
-            for a in args[1:]:
-                out = self.node("Or", [out, self.operand(a, BOOL)], kind=BOOL)
-            return self.node("Not", [out], kind=BOOL)
+            return self.logic("Not", self.logic("Or", *(self.operand(a, BOOL) for a in args)))
         raise CannotFuse(f"host operation {fmt} at {s.line}")
 
     def inline(self, s: CallRegion) -> None:
@@ -304,7 +345,7 @@ class Builder:
     def subgraph(self, stmts: list, results: list, inputs=()) -> tuple:
         """Build `stmts` as a subgraph: (nodes, initializers, outputs). `results` are
         names computed inside it (callables, run after the statements) or variables."""
-        saved = self.env.copy(), self.nodes, self.initializers
+        saved = self.env.copy(), self.memo.copy(), self.nodes, self.initializers
         self.nodes, self.initializers = [], []
         self.depth += 1
         try:
@@ -316,12 +357,18 @@ class Builder:
             outs = []
             for r in results:
                 src = r() if callable(r) else self.lookup(r)
-                out = self.node("Identity", [src], "out", like=src)
-                outs.append(helper.make_value_info(out, self.types[out]))
-            return self.nodes, self.initializers, outs
+                outs.append(src)
+            # a value computed here is an output as it is; one from outside (or an
+            # output twice) goes through an `Identity`
+            made = {o for n in self.nodes for o in n.output}
+            for i, src in enumerate(outs):
+                if src not in made or src in outs[:i]:
+                    outs[i] = self.node("Identity", [src], "out", like=src)
+            return self.nodes, self.initializers, [
+                helper.make_value_info(o, self.types[o]) for o in outs]
         finally:
             self.depth -= 1
-            self.env, self.nodes, self.initializers = saved
+            self.env, self.memo, self.nodes, self.initializers = saved
 
     def if_node(self, s: If) -> None:
         """An `If` node, or both arms and a `Where` when they are cheaper than an `If`."""
@@ -367,24 +414,18 @@ class Builder:
                 return _scalar(self.kinds[d]) if d in self.kinds else None
             return self.types.get(v)
 
-        def flag(a, b):
-            return all(isinstance(v, Lit) and type(v.value) is bool for v in (a, b))
-
         for d, a, b in zip(phis, *arms):
             t = typ(d, a)
             if a is None or b is None or not (a == b or (t is not None and t == typ(d, b))):
                 return False
-        cond = self.node("Reshape", [cond, self.const([], INT64)], "cond", kind=BOOL)
+        cond = self.scalar(cond, "cond")  # a `Where` broadcasts its condition
         for d, a, b in zip(phis, *arms):
             x, y = (self.assigned(d, v) if isinstance(v, Lit) else v for v in (a, b))
             if a == b:
                 self.env[d] = x
-            elif flag(a, b):
-                self.env[d] = cond if a.value else self.node("Not", [cond], kind=BOOL)
             elif self.elem(x) == BOOL:  # no bool `Where` on ONNX Runtime's CPU
-                keep = self.node("And", [cond, x], kind=BOOL)
-                other = self.node("And", [self.node("Not", [cond], kind=BOOL), y], kind=BOOL)
-                self.env[d] = self.node("Or", [keep, other], kind=BOOL)
+                self.env[d] = self.logic("Or", self.logic("And", cond, x),
+                                         self.logic("And", self.logic("Not", cond), y))
             else:
                 self.env[d] = self.node("Where", [cond, x, y], d.name, like=x)
         return True
@@ -436,21 +477,18 @@ class Builder:
         """The rotated `while` test: True while the loop goes on (a bool scalar)."""
         go = self.operand(plan.exit_var, BOOL)
         if plan.exit_when:
-            go = self.node("Not", [go], kind=BOOL)
-        return self.node("Reshape", [go, self.const([], INT64)], "go", kind=BOOL)
+            go = self.logic("Not", go)
+        return self.scalar(go, "go")
 
     def loop_cond(self, plan) -> str:
         """cond_out of the body: no break taken, and the rotated test holds."""
         parts = []
         if plan.stop is not None:
-            parts.append(self.node("Not", [self.operand(plan.stop, BOOL)], kind=BOOL))
+            parts.append(self.logic("Not", self.operand(plan.stop, BOOL)))
         if plan.header:
             self.stmts(plan.header)
             parts.append(self.loop_test(plan))
-        if not parts:
-            return self.const(True, BOOL)
-        go = parts[0] if len(parts) == 1 else self.node("And", parts, kind=BOOL)
-        return self.node("Reshape", [go, self.const([], INT64)], "go", kind=BOOL)
+        return self.scalar(self.logic("And", *parts), "go")
 
 
 @dataclass(frozen=True)
@@ -461,6 +499,24 @@ class _Target:
     it: str
     start: int
     step: int
+
+
+def _drop_dead(g: onnx.GraphProto) -> set:
+    """Remove the nodes of `g` and its subgraphs whose outputs nothing reads (ONNX
+    Runtime keeps them inside subgraphs); returns the names `g` reads."""
+    read = {o.name for o in g.output}
+    kept = []
+    for n in reversed(g.node):
+        if not read.intersection(n.output):
+            continue
+        kept.append(n)
+        read.update(n.input)
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                read |= _drop_dead(a.g)
+    del g.node[:]
+    g.node.extend(reversed(kept))
+    return read
 
 
 def _check(m: onnx.ModelProto) -> None:
