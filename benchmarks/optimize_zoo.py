@@ -3,8 +3,8 @@
 Per example (batch 1, 2 threads, calls interleaved input by input, medians): dycomp fp32,
 int8 (static QDQ, 32 calibration inputs through the host program), 50 % structured
 channel pruning (uniform), pruned + int8; each variant's speedup over fp32, parameters,
-its path agreement with the fp32 model (paths of the unfused compiles, so that every
-decision is compared) and its speedup on the inputs where it takes fp32's path (pruning
+its path agreement with the fp32 model (every decision compared: fused subgraphs report
+the regions they ran) and its speedup on the inputs where it takes fp32's path (pruning
 a random-weight model moves exits and gates, which changes the work done). Random
 weights: accuracy is the digits example's job (`examples/digits/optimize.py`).
 
@@ -33,7 +33,7 @@ CONV = ["static_resnet", "multi_exit", "gated_resnet", "policy_net"]
 THREADS = 2
 
 
-def variants(mod, amount: float, fuse: bool) -> dict:
+def variants(mod, amount: float, fuse: bool = True) -> dict:
     model, ex = mod.make(0)
     calib = mod.sample_inputs(32, seed=1)
     pruned = Prune(amount).apply(model, ex, method=mod.METHOD)
@@ -47,7 +47,7 @@ def variants(mod, amount: float, fuse: bool) -> dict:
 
 def bench(name: str, n_inputs: int, rounds: int, amount: float) -> dict:
     mod = ZOO[name]
-    cms, model, pruned = variants(mod, amount, fuse=True)
+    cms, model, pruned = variants(mod, amount)
     samples = mod.sample_inputs(n_inputs, seed=2)
     inputs = [tuple(t.numpy() for t in x) for x in samples]
     times = {k: [[] for _ in inputs] for k in cms}
@@ -61,8 +61,7 @@ def bench(name: str, n_inputs: int, rounds: int, amount: float) -> dict:
                 cm.program.run(*x)
                 times[k][i].append(time.perf_counter() - t0)
     ms = {k: _median_ms(v) for k, v in times.items()}
-    unfused, _, _ = variants(mod, amount, fuse=False)
-    paths = {k: [cm.run(*x, return_path=True)[1] for x in samples] for k, cm in unfused.items()}
+    paths = {k: [cm.run(*x, return_path=True)[1] for x in samples] for k, cm in cms.items()}
     agree = {k: statistics.mean(a == b for a, b in zip(paths["fp32"], p))
              for k, p in paths.items()}
     same = {}  # speedup over fp32 on the inputs where the variant takes fp32's path
@@ -80,7 +79,8 @@ def _median_ms(per_input: list[list[float]]) -> float:
 
 
 def agreement(name: str, n_inputs: int, amount: float) -> str:
-    """One line: does every variant keep the fp32 structure, and how often its path."""
+    """One line: does every variant keep the fp32 structure (host branches, loops and
+    regions before fusion), and how often its path."""
     mod = ZOO[name]
     cms, _, _ = variants(mod, amount, fuse=False)
     shape = {k: {s: cm.graph.stats()[s] for s in ("regions", "branches", "loops", "returns")}

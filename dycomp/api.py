@@ -79,6 +79,7 @@ def compile(model, example_inputs, *, example_kwargs: dict | None = None,
     executor = lower(graph, backend, **options)
     cm = CompiledModel.from_graph(graph, executor, spec, backend)
     cm.optimizations = notes + [str(a) for a in graph.applied]
+    cm.options = {"backend": backend, "fuse_branches": fuse_branches, "optimize": optimize}
     if check and quantize:
         check = False  # quantized outputs differ by design: measure with dycomp.compare
     if check:
@@ -191,6 +192,7 @@ class CompiledModel:
         self.program, self.spec, self.backend, self.graph = program, spec, backend, graph
         self.artifact = artifact  # the dycomp.runtime Artifact this model was loaded from
         self.optimizations: list[str] = []  # what the passes did (source lines, savings)
+        self.options: dict = {}  # how it was compiled (backend, fuse_branches, optimize)
 
     @classmethod
     def from_graph(cls, graph: DynGraph, executor, spec: InputSpec, backend: str):

@@ -64,6 +64,9 @@ def package(cm: CompiledModel) -> tuple[dict, dict[str, bytes]]:
         entry["threads"] = getattr(executor, "threads", {}).get(name, 1)
         if placement[name] == "onnx":
             files[entry["file"]] = models[name]
+            if region.traced is not None:  # saved traced: it can tell the regions it ran
+                files[entry["file"]] = region.traced.SerializeToString()
+                entry["ran"] = list(region.ran)
         else:
             entry["file"] = rt.TVM_LIBRARY
         subgraphs[name] = entry

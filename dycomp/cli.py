@@ -659,8 +659,8 @@ def run_command(cfg: RunConfig, out: Console) -> None:
     else:
         out.print(_outputs_table(leaves))
     if cfg.show_path:
-        n = len(path)
-        out.print(f"path: {' -> '.join(path)} ({n} subgraph call{'s' * (n != 1)})", **_PLAIN)
+        n = len(path)  # fused subgraphs list the regions they ran inside
+        out.print(f"path: {' -> '.join(path)} ({n} region{'s' * (n != 1)})", **_PLAIN)
 
 
 def _input_names(paths) -> str:

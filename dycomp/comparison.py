@@ -1,9 +1,10 @@
 """`dycomp.compare`: does an optimized model still decide and answer like the reference?
 
-Paths are the subgraphs the host program ran. Models of the same network compiled
-without branch fusion (`fuse_branches=False`) share subgraph names, so their paths
-compare decision by decision; a decision lowered into an ONNX `If` node is not visible
-to the host, and such models are flagged (`Comparison.fused`).
+Paths are the regions the host program ran; a subgraph that fuses branches and loops
+into ONNX `If` / `Loop` nodes reports the regions it ran inside, so models of the same
+network compiled with the same options share region names and compare decision by
+decision. A fused subgraph that cannot report them (built by hand, say) is flagged
+(`Comparison.fused`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ class Comparison:
     output_max_abs_diff: float  # over inputs where both took the same path
     output_agreement: float  # argmax agreement of the first output (classifiers)
     per_path: list[dict] = field(default_factory=list)  # one row per reference path
-    fused: bool = False  # some decisions ran inside ONNX If nodes, unseen here
+    fused: bool = False  # some decisions ran inside ONNX subgraphs that hide them
 
     def table(self) -> str:
         rows = [f"{'path':<40} {'inputs':>6} {'same path':>9} {'argmax agree':>12} "
@@ -32,8 +33,8 @@ class Comparison:
         for r in self.per_path:
             rows.append(f"{r['path'][:40]:<40} {r['inputs']:>6} {r['same_path']:>9.1%} "
                         f"{r['output_agreement']:>12.1%} {r['max_abs_diff']:>10.2e}")
-        note = ("\n(decisions fused into ONNX If nodes are not compared: compile with "
-                "fuse_branches=False)") if self.fused else ""
+        note = ("\n(decisions fused into ONNX subgraphs that do not report their path are "
+                "not compared: compile with fuse_branches=False)") if self.fused else ""
         return "\n".join(rows) + (
             f"\nall {self.n} inputs: same path {self.path_agreement:.1%}, argmax agreement "
             f"{self.output_agreement:.1%}, max |diff| {self.output_max_abs_diff:.3g}{note}")
@@ -42,12 +43,18 @@ class Comparison:
 def compare(reference, candidate, inputs) -> Comparison:
     """Run both on every input tuple; compare paths and outputs.
 
-    `reference`/`candidate`: `CompiledModel`s, or `nn.Module`s (compiled on the torch
-    backend here, to observe their paths). `inputs`: a list of input tuples."""
+    `reference`/`candidate`: `CompiledModel`s, or `nn.Module`s, compiled here to observe
+    their paths: as the other side was compiled (backend, branch fusion and dynamic
+    optimizations, without its passes), so that both have the same regions; on the torch
+    backend if both are modules. `inputs`: a list of input tuples."""
+    from dycomp.api import CompiledModel
+
     inputs = [x if isinstance(x, tuple) else (x,) for x in inputs]
     if not inputs:
         raise ValueError("compare() needs at least one input tuple")
-    ref, cand = (_compiled(m, inputs[0]) for m in (reference, candidate))
+    like = next((m.options for m in (reference, candidate)
+                 if isinstance(m, CompiledModel) and m.options), {"backend": "torch"})
+    ref, cand = (_compiled(m, inputs[0], like) for m in (reference, candidate))
     rows: dict[tuple, list] = {}
     for x in inputs:
         (ya, pa), (yb, pb) = ref.run(*x, return_path=True), cand.run(*x, return_path=True)
@@ -76,16 +83,17 @@ def _summarize(rows: dict, n: int, fused: bool) -> Comparison:
                       counts["agree"] / n, per_path, fused)
 
 
-def _compiled(model, example):
+def _compiled(model, example, options: dict):
     from dycomp.api import CompiledModel, compile
 
     if isinstance(model, CompiledModel):
         return model
     if isinstance(model, nn.Module) or callable(model):
-        return compile(model, example, backend="torch", check=False)
+        return compile(model, example, check=False, **options)
     raise TypeError(f"compare() takes CompiledModels or nn.Modules, not "
                     f"{type(model).__name__}")
 
 
 def _fused(cm) -> bool:
-    return cm.graph is not None and any(r.gm is None for r in cm.graph.regions.values())
+    return cm.graph is not None and any(r.gm is None and r.traced is None
+                                        for r in cm.graph.regions.values())

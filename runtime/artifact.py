@@ -20,7 +20,8 @@ from dycomp.runtime.errors import ArtifactError
 from dycomp.runtime.host import HostProgram, RoutingExecutor
 
 FORMAT = "dycomp-artifact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: fused subgraphs saved traced ("ran": the regions their ids name)
+READS_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 HOST = "host.py"
 BACKENDS = ("onnx", "tvm")
@@ -76,9 +77,9 @@ def read_manifest(root: Path) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ArtifactError(f"{root / MANIFEST}: not a {FORMAT} manifest")
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READS_VERSIONS:
         raise ArtifactError(f"{root}: unsupported format_version {version!r}; this dycomp "
-                            f"reads format_version {FORMAT_VERSION}")
+                            f"reads format_version {', '.join(map(str, READS_VERSIONS))}")
     _require(manifest, root, files=dict, subgraphs=dict, inputs=list, backend=str)
     if manifest["backend"] not in BACKENDS:
         raise ArtifactError(f"{root}: backend {manifest['backend']!r} cannot be run here; "
@@ -173,7 +174,13 @@ class Artifact:
             subs = by_backend["onnx"]
             plan = {n: min(threads, int(s.get("threads", threads)))
                     for n, s in subs.items()}  # the compile-time plan, within budget
-            ex = OnnxExecutor({n: self.files[s["file"]] for n, s in subs.items()}, threads=plan)
+            models, traced = {}, {}
+            for n, s in subs.items():
+                models[n] = self.files[s["file"]]
+                if "ran" in s:  # saved traced: run it without the path output
+                    traced[n] = models[n], _region_names(s["ran"], f"{self.path}: {n}")
+                    models[n] = _without_path(models[n], f"{self.path / s['file']}")
+            ex = OnnxExecutor(models, threads=plan, traced=traced)
             routes.update(dict.fromkeys(subs, ex))
         if "tvm" in by_backend:
             from dycomp.runtime.tvm_executor import TvmExecutor  # TVM: only on load
@@ -221,6 +228,26 @@ class Artifact:
 
     def __repr__(self) -> str:
         return f"<dycomp Artifact {self.path} {self.signature}>"
+
+
+def _region_names(ran, where: str) -> list[str]:
+    if not isinstance(ran, list) or not all(isinstance(n, str) for n in ran):
+        raise ArtifactError(f"{where}: 'ran' must be a list of region names")
+    return ran
+
+
+def _without_path(model: bytes, where: str) -> bytes:
+    import onnx  # only for traced subgraphs
+
+    from dycomp.runtime.onnx_paths import PATH_OUTPUT, drop_path
+
+    try:
+        m = onnx.load_from_string(model)
+    except Exception as e:
+        raise ArtifactError(f"{where}: not an ONNX model ({e})") from None
+    if not m.graph.output or m.graph.output[-1].name != PATH_OUTPUT:
+        raise ArtifactError(f"{where}: a traced subgraph must end with output {PATH_OUTPUT}")
+    return drop_path(m).SerializeToString()
 
 
 def _region_row(name: str, sub: dict) -> str:

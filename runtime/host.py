@@ -43,13 +43,20 @@ class HostProgram:
             self.executor = saved
 
     def run(self, *inputs, return_path: bool = False):
+        """Outputs; with `return_path` also the regions run, in order (those of a fused
+        subgraph included, when its executor can tell them: `run_with_path`)."""
         path: list[str] = []
         executor, lines = self.executor, self.region_lines
+        traced = getattr(executor, "run_with_path", None) if return_path else None
 
         def R(name, *args):
-            path.append(name)
             try:
-                return executor(name, *args)
+                if traced is None:
+                    path.append(name)
+                    return executor(name, *args)
+                outs, ran = traced(name, *args)
+                path.extend(ran)
+                return outs
             except Exception as e:
                 where = lines.get(name, "")
                 raise RuntimeError(f"while executing subgraph {name}"
@@ -67,3 +74,9 @@ class RoutingExecutor:
 
     def __call__(self, region: str, *args) -> tuple:
         return self.routes[region](region, *args)
+
+    def run_with_path(self, region: str, *args) -> tuple[tuple, list[str]]:
+        route = self.routes[region]
+        if hasattr(route, "run_with_path"):
+            return route.run_with_path(region, *args)
+        return route(region, *args), [region]

@@ -8,6 +8,7 @@ are small, so the per-call path is kept to one dict lookup, one `np.asarray` per
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
 import onnxruntime as ort
@@ -26,10 +27,13 @@ class OnnxExecutor:
     executor holds no per-call state).
 
     `models` maps region name -> ONNX model as bytes, or a path to a `.onnx` file.
-    `threads`: intra-op threads of every session, or a per-region plan (missing: 1)."""
+    `threads`: intra-op threads of every session, or a per-region plan (missing: 1).
+    `traced`: per fused subgraph, its traced model (bytes) and the regions its ids name
+    (`dycomp.runtime.onnx_paths`); loaded on the first `run_with_path`."""
 
     def __init__(self, models: dict[str, bytes | str | os.PathLike],
-                 threads: int | dict[str, int] = 2):
+                 threads: int | dict[str, int] = 2,
+                 traced: dict[str, tuple[bytes, list[str]]] | None = None):
         plan = threads if isinstance(threads, dict) else dict.fromkeys(models, threads)
         plan = {name: plan.get(name, 1) for name in models}
         if not all(isinstance(t, int) and t >= 1 for t in plan.values()):
@@ -54,13 +58,34 @@ class OnnxExecutor:
             raise err
         # region -> (C++ run, output names, [(input name, numpy dtype)])
         self._calls = {name: _call_spec(s) for name, s in self.sessions.items()}
+        self.traced = dict(traced or {})
+        self._traced_calls: dict = {}
+        self._lock = threading.Lock()
 
     def __call__(self, region: str, *args) -> tuple[np.ndarray, ...]:
-        run, outputs, inputs = self._calls[region]
-        if len(args) != len(inputs):
-            raise TypeError(f"subgraph {region} takes {len(inputs)} inputs, got {len(args)}")
-        asarray = np.asarray
-        return tuple(run(outputs, {n: asarray(a, d) for (n, d), a in zip(inputs, args)}, None))
+        return _run(self._calls[region], region, args)
+
+    def run_with_path(self, region: str, *args) -> tuple[tuple, list[str]]:
+        """Outputs, and the regions run: `[region]`, or for a fused subgraph the regions
+        of the host program it replaced, as that program would have run them."""
+        if region not in self.traced:
+            return self(region, *args), [region]
+        model, ran = self.traced[region]
+        with self._lock:
+            if region not in self._traced_calls:
+                sess = ort.InferenceSession(model, sess_options=session_options(
+                    self.threads[region]), providers=["CPUExecutionProvider"])
+                self._traced_calls[region] = _call_spec(sess)
+        *outs, ids = _run(self._traced_calls[region], region, args)
+        return tuple(outs), [ran[i] for i in ids.tolist()]
+
+
+def _run(call, region: str, args) -> tuple[np.ndarray, ...]:
+    run, outputs, inputs = call
+    if len(args) != len(inputs):
+        raise TypeError(f"subgraph {region} takes {len(inputs)} inputs, got {len(args)}")
+    asarray = np.asarray
+    return tuple(run(outputs, {n: asarray(a, d) for (n, d), a in zip(inputs, args)}, None))
 
 
 def session_options(threads: int) -> ort.SessionOptions:

@@ -57,7 +57,7 @@ def test_layout_and_manifest(multi_exit):
     assert files == sorted(["manifest.json", "host.py"] +
                            [f"subgraphs/{r}.onnx" for r in regions])
     m = json.loads((path / "manifest.json").read_text())
-    assert (m["format"], m["format_version"], m["backend"]) == ("dycomp-artifact", 1, "onnx")
+    assert (m["format"], m["format_version"], m["backend"]) == ("dycomp-artifact", 2, "onnx")
     assert set(m["versions"]) == {"dycomp", "onnx", "onnxruntime", "torch", "python"}
     assert m["method"] == "forward" and m["source"].startswith("multi_exit.py:")
     assert m["inputs"] == [{"name": "x", "dtype": "float32", "shape": [1, 3, 32, 32]}]
@@ -174,6 +174,44 @@ def test_onnx_only_regions_are_saved(tmp_path):
     src = _inputs("decoder", 1)[0]
     with torch.no_grad():
         np.testing.assert_array_equal(art(src.numpy()), model.generate(src).numpy())
+
+
+# -- fused subgraphs report the regions they ran ---------------------------------------------
+@pytest.fixture(scope="module")
+def fused_exits(tmp_path_factory):
+    """multi_exit fused into one subgraph (exits as nested `If` nodes), and unfused."""
+    model, fused = _compile("multi_exit")
+    _, host = _compile("multi_exit", fuse_branches=False)
+    return fused, host, fused.save(tmp_path_factory.mktemp("art") / "fused.dyc")
+
+
+def test_fused_subgraph_reports_the_regions_it_ran(fused_exits):
+    """The saved subgraph is the traced one (its last output lists the regions it ran);
+    loaded, it reports the host program's path, exit by exit, and runs without it."""
+    import onnx
+
+    fused, host, path = fused_exits
+    art = rt.load(path)
+    ((name, sub),) = art.subgraphs.items()
+    saved = onnx.load_from_string((path / sub["file"]).read_bytes())
+    assert saved.graph.output[-1].name == "dycomp_path" and sub["ran"][0] == "r0"
+    assert len(art.program.executor.sessions[name].get_outputs()) == len(saved.graph.output) - 1
+    paths = set()
+    for x in _inputs("multi_exit"):
+        out, p = art(x.numpy(), return_path=True)
+        assert p == fused.run(x, return_path=True)[1] == host.run(x, return_path=True)[1]
+        np.testing.assert_array_equal(out[0], art(x.numpy())[0])
+        paths.add(p)
+    assert len(paths) >= 3, paths
+
+
+def test_malformed_region_list_is_an_artifact_error(fused_exits, tmp_path):
+    copy = Path(shutil.copytree(fused_exits[2], tmp_path / "copy.dyc"))
+    m = json.loads((copy / "manifest.json").read_text())
+    next(iter(m["subgraphs"].values()))["ran"] = "r0"
+    (copy / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(dycomp.ArtifactError, match="'ran' must be a list of region names"):
+        rt.load(copy)
 
 
 # -- torch API -------------------------------------------------------------------------------
@@ -294,8 +332,8 @@ TAMPER = {
     "deleted subgraph": (lambda p: (p / "subgraphs/r6.onnx").unlink(), "r6.onnx: file is missing"),
     "modified host": (lambda p: (p / "host.py").write_text(
         (p / "host.py").read_text().replace("bool(", "not bool(", 1)), "host.py: sha256"),
-    "unknown version": (lambda p: _set_manifest(p, format_version=2),
-                        "unsupported format_version 2; this dycomp reads format_version 1"),
+    "unknown version": (lambda p: _set_manifest(p, format_version=3),
+                        "unsupported format_version 3; this dycomp reads format_version 1, 2"),
     "garbage manifest": (lambda p: (p / "manifest.json").write_bytes(b"\x00{garbage"),
                          "not valid JSON"),
     "deleted manifest": (lambda p: (p / "manifest.json").unlink(), "manifest.json is missing"),

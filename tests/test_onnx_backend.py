@@ -182,12 +182,11 @@ def test_loop_carried_value_that_changes_rank(fuse):
     rank_free = [i.name for b in cm.program.executor.models.values()
                  for i in onnx.load_from_string(b).graph.input
                  if not i.type.tensor_type.HasField("shape")]
+    assert len({len(p) for p in paths}) >= 4  # the regions each iteration ran
     if not fuse:
         assert rank_free  # `acc` is fed as a 0-d float first, then as a [1, 1] tensor
-        assert len({len(p) for p in paths}) >= 4
     else:  # one ONNX Loop whose carried `acc` starts as a 0-d float32
-        assert cm.graph.stats()["loops"] == 0 and {len(p) for p in paths} == {1}
-        assert len({cm(x)[1] for x in inputs}) >= 4
+        assert cm.graph.stats()["loops"] == 0 and cm.graph.stats()["region_calls"] == 1
 
 
 # -- executor --------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -189,7 +190,65 @@ def test_fused_graphs_hold_no_needless_nodes(name, method):
             assert not consts.intersection(n.input), f"{n.name}: logic on a constant"
             assert not (n.op_type == "Not" and made.get(n.input[0], n).op_type == "Not")
         assert len({(n.op_type, *n.input) for n in logic}) == len(logic)
+        assert "dycomp_path" not in {o.name for o in g.output}  # runs untraced
         for o in g.output:
             n = made.get(o.name)
             if n is not None and n.op_type == "Identity" and n.input[0] in made:
                 assert [x.name for x in g.output].count(n.input[0]), o.name
+
+
+# -- fused subgraphs report the regions they ran ---------------------------------------------
+@pytest.mark.parametrize("name,method", [("multi_exit", "forward"), ("act", "forward"),
+                                         ("decoder", "attend"), ("policy_net", "forward"),
+                                         ("moe", "forward")])
+def test_fused_subgraph_reports_the_host_programs_path(name, method):
+    """A fused subgraph lists the regions it ran inside (the `If` arms taken, every `Loop`
+    iteration): input by input, the path of the host program it replaced."""
+    mod = ZOO[name]
+    model, example = mod.make()
+    fused, host = (dycomp.compile(getattr(model, method), example, backend="onnx",
+                                  check=False, fuse_branches=f) for f in (True, False))
+    assert fused.graph.stats()["region_calls"] == 1 < host.graph.stats()["region_calls"]
+    paths = set()
+    for x in mod.sample_inputs(30):
+        path = fused.run(*x, return_path=True)[1]
+        assert path == host.run(*x, return_path=True)[1]
+        paths.add(path)
+    assert len(paths) >= 3
+
+
+def test_drop_path_keeps_carried_values_the_body_reads():
+    """`drop_path` drops a `Loop`-carried value only when nothing but its own next value
+    reads it: `n` (read by the body's result) stays, the unread trace goes."""
+    from onnx import TensorProto as T
+    from onnx import helper as h
+
+    from dycomp.runtime.onnx_paths import PATH_OUTPUT, drop_path
+
+    def val(name, elem, shape=None):
+        return h.make_tensor_value_info(name, elem, shape)
+
+    body = h.make_graph(
+        [h.make_node("Constant", [], ["one"], value=onnx.numpy_helper.from_array(
+            np.array(1, np.int64))),
+         h.make_node("Add", ["n", "one"], ["n2"]), h.make_node("Identity", ["c"], ["c2"]),
+         h.make_node("Concat", ["p", "one1"], ["p2"], axis=0),
+         h.make_node("Unsqueeze", ["one", "ax"], ["one1"]),
+         h.make_node("Constant", [], ["ax"], value=onnx.numpy_helper.from_array(
+             np.array([0], np.int64)))],
+        "body", [val("i", T.INT64, []), val("c", T.BOOL, []), val("n", T.INT64, []),
+                 val("p", T.INT64, [None])],
+        [val("c2", T.BOOL, []), val("n2", T.INT64, []), val("p2", T.INT64, [None])])
+    g = h.make_graph(
+        [h.make_node("Loop", ["trips", "go", "n0", "p0"], ["n", "p"], body=body),
+         h.make_node("Identity", ["p"], [PATH_OUTPUT])],
+        "g", [val("trips", T.INT64, []), val("go", T.BOOL, []), val("n0", T.INT64, []),
+              val("p0", T.INT64, [None])],
+        [val("n", T.INT64, []), val(PATH_OUTPUT, T.INT64, [None])])
+    m = drop_path(h.make_model(g, opset_imports=[h.make_opsetid("", 17)]))
+    (loop,) = m.graph.node
+    assert list(loop.input) == ["trips", "go", "n0"] and list(loop.output) == ["n"]
+    body = loop.attribute[0].g
+    assert [n.op_type for n in body.node] == ["Constant", "Add", "Identity"]
+    assert [o.name for o in m.graph.output] == ["n"]
+    onnx.checker.check_model(m)

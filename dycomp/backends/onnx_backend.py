@@ -84,8 +84,10 @@ def lower_onnx(graph, threads: int = 2, opset: int = DEFAULT_OPSET, fuse: bool =
     if quantize is not None or n:  # the regions' models changed since export
         models = {name: r.onnx.SerializeToString() for name, r in graph.regions.items()}
     threads = thread_plan(graph, threads)
+    traced = {name: (r.traced.SerializeToString(), r.ran)
+              for name, r in graph.regions.items() if r.traced is not None}
     try:
-        return OnnxExecutor(models, threads=threads)
+        return OnnxExecutor(models, threads=threads, traced=traced)
     except ArtifactError as e:  # a fresh export ONNX Runtime cannot load: a backend gap
         raise _unloadable(graph, getattr(e, "failed", {}), e) from e
 

@@ -5,6 +5,11 @@ Host variables map to ONNX values through an environment, so a variable assigned
 several times (a loop counter, a phi) gets a fresh ONNX name at each definition, and
 an assignment `a = b` costs no node. Python scalars are 0-d tensors: int -> int64,
 float -> double (the host's own precision: results are bit-exact), bool -> bool.
+
+The model is built *traced* (`dycomp.runtime.onnx_paths`): one more output lists the
+ids of the regions it ran (`Builder.ran` names them), so that a fused subgraph reports
+the same path as the host program it replaces; `drop_path` gives the model that runs
+by default.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from dycomp.ir.program import Assign, CallRegion, HostOp, If, Lit, Loop, Var, walk
+from dycomp.runtime.onnx_paths import PATH_OUTPUT, drop_dead
 
 INT64, DOUBLE, BOOL = TensorProto.INT64, TensorProto.DOUBLE, TensorProto.BOOL
+_IDS = helper.make_tensor_type_proto(INT64, [None])  # a list of region ids
 _FLOATS = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
 
 
@@ -132,6 +139,8 @@ class Builder:
         self.truth: dict[str, bool] = {}  # bool constants
         self.negation: dict[str, str] = {}  # Not(x) -> x
         self.memo: dict[tuple, str] = {}  # (op, inputs) -> output, of this scope
+        self.trace: list = []  # the regions this scope ran: ids, and names of id lists
+        self.ran: list[str] = []  # region names, by id
         self.nodes: list = []
         self.initializers: list = []
         self.live: set = set()  # loop-carried and synthetic variables of enclosing loops
@@ -152,14 +161,17 @@ class Builder:
         self.stmts(run)
         names = [self.lookup(v) for v in outputs] + [
             n for _, value, taken in self.appends for n in (value, taken)]
+        self.nodes.append(helper.make_node("Identity", [self.joined(self.trace)],
+                                           [PATH_OUTPUT], name=PATH_OUTPUT))
         outs, seen = [], {v.name for v in inputs}
         for n in names:
             if n in seen:  # an output twice, or an input returned as it is
                 n = self.node("Identity", [n], like=n)
             seen.add(n)
             outs.append(helper.make_value_info(n, self.types[n]))
+        outs.append(helper.make_value_info(PATH_OUTPUT, _IDS))
         g = helper.make_graph(self.nodes, self.name, ins, outs, self.initializers)
-        _drop_dead(g)
+        drop_dead(g)
         first = self.graph.regions[next(s.region for s in walk(run)
                                         if isinstance(s, CallRegion))].onnx
         m = helper.make_model(g, opset_imports=list(first.opset_import))
@@ -199,6 +211,30 @@ class Builder:
         if kind == BOOL:
             self.truth[out] = bool(value)
         return out
+
+    def joined(self, pieces: list) -> str:
+        """Region ids and id lists, in order, as one list of ids."""
+        parts, ids = [], []
+        for p in pieces:
+            if isinstance(p, int):
+                ids.append(p)
+                continue
+            if ids:
+                parts.append(self.const(ids, INT64))
+                ids = []
+            parts.append(p)
+        if ids or not parts:
+            parts.append(self.const(ids, INT64))
+        if len(parts) == 1:
+            self.types[parts[0]] = _IDS
+            return parts[0]
+        out = self.node("Concat", parts, "path", axis=0)
+        self.types[out] = _IDS
+        return out
+
+    def arm_path(self) -> str:
+        """The regions the scope being built ran (a `results` entry of `subgraph`)."""
+        return self.joined(self.trace)
 
     def logic(self, op: str, *args: str) -> str:
         """`Not`, `And` or `Or` of bool scalars, folded where an operand is a constant
@@ -310,6 +346,9 @@ class Builder:
     def inline(self, s: CallRegion) -> None:
         """The region's nodes, inputs bound to the arguments and names made unique."""
         g = self.graph.regions[s.region].onnx.graph
+        if s.region not in self.ran:
+            self.ran.append(s.region)
+        self.trace.append(self.ran.index(s.region))
         self.k += 1
         prefix = f"{self.name}_{self.k}_"
         rename = {}
@@ -345,8 +384,8 @@ class Builder:
     def subgraph(self, stmts: list, results: list, inputs=()) -> tuple:
         """Build `stmts` as a subgraph: (nodes, initializers, outputs). `results` are
         names computed inside it (callables, run after the statements) or variables."""
-        saved = self.env.copy(), self.memo.copy(), self.nodes, self.initializers
-        self.nodes, self.initializers = [], []
+        saved = self.env.copy(), self.memo.copy(), self.trace, self.nodes, self.initializers
+        self.nodes, self.initializers, self.trace = [], [], []
         self.depth += 1
         try:
             for name, v, t in inputs:
@@ -368,34 +407,44 @@ class Builder:
                 helper.make_value_info(o, self.types[o]) for o in outs]
         finally:
             self.depth -= 1
-            self.env, self.memo, self.nodes, self.initializers = saved
+            self.env, self.memo, self.trace, self.nodes, self.initializers = saved
 
     def if_node(self, s: If) -> None:
         """An `If` node, or both arms and a `Where` when they are cheaper than an `If`."""
         phis, other = branch_phis(s, self.uses, self.live)
         if phis != other:
             raise CannotFuse(f"the arms of the branch at {s.line} define different values")
-        if not phis:  # nothing either arm computes is used
+        calls = any(isinstance(x, CallRegion) for x in walk(s.then + s.orelse))
+        if not phis and not calls:  # nothing either arm computes is used
             return
         cond = self.lookup(s.cond)
         if all(isinstance(x, Assign) for x in s.then + s.orelse) and self.select(s, phis, cond):
             return
-        arms = [self.subgraph(arm, phis) for arm in (s.then, s.orelse)]
+        arms = [self.subgraph(arm, phis + [self.arm_path]) for arm in (s.then, s.orelse)]
         if _speculate(arms):
             for nodes, inits, _ in arms:
                 self.nodes += nodes
                 self.initializers += inits
             for d, a, b in zip(phis, arms[0][2], arms[1][2]):
                 self.env[d] = self.node("Where", [cond, a.name, b.name], d.name, like=a.name)
+            paths = [self.subgraph([], [lambda o=o: o[-1].name]) for _, _, o in arms]
+            self.trace.append(self.if_node_of(cond, paths, [self.fresh("path")])[0])
             return
-        outs = [self.fresh(d.name) for d in phis]
+        outs = [self.fresh(d.name) for d in phis] + [self.fresh("path")]
+        self.if_node_of(cond, arms, outs)
+        for d, out, vi in zip(phis, outs, arms[0][2]):
+            self.types[out] = vi.type
+            self.env[d] = out
+        self.trace.append(outs[-1])
+
+    def if_node_of(self, cond: str, arms: list, outs: list) -> list:
+        """An `If` node choosing between built `arms`; returns its outputs."""
         branches = [helper.make_graph(nodes, self.fresh(f"{self.name}_{tag}"), [], o, inits)
                     for (nodes, inits, o), tag in zip(arms, ("then", "else"))]
         self.nodes.append(helper.make_node("If", [cond], outs, name=self.fresh(f"if_{cond}"),
                                            then_branch=branches[0], else_branch=branches[1]))
-        for d, out, vi in zip(phis, outs, arms[0][2]):
-            self.types[out] = vi.type
-            self.env[d] = out
+        self.types[outs[-1]] = _IDS
+        return outs
 
     def select(self, s: If, phis: list, cond: str) -> bool:
         """A branch that only assigns, without an `If` node: a value both arms assign
@@ -450,10 +499,13 @@ class Builder:
         inputs = [(it, None, _scalar(INT64)), (cin, None, _scalar(BOOL))]
         inputs += [(self.fresh(d.name), d, _elem_type(self.types[self.env[d]]))
                    for d in carried]
+        path = self.fresh(f"{self.name}_path")  # carried: the regions run so far
+        inputs.append((path, None, _IDS))
         body = list(plan.body)
         if loop.target is not None:
             body.insert(0, HostOp(loop.target, _Target(it, plan.start, plan.step)))
         results = [lambda: self.loop_cond(plan)] + carried + [
+            lambda: self.joined([path] + self.trace)] + [
             v for a in plan.appends for v in (a.value, a.taken)]
         outer_live = self.live
         self.live = self.live | set(carried) | synthetic
@@ -463,13 +515,15 @@ class Builder:
             self.live = outer_live
         g = helper.make_graph(nodes, self.fresh(f"{self.name}_body"),
                               [helper.make_value_info(n, t) for n, _, t in inputs], outs, inits)
-        names = [self.fresh(d.name) for d in carried]
+        names = [self.fresh(d.name) for d in carried] + [self.fresh("path")]
         scans = [self.fresh(f"{v.name}_scan") for a in plan.appends for v in (a.value, a.taken)]
         self.nodes.append(helper.make_node("Loop", [trips, cond0] + [
-            self.env[d] for d in carried], names + scans, name=self.fresh("loop"), body=g))
+            self.env[d] for d in carried] + [self.joined([])], names + scans,
+            name=self.fresh("loop"), body=g))
         for n, vi in zip(names + scans, outs[1:]):
             self.types[n] = _elem_type(vi.type)
         self.env.update(zip(carried, names))
+        self.trace.append(names[-1])
         for i, a in enumerate(plan.appends):
             self.appends.append((a, scans[2 * i], scans[2 * i + 1]))
 
@@ -499,24 +553,6 @@ class _Target:
     it: str
     start: int
     step: int
-
-
-def _drop_dead(g: onnx.GraphProto) -> set:
-    """Remove the nodes of `g` and its subgraphs whose outputs nothing reads (ONNX
-    Runtime keeps them inside subgraphs); returns the names `g` reads."""
-    read = {o.name for o in g.output}
-    kept = []
-    for n in reversed(g.node):
-        if not read.intersection(n.output):
-            continue
-        kept.append(n)
-        read.update(n.input)
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                read |= _drop_dead(a.g)
-    del g.node[:]
-    g.node.extend(reversed(kept))
-    return read
 
 
 def _check(m: onnx.ModelProto) -> None:

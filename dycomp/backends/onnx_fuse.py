@@ -42,6 +42,7 @@ from dycomp.ir.dyngraph import Region
 from dycomp.ir.program import Assign, CallRegion, HostOp, If, Lit, Loop, Op, Var, expr_vars, walk
 from dycomp.passes.carve import Names
 from dycomp.passes.regions import tensor_vars
+from dycomp.runtime.onnx_paths import drop_path
 
 log = logging.getLogger(__name__)
 
@@ -280,14 +281,15 @@ class _Fuser:
         name = f"f{self.count}"
         b = Builder(self.graph, name, self.types, self.kinds, self.uses, self.plans)
         try:
-            model = b.model(run, inputs, outputs)
+            traced = b.model(run, inputs, outputs)
         except CannotFuse as e:
             log.debug("not fusing %d statements at %s: %s", len(run), run[0].line, e)
             return run
         self.lowered.update(type(s).__name__ for s in walk(run) if isinstance(s, (If, Loop)))
         lines = list(dict.fromkeys(ln for s in walk(run) if isinstance(s, CallRegion)
                                    for ln in self.graph.regions[s.region].lines))
-        self.graph.regions[name] = Region(name, None, lines, onnx=model)
+        self.graph.regions[name] = Region(name, None, lines, onnx=drop_path(traced),
+                                          traced=traced, ran=b.ran)
         outs = [Var(f"{d.name}__t") if d in self.kinds else d for d in outputs]
         back = [HostOp(d, Op(_BACK[self.kinds[d]], (t,)), line=run[0].line)
                 for d, t in zip(outputs, outs) if d in self.kinds]

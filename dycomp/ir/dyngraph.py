@@ -41,6 +41,8 @@ class Region:
     gm: fx.GraphModule | None
     lines: list = field(default_factory=list)  # source lines of the ops, "file.py:42"
     onnx: object = None  # onnx.ModelProto once lowered; the only form of fused regions
+    traced: object = None  # fused: the model that also lists the regions it ran
+    ran: list = field(default_factory=list)  # fused: the regions it can run, by id
 
     @property
     def placeholders(self) -> list[fx.Node]:

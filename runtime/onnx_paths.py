@@ -1,0 +1,75 @@
+"""Which regions a fused subgraph ran (numpy + onnx only, never torch).
+
+A fused subgraph (host branches and loops lowered into ONNX `If` / `Loop` nodes) is
+saved in its *traced* form: one more output, `PATH_OUTPUT`, lists the ids of the regions
+it ran, in order (each `If` returns the ids of the arm it took, each `Loop` carries
+them from iteration to iteration). `drop_path` removes that output and every node, `If`
+output and `Loop` carried value that only served it: the model that runs by default.
+"""
+
+from __future__ import annotations
+
+import onnx
+
+PATH_OUTPUT = "dycomp_path"
+_GRAPH = onnx.AttributeProto.GRAPH
+
+
+def drop_path(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of traced `model` without its path output and what only it needed."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    outs = [o for o in m.graph.output if o.name != PATH_OUTPUT]
+    del m.graph.output[:]
+    m.graph.output.extend(outs)
+    drop_dead(m.graph)
+    return m
+
+
+def drop_dead(g: onnx.GraphProto) -> set:
+    """Remove from `g` and its subgraphs every node, `If` output and `Loop` carried value
+    that nothing reads; returns the names `g` reads (its nested graphs included)."""
+    read = {o.name for o in g.output}
+    kept = []
+    for n in reversed(g.node):
+        if n.op_type == "If":
+            _drop_if_outputs(n, read)
+        elif n.op_type == "Loop":
+            _drop_carried(n, read)
+        if not read.intersection(n.output):
+            continue
+        kept.append(n)
+        read.update(n.input)
+        for a in n.attribute:
+            if a.type == _GRAPH:
+                read |= drop_dead(a.g)
+    del g.node[:]
+    g.node.extend(reversed(kept))
+    return read
+
+
+def _drop_if_outputs(n: onnx.NodeProto, read: set) -> None:
+    arms = [a.g for a in n.attribute if a.type == _GRAPH]
+    for i in reversed(range(len(n.output))):
+        if n.output[i] not in read:
+            del n.output[i]
+            for arm in arms:
+                del arm.output[i]
+
+
+def _drop_carried(n: onnx.NodeProto, read: set) -> None:
+    """Loop-carried values whose final value nothing reads and which only feed their own
+    next value (inputs: M, cond, carried...; body outputs: cond, carried..., scans)."""
+    (attr,) = (a for a in n.attribute if a.name == "body")
+    for j in reversed(range(len(n.input) - 2)):
+        if n.output[j] in read:
+            continue
+        body = onnx.GraphProto()
+        body.CopyFrom(attr.g)
+        del body.output[1 + j]
+        if body.input[2 + j].name in drop_dead(body):
+            continue  # read by the rest of the body: keep it
+        del body.input[2 + j]
+        attr.g.CopyFrom(body)
+        del n.input[2 + j]
+        del n.output[j]
