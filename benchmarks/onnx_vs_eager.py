@@ -36,12 +36,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from torch.overrides import TorchFunctionMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import dycomp  # noqa: E402
 from dycomp.backends.onnx_backend import all_nodes, model_threads  # noqa: E402
+from dycomp.passes import DecisionRecorder  # noqa: E402
 from dycomp.runtime.onnx_executor import session_options  # noqa: E402
 from examples.zoo import ZOO  # noqa: E402
 
@@ -54,22 +54,6 @@ def _timed(fn, *args):
     return time.perf_counter() - t0, out
 
 
-class _KeepDecisions(TorchFunctionMode):
-    """Records every tensor that Python code converts to a Python value."""
-
-    READS = {torch.Tensor.__bool__, torch.Tensor.item, torch.Tensor.__float__,
-             torch.Tensor.__int__, torch.Tensor.__index__, torch.Tensor.tolist}
-
-    def __init__(self):
-        super().__init__()
-        self.read = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func in self.READS:
-            self.read.append(args[0])
-        return func(*args, **(kwargs or {}))
-
-
 class _TensorOutputs(torch.nn.Module):
     """The model with its non-tensor outputs dropped (tracing refuses them); with
     `decisions`, the tensors its Python code reads are outputs too."""
@@ -79,10 +63,10 @@ class _TensorOutputs(torch.nn.Module):
         self.model, self.decisions = model, decisions
 
     def forward(self, *args):
-        with _KeepDecisions() as keep:
+        with DecisionRecorder() as rec:  # each decision's margin, or the value read
             out = self.model(*args)
         leaves = torch.utils._pytree.tree_flatten(out)[0]
-        kept = tuple(keep.read) if self.decisions else ()
+        kept = tuple(d.value for d in rec.decisions) if self.decisions else ()
         return tuple(t for t in leaves if isinstance(t, torch.Tensor)) + kept
 
 

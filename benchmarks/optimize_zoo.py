@@ -8,7 +8,11 @@ the regions they ran) and its speedup on the inputs where it takes fp32's path (
 a random-weight model moves exits and gates, which changes the work done). Random
 weights: accuracy is the digits example's job (`examples/digits/optimize.py`).
 
-Run: python benchmarks/optimize_zoo.py [--inputs 30] [--rounds 5] [--amount 0.5] [name ...]
+Pruned copies are first fine-tuned towards the fp32 model's decisions (`KeepDecisions`,
+6 epochs over 64 inputs other than those measured; `--no-keep` skips it).
+
+Run: python benchmarks/optimize_zoo.py [--inputs 30] [--rounds 5] [--amount 0.5] [--no-keep]
+                                       [name ...]
      python benchmarks/optimize_zoo.py --paths   (every zoo example: structure, agreement)
 """
 
@@ -26,17 +30,21 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import dycomp  # noqa: E402
-from dycomp.passes import Prune, Quantize  # noqa: E402
+from dycomp.passes import KeepDecisions, Prune, Quantize  # noqa: E402
 from examples.zoo import ZOO  # noqa: E402
 
 CONV = ["static_resnet", "multi_exit", "gated_resnet", "policy_net"]
 THREADS = 2
 
 
-def variants(mod, amount: float, fuse: bool = True) -> dict:
+def variants(mod, amount: float, fuse: bool = True, keep: bool = True) -> dict:
     model, ex = mod.make(0)
     calib = mod.sample_inputs(32, seed=1)
     pruned = Prune(amount).apply(model, ex, method=mod.METHOD)
+    if keep:  # fine-tuned towards fp32's decisions on other inputs than those measured
+        report = KeepDecisions(epochs=6).apply(pruned, model, mod.sample_inputs(64, seed=5),
+                                               method=mod.METHOD)
+        print(f"{mod.__name__.split('.')[-1]}: {report.summary()}", flush=True)
     opts = dict(method=mod.METHOD, backend="onnx", threads=THREADS, fuse_branches=fuse)
     int8 = [Quantize("int8", calibration=calib)]
     return {"fp32": dycomp.compile(model, ex, **opts),
@@ -45,9 +53,9 @@ def variants(mod, amount: float, fuse: bool = True) -> dict:
             "pruned+int8": dycomp.compile(pruned, ex, passes=int8, **opts)}, model, pruned
 
 
-def bench(name: str, n_inputs: int, rounds: int, amount: float) -> dict:
+def bench(name: str, n_inputs: int, rounds: int, amount: float, keep: bool) -> dict:
     mod = ZOO[name]
-    cms, model, pruned = variants(mod, amount)
+    cms, model, pruned = variants(mod, amount, keep=keep)
     samples = mod.sample_inputs(n_inputs, seed=2)
     inputs = [tuple(t.numpy() for t in x) for x in samples]
     times = {k: [[] for _ in inputs] for k in cms}
@@ -78,11 +86,11 @@ def _median_ms(per_input: list[list[float]]) -> float:
     return 1e3 * statistics.median(t for ts in per_input for t in ts)
 
 
-def agreement(name: str, n_inputs: int, amount: float) -> str:
+def agreement(name: str, n_inputs: int, amount: float, keep: bool) -> str:
     """One line: does every variant keep the fp32 structure (host branches, loops and
     regions before fusion), and how often its path."""
     mod = ZOO[name]
-    cms, _, _ = variants(mod, amount, fuse=False)
+    cms, _, _ = variants(mod, amount, fuse=False, keep=keep)
     shape = {k: {s: cm.graph.stats()[s] for s in ("regions", "branches", "loops", "returns")}
              for k, cm in cms.items()}
     samples = mod.sample_inputs(n_inputs, seed=3)
@@ -99,6 +107,9 @@ def main(argv=None):
     ap.add_argument("--inputs", type=int, default=30)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--amount", type=float, default=0.5)
+    ap.add_argument("--no-keep", action="store_true",
+                    help="skip the pruned copies' fine-tune towards fp32's decisions "
+                         "(KeepDecisions: 6 epochs over 64 other inputs)")
     ap.add_argument("--paths", action="store_true",
                     help="instead of timing: structure and path agreement of every variant "
                          "on every zoo example (or the names given)")
@@ -106,9 +117,10 @@ def main(argv=None):
     torch.set_num_threads(THREADS)
     if args.paths:
         for name in (args.names if args.names != CONV else sorted(ZOO)):
-            print(agreement(name, args.inputs, args.amount), flush=True)
+            print(agreement(name, args.inputs, args.amount, not args.no_keep), flush=True)
         return
-    rows = [bench(n, args.inputs, args.rounds, args.amount) for n in args.names]
+    rows = [bench(n, args.inputs, args.rounds, args.amount, not args.no_keep)
+            for n in args.names]
     kinds = ["fp32", "int8", "pruned", "pruned+int8"]
     print(f"{'example':<14}" + "".join(f"{k + ' ms':>15}" for k in kinds)
           + "".join(f"{k + ' x':>15}" for k in kinds[1:]) + f"{'params':>20}"

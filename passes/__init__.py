@@ -6,6 +6,7 @@ from dycomp.passes.dedup_regions import DedupRegions
 from dycomp.passes.fuse_decisions import FuseAcrossDecisions
 from dycomp.passes.gate_to_branch import GateToBranch
 from dycomp.passes.hoist_invariants import HoistLoopInvariants
+from dycomp.passes.keep_decisions import DecisionRecorder, KeepDecisions, KeepReport
 from dycomp.passes.merge_regions import MergeAdjacentRegions
 from dycomp.passes.prune import Prune, PruneReport
 from dycomp.passes.quantize import Quantize, QuantReport
@@ -33,7 +34,8 @@ def dynamic_passes(chosen=None, if_nodes: bool = False) -> list[Pass]:
     return cleanup_passes() + run + cleanup_passes() if run else cleanup_passes()
 
 
-__all__ = ["DYNAMIC_PASSES", "DeadValueElimination", "DedupRegions", "FuseAcrossDecisions",
-           "GateToBranch", "HoistLoopInvariants", "MergeAdjacentRegions", "Pass",
+__all__ = ["DYNAMIC_PASSES", "DeadValueElimination", "DecisionRecorder", "DedupRegions",
+           "FuseAcrossDecisions", "GateToBranch", "HoistLoopInvariants", "KeepDecisions",
+           "KeepReport", "MergeAdjacentRegions", "Pass",
            "PassResult", "Prune", "PruneReport", "QuantReport", "Quantize", "cleanup_passes",
            "dynamic_passes", "run_passes"]

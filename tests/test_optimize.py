@@ -256,3 +256,52 @@ def test_unstructured_layer_adaptive_varies_per_layer_at_the_same_sparsity():
     report = pruned.dycomp_prune
     assert len(set(report.ratios.values())) > 1
     assert report.sparsity >= 0.5 - 0.02  # at least uniform's share of zero weights
+
+
+# -- KeepDecisions -----------------------------------------------------------------------------
+class _Decides(nn.Module):
+    def forward(self, x):
+        if x.sum() > 1.0:  # a comparison: recorded as its margin
+            x = x * 2
+        if torch.lt(x.mean(), -3.0):
+            x = x - 1
+        return x, x.max().item()  # a float read: recorded as the value
+
+
+def test_decision_recorder_reads_margins_in_order():
+    from dycomp.passes import DecisionRecorder
+
+    x = torch.full((1, 4), 0.5)
+    with DecisionRecorder() as rec:
+        _Decides()(x)
+    first, second, third = rec.decisions
+    assert first.is_margin and first.value.item() == pytest.approx(1.0)  # 2.0 - 1.0
+    assert second.is_margin and second.value.item() == pytest.approx(-4.0)  # -(1 - -3)
+    assert not third.is_margin and third.value.item() == pytest.approx(1.0)
+    assert [d.key() for d in rec.decisions] == [(True,), (False,), None]
+    with DecisionRecorder(forced=rec.decisions) as forced:  # teacher forcing
+        y, _ = _Decides()(-x)  # would take neither branch on its own
+    assert torch.equal(y, -x * 2) and forced.decisions[0].value.item() < 0
+
+
+def test_keep_decisions_brings_a_pruned_copy_back_to_the_reference_path():
+    """Pruning a random-weight multi-exit network moves its exits; the fine-tune on the
+    reference's decision margins brings most of them back (on the inputs it saw)."""
+    from dycomp.passes import KeepDecisions
+
+    mod = ZOO["multi_exit"]
+    model, ex = mod.make(0)
+    pruned = Prune(0.5).apply(model, ex)
+    inputs = mod.sample_inputs(48, seed=11)
+    report = KeepDecisions(epochs=6).apply(pruned, model, inputs)
+    assert report.agreement_after >= report.agreement_before + 0.15, report.summary()
+    assert report.steps == 6 * 48 and "decisions kept on" in report.summary()
+
+
+@pytest.mark.parametrize("bad", [dict(epochs=0), dict(lr=-1.0), dict(margin=-0.1),
+                                 dict(max_seconds=True)])
+def test_keep_decisions_validates_its_config(bad):
+    from dycomp.passes import KeepDecisions
+
+    with pytest.raises(ValueError, match="KeepDecisions"):
+        KeepDecisions(**bad)

@@ -3,21 +3,22 @@
 Run: python examples/digits/optimize.py [--quick] [--out DIR] [--ckpt DIR]
 
 Trains (or loads from ``--ckpt``) ``MultiExitCNN`` and ``GatedCNN`` on scikit-learn's
-digits, then compiles five variants of each with ``backend="onnx"``: fp32, 50 %
-structured pruning (uniform and layer-adaptive allocation, each fine-tuned briefly),
-int8, and pruned + int8. Every variant runs on every test image at batch 1; the table
-shows test accuracy, which exits / gates the inputs took, how often that decision
-matches compiled fp32 ("path agree"), median latency and artifact size.
+digits, then compiles six variants of each with ``backend="onnx"``: fp32, 50 %
+structured pruning (uniform and layer-adaptive allocation, each fine-tuned briefly on
+the labels), the uniform one fine-tuned further towards fp32's own decisions
+(``KeepDecisions``: "kept"), int8, and pruned + int8. Every variant runs on every test
+image at batch 1; the table shows test accuracy, which exits / gates the inputs took,
+how often that decision matches compiled fp32 ("path agree"), median latency and
+artifact size.
 
 The decision is read from the outputs: ``MultiExitCNN`` returns the exit index (a
-Python int) and ``GatedCNN`` its gate probabilities. (With ``backend="onnx"`` the gates
-are lowered into ONNX ``If`` nodes, so the host's region path is the same for every
-input; the returned gates still show which blocks ran.)
+Python int) and ``GatedCNN`` its gate probabilities.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import tempfile
@@ -32,7 +33,7 @@ if not __package__:  # run as a script: make the `examples` package importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import dycomp  # noqa: E402
-from dycomp.passes import Prune, Quantize  # noqa: E402
+from dycomp.passes import KeepDecisions, Prune, Quantize  # noqa: E402
 from examples.digits import data, models, train  # noqa: E402
 
 AMOUNT = 0.5
@@ -45,7 +46,7 @@ class Settings:
 
     epochs: int | None  # training epochs (None: train.EPOCHS)
     finetune_epochs: int
-    finetune_seconds: float
+    finetune_seconds: float  # budget of each fine-tune (labels; decisions)
     n_test: int | None  # test images measured (None: all)
     n_calib: int  # training images for int8 calibration (every exit / gate needs some)
     n_prune: int  # training images for layer-adaptive pruning's distortion estimates
@@ -108,7 +109,7 @@ def pruned_copy(model: nn.Module, x0: torch.Tensor, samples: list, allocation: s
     """A 50 % structurally pruned copy of ``model``, fine-tuned briefly."""
     start = time.perf_counter()
     pruned = Prune(AMOUNT, structured=True, allocation=allocation).apply(
-        model, (x0,), samples=samples)
+        model, (x0,), samples=samples[:settings.n_prune])
     train.finetune(pruned, epochs=settings.finetune_epochs,
                    max_seconds=settings.finetune_seconds, split=split)
     params = sum(p.numel() for p in pruned.parameters())
@@ -117,16 +118,27 @@ def pruned_copy(model: nn.Module, x0: torch.Tensor, samples: list, allocation: s
     return pruned.eval()
 
 
+def decisions_kept(model: nn.Module, pruned: nn.Module, samples: list,
+                   settings: Settings) -> nn.Module:
+    """A copy of ``pruned`` fine-tuned further towards ``model``'s own decisions (exits,
+    gates), image by image (``KeepDecisions``)."""
+    kept = copy.deepcopy(pruned)
+    report = KeepDecisions(epochs=settings.finetune_epochs,
+                           max_seconds=settings.finetune_seconds).apply(kept, model, samples)
+    print(f"  pruned (uniform), decisions kept: {report.summary()}")
+    return kept.eval()
+
+
 def variants(model: nn.Module, x0: torch.Tensor, samples: list, settings: Settings,
              split) -> dict[str, tuple[nn.Module, list | None]]:
     """Variant name -> (eager model to compile, int8 calibration samples or None)."""
-    few = samples[:settings.n_prune]
-    uniform = pruned_copy(model, x0, few, "uniform", settings, split)
-    adaptive = pruned_copy(model, x0, few, "layer_adaptive", settings, split)
+    uniform = pruned_copy(model, x0, samples, "uniform", settings, split)
+    adaptive = pruned_copy(model, x0, samples, "layer_adaptive", settings, split)
     return {
         "fp32": (model, None),
         "pruned 50% (uniform)": (uniform, None),
         "pruned 50% (layer_adaptive)": (adaptive, None),
+        "pruned 50% (uniform), kept": (decisions_kept(model, uniform, samples, settings), None),
         "int8": (model, samples),
         "pruned 50% (uniform) + int8": (uniform, samples),
     }

@@ -1,0 +1,189 @@
+"""KeepDecisions: fine-tune a pruned copy so that it decides as the model it came from.
+
+Pruning moves a dynamic network's decisions: an exit's confidence, a gate's score. The
+pruned copy then leaves at other exits and turns other blocks on, so it is less
+accurate *and* does other work than the model it replaces. This fine-tune runs both
+models as written (batch 1, their own Python control flow), the copy forced along the
+reference's path (each `if` answers as the reference's did), and trains the copy on the
+reference's outputs plus, for every decision, a hinge on the copy's margin (`conf > t`
+has margin `conf - t`): it must fall on the reference's side.
+
+`DecisionRecorder` is how: a `TorchFunctionMode` that records, in order, every tensor
+Python code turns into a Python value (`bool(t)`, `t.item()`, `float(t)`, ...), as the
+margin of the comparison that made it when there is one.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
+
+Tensor = torch.Tensor
+# by name: `x > t` reaches the mode as TensorBase.gt, torch.gt(x, t) as torch.gt
+_READS = {"__bool__", "item", "__float__", "__int__", "__index__", "tolist"}
+_SIDES = {**dict.fromkeys(("gt", "ge", "greater", "greater_equal", "__gt__", "__ge__"), 1),
+          **dict.fromkeys(("lt", "le", "less", "less_equal", "__lt__", "__le__"), -1)}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A value Python code read: a comparison's margin (`is_margin`: positive means
+    the comparison held) or the tensor itself."""
+
+    value: torch.Tensor
+    is_margin: bool
+
+    def key(self):
+        """What the program decided: the comparison's outcome, an integer read (an
+        index, a count); None for a float read (what Python does with it is unseen)."""
+        if self.is_margin:
+            return tuple((self.value > 0).flatten().tolist())
+        if self.value.is_floating_point():
+            return None
+        return tuple(self.value.detach().flatten().tolist())
+
+
+class DecisionRecorder(TorchFunctionMode):
+    """`with DecisionRecorder() as rec: model(x)`; then `rec.decisions`, in order.
+
+    `forced`: decisions of another run; each `bool(comparison)` answers as that run's
+    did, so the model follows that run's path (teacher forcing)."""
+
+    def __init__(self, forced: list[Decision] | None = None):
+        super().__init__()
+        self.decisions: list[Decision] = []
+        self.forced = forced or []
+        self._margins: dict[int, tuple] = {}  # id(comparison result) -> (result, margin)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = getattr(func, "__name__", "")
+        side = _SIDES.get(name)
+        if side is not None and isinstance(out, Tensor) and len(args) == 2:
+            a, b = args
+            self._margins[id(out)] = (out, side * (a - b))
+        elif name in _READS and args and isinstance(args[0], Tensor):
+            x = args[0]
+            made = self._margins.get(id(x))
+            self.decisions.append(Decision(made[1], True) if made and made[0] is x
+                                  else Decision(x, False))
+            k = len(self.decisions) - 1
+            if name == "__bool__" and made and k < len(self.forced) and \
+                    self.forced[k].is_margin and self.forced[k].value.numel() == 1:
+                return bool(self.forced[k].value > 0)
+        return out
+
+
+def record(fn, args: tuple, forced: list[Decision] | None = None
+           ) -> tuple[object, list[Decision]]:
+    """`fn(*args)` and the decisions it took (following `forced`'s, if given)."""
+    with DecisionRecorder(forced) as rec:
+        out = fn(*args)
+    return out, rec.decisions
+
+
+@dataclass
+class KeepDecisions:
+    """Fine-tune `model` towards `reference`'s outputs and decisions (see the module
+    docstring). `margin`: how far on the reference's side a decision must be."""
+
+    epochs: int = 3
+    max_seconds: float = 60.0
+    lr: float = 3e-4  # Adam
+    margin: float = 0.05
+    decision_weight: float = 1.0  # against the output distance, relative to its scale
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("epochs", "max_seconds", "lr", "decision_weight"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
+                raise ValueError(f"KeepDecisions({name}={v!r}): must be a positive number")
+        if not isinstance(self.margin, (int, float)) or self.margin < 0:
+            raise ValueError(f"KeepDecisions(margin={self.margin!r}): must be >= 0")
+
+    def apply(self, model: nn.Module, reference: nn.Module, inputs: Sequence[tuple], *,
+              method: str = "forward") -> KeepReport:
+        """Fine-tune `model` in place (eval mode: batch-1 statistics would be noise) on
+        the input tuples; returns the path agreement before and after."""
+        inputs = [x if isinstance(x, tuple) else (x,) for x in inputs]
+        if not inputs:
+            raise ValueError("KeepDecisions.apply needs at least one input tuple")
+        fn, ref = getattr(model, method), getattr(reference, method)
+        model.eval()
+        with torch.no_grad():
+            targets = [record(ref, x) for x in inputs]
+        before = agreement(fn, inputs, targets)
+        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=self.lr)
+        order, rng, start, steps = list(range(len(inputs))), random.Random(self.seed), \
+            time.perf_counter(), 0
+        for _ in range(self.epochs):
+            rng.shuffle(order)
+            for i in order:
+                if time.perf_counter() - start > self.max_seconds:
+                    break
+                out, decided = record(fn, inputs[i], forced=targets[i][1])
+                loss = self.loss(out, decided, *targets[i])
+                if loss.requires_grad:
+                    opt.zero_grad()
+                    loss.backward()
+                    opt.step()
+                steps += 1
+        return KeepReport(before, agreement(fn, inputs, targets), steps,
+                          time.perf_counter() - start)
+
+    def loss(self, out, decided: list[Decision], ref_out, ref_decided: list[Decision]):
+        """Output distance plus the decision hinges (the model ran the reference's path,
+        so every decision and output has its counterpart)."""
+        total = sum((_relative_mse(a, b) for a, b in zip(_tensors(out), _tensors(ref_out))
+                     if a.shape == b.shape and a.is_floating_point()), torch.zeros(()))
+        for mine, theirs in zip(decided, ref_decided):
+            if mine.value.shape != theirs.value.shape:
+                break
+            if mine.value.is_floating_point() and mine.value.requires_grad:
+                if theirs.is_margin and mine.is_margin:
+                    side = torch.where(theirs.value > 0, 1.0, -1.0)
+                    hinge = torch.relu(self.margin - side * mine.value).mean()
+                    total = total + self.decision_weight * hinge
+                elif not theirs.is_margin:
+                    total = total + self.decision_weight * nn.functional.mse_loss(
+                        mine.value, theirs.value)
+        return total
+
+
+def _relative_mse(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Squared error relative to the reference's magnitude (logits of any scale)."""
+    return ((a - b) ** 2).mean() / ((b ** 2).mean() + 1e-6)
+
+
+def _tensors(out) -> list[torch.Tensor]:
+    return [x for x in tree_flatten(out)[0] if isinstance(x, torch.Tensor)]
+
+
+@dataclass
+class KeepReport:
+    agreement_before: float  # fraction of inputs deciding exactly as the reference
+    agreement_after: float
+    steps: int
+    seconds: float
+
+    def summary(self) -> str:
+        return (f"decisions kept on {self.agreement_before:.0%} -> {self.agreement_after:.0%} "
+                f"of the inputs ({self.steps} steps, {self.seconds:.1f} s)")
+
+
+def agreement(fn, inputs: list[tuple], targets: list) -> float:
+    """Fraction of inputs on which `fn` takes the recorded decisions."""
+    same = 0
+    with torch.no_grad():
+        for x, (_, ref) in zip(inputs, targets):
+            _, mine = record(fn, x)
+            same += [d.key() for d in mine] == [d.key() for d in ref]
+    return same / len(inputs)
