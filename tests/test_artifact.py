@@ -369,8 +369,12 @@ print(json.dumps(res))
 """
 
 
-def test_artifact_runs_without_torch(multi_exit, tmp_path):
+@pytest.mark.parametrize("fused", [False, True])
+def test_artifact_runs_without_torch(multi_exit, fused_exits, tmp_path, fused):
+    """Unfused, and fused (the traced subgraph is loaded, and cut down, without torch)."""
     model, cm, path = multi_exit
+    if fused:
+        cm, _, path = fused_exits
     xs = torch.cat(_inputs("multi_exit", 10))[:, None]
     np.save(tmp_path / "xs.npy", xs.numpy())
     r = subprocess.run([sys.executable, "-c", NO_TORCH, str(path), str(tmp_path / "xs.npy")],
