@@ -11,6 +11,7 @@ the generator itself (programs run, and their branches go both ways).
 
 from __future__ import annotations
 
+import copy
 import math
 import sys
 from collections import Counter
@@ -202,6 +203,37 @@ def test_onnx_backend_agrees_with_torch(seed, gen_dir):
             assert_same(expected, cm(x), f"input {i}")
     except dycomp.UnsupportedError as exc:  # an op ONNX cannot express: reported clearly
         assert "ONNX" in str(exc) or "onnx" in str(exc), exc
+    except Exception as exc:
+        raise with_source(source, exc) from exc
+
+
+@pytest.mark.parametrize("seed", range(1000, 1016))
+def test_fused_subgraphs_report_the_host_path(seed, gen_dir):
+    """The same captured program lowered twice, with its branches and loops fused into
+    ONNX `If` / `Loop` nodes and with all of them on the host: on every input the fused
+    subgraphs report the very path the host program takes (they are built traced)."""
+    import dycomp
+    from dycomp.api import CompiledModel, _lowering, _optimizations
+    from dycomp.backends import lower
+    from dycomp.frontend.capture import capture
+    from dycomp.passes import run_passes
+
+    source = random_program(seed).source()
+    model = load_source(source, gen_dir)()
+    xs = make_inputs(seed, 6)
+    graph, spec = capture(model.forward, (xs[0],), {})
+    graph = run_passes(graph, _optimizations(True, True) + _lowering(True))
+    host_graph = copy.deepcopy(graph)
+    try:
+        fused = CompiledModel.from_graph(graph, lower(graph, "onnx"), spec, "onnx")
+    except dycomp.UnsupportedError:  # as in the test above
+        pytest.skip("a region ONNX Runtime cannot run")
+    host = CompiledModel.from_graph(host_graph, lower(host_graph, "onnx", fuse=False), spec,
+                                    "onnx")
+    try:
+        for i, x in enumerate(xs):
+            expected = host.run(x, return_path=True)[1]
+            assert fused.run(x, return_path=True)[1] == expected, f"input {i}"
     except Exception as exc:
         raise with_source(source, exc) from exc
 
