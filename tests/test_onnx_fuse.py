@@ -129,6 +129,33 @@ class HostLoops(nn.Module):
         return h, n, total, seen
 
 
+class AndLoop(nn.Module):
+    """A `while` test joined by `and`: a tensor comparison, then a Python one, so the
+    joined value is a tensor on one path and a Python bool on the other."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.f = nn.Linear(6, 6)
+
+    def forward(self, x):
+        k = 0
+        while x.sum() > -1.5 and k < 6:
+            x = torch.tanh(self.f(x)) - 0.2
+            k += 1
+        return x, k
+
+
+def test_while_test_joined_by_and_is_one_loop():
+    model = AndLoop().eval()
+    xs = _loop_inputs(40)
+    cm = dycomp.compile(model, (xs[0],), backend="onnx")
+    assert cm.graph.stats()["loops"] == 0 and cm.graph.stats()["region_calls"] == 1
+    outs = []
+    assert_matches_eager(model, xs, cm=cm, outputs=outs)
+    assert len({o[1] for o in outs}) >= 3 and all(type(o[1]) is int for o in outs)
+
+
 def _loop_inputs(n):
     g = torch.Generator().manual_seed(3)
     return [torch.randn(1, 6, generator=g) * (0.5 + i % 4) for i in range(n)]

@@ -44,6 +44,7 @@ _CONVERT = {"int({0})": INT64, "float({0})": DOUBLE, "bool({0})": BOOL}
 _ITEM = {"{0}.item()": None, "int({0}.item())": INT64, "float({0}.item())": DOUBLE}
 _EQ_K = re.compile(r"\(\{0\} == (-?\d+)\)$")  # a switch case: `(index == 2)`
 _NOT_ANY = re.compile(r"\(not \(\{0\}( or \{\d+\})*\)\)$")  # `(not (a or b))`
+_SHAPE = re.compile(r"\{0\}\.shape\[(\d+)\]$")  # a dimension that varies: `seq.size(1)`
 
 
 def item_kind(elem: int) -> int:
@@ -79,6 +80,8 @@ def op_kind(fmt: str, operands: list) -> int | None:
         return BOOL if scalars else None
     if _NOT_ANY.match(fmt):
         return BOOL if operands == [BOOL] * len(operands) else None
+    if _SHAPE.match(fmt):
+        return INT64 if isinstance(operands[0], Tensor) else None
     return None
 
 
@@ -309,6 +312,8 @@ class Builder:
                 raise CannotFuse(f"cannot lower {type(s).__name__} at {s.line}")
 
     def assigned(self, d: Var, x) -> str:
+        if d in self.kinds and isinstance(x, Var) and x not in self.kinds:  # a bool tensor
+            return self.cast(self.scalar(self.lookup(x), "bool"), self.kinds[d])
         if not isinstance(x, Lit):
             return self.lookup(x)
         if d in self.kinds:
@@ -339,6 +344,11 @@ class Builder:
                              kind=BOOL)
         if fmt == "(not {0})":
             return self.logic("Not", self.operand(args[0], BOOL))
+        if _SHAPE.match(fmt):
+            d = int(_SHAPE.match(fmt).group(1))
+            dim = self.node("Shape", [self.lookup(args[0])], "dim", start=d, end=d + 1)
+            self.types[dim] = helper.make_tensor_type_proto(INT64, [1])
+            return self.scalar(dim, "dim")
         if _NOT_ANY.match(fmt):
             return self.logic("Not", self.logic("Or", *(self.operand(a, BOOL) for a in args)))
         raise CannotFuse(f"host operation {fmt} at {s.line}")

@@ -55,7 +55,7 @@ def fuse_branches(graph) -> Counter:
     and loops lowered into `If` / `Loop` nodes. Regions must carry `.onnx` models."""
     types, srcs = var_types(graph), _sources(graph)
     tensors = tensor_vars(graph)
-    kinds = scalar_kinds(srcs, types, tensors)
+    kinds = scalar_kinds(srcs, types, tensors, _read_as_bool(graph))
     fuser = _Fuser(graph, types, tensors, kinds, fed_vars(graph, srcs, tensors, kinds, types))
     fuser.block(graph.body)
     live = {s.region for s in walk(graph.body) if isinstance(s, CallRegion)}
@@ -107,10 +107,28 @@ def _sources(graph) -> dict:
     return srcs
 
 
-def scalar_kinds(srcs: dict, types: dict, tensors: set) -> dict:
+def _read_as_bool(graph) -> set:
+    """Variables read only as truth values: `bool(v)`, `not v`, `if v:`."""
+    readers = defaultdict(set)
+    for s in walk(graph.body):
+        for v in s.uses():
+            readers[v].add((isinstance(s, HostOp) and s.expr.fmt in ("bool({0})", "(not {0})"))
+                           or (isinstance(s, If) and v == s.cond))
+    return {v for v, how in readers.items() if how == {True}}
+
+
+def scalar_kinds(srcs: dict, types: dict, tensors: set, as_bool: set = frozenset()) -> dict:
     """Host variables that hold a Python bool, int or float that ONNX can compute:
-    {var: TensorProto element type}. `srcs`: `_sources(graph)`."""
+    {var: TensorProto element type}. `srcs`: `_sources(graph)`. A variable in `as_bool`
+    (read only as a truth value) may also take bool tensors (`v = a and t`: a Python
+    bool or a tensor)."""
     kinds: dict = {}
+
+    def source_kind(d, x, strict):
+        if d in as_bool and x in tensors and x in types and \
+                types[x].tensor_type.elem_type == BOOL:
+            return BOOL
+        return kind(x, strict)
 
     def kind(x, strict):
         if x == "range":
@@ -132,7 +150,7 @@ def scalar_kinds(srcs: dict, types: dict, tensors: set) -> dict:
     while changed:  # optimistic: a loop counter's kind comes from its first value
         changed = False
         for d, xs in srcs.items():
-            found = {kind(x, False) for x in xs} - {"later"}
+            found = {source_kind(d, x, False) for x in xs} - {"later"}
             if len(found) == 1 and None not in found and kinds.get(d) != min(found):
                 kinds[d] = min(found)
                 changed = True
@@ -140,7 +158,7 @@ def scalar_kinds(srcs: dict, types: dict, tensors: set) -> dict:
     while changed:  # then every source must agree
         changed = False
         for d in list(kinds):
-            if any(kind(x, True) != kinds[d] for x in srcs[d]):
+            if any(source_kind(d, x, True) != kinds[d] for x in srcs[d]):
                 del kinds[d]
                 changed = True
     return kinds
@@ -213,8 +231,9 @@ class _Fuser:
     def _assignable(self, d, x) -> bool:
         if d in self.tensors:
             return isinstance(x, Var) and x in self.tensors
-        if d in self.kinds:
-            return isinstance(x, Lit) or x in self.kinds
+        if d in self.kinds:  # a bool tensor into a bool read by `bool(d)` too (see above)
+            return isinstance(x, Lit) or x in self.kinds or (
+                self.kinds[d] == BOOL and x in self.tensors)
         return d in self.fed and (isinstance(x, Lit) or x in self.tensors or x in self.fed)
 
     def _lowerable(self, loop: Loop) -> bool:
@@ -277,6 +296,8 @@ class _Fuser:
         if any(d not in self.tensors and d not in self.kinds and d not in self.fed
                for d in outputs):
             return run
+        if not outputs and not lists:  # nothing it computes is used: a model without
+            return run  # outputs would hold no node (the host still runs it, for the path)
         self.count += 1
         name = f"f{self.count}"
         b = Builder(self.graph, name, self.types, self.kinds, self.uses, self.plans)
