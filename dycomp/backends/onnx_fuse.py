@@ -231,7 +231,7 @@ class _Fuser:
     def _assignable(self, d, x) -> bool:
         if d in self.tensors:
             return isinstance(x, Var) and x in self.tensors
-        if d in self.kinds:  # a bool tensor into a bool read by `bool(d)` too (see above)
+        if d in self.kinds:  # a bool tensor too, into a truth value (`scalar_kinds`)
             return isinstance(x, Lit) or x in self.kinds or (
                 self.kinds[d] == BOOL and x in self.tensors)
         return d in self.fed and (isinstance(x, Lit) or x in self.tensors or x in self.fed)
