@@ -835,7 +835,10 @@ def _subgraph_table(subgraphs: dict) -> Table:
                          ("source lines", "left")):
         table.add_column(col, justify=justify)
     for name, sub in subgraphs.items():
-        _row(table, name, sub.get("backend", "onnx"), str(sub.get("ops", "?")),
+        runs_on = sub.get("backend", "onnx")
+        if isinstance(sub.get("ran"), list):  # a fused subgraph that reports its path
+            runs_on += f"\n(fuses {len(sub['ran'])} regions)"
+        _row(table, name, runs_on, str(sub.get("ops", "?")),
              f"{sub.get('params', 0):,}", _values(sub.get("inputs", []), names=True),
              _values(sub.get("outputs", []), names=False),
              compress_lines(sub.get("lines", [])))

@@ -349,6 +349,7 @@ def test_end_to_end_multi_exit_with_checkpoint(tmp_path, capsys):
     assert len(paths) > 1 and all(p.startswith("r0 ") for p in paths)  # which says where
     code, out, _ = call(capsys, "inspect", art)
     assert code == 0 and all(name in out for name in manifest["subgraphs"])
+    assert f"(fuses {len(manifest['subgraphs']['f1']['ran'])} regions)" in out
 
 
 def test_compile_prune_and_quantize_reports_agreement(tmp_path, capsys):
