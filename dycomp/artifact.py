@@ -53,6 +53,7 @@ def package(cm: CompiledModel) -> tuple[dict, dict[str, bytes]]:
                                     "artifact")
     graph, executor = cm.graph, cm.executor
     placement = getattr(executor, "placement", None) or dict.fromkeys(graph.regions, "onnx")
+    traced = getattr(executor, "traced", {})  # fused subgraphs: (traced model, region names)
     models = _models(executor, [n for n in graph.regions if placement[n] == "onnx"])
     files = {rt.HOST: cm.host_source.encode("utf-8")}
     if "tvm" in placement.values():
@@ -62,11 +63,11 @@ def package(cm: CompiledModel) -> tuple[dict, dict[str, bytes]]:
         entry = _subgraph_entry(name, region)
         entry["backend"] = placement[name]
         entry["threads"] = getattr(executor, "threads", {}).get(name, 1)
-        if placement[name] == "onnx":
+        if name in traced:  # saved traced: it can tell the regions it ran
+            files[entry["file"]], ran = traced[name]
+            entry["ran"] = list(ran)
+        elif placement[name] == "onnx":
             files[entry["file"]] = models[name]
-            if region.traced is not None:  # saved traced: it can tell the regions it ran
-                files[entry["file"]] = region.traced.SerializeToString()
-                entry["ran"] = list(region.ran)
         else:
             entry["file"] = rt.TVM_LIBRARY
         subgraphs[name] = entry

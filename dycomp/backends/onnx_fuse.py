@@ -53,10 +53,11 @@ EXTEND = "{0}.extend(x for x, f in zip({1}.tolist(), {2}.tolist()) if f)"
 def fuse_branches(graph) -> Counter:
     """Rewrite fusable runs of `graph.body` into fused ONNX regions; counts the branches
     and loops lowered into `If` / `Loop` nodes. Regions must carry `.onnx` models."""
-    types, srcs = var_types(graph), _sources(graph)
+    types, srcs, readers = var_types(graph), _sources(graph), _readers(graph)
     tensors = tensor_vars(graph)
-    kinds = scalar_kinds(srcs, types, tensors, _read_as_bool(graph))
-    fuser = _Fuser(graph, types, tensors, kinds, fed_vars(graph, srcs, tensors, kinds, types))
+    kinds = scalar_kinds(srcs, types, tensors, _read_as_bool(readers))
+    fed = fed_vars(srcs, readers, tensors, kinds, types)
+    fuser = _Fuser(graph, types, tensors, kinds, fed, readers)
     fuser.block(graph.body)
     live = {s.region for s in walk(graph.body) if isinstance(s, CallRegion)}
     for name in [n for n in graph.regions if n not in live]:
@@ -107,14 +108,21 @@ def _sources(graph) -> dict:
     return srcs
 
 
-def _read_as_bool(graph) -> set:
-    """Variables read only as truth values: `bool(v)`, `not v`, `if v:`."""
-    readers = defaultdict(set)
+def _readers(graph) -> dict:
+    """The statements that read each host variable, once per read."""
+    readers = defaultdict(list)
     for s in walk(graph.body):
         for v in s.uses():
-            readers[v].add((isinstance(s, HostOp) and s.expr.fmt in ("bool({0})", "(not {0})"))
-                           or (isinstance(s, If) and v == s.cond))
-    return {v for v, how in readers.items() if how == {True}}
+            readers[v].append(s)
+    return readers
+
+
+def _read_as_bool(readers: dict) -> set:
+    """Variables read only as truth values: `bool(v)`, `not v`, `if v:` (an `If` reads
+    its condition only)."""
+    return {v for v, ss in readers.items()
+            if all(isinstance(s, If) or (isinstance(s, HostOp) and s.expr.fmt in
+                                         ("bool({0})", "(not {0})")) for s in ss)}
 
 
 def scalar_kinds(srcs: dict, types: dict, tensors: set, as_bool: set = frozenset()) -> dict:
@@ -164,25 +172,20 @@ def scalar_kinds(srcs: dict, types: dict, tensors: set, as_bool: set = frozenset
     return kinds
 
 
-def fed_vars(graph, srcs: dict, tensors: set, kinds: dict, types: dict) -> set:
+def fed_vars(srcs: dict, readers: dict, tensors: set, kinds: dict, types: dict) -> set:
     """Variables that are a tensor on some paths and a Python number on others (a sum
     that starts at 0.0), only ever passed to regions: the executor converts them to the
     region's input type, and so can the fused model."""
     fed = {d for d, xs in srcs.items() if d not in tensors and d not in kinds and d in types
            and all(isinstance(x, Var) or (isinstance(x, Lit) and literal_kind(x.value)
                                           in (INT64, DOUBLE)) for x in xs)}
-    readers = defaultdict(list)
-    for s in walk(graph.body):
-        for v in s.uses():
-            if v in fed:
-                readers[v].append(s)
     changed = True
     while changed:
         changed = False
         for d in list(fed):
             bad_src = any(isinstance(x, Var) and x not in tensors and x not in fed
                           for x in srcs[d])
-            if bad_src or not all(_feeds(s, d, fed) for s in readers[d]):
+            if bad_src or not all(_feeds(s, d, fed) for s in readers.get(d, ())):
                 fed.discard(d)
                 changed = True
     return fed
@@ -195,10 +198,10 @@ def _feeds(s, d, fed) -> bool:
 
 
 class _Fuser:
-    def __init__(self, graph, types, tensors, kinds, fed):
+    def __init__(self, graph, types, tensors, kinds, fed, readers):
         self.graph, self.types, self.tensors = graph, types, tensors
         self.kinds, self.fed = kinds, fed
-        self.uses = Counter(v for s in walk(graph.body) for v in s.uses())
+        self.uses = Counter({v: len(ss) for v, ss in readers.items()})
         self.names = Names(graph, "lp")
         self.outside = Counter(d for s in walk(graph.body) for d in s.defs())
         self.outside.update(graph.params)
