@@ -2,7 +2,8 @@
 
 Per example (batch 1, 2 threads, calls interleaved input by input, medians): dycomp fp32,
 int8 (static QDQ, 32 calibration inputs through the host program), 50 % structured
-channel pruning (uniform), pruned + int8; each variant's speedup over fp32, parameters,
+channel pruning (uniform, or `--allocation layer_adaptive`, `--round-to auto`), pruned +
+int8; each variant's speedup over fp32, parameters,
 its path agreement with the fp32 model (every decision compared: fused subgraphs report
 the regions they ran) and its speedup on the inputs where it takes fp32's path (pruning
 a random-weight model moves exits and gates, which changes the work done). Random
@@ -12,6 +13,7 @@ Pruned copies are first fine-tuned towards the fp32 model's decisions (`KeepDeci
 6 epochs over 64 inputs other than those measured; `--no-keep` skips it).
 
 Run: python benchmarks/optimize_zoo.py [--inputs 30] [--rounds 5] [--amount 0.5] [--no-keep]
+                                       [--allocation layer_adaptive] [--round-to auto]
                                        [name ...]
      python benchmarks/optimize_zoo.py --paths   (every zoo example: structure, agreement)
 """
@@ -37,10 +39,10 @@ CONV = ["static_resnet", "multi_exit", "gated_resnet", "policy_net"]
 THREADS = 2
 
 
-def variants(mod, amount: float, fuse: bool = True, keep: bool = True) -> dict:
+def variants(mod, prune: Prune, fuse: bool = True, keep: bool = True) -> dict:
     model, ex = mod.make(0)
     calib = mod.sample_inputs(32, seed=1)
-    pruned = Prune(amount).apply(model, ex, method=mod.METHOD)
+    pruned = prune.apply(model, ex, method=mod.METHOD, samples=calib[:8])
     if keep:  # fine-tuned towards fp32's decisions on other inputs than those measured
         report = KeepDecisions(epochs=6).apply(pruned, model, mod.sample_inputs(64, seed=5),
                                                method=mod.METHOD)
@@ -53,9 +55,9 @@ def variants(mod, amount: float, fuse: bool = True, keep: bool = True) -> dict:
             "pruned+int8": dycomp.compile(pruned, ex, passes=int8, **opts)}, model, pruned
 
 
-def bench(name: str, n_inputs: int, rounds: int, amount: float, keep: bool) -> dict:
+def bench(name: str, n_inputs: int, rounds: int, prune: Prune, keep: bool) -> dict:
     mod = ZOO[name]
-    cms, model, pruned = variants(mod, amount, keep=keep)
+    cms, model, pruned = variants(mod, prune, keep=keep)
     samples = mod.sample_inputs(n_inputs, seed=2)
     inputs = [tuple(t.numpy() for t in x) for x in samples]
     times = {k: [[] for _ in inputs] for k in cms}
@@ -86,11 +88,11 @@ def _median_ms(per_input: list[list[float]]) -> float:
     return 1e3 * statistics.median(t for ts in per_input for t in ts)
 
 
-def agreement(name: str, n_inputs: int, amount: float, keep: bool) -> str:
+def agreement(name: str, n_inputs: int, prune: Prune, keep: bool) -> str:
     """One line: does every variant keep the fp32 structure (host branches, loops and
     regions before fusion), and how often its path."""
     mod = ZOO[name]
-    cms, _, _ = variants(mod, amount, fuse=False, keep=keep)
+    cms, _, _ = variants(mod, prune, fuse=False, keep=keep)
     shape = {k: {s: cm.graph.stats()[s] for s in ("regions", "branches", "loops", "returns")}
              for k, cm in cms.items()}
     samples = mod.sample_inputs(n_inputs, seed=3)
@@ -107,6 +109,10 @@ def main(argv=None):
     ap.add_argument("--inputs", type=int, default=30)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--amount", type=float, default=0.5)
+    ap.add_argument("--allocation", choices=["uniform", "layer_adaptive"], default="uniform")
+    ap.add_argument("--round-to", default="1", metavar="N|auto",
+                    help="pruned groups keep a multiple of N channels ('auto': the CPU's "
+                         "SIMD block, 16 with AVX-512)")
     ap.add_argument("--no-keep", action="store_true",
                     help="skip the pruned copies' fine-tune towards fp32's decisions "
                          "(KeepDecisions: 6 epochs over 64 other inputs)")
@@ -115,11 +121,14 @@ def main(argv=None):
                          "on every zoo example (or the names given)")
     args = ap.parse_args(argv)
     torch.set_num_threads(THREADS)
+    prune = Prune(args.amount, allocation=args.allocation,
+                  round_to=args.round_to if args.round_to == "auto" else int(args.round_to))
+    print(prune, flush=True)
     if args.paths:
         for name in (args.names if args.names != CONV else sorted(ZOO)):
-            print(agreement(name, args.inputs, args.amount, not args.no_keep), flush=True)
+            print(agreement(name, args.inputs, prune, not args.no_keep), flush=True)
         return
-    rows = [bench(n, args.inputs, args.rounds, args.amount, not args.no_keep)
+    rows = [bench(n, args.inputs, args.rounds, prune, not args.no_keep)
             for n in args.names]
     kinds = ["fp32", "int8", "pruned", "pruned+int8"]
     print(f"{'example':<14}" + "".join(f"{k + ' ms':>15}" for k in kinds)

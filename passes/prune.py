@@ -38,6 +38,11 @@ class Prune:
     """Prune `amount` of the channels (structured) or weights (unstructured).
 
     `exclude`: module names (glob patterns, e.g. ``"heads.*"``) never pruned.
+    `round_to` (structured): every channel group keeps a multiple of this many channels
+    (rounded up), or all of them. ``"auto"``: the CPU's SIMD block (16 with AVX-512, 8
+    with AVX2), which ONNX Runtime's fast convolution layout needs: a conv whose channel
+    count is not a multiple of it runs a generic kernel, and a 24-channel one is as slow
+    as a 32-channel one (`benchmarks/conv_widths.py`).
     Use in `dycomp.compile(..., passes=[Prune(0.5)])`, or `Prune(0.5).apply(model, x)` for
     a pruned copy to fine-tune before compiling."""
 
@@ -45,6 +50,7 @@ class Prune:
     structured: bool = True
     allocation: str = "uniform"
     exclude: Sequence[str] = ()
+    round_to: int | str = 1
     name = "prune"
 
     def __post_init__(self):
@@ -58,6 +64,15 @@ class Prune:
         if isinstance(self.exclude, str):
             raise ValueError("Prune(exclude=...) takes a list of module names, not a string")
         self.exclude = tuple(self.exclude)
+        if self.round_to == "auto":
+            self.round_to = simd_channels()
+        if isinstance(self.round_to, bool) or not isinstance(self.round_to, int) or (
+                self.round_to < 1):
+            raise ValueError(f"Prune(round_to={self.round_to!r}): use a channel count >= 1 "
+                             "or 'auto'")
+        if self.round_to > 1 and not self.structured:
+            raise ValueError("Prune(round_to=...) rounds channel counts: it needs "
+                             "structured=True")
 
     def apply(self, model: nn.Module, example_inputs, *, method: str = "forward",
               samples: Sequence[tuple] | None = None) -> nn.Module:
@@ -77,11 +92,13 @@ class PruneReport:
     sparsity: float  # fraction of prunable weights that are zero
     ratios: dict[str, float] = field(default_factory=dict)  # unit (layer/group) -> ratio
     kept: list[str] = field(default_factory=list)  # host-visible layers left whole
+    round_to: int = 1
 
     def summary(self) -> str:
+        rounded = f", channels kept in multiples of {self.round_to}" * (self.round_to > 1)
         return (f"pruned {self.params_before:,} -> {self.params_after:,} parameters "
                 f"({1 - self.params_after / max(self.params_before, 1):.0%} fewer), "
-                f"weight sparsity {self.sparsity:.0%}")
+                f"weight sparsity {self.sparsity:.0%}{rounded}")
 
 
 def prune_model(model: nn.Module, example_inputs, config: Prune, *, method: str = "forward",
@@ -100,7 +117,8 @@ def prune_model(model: nn.Module, example_inputs, config: Prune, *, method: str 
     flags = dict((n, p.requires_grad) for n, p in model.named_parameters())
     for n, p in pruned.named_parameters():  # pruning makes fresh Parameters
         p.requires_grad_(flags.get(n, True))
-    report = PruneReport(before, _count(pruned), _sparsity(pruned), ratios, kept)
+    report = PruneReport(before, _count(pruned), _sparsity(pruned), ratios, kept,
+                         config.round_to)
     log.info("%s", report.summary())
     return pruned, report
 
@@ -125,16 +143,27 @@ def _structured(model, method, args, samples, config):
     if config.allocation == "uniform":
         ratios = {names[g[0].dep.target.module]: config.amount for g in groups()}
     else:
-        ratios = prune_alloc.allocate(entry, samples, dg, groups(), config.amount, names)
+        ratios = prune_alloc.allocate(entry, samples, dg, groups(), config.amount, names,
+                                      config.round_to)
     importance = tp.importance.GroupMagnitudeImportance(p=2)
     for group in groups():
         root = group[0].dep
-        k = prune_alloc.channels_to_prune(len(group[0].idxs), ratios[names[root.target.module]])
+        k = prune_alloc.channels_to_prune(len(group[0].idxs), ratios[names[root.target.module]],
+                                          config.round_to)
         if k == 0:
             continue
         idxs = torch.argsort(importance(group))[:k].tolist()
         dg.get_pruning_group(root.target.module, root.handler, idxs).prune()
     return ratios, sorted(names[m] for m in kept)
+
+
+def simd_channels() -> int:
+    """Channels per SIMD register on this CPU (fp32): ONNX Runtime's NCHWc block."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as cpu
+    except ImportError:  # numpy < 2
+        from numpy.core._multiarray_umath import __cpu_features__ as cpu
+    return 16 if cpu.get("AVX512F") else 8 if cpu.get("AVX2") else 4
 
 
 def _excluded(name: str, patterns) -> bool:

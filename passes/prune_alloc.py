@@ -32,13 +32,28 @@ MAX_OVER = 0.25
 STEPS = 200  # budget resolution of the dynamic program
 
 
-def channels_to_prune(n: int, ratio: float) -> int:
-    """Channels removed from `n` at `ratio`; at least one always stays."""
-    return min(int(n * ratio), n - 1)
+def channels_to_prune(n: int, ratio: float, round_to: int = 1) -> int:
+    """Channels removed from `n` at `ratio`; at least one always stays, and what stays is
+    a multiple of `round_to` (rounded up) or all `n`."""
+    kept = n - min(int(n * ratio + 1e-9), n - 1)
+    return n - min(n, -(-kept // round_to) * round_to)
 
 
-def allocate(fn, samples, dg, groups, amount: float, names: dict) -> dict:
-    """Ratio per channel group (keyed by its root module's name) for structured pruning."""
+def candidates(n: int, amount: float, round_to: int = 1) -> list[float]:
+    """The ratios tried on a group of `n` channels: the `RATIOS` grid, or with `round_to`
+    every multiple of it that can stay; at most `MAX_OVER` beyond `amount`."""
+    if round_to == 1:
+        ratios = RATIOS
+    else:
+        ratios = [1 - k / n for k in (n, *range(round_to * ((n - 1) // round_to), 0, -round_to))]
+    return [r for r in ratios if r <= amount + MAX_OVER + 1e-9]
+
+
+def allocate(fn, samples, dg, groups, amount: float, names: dict, round_to: int = 1) -> dict:
+    """Ratio per channel group (keyed by its root module's name) for structured pruning.
+
+    With `round_to`, groups keep multiples of it; the budget stays what uniform pruning
+    removes without rounding."""
     import torch_pruning as tp
 
     importance = tp.importance.GroupMagnitudeImportance(p=2)
@@ -49,20 +64,22 @@ def allocate(fn, samples, dg, groups, amount: float, names: dict) -> dict:
         order = torch.argsort(importance(group)).tolist()
 
         def mask(ratio, root=root, order=order, n=n):
-            idxs = order[:channels_to_prune(n, ratio)]
+            idxs = order[:channels_to_prune(n, ratio, round_to)]
             return _zero_channels(dg.get_pruning_group(root.target.module, root.handler, idxs))
 
         key = names[root.target.module]
         sizes[key], masks[key] = n, mask
         shares += [(key, d.target.module, d.handler.__name__, len(i)) for d, i in group
                    if isinstance(d.target.module, nn.Module)]
-    removed = _removed_params(shares, sizes)
+    removed = _removed_params(shares, sizes, round_to)
     # a group's cost alone: what pruning only that group removes
     units = {key: (lambda r, key=key: removed({key: r}), mask) for key, mask in masks.items()}
-    return _solve(fn, samples, units, amount, removed)
+    target = _removed_params(shares, sizes)(dict.fromkeys(units, amount))
+    tried = {key: candidates(n, amount, round_to) for key, n in sizes.items()}
+    return _solve(fn, samples, units, amount, removed, target, tried)
 
 
-def _removed_params(shares, sizes: dict):
+def _removed_params(shares, sizes: dict, round_to: int = 1):
     """ratios -> parameters pruning would remove, exactly: a layer that loses a fraction
     fo of its outputs and fi of its inputs keeps (1 - fo)(1 - fi) of its weight."""
     layers = {}
@@ -75,7 +92,8 @@ def _removed_params(shares, sizes: dict):
         layers.setdefault(module, {"in": [], "out": []})[side].append((key, n / dim))
 
     def removed(ratios: dict) -> float:
-        ratios = {k: channels_to_prune(sizes[k], r) / sizes[k] for k, r in ratios.items()}
+        ratios = {k: channels_to_prune(sizes[k], r, round_to) / sizes[k]
+                  for k, r in ratios.items()}
         total = 0.0
         for module, sides in layers.items():
             fo, fi = (min(1.0, sum(ratios.get(k, 0.0) * f for k, f in sides[s]))
@@ -101,15 +119,17 @@ def _weight_cost(module):
     return lambda r: n * r
 
 
-def _solve(fn, samples, units: dict, amount: float, removed=None) -> dict:
-    """Per-unit ratios. `removed(ratios)`, when given, counts the parameters a choice
-    really removes: the budget is then matched to uniform pruning's exact count."""
+def _solve(fn, samples, units: dict, amount: float, removed=None, target=None,
+           tried=None) -> dict:
+    """Per-unit ratios, among `tried[unit]` (default: `candidates`). `removed(ratios)`,
+    when given, counts the parameters a choice really removes: the budget is then matched
+    to `target`, uniform pruning's exact count."""
     reference = _run(fn, samples)
-    ratios = [r for r in RATIOS if r <= amount + MAX_OVER + 1e-9]
+    tried = tried or dict.fromkeys(units, candidates(0, amount))
     table = {}
     for name, (_, mask) in units.items():
         row = {}
-        for r in ratios:
+        for r in tried[name]:
             if r == 0:
                 row[r] = 0.0
                 continue
@@ -117,12 +137,12 @@ def _solve(fn, samples, units: dict, amount: float, removed=None) -> dict:
                 row[r] = _distortion(reference, _run(fn, samples))
         table[name] = row
         log.debug("distortion %s: %s", name, row)
-    costs = {name: {r: cost(r) for r in ratios} for name, (cost, _) in units.items()}
+    costs = {name: {r: cost(r) for r in tried[name]} for name, (cost, _) in units.items()}
     budget = sum(cost(amount) for cost, _ in units.values())  # what uniform removes
     if removed is None:
         return knapsack(table, costs, budget)
-    target = removed(dict.fromkeys(units, amount))
-    lo, hi = 0.0, 2 * budget  # the least additive budget whose choice removes enough
+    # the least additive budget whose choice removes enough
+    lo, hi = 0.0, max(2 * budget, sum(max(row.values()) for row in costs.values()))
     for _ in range(20):
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if removed(knapsack(table, costs, mid)) < target else (lo, mid)

@@ -98,6 +98,9 @@ USAGE_ERRORS = [
     (["compile", f"{MODELS}:make", "--prune", "1.5"], "--prune must be a fraction"),
     (["compile", f"{MODELS}:make", "--prune-allocation", "layer_adaptive"],
      "--prune-allocation needs --prune"),
+    (["compile", f"{MODELS}:make", "--prune-round-to", "16"], "--prune-round-to needs --prune"),
+    (["compile", f"{MODELS}:make", "--prune", "0.5", "--prune-round-to", "0"],
+     "expected a channel count >= 1 or 'auto', got '0'"),
     (["compile", f"{MODELS}:make", "--quantize", "int8", "--backend", "tvm"],
      "--quantize needs --backend onnx"),
     (["compile", f"{MODELS}:make", "--calib", "c.npz"], "--calib needs --quantize int8"),
@@ -365,6 +368,10 @@ def test_compile_prune_and_quantize_reports_agreement(tmp_path, capsys):
     assert "vs eager on 32 inputs: same path 100%" in stdout
     assert (out / "manifest.json").is_file()
     assert dycomp.load(out).optimizations[1].startswith("quantized ")
+    code, stdout, _ = call(capsys, "compile", "examples/zoo/static_resnet.py:make",
+                           "--prune", "0.5", "--prune-round-to", "16")
+    assert code == 0 and "175,258 -> 52,858 parameters" in stdout
+    assert "channels kept in multiples of 16" in stdout
     bad = tmp_path / "bad.npz"
     np.savez(bad, x=np.zeros((4, 3, 32, 32), np.float32))
     code, _, err = call(capsys, "compile", "examples/zoo/static_resnet.py:make",

@@ -17,7 +17,7 @@ from torch import nn
 
 import dycomp
 from dycomp.passes import Prune, Quantize
-from dycomp.passes.prune_alloc import knapsack
+from dycomp.passes.prune_alloc import candidates, channels_to_prune, knapsack
 from examples.zoo import ZOO
 
 CONV = ["multi_exit", "static_resnet", "gated_resnet", "policy_net"]
@@ -113,6 +113,36 @@ def test_layer_adaptive_meets_the_budget_with_less_distortion():
         assert err(ada) <= err(uni)
 
 
+def test_round_to_counts():
+    assert [channels_to_prune(n, 0.5, 16) for n in (8, 16, 24, 32, 64)] == [0, 0, 8, 16, 32]
+    assert channels_to_prune(64, 0.75, 16) == 48 and channels_to_prune(48, 2 / 3, 16) == 32
+    assert channels_to_prune(10, 0.5) == 5 and channels_to_prune(10, 0.99) == 9
+    assert candidates(64, 0.5, 16) == [0.0, 0.25, 0.5, 0.75]  # 64, 48, 32, 16 kept
+    assert candidates(16, 0.5, 16) == [0.0] and len(candidates(10, 0.5)) == 8
+
+
+@pytest.mark.parametrize("allocation", ["uniform", "layer_adaptive"])
+def test_round_to_keeps_channel_multiples_and_matches_pruned_eager(allocation):
+    mod = ZOO["static_resnet"]
+    model, ex = mod.make(0)
+    samples = mod.sample_inputs(3)
+    exact = Prune(0.5, allocation=allocation).apply(model, ex, samples=samples)
+    pruned = Prune(0.5, allocation=allocation, round_to=16).apply(model, ex, samples=samples)
+    convs = [m.out_channels for m in pruned.modules() if isinstance(m, nn.Conv2d)]
+    assert all(c % 16 == 0 for c in convs), convs
+    assert any(c % 16 for m in exact.modules() if isinstance(m, nn.Conv2d)
+               for c in [m.out_channels])  # without rounding, some are not
+    assert "multiples of 16" in pruned.dycomp_prune.summary()
+    removed = [r.params_before - r.params_after for r in (exact.dycomp_prune,
+                                                          pruned.dycomp_prune)]
+    if allocation == "layer_adaptive":  # the budget is the unrounded one
+        assert removed[1] >= removed[0]
+    cm = dycomp.compile(pruned, ex, backend="onnx")  # checked against the pruned eager model
+    with torch.no_grad():
+        for x in samples:
+            assert torch.allclose(cm(*x), pruned(*x), atol=1e-4, rtol=1e-4)
+
+
 def test_knapsack_picks_least_distortion_that_meets_the_budget():
     distortion = {"a": {0.0: 0, 0.5: 1.0, 0.9: 5.0}, "b": {0.0: 0, 0.5: 0.1, 0.9: 0.2}}
     costs = {"a": {0.0: 0, 0.5: 50, 0.9: 90}, "b": {0.0: 0, 0.5: 50, 0.9: 90}}
@@ -185,7 +215,9 @@ def test_dynamic_and_fp16_run():
 
 def test_config_validation_and_backend_errors():
     for bad in (dict(amount=0), dict(amount=1.5), dict(amount=0.5, allocation="greedy"),
-                dict(amount=0.5, exclude="heads.*")):
+                dict(amount=0.5, exclude="heads.*"), dict(amount=0.5, round_to=0),
+                dict(amount=0.5, round_to="fast"), dict(amount=0.5, round_to=True),
+                dict(amount=0.5, structured=False, round_to=16)):
         with pytest.raises(ValueError):
             Prune(**bad)
     for bad in (dict(dtype="int4"), dict(method="mse"), dict(calibration=[]),
