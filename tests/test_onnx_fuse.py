@@ -200,8 +200,8 @@ def _graphs(g):
 def test_fused_graphs_hold_no_needless_nodes(name, method):
     """ONNX Runtime runs every node of a `Loop` body on every iteration: no node whose
     result nothing reads, no `Not` of a `Not`, no logic on a constant, no logic node
-    twice on the same inputs, no `Identity` in front of a value computed in the graph, no
-    body node whose inputs no iteration changes."""
+    twice on the same inputs, no node twice, no `Identity` in front of a value computed in
+    the graph, no body node whose inputs no iteration changes."""
     model, example = ZOO[name].make()
     cm = dycomp.compile(getattr(model, method), example, backend="onnx")
     (region,) = cm.graph.regions.values()
@@ -218,6 +218,11 @@ def test_fused_graphs_hold_no_needless_nodes(name, method):
             assert not consts.intersection(n.input), f"{n.name}: logic on a constant"
             assert not (n.op_type == "Not" and made.get(n.input[0], n).op_type == "Not")
         assert len({(n.op_type, *n.input) for n in logic}) == len(logic)
+        plain = [n for n in g.node if not any(a.type == onnx.AttributeProto.GRAPH
+                                              for a in n.attribute)]
+        same = Counter((n.op_type, *n.input, *(a.SerializeToString() for a in n.attribute))
+                       for n in plain)
+        assert max(same.values(), default=1) == 1, "a node computed twice"
         assert "dycomp_path" not in {o.name for o in g.output}  # runs untraced
     for n in all_nodes(region.onnx.graph):  # no Loop body node that every iteration repeats
         if n.op_type == "Loop":

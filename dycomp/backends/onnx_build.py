@@ -174,6 +174,7 @@ class Builder:
             outs.append(helper.make_value_info(n, self.types[n]))
         outs.append(helper.make_value_info(PATH_OUTPUT, _IDS))
         g = helper.make_graph(self.nodes, self.name, ins, outs, self.initializers)
+        dedupe(g)
         drop_dead(g)
         first = self.graph.regions[next(s.region for s in walk(run)
                                         if isinstance(s, CallRegion))].onnx
@@ -582,6 +583,41 @@ class _Target:
     it: str
     start: int
     step: int
+
+
+_RANDOM = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
+           "Multinomial", "Bernoulli"}
+
+
+def dedupe(g: onnx.GraphProto, known: dict | None = None, renamed: dict | None = None) -> int:
+    """Common subexpressions of `g` and its subgraphs computed once: a node with the op,
+    attributes and inputs of an earlier one (a `Constant` with its value) reads that
+    one's results instead; a subgraph's node may reuse the enclosing graph's. The
+    exporter repeats work per region (moe reshapes its expert index once per case).
+    Returns how many nodes were removed."""
+    known = dict(known or {})
+    renamed = dict(renamed or {})
+    outputs = {o.name for o in g.output}
+    kept, removed = [], 0
+    for n in g.node:
+        for i, name in enumerate(n.input):
+            n.input[i] = renamed.get(name, name)
+        subs = [a.g for a in n.attribute if a.type == onnx.AttributeProto.GRAPH]
+        for sub in subs:
+            removed += dedupe(sub, known, renamed)
+        key = None if subs or n.op_type in _RANDOM or outputs.intersection(n.output) else (
+            n.domain, n.op_type, tuple(n.input), len(n.output),
+            tuple(a.SerializeToString() for a in n.attribute))
+        if key in known:
+            renamed.update(zip(n.output, known[key]))
+            removed += 1
+            continue
+        if key is not None:
+            known[key] = list(n.output)
+        kept.append(n)
+    del g.node[:]
+    g.node.extend(kept)
+    return removed
 
 
 def _check(m: onnx.ModelProto) -> None:
