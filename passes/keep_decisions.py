@@ -10,7 +10,9 @@ has margin `conf - t`): it must fall on the reference's side.
 
 `DecisionRecorder` is how: a `TorchFunctionMode` that records, in order, every tensor
 Python code turns into a Python value (`bool(t)`, `t.item()`, `float(t)`, ...), as the
-margin of the comparison that made it when there is one.
+margin of the comparison that made it when there is one. A hard gate passes its
+comparison's margin on: with `action = (probs > 0.5).float()`, `action[0, i] > 0.5`
+has margin `probs[0, i] - 0.5` (BlockDrop-style policies), which the copy can learn.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ Tensor = torch.Tensor
 _READS = {"__bool__", "item", "__float__", "__int__", "__index__", "tolist"}
 _SIDES = {**dict.fromkeys(("gt", "ge", "greater", "greater_equal", "__gt__", "__ge__"), 1),
           **dict.fromkeys(("lt", "le", "less", "less_equal", "__lt__", "__le__"), -1)}
+_CASTS = {"float", "double", "half", "bfloat16", "int", "long", "to", "type", "type_as"}
 
 
 @dataclass(frozen=True)
@@ -66,19 +69,36 @@ class DecisionRecorder(TorchFunctionMode):
         out = func(*args, **(kwargs or {}))
         name = getattr(func, "__name__", "")
         side = _SIDES.get(name)
+        x = args[0] if args and isinstance(args[0], Tensor) else None
         if side is not None and isinstance(out, Tensor) and len(args) == 2:
             a, b = args
-            self._margins[id(out)] = (out, side * (a - b))
-        elif name in _READS and args and isinstance(args[0], Tensor):
-            x = args[0]
+            gate = self._margin(a, gate=True)
+            if gate is not None and isinstance(b, (int, float)) and 0 < b < 1:
+                self._margins[id(out)] = (out, side * gate, False)  # `gate > 0.5`
+            else:
+                self._margins[id(out)] = (out, side * (a - b), False)
+        elif name in _CASTS and x is not None and x.dtype == torch.bool and \
+                self._margin(x) is not None and isinstance(out, Tensor):
+            # a hard gate, `(p > 0.5).float()`: 1 where the comparison's margin is > 0
+            self._margins[id(out)] = (out, self._margin(x), True)
+        elif name == "__getitem__" and x is not None and id(x) in self._margins and \
+                self._margins[id(x)][0] is x and isinstance(out, Tensor):
+            _, margin, gate = self._margins[id(x)]
+            self._margins[id(out)] = (out, margin[args[1]], gate)
+        elif name in _READS and x is not None:
             made = self._margins.get(id(x))
-            self.decisions.append(Decision(made[1], True) if made and made[0] is x
-                                  else Decision(x, False))
+            made = made if made and made[0] is x else None
+            self.decisions.append(Decision(made[1], True) if made else Decision(x, False))
             k = len(self.decisions) - 1
             if name == "__bool__" and made and k < len(self.forced) and \
                     self.forced[k].is_margin and self.forced[k].value.numel() == 1:
                 return bool(self.forced[k].value > 0)
         return out
+
+    def _margin(self, x, gate: bool = False):
+        """The margin behind `x`: a comparison's result, or (`gate`) a hard gate's."""
+        made = self._margins.get(id(x))
+        return made[1] if made and made[0] is x and made[2] == gate else None
 
 
 def record(fn, args: tuple, forced: list[Decision] | None = None

@@ -316,6 +316,25 @@ def test_decision_recorder_reads_margins_in_order():
     assert torch.equal(y, -x * 2) and forced.decisions[0].value.item() < 0
 
 
+def test_decision_recorder_sees_through_hard_gates():
+    """BlockDrop's `action = (probs > 0.5).float()`, then `if action[0, i] > 0.5`: the
+    decision's margin is `probs[0, i] - 0.5`, with its gradient (not the constant 0.5)."""
+    from dycomp.passes import DecisionRecorder
+
+    probs = torch.tensor([[0.7, 0.2, 0.55]], requires_grad=True)
+    with DecisionRecorder() as rec:
+        action = (probs > 0.5).float()
+        ran = [i for i in range(3) if action[0, i] > 0.5]
+        skipped = [i for i in range(3) if action[0, i] < 0.5]
+    assert ran == [0, 2] and skipped == [1]
+    margins = [d.value for d in rec.decisions]
+    assert all(d.is_margin for d in rec.decisions)
+    assert torch.allclose(torch.stack(margins), torch.tensor(
+        [0.2, -0.3, 0.05, -0.2, 0.3, -0.05]), atol=1e-6)
+    margins[0].backward()
+    assert probs.grad.tolist() == [[1.0, 0.0, 0.0]]
+
+
 def test_keep_decisions_brings_a_pruned_copy_back_to_the_reference_path():
     """Pruning a random-weight multi-exit network moves its exits; the fine-tune on the
     reference's decision margins brings most of them back (on the inputs it saw)."""
