@@ -94,7 +94,8 @@ def test_optimize_quick_runs(tmp_path, ckpt, multi_exit, gated, capsys):
 
     results = optimize.main(["--quick", "--out", str(tmp_path / "out"), "--ckpt", str(ckpt)])
     out = capsys.readouterr().out
-    for variant in ("fp32", "pruned 50% (uniform)", "pruned 50% (layer_adaptive)", "int8",
+    for variant in ("fp32", "pruned 50% (uniform)", "pruned 50% (layer_adaptive)",
+                    "pruned 50% (layer_adaptive, rounded)", "int8",
                     "pruned 50% (uniform) + int8", "pruned 50% (uniform), kept"):
         assert out.count(variant) >= 2, variant  # one table row per model
     assert out.count("decisions kept on") == 2  # KeepDecisions reported for both models

@@ -3,9 +3,10 @@
 Run: python examples/digits/optimize.py [--quick] [--out DIR] [--ckpt DIR]
 
 Trains (or loads from ``--ckpt``) ``MultiExitCNN`` and ``GatedCNN`` on scikit-learn's
-digits, then compiles six variants of each with ``backend="onnx"``: fp32, 50 %
+digits, then compiles seven variants of each with ``backend="onnx"``: fp32, 50 %
 structured pruning (uniform and layer-adaptive allocation, each fine-tuned briefly on
-the labels), the uniform one fine-tuned further towards fp32's own decisions
+the labels; layer-adaptive once more with channel counts rounded to the CPU's SIMD
+block, ``round_to="auto"``), the uniform one fine-tuned further towards fp32's own decisions
 (``KeepDecisions``: "kept"), int8, and pruned + int8. Every variant runs on every test
 image at batch 1; the table shows test accuracy, which exits / gates the inputs took,
 how often that decision matches compiled fp32 ("path agree"), median latency and
@@ -105,15 +106,16 @@ def compile_onnx(model: nn.Module, x0: torch.Tensor, calibration=None):
 
 
 def pruned_copy(model: nn.Module, x0: torch.Tensor, samples: list, allocation: str,
-                settings: Settings, split) -> nn.Module:
+                settings: Settings, split, round_to: int | str = 1) -> nn.Module:
     """A 50 % structurally pruned copy of ``model``, fine-tuned briefly."""
     start = time.perf_counter()
-    pruned = Prune(AMOUNT, structured=True, allocation=allocation).apply(
+    pruned = Prune(AMOUNT, structured=True, allocation=allocation, round_to=round_to).apply(
         model, (x0,), samples=samples[:settings.n_prune])
     train.finetune(pruned, epochs=settings.finetune_epochs,
                    max_seconds=settings.finetune_seconds, split=split)
     params = sum(p.numel() for p in pruned.parameters())
-    print(f"  pruned ({allocation}): {params} parameters; pruned + fine-tuned in "
+    print(f"  pruned ({allocation}, round_to={round_to}): {params} parameters; pruned + "
+          f"fine-tuned in "
           f"{time.perf_counter() - start:.1f} s")
     return pruned.eval()
 
@@ -134,10 +136,12 @@ def variants(model: nn.Module, x0: torch.Tensor, samples: list, settings: Settin
     """Variant name -> (eager model to compile, int8 calibration samples or None)."""
     uniform = pruned_copy(model, x0, samples, "uniform", settings, split)
     adaptive = pruned_copy(model, x0, samples, "layer_adaptive", settings, split)
+    rounded = pruned_copy(model, x0, samples, "layer_adaptive", settings, split, "auto")
     return {
         "fp32": (model, None),
         "pruned 50% (uniform)": (uniform, None),
         "pruned 50% (layer_adaptive)": (adaptive, None),
+        "pruned 50% (layer_adaptive, rounded)": (rounded, None),
         "pruned 50% (uniform), kept": (decisions_kept(model, uniform, samples, settings), None),
         "int8": (model, samples),
         "pruned 50% (uniform) + int8": (uniform, samples),
