@@ -546,7 +546,8 @@ class Builder:
         variant, results = set(inputs), {o.name for o in outs}
         for n in nodes:
             if variant.intersection(n.input) or results.intersection(n.output) or any(
-                    a.type == onnx.AttributeProto.GRAPH for a in n.attribute):
+                    a.type == onnx.AttributeProto.GRAPH for a in n.attribute) or \
+                    n.op_type in _RANDOM:  # a fresh draw every iteration
                 variant.update(n.output)
         moved = [n for n in nodes if not variant.intersection(n.output)]
         if all(n.op_type == "Constant" for n in moved):
