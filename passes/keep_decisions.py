@@ -6,7 +6,8 @@ accurate *and* does other work than the model it replaces. This fine-tune runs b
 models as written (batch 1, their own Python control flow), the copy forced along the
 reference's path (each `if` answers as the reference's did), and trains the copy on the
 reference's outputs plus, for every decision, a hinge on the copy's margin (`conf > t`
-has margin `conf - t`): it must fall on the reference's side.
+has margin `conf - t`): it must fall on the reference's side, as far as the reference's
+does (up to `margin`).
 
 `DecisionRecorder` is how: a `TorchFunctionMode` that records, in order, every tensor
 Python code turns into a Python value (`bool(t)`, `t.item()`, `float(t)`, ...), as the
@@ -112,7 +113,8 @@ def record(fn, args: tuple, forced: list[Decision] | None = None
 @dataclass
 class KeepDecisions:
     """Fine-tune `model` towards `reference`'s outputs and decisions (see the module
-    docstring). `margin`: how far on the reference's side a decision must be."""
+    docstring). `margin`: how far on the reference's side a decision must be, at most
+    (the reference's own margin when smaller)."""
 
     epochs: int = 3
     max_seconds: float = 60.0
@@ -169,8 +171,11 @@ class KeepDecisions:
                 break
             if mine.value.is_floating_point() and mine.value.requires_grad:
                 if theirs.is_margin and mine.is_margin:
+                    # as far on the reference's side as the reference is, up to `margin`:
+                    # a copy that decides as the reference does is left alone
                     side = torch.where(theirs.value > 0, 1.0, -1.0)
-                    hinge = torch.relu(self.margin - side * mine.value).mean()
+                    need = theirs.value.abs().clamp(max=self.margin)
+                    hinge = torch.relu(need - side * mine.value).mean()
                     total = total + self.decision_weight * hinge
                 elif not theirs.is_margin:
                     total = total + self.decision_weight * nn.functional.mse_loss(

@@ -335,6 +335,21 @@ def test_decision_recorder_sees_through_hard_gates():
     assert probs.grad.tolist() == [[1.0, 0.0, 0.0]]
 
 
+def test_keep_decisions_leaves_a_copy_that_decides_alike_alone():
+    """policy_net's gates sit within 0.05 of their threshold: a fixed hinge margin pushed
+    an unpruned copy off its own decisions (100 % -> 53 %); the reference's own margin
+    bounds what is asked."""
+    import copy
+
+    from dycomp.passes import KeepDecisions
+
+    mod = ZOO["policy_net"]
+    model, _ = mod.make(0)
+    twin = copy.deepcopy(model)
+    report = KeepDecisions(epochs=1).apply(twin, model, mod.sample_inputs(24, seed=5))
+    assert report.agreement_before == report.agreement_after == 1.0
+
+
 def test_keep_decisions_brings_a_pruned_copy_back_to_the_reference_path():
     """Pruning a random-weight multi-exit network moves its exits; the fine-tune on the
     reference's decision margins brings most of them back (on the inputs it saw)."""
