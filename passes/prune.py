@@ -40,9 +40,9 @@ class Prune:
     `exclude`: module names (glob patterns, e.g. ``"heads.*"``) never pruned.
     `round_to` (structured): every channel group keeps a multiple of this many channels
     (rounded up), or all of them. ``"auto"``: the CPU's SIMD block (16 with AVX-512, 8
-    with AVX2), which ONNX Runtime's fast convolution layout needs: a conv whose channel
-    count is not a multiple of it runs a generic kernel, and a 24-channel one is as slow
-    as a 32-channel one (`benchmarks/conv_widths.py`).
+    with AVX2; resolved when the config is made). ONNX Runtime computes convolutions in
+    blocks of that many channels, so an 8-channel conv costs what a 16-channel one does
+    and a 24-channel one what a 32-channel one does (`benchmarks/conv_widths.py`).
     Use in `dycomp.compile(..., passes=[Prune(0.5)])`, or `Prune(0.5).apply(model, x)` for
     a pruned copy to fine-tune before compiling."""
 
