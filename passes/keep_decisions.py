@@ -11,9 +11,10 @@ does (up to `margin`).
 
 `DecisionRecorder` is how: a `TorchFunctionMode` that records, in order, every tensor
 Python code turns into a Python value (`bool(t)`, `t.item()`, `float(t)`, ...), as the
-margin of the comparison that made it when there is one. A hard gate passes its
-comparison's margin on: with `action = (probs > 0.5).float()`, `action[0, i] > 0.5`
-has margin `probs[0, i] - 0.5` (BlockDrop-style policies), which the copy can learn.
+margin of the comparison that made it when there is one, and every hard gate, a
+comparison cast to a number (`m = (p > 0.5).float()`), which decides whether a block's
+result is used even when it is only multiplied in. A gate passes its comparison's margin
+on: `m[0, i] > 0.5` has margin `p[0, i] - 0.5` (BlockDrop-style policies).
 """
 
 from __future__ import annotations
@@ -80,8 +81,16 @@ class DecisionRecorder(TorchFunctionMode):
                 self._margins[id(out)] = (out, side * (a - b), False)
         elif name in _CASTS and x is not None and x.dtype == torch.bool and \
                 self._margin(x) is not None and isinstance(out, Tensor):
-            # a hard gate, `(p > 0.5).float()`: 1 where the comparison's margin is > 0
-            self._margins[id(out)] = (out, self._margin(x), True)
+            # a hard gate, `(p > 0.5).float()`: 1 where the comparison's margin is > 0. A
+            # decision even if Python never reads it (a gate multiplied in); forced, the
+            # gate is the other run's
+            margin = self._margin(x)
+            self.decisions.append(Decision(margin, True))
+            k = len(self.decisions) - 1
+            if k < len(self.forced) and self.forced[k].is_margin and \
+                    self.forced[k].value.shape == margin.shape:
+                out = (self.forced[k].value > 0).to(out.dtype)
+            self._margins[id(out)] = (out, margin, True)
         elif name == "__getitem__" and x is not None and id(x) in self._margins and \
                 self._margins[id(x)][0] is x and isinstance(out, Tensor):
             _, margin, gate = self._margins[id(x)]
@@ -159,7 +168,7 @@ class KeepDecisions:
                     opt.step()
                 steps += 1
         return KeepReport(before, agreement(fn, inputs, targets), steps,
-                          time.perf_counter() - start)
+                          time.perf_counter() - start, max(len(t[1]) for t in targets))
 
     def loss(self, out, decided: list[Decision], ref_out, ref_decided: list[Decision]):
         """Output distance plus the decision hinges (the model ran the reference's path,
@@ -198,10 +207,16 @@ class KeepReport:
     agreement_after: float
     steps: int
     seconds: float
+    decisions: int = 0  # the most decisions the reference took on one input
 
     def summary(self) -> str:
+        if not self.decisions:
+            return (f"no decisions seen: the model's Python reads no comparison and casts "
+                    f"none to a gate; fine-tuned on its outputs only ({self.steps} steps, "
+                    f"{self.seconds:.1f} s)")
         return (f"decisions kept on {self.agreement_before:.0%} -> {self.agreement_after:.0%} "
-                f"of the inputs ({self.steps} steps, {self.seconds:.1f} s)")
+                f"of the inputs (up to {self.decisions} per input; {self.steps} steps, "
+                f"{self.seconds:.1f} s)")
 
 
 def agreement(fn, inputs: list[tuple], targets: list) -> float:

@@ -318,7 +318,8 @@ def test_decision_recorder_reads_margins_in_order():
 
 def test_decision_recorder_sees_through_hard_gates():
     """BlockDrop's `action = (probs > 0.5).float()`, then `if action[0, i] > 0.5`: the
-    decision's margin is `probs[0, i] - 0.5`, with its gradient (not the constant 0.5)."""
+    gate is a decision (margins `probs - 0.5`), and so is each read of it, with the
+    gradient of `probs` (not the constant 0.5 the gate's values would give)."""
     from dycomp.passes import DecisionRecorder
 
     probs = torch.tensor([[0.7, 0.2, 0.55]], requires_grad=True)
@@ -327,12 +328,31 @@ def test_decision_recorder_sees_through_hard_gates():
         ran = [i for i in range(3) if action[0, i] > 0.5]
         skipped = [i for i in range(3) if action[0, i] < 0.5]
     assert ran == [0, 2] and skipped == [1]
-    margins = [d.value for d in rec.decisions]
-    assert all(d.is_margin for d in rec.decisions)
-    assert torch.allclose(torch.stack(margins), torch.tensor(
-        [0.2, -0.3, 0.05, -0.2, 0.3, -0.05]), atol=1e-6)
-    margins[0].backward()
+    gate, *reads = rec.decisions
+    assert gate.is_margin and gate.key() == (True, False, True)
+    assert all(d.is_margin for d in reads)
+    assert torch.allclose(torch.stack([d.value for d in reads]),
+                          torch.tensor([0.2, -0.3, 0.05, -0.2, 0.3, -0.05]), atol=1e-6)
+    reads[0].value.backward()
     assert probs.grad.tolist() == [[1.0, 0.0, 0.0]]
+
+
+def test_decision_recorder_forces_gates_that_are_only_multiplied_in():
+    """A gate Python never reads (`x * (p > 0.5).float()`, gated_mul's way) is a
+    decision too; forced, the gate takes the other run's values."""
+    from dycomp.passes import DecisionRecorder
+
+    def gated(p, x):
+        return x * (p > 0.5).float()
+
+    x = torch.ones(1, 3)
+    with DecisionRecorder() as ref:
+        gated(torch.tensor([[0.9, 0.1, 0.6]]), x)
+    with DecisionRecorder(forced=ref.decisions) as copy:
+        y = gated(torch.tensor([[0.4, 0.8, 0.7]]), x)  # would be 0, 1, 1
+    assert y.tolist() == [[1.0, 0.0, 1.0]]
+    assert [d.key() for d in ref.decisions] == [(True, False, True)]
+    assert [d.key() for d in copy.decisions] == [(False, True, True)]  # its own margins
 
 
 def test_keep_decisions_leaves_a_copy_that_decides_alike_alone():
@@ -348,6 +368,11 @@ def test_keep_decisions_leaves_a_copy_that_decides_alike_alone():
     twin = copy.deepcopy(model)
     report = KeepDecisions(epochs=1).apply(twin, model, mod.sample_inputs(24, seed=5))
     assert report.agreement_before == report.agreement_after == 1.0
+    assert report.decisions == 9  # the policy's gate vector, then each block's read
+    static, ex = ZOO["static_resnet"].make(0)
+    report = KeepDecisions(epochs=1, max_seconds=1).apply(copy.deepcopy(static), static,
+                                                          [ex])
+    assert report.decisions == 0 and report.summary().startswith("no decisions seen")
 
 
 def test_keep_decisions_brings_a_pruned_copy_back_to_the_reference_path():
