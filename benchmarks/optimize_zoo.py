@@ -35,7 +35,7 @@ import dycomp  # noqa: E402
 from dycomp.passes import KeepDecisions, Prune, Quantize  # noqa: E402
 from examples.zoo import ZOO  # noqa: E402
 
-CONV = ["static_resnet", "multi_exit", "gated_resnet", "policy_net"]
+CONV = ["static_resnet", "multi_exit", "gated_resnet", "policy_net", "gated_mul"]
 THREADS = 2
 
 
