@@ -5,7 +5,8 @@ path, host overhead per transition, the same path compiled as ONE static ONNX gr
 (the lower bound for dispatch), compile time and artifact size. Eager and dycomp calls
 are interleaved input by input; every contender runs with 2 threads.
 
-The static graph is the first input's path traced by `torch.onnx.export(dynamo=False)`,
+The static graph is the first input's path (with `--paths K`, each of the first K inputs'
+paths, the ratios then geometric means over them) traced by `torch.onnx.export(dynamo=False)`,
 in two forms: "st+dec" keeps every value the Python code reads to decide (`bool(t)`,
 `t.item()`, `float(t)`, ...) as an extra output, so it computes the same decisions as
 the dynamic model without dispatching on them: the lower bound for dispatch, which the
@@ -17,7 +18,7 @@ more than one subgraph), so path - no-If is what the `If` nodes cost. Both stati
 graphs and the no-If graph run in sessions configured as dycomp configures its own
 (intra-op threads by its rule, workers stop spinning after each run).
 
-Run: python benchmarks/onnx_vs_eager.py [--inputs 40] [--rounds 5] [name ...]
+Run: python benchmarks/onnx_vs_eager.py [--inputs 40] [--rounds 5] [--paths 1] [name ...]
 """
 
 from __future__ import annotations
@@ -141,7 +142,7 @@ class CallTimer:
         return out
 
 
-def bench(name, mod, n_inputs, rounds, threads=None, fuse=True):
+def bench(name, mod, n_inputs, rounds, threads=None, fuse=True, paths=1):
     model, example = mod.make()
     t0 = time.perf_counter()
     cm = dycomp.compile(model, example, backend="onnx", check=False, threads=threads,
@@ -171,25 +172,40 @@ def bench(name, mod, n_inputs, rounds, threads=None, fuse=True):
         runs.append((_timed(cm.program.run, *arrays[0])[0], timer.inside, timer.calls))
     cm.program.executor = timer.inner
     total, inside, calls = sorted(runs)[len(runs) // 2]
-    static_fn, why = _static_path_session(model, inputs[0], decisions=False)
-    decided_fn, _ = _static_path_session(model, inputs[0], decisions=True)
-    arms_fn = _taken_arms_session(cm, arrays[0]) if fuse else None
-    static_ms = decided_ms = path_ms = arms_ms = float("nan")
-    if static_fn is not None and decided_fn is not None:
-        contenders = [static_fn, decided_fn, lambda: cm.program.run(*arrays[0])]
-        times = [[] for _ in range(4)]
-        for _ in range(220):  # interleaved; the first 20 warm up
-            for fn, ts in zip(contenders + [arms_fn] * bool(arms_fn), times):
-                ts.append(_timed(fn)[0])
-        static_ms, decided_ms, path_ms, arms_ms = (
-            1e3 * statistics.median(ts[20:]) if ts else float("nan") for ts in times)
+    per_input = [_against_static(model, cm, inputs[i], arrays[i], fuse)
+                 for i in range(min(paths, len(inputs)))]
+    why = per_input[0][1]
+    ms = [m for m, _ in per_input]  # (static, st+dec, path, no-If) per input
+    static_ms, decided_ms, path_ms, arms_ms = (statistics.median(col) for col in zip(*ms))
     e, c = 1e3 * statistics.median(eager), 1e3 * statistics.median(comp)
     return dict(name=name, eager=e, dycomp=c, speedup=e / c, calls=calls,
                 host_us=1e6 * (total - inside) / max(calls, 1),
                 dispatch_us=1e3 * (path_ms - decided_ms) / max(calls, 1),
                 static=static_ms, decided=decided_ms, path=path_ms, arms=arms_ms,
-                ratio=path_ms / decided_ms, folded_ratio=path_ms / static_ms,
+                ratio=_geomean([p / d for _, d, p, _ in ms]),
+                folded_ratio=_geomean([p / s for s, _, p, _ in ms]),
                 compile=compile_s, size=size / 1024, why=why)
+
+
+def _against_static(model, cm, inp, arr, fuse):
+    """ms of the bare trace, st+dec, dycomp and its no-If graph on one input (nan where
+    a form cannot be built), timed interleaved."""
+    static_fn, why = _static_path_session(model, inp, decisions=False)
+    decided_fn, _ = _static_path_session(model, inp, decisions=True)
+    arms_fn = _taken_arms_session(cm, arr) if fuse else None
+    if static_fn is None or decided_fn is None:
+        return (float("nan"),) * 4, why
+    contenders = [static_fn, decided_fn, lambda: cm.program.run(*arr)]
+    times = [[] for _ in range(4)]
+    for _ in range(220):  # interleaved; the first 20 warm up
+        for fn, ts in zip(contenders + [arms_fn] * bool(arms_fn), times):
+            ts.append(_timed(fn)[0])
+    return tuple(1e3 * statistics.median(ts[20:]) if ts else float("nan")
+                 for ts in times), why
+
+
+def _geomean(xs: list[float]) -> float:
+    return math.exp(statistics.mean(math.log(x) for x in xs))
 
 
 def main(argv=None):
@@ -198,11 +214,15 @@ def main(argv=None):
     p.add_argument("--inputs", type=int, default=40)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--no-fuse", action="store_true", help="keep every branch on the host")
+    p.add_argument("--paths", type=int, default=1, metavar="K",
+                   help="compare with one static graph on each of the first K inputs (each "
+                        "its own path): ms columns are medians over them, ratios geomeans")
     p.add_argument("--threads", type=int, default=None,
                    help="intra-op threads per dycomp subgraph (default: dycomp's choice)")
     a = p.parse_args(argv)
     torch.set_num_threads(THREADS)
-    rows = [bench(n, ZOO[n], a.inputs, a.rounds, a.threads, not a.no_fuse) for n in a.names]
+    rows = [bench(n, ZOO[n], a.inputs, a.rounds, a.threads, not a.no_fuse, a.paths)
+            for n in a.names]
     hdr = (f"{'example':<15}{'eager ms':>9}{'dycomp ms':>10}{'speedup':>8}{'calls':>6}"
            f"{'host us':>8}{'disp us':>8}{'static ms':>10}{'st+dec ms':>10}{'path ms':>8}"
            f"{'no-If ms':>9}{'path/st':>8}{'path/st+dec':>12}"
@@ -214,7 +234,7 @@ def main(argv=None):
               f"{r['decided']:>10.3f}{r['path']:>8.3f}{r['arms']:>9.3f}{r['folded_ratio']:>8.2f}"
               f"{r['ratio']:>12.2f}{r['compile']:>10.2f}{r['size']:>8.0f}"
               + (f"  static: {r['why']}" if r["why"] else ""))
-    geo = math.exp(statistics.mean(math.log(r["speedup"]) for r in rows))
+    geo = _geomean([r["speedup"] for r in rows])
     print(f"\ngeomean speedup vs eager: {geo:.2f}x; slowest: "
           f"{min(r['speedup'] for r in rows):.2f}x")
     for key, what in (("ratio", "one static graph computing the decisions (st+dec)"),
@@ -222,7 +242,7 @@ def main(argv=None):
         ratios = [r[key] for r in rows if not math.isnan(r[key])]
         if ratios:
             print(f"geomean path / {what}: "
-                  f"{math.exp(statistics.mean(math.log(x) for x in ratios)):.2f} "
+                  f"{_geomean(ratios):.2f} "
                   f"({len(ratios)} examples exportable as one static graph)")
 
 
