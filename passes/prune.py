@@ -93,12 +93,16 @@ class PruneReport:
     ratios: dict[str, float] = field(default_factory=dict)  # unit (layer/group) -> ratio
     kept: list[str] = field(default_factory=list)  # host-visible layers left whole
     round_to: int = 1
+    off_block: int = 0  # pruned convolutions whose channel count is not a SIMD multiple
 
     def summary(self) -> str:
         rounded = f", channels kept in multiples of {self.round_to}" * (self.round_to > 1)
+        off = (f"; {self.off_block} pruned conv layers are off the {simd_channels()}-channel "
+               f"block ONNX Runtime pads to (round_to='auto' aligns them)") * (
+            self.off_block > 0)
         return (f"pruned {self.params_before:,} -> {self.params_after:,} parameters "
                 f"({1 - self.params_after / max(self.params_before, 1):.0%} fewer), "
-                f"weight sparsity {self.sparsity:.0%}{rounded}")
+                f"weight sparsity {self.sparsity:.0%}{rounded}{off}")
 
 
 def prune_model(model: nn.Module, example_inputs, config: Prune, *, method: str = "forward",
@@ -118,7 +122,7 @@ def prune_model(model: nn.Module, example_inputs, config: Prune, *, method: str 
     for n, p in pruned.named_parameters():  # pruning makes fresh Parameters
         p.requires_grad_(flags.get(n, True))
     report = PruneReport(before, _count(pruned), _sparsity(pruned), ratios, kept,
-                         config.round_to)
+                         config.round_to, _off_block(model, pruned))
     log.info("%s", report.summary())
     return pruned, report
 
@@ -164,6 +168,17 @@ def simd_channels() -> int:
     except ImportError:  # numpy < 2
         from numpy.core._multiarray_umath import __cpu_features__ as cpu
     return 16 if cpu.get("AVX512F") else 8 if cpu.get("AVX2") else 4
+
+
+def _off_block(model: nn.Module, pruned: nn.Module) -> int:
+    """Convolutions pruning shrank to a channel count that is not a multiple of the SIMD
+    block (`benchmarks/conv_widths.py`: they cost what the next multiple does)."""
+    block, widths = simd_channels(), {}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            widths[name] = m.out_channels
+    return sum(1 for name, m in pruned.named_modules() if isinstance(m, nn.Conv2d)
+               and m.out_channels != widths.get(name) and m.out_channels % block)
 
 
 def _excluded(name: str, patterns) -> bool:

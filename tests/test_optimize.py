@@ -133,6 +133,7 @@ def test_round_to_keeps_channel_multiples_and_matches_pruned_eager(allocation):
     assert any(c % 16 for m in exact.modules() if isinstance(m, nn.Conv2d)
                for c in [m.out_channels])  # without rounding, some are not
     assert "multiples of 16" in pruned.dycomp_prune.summary()
+    assert pruned.dycomp_prune.off_block == 0
     removed = [r.params_before - r.params_after for r in (exact.dycomp_prune,
                                                           pruned.dycomp_prune)]
     if allocation == "layer_adaptive":  # the budget is the unrounded one
@@ -141,6 +142,16 @@ def test_round_to_keeps_channel_multiples_and_matches_pruned_eager(allocation):
     with torch.no_grad():
         for x in samples:
             assert torch.allclose(cm(*x), pruned(*x), atol=1e-4, rtol=1e-4)
+
+
+def test_prune_report_counts_convolutions_off_the_simd_block(monkeypatch):
+    import dycomp.passes.prune as prune
+
+    monkeypatch.setattr(prune, "simd_channels", lambda: 16)
+    model, ex = ZOO["static_resnet"].make(0)
+    report = Prune(0.5).apply(model, ex).dycomp_prune
+    assert report.off_block == 5  # the stem and stage 1: 16 -> 8 channels
+    assert "5 pruned conv layers are off the 16-channel block" in report.summary()
 
 
 def test_knapsack_picks_least_distortion_that_meets_the_budget():
