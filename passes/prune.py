@@ -99,8 +99,7 @@ class PruneReport:
         rounded = f", channels kept in multiples of {self.round_to}" * (self.round_to > 1)
         off = (f"; {self.off_block} pruned conv layers are off the {simd_channels()}-channel "
                f"block ONNX Runtime pads to (round_to='auto', --prune-round-to auto, "
-               f"aligns them)") * (
-            self.off_block > 0)
+               f"aligns them)") * (self.off_block > 0)
         return (f"pruned {self.params_before:,} -> {self.params_after:,} parameters "
                 f"({1 - self.params_after / max(self.params_before, 1):.0%} fewer), "
                 f"weight sparsity {self.sparsity:.0%}{rounded}{off}")
