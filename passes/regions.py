@@ -85,23 +85,30 @@ def _fetch(owner, target):
 
 def tensor_vars(graph) -> set:
     """Host variables that always hold tensors: entry tensors, region outputs, and phis
-    whose every source is one."""
+    whose every source is one. Phis that feed each other (a loop nested in a loop
+    carries `y` in both) count too: each is assumed a tensor until a source says not."""
     tensors = set(graph.params)
     for s in walk(graph.body):
         if isinstance(s, CallRegion):
             tensors |= set(s.outs)
-    assigns = [s for s in walk(graph.body) if isinstance(s, Assign)]
+    srcs: dict = {}  # phi -> its sources; None for a variable something else defines
+    for s in walk(graph.body):
+        for d in s.defs():
+            if d in tensors:
+                continue
+            if not isinstance(s, Assign):
+                srcs[d] = None
+            elif srcs.get(d, ()) is not None:
+                srcs.setdefault(d, []).extend(x for t, x in zip(s.dsts, s.srcs) if t == d)
+    phis = {d for d, xs in srcs.items() if xs is not None}
     changed = True
     while changed:
         changed = False
-        for s in assigns:
-            for d, x in zip(s.dsts, s.srcs):
-                if d not in tensors and isinstance(x, Var) and x in tensors and all(
-                        isinstance(x2, Var) and x2 in tensors for a in assigns
-                        for d2, x2 in zip(a.dsts, a.srcs) if d2 == d):
-                    tensors.add(d)
-                    changed = True
-    return tensors
+        for d in list(phis):
+            if not all(isinstance(x, Var) and (x in tensors or x in phis) for x in srcs[d]):
+                phis.discard(d)
+                changed = True
+    return tensors | phis
 
 
 def var_examples(graph) -> dict:

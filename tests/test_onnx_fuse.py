@@ -156,6 +156,44 @@ def test_while_test_joined_by_and_is_one_loop():
     assert len({o[1] for o in outs}) >= 3 and all(type(o[1]) is int for o in outs)
 
 
+class NestedLoops(nn.Module):
+    """A `while` in a `while`: both carry `y` (phis that feed each other), and both
+    bodies hold work no iteration changes (`self.f(x)`, `self.g(x)`)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.f, self.g, self.h = nn.Linear(6, 6), nn.Linear(6, 6), nn.Linear(6, 6)
+
+    def forward(self, x):
+        y, k = torch.zeros_like(x), 0
+        while y.sum() < 1.0 and k < 5:
+            u, j = torch.tanh(self.g(x)), 0
+            while y.mean() < 0.1 and j < 3:
+                y = torch.tanh(self.h(y) + self.f(x) + u)
+                j += 1
+            k += 1
+        return y, k
+
+
+def test_nested_loops_are_one_call_with_invariants_outside():
+    """Both loops become ONNX `Loop`s in one call (the carried `y` is known to be a
+    tensor though its phis feed each other), `f(x)` and `g(x)` are computed once before
+    them, and the results match eager."""
+    model = NestedLoops().eval()
+    xs = [x * 3 for x in _loop_inputs(40)]
+    cm = dycomp.compile(model, (xs[0],), backend="onnx")
+    assert cm.graph.stats()["region_calls"] == 1 and "while" not in cm.host_source
+    (region,) = cm.graph.regions.values()
+    loops = [n for n in all_nodes(region.onnx.graph) if n.op_type == "Loop"]
+    assert len(loops) == 2
+    assert sum(n.op_type == "Gemm" for n in region.onnx.graph.node) == 2  # f(x), g(x)
+    assert sum(n.op_type == "Gemm" for n in all_nodes(region.onnx.graph)) == 3  # and h(y)
+    outs = []
+    assert_matches_eager(model, xs, cm=cm, outputs=outs)
+    assert len({o[1] for o in outs}) >= 2
+
+
 def _loop_inputs(n):
     g = torch.Generator().manual_seed(3)
     return [torch.randn(1, 6, generator=g) * (0.5 + i % 4) for i in range(n)]
