@@ -607,8 +607,7 @@ def dedupe(g: onnx.GraphProto, known: dict | None = None, renamed: dict | None =
         for sub in subs:
             removed += dedupe(sub, known, renamed)
         key = None if subs or n.op_type in _RANDOM or outputs.intersection(n.output) else (
-            n.domain, n.op_type, tuple(n.input), len(n.output),
-            tuple(a.SerializeToString() for a in n.attribute))
+            n.domain, n.op_type, tuple(n.input), len(n.output), _attributes(n))
         if key in known:
             renamed.update(zip(n.output, known[key]))
             removed += 1
@@ -619,6 +618,23 @@ def dedupe(g: onnx.GraphProto, known: dict | None = None, renamed: dict | None =
     del g.node[:]
     g.node.extend(kept)
     return removed
+
+
+def _attributes(n: onnx.NodeProto) -> tuple:
+    """A node's attributes, those set to their default left out (the exporter writes
+    `allowzero=0` on a `Reshape`, the builder does not)."""
+    try:
+        defaults = onnx.defs.get_schema(n.op_type, domain=n.domain).attributes
+    except onnx.defs.SchemaError:
+        defaults = {}
+    out = []
+    for a in n.attribute:
+        default = defaults[a.name].default_value if a.name in defaults else None
+        if default is not None and default.type and default.SerializeToString() == \
+                a.SerializeToString():
+            continue
+        out.append(a.SerializeToString())
+    return tuple(sorted(out))
 
 
 def _check(m: onnx.ModelProto) -> None:
