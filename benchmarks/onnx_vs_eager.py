@@ -35,7 +35,6 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -43,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import dycomp  # noqa: E402
 from dycomp.backends.onnx_backend import all_nodes, model_threads  # noqa: E402
 from dycomp.passes import DecisionRecorder  # noqa: E402
-from dycomp.runtime.onnx_executor import session_options  # noqa: E402
+from dycomp.runtime.onnx_executor import new_session  # noqa: E402
 from examples.zoo import ZOO  # noqa: E402
 
 THREADS = 2
@@ -90,8 +89,7 @@ def _static_path_session(model, inputs, decisions: bool):
 def _session(model: bytes):
     """A session configured as dycomp configures its own (threads by its rule, workers
     stop spinning after each run), so that only the dispatch differs."""
-    opts = session_options(model_threads(onnx.load_from_string(model), THREADS))
-    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+    return new_session(model, model_threads(onnx.load_from_string(model), THREADS))
 
 
 def _taken_arms_session(cm, arrays):

@@ -80,12 +80,11 @@ class DecisionRecorder(TorchFunctionMode):
             else:
                 self._margins[id(out)] = (out, side * (a - b), False)
         elif name in _CASTS and x is not None and x.dtype == torch.bool and \
-                self._margin(x) is not None and isinstance(out, Tensor) and \
+                (margin := self._margin(x)) is not None and isinstance(out, Tensor) and \
                 out.dtype != torch.bool:  # to a number, not `mask.to(device)`
             # a hard gate, `(p > 0.5).float()`: 1 where the comparison's margin is > 0. A
             # decision even if Python never reads it (a gate multiplied in); forced, the
             # gate is the other run's
-            margin = self._margin(x)
             self.decisions.append(Decision(margin, True))
             k = len(self.decisions) - 1
             if k < len(self.forced) and self.forced[k].is_margin and \

@@ -44,10 +44,7 @@ class OnnxExecutor:
         failed = {}
         for name, model in self.models.items():
             try:
-                self.sessions[name] = ort.InferenceSession(
-                    os.fspath(model) if isinstance(model, os.PathLike) else model,
-                    sess_options=session_options(plan[name]),
-                    providers=["CPUExecutionProvider"])
+                self.sessions[name] = new_session(model, plan[name])
             except Exception as e:  # report every region ONNX Runtime cannot load at once
                 failed[name] = str(e).strip().splitlines()[0][:300]
         if failed:
@@ -73,9 +70,8 @@ class OnnxExecutor:
         model, ran = self.traced[region]
         with self._lock:
             if region not in self._traced_calls:
-                sess = ort.InferenceSession(model, sess_options=session_options(
-                    self.threads[region]), providers=["CPUExecutionProvider"])
-                self._traced_calls[region] = _call_spec(sess)
+                self._traced_calls[region] = _call_spec(
+                    new_session(model, self.threads[region]))
         *outs, ids = _run(self._traced_calls[region], region, args)
         return tuple(outs), [ran[i] for i in ids.tolist()]
 
@@ -86,6 +82,13 @@ def _run(call, region: str, args) -> tuple[np.ndarray, ...]:
         raise TypeError(f"subgraph {region} takes {len(inputs)} inputs, got {len(args)}")
     asarray = np.asarray
     return tuple(run(outputs, {n: asarray(a, d) for (n, d), a in zip(inputs, args)}, None))
+
+
+def new_session(model: bytes | str | os.PathLike, threads: int) -> ort.InferenceSession:
+    """A CPU session for `model` (bytes or a path) with dycomp's options."""
+    return ort.InferenceSession(os.fspath(model) if isinstance(model, os.PathLike) else model,
+                                sess_options=session_options(threads),
+                                providers=["CPUExecutionProvider"])
 
 
 def session_options(threads: int) -> ort.SessionOptions:

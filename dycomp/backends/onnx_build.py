@@ -14,6 +14,7 @@ by default.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -623,18 +624,20 @@ def dedupe(g: onnx.GraphProto, known: dict | None = None, renamed: dict | None =
 def _attributes(n: onnx.NodeProto) -> tuple:
     """A node's attributes, those set to their default left out (the exporter writes
     `allowzero=0` on a `Reshape`, the builder does not)."""
+    defaults = _defaults(n.op_type, n.domain)
+    return tuple(sorted(a for a in (a.SerializeToString() for a in n.attribute)
+                        if a not in defaults))
+
+
+@functools.cache
+def _defaults(op: str, domain: str) -> frozenset:
+    """The op's attributes at their default value, serialized (name included)."""
     try:
-        defaults = onnx.defs.get_schema(n.op_type, domain=n.domain).attributes
+        schema = onnx.defs.get_schema(op, domain=domain)
     except onnx.defs.SchemaError:
-        defaults = {}
-    out = []
-    for a in n.attribute:
-        default = defaults[a.name].default_value if a.name in defaults else None
-        if default is not None and default.type and default.SerializeToString() == \
-                a.SerializeToString():
-            continue
-        out.append(a.SerializeToString())
-    return tuple(sorted(out))
+        return frozenset()
+    return frozenset(a.default_value.SerializeToString() for a in schema.attributes.values()
+                     if a.default_value.type)
 
 
 def _check(m: onnx.ModelProto) -> None:
