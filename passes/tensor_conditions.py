@@ -14,9 +14,11 @@ precise as the tensor read, so the value is the same). The host still reads the 
 where the program returns it; those reads move down to their first use, so they no
 longer split the run of regions and branches that the backend fuses.
 
-Comparisons on integer and boolean tensors only: a float read out with `.item()` is
-compared in double precision on the host, which a float32 comparison would not
-reproduce.
+A float read out with `.item()` is compared in double precision on the host. On a
+float32 (or float64) tensor, `<`, `<=`, `>` and `>=` with a number are computed on the
+tensor against the number rounded the way that decides every float32 as the host does
+(`float32_bound`: `x.item() > 0.1` is `x > 0.099999994`); `int(x)` of a float, which
+truncates, and `==` on floats stay on the host.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import torch
 from torch import fx
 
 from dycomp.ir.dyngraph import Applied, Region
-from dycomp.ir.program import CallRegion, HostOp, Lit, Op, Var, walk
+from dycomp.ir.program import CallRegion, HostOp, Lit, Op, Var, float32_bound, walk
 from dycomp.passes.base import Pass, PassResult
 from dycomp.passes.carve import Names, fresh_name
 from dycomp.passes.regions import rebuild, replace_stmt, var_examples
@@ -37,6 +39,7 @@ COMPARE = {"==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operato
            ">": operator.gt, ">=": operator.ge}
 _CMP = re.compile(r"^\(\{0\} (==|!=|<=|>=|<|>) (\{1\}|-?\d+)\)$")
 _READS = {"{0}.item()", "int({0})", "int({0}.item())", "float({0})", "float({0}.item())"}
+_EXACT = {"{0}.item()", "float({0})", "float({0}.item())"}  # a float's value unchanged
 
 
 class TensorConditions(Pass):
@@ -59,7 +62,7 @@ class TensorConditions(Pass):
     def _scalars(self) -> dict:
         """Host variable -> (the one-element tensor it was read from, the statement
         reading it first)."""
-        roots = {}
+        roots, self.exact = {}, set()  # exact: float reads that keep the value
         for s in walk(self.graph.body):
             if not (isinstance(s, HostOp) and s.out is not None and s.expr.fmt in _READS):
                 continue
@@ -68,19 +71,27 @@ class TensorConditions(Pass):
                 roots[s.out] = roots[src]
             elif isinstance(src, Var) and _scalar(self.examples.get(src)):
                 roots[s.out] = (src, s)
+            else:
+                continue
+            if s.expr.fmt in _EXACT and (src in self.exact or src not in roots):
+                self.exact.add(s.out)
         return roots
 
     def _condition(self, s: HostOp, roots: dict) -> bool:
         """`c = (idx == 2)` -> `c = bool(t)`, `t` computed right after idx is read."""
         m = _CMP.match(s.expr.fmt)
         args = s.expr.args
-        if m is None or not args or args[0] not in roots or not _integer(
-                self.examples[roots[args[0]][0]]):
-            return False
-        k = _operand(m.group(2), args)
-        if not isinstance(k, int):
+        if m is None or not args or args[0] not in roots:
             return False
         tensor, read = roots[args[0]]
+        k = _operand(m.group(2), args)
+        if _integer(self.examples[tensor]):
+            k = k if isinstance(k, int) else None
+        else:
+            k = _float_bound(m.group(1), k, self.examples[tensor].dtype,
+                             args[0] in self.exact)
+        if k is None:
+            return False
         out = self._insert(read, tensor, lambda g, x: g.call_function(
             COMPARE[m.group(1)], (g.call_method("reshape", (x, ())), k)), s.line)
         s.expr = Op("bool({0})", (out,))
@@ -132,6 +143,18 @@ def _operand(text: str, args: tuple):
     if text != "{1}":
         return int(text)
     return args[1].value if len(args) > 1 and isinstance(args[1], Lit) else None
+
+
+def _float_bound(op: str, k, dtype, exact: bool) -> float | None:
+    """The number a float tensor is compared with to decide `read op k` as the host does
+    in double precision (None: it cannot be)."""
+    if not exact or op not in ("<", "<=", ">", ">=") or type(k) not in (int, float):
+        return None
+    if type(k) is int and abs(k) > 2**53:  # not a double: Python compares it exactly
+        return None
+    if dtype == torch.float64:
+        return float(k)
+    return float32_bound(op, k) if dtype == torch.float32 else None
 
 
 def _run(n: fx.Node, args):

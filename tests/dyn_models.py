@@ -157,7 +157,8 @@ class BreakLoop(nn.Module):
 
 
 class IndexSwitch(nn.Module):
-    """Decisions on an integer read out of a tensor, and one on a float read out."""
+    """Decisions on an integer read out of a tensor, on a float read out, and on a float
+    truncated to an int."""
 
     def __init__(self):
         super().__init__()
@@ -173,6 +174,8 @@ class IndexSwitch(nn.Module):
             y = self.heads[1](h) * h[0, idx]
         else:
             y = self.heads[2](h)
-        if h.max().item() > 0.5:  # a float: stays a host decision
+        if h.max().item() > 0.5:  # in double precision on the host
             y = y + 1
+        if int(h.min().item()) < 0:  # truncated: stays a host decision
+            y = y - 1
         return y, idx

@@ -270,9 +270,11 @@ def test_run_input_errors(gate_artifact, tmp_path, capsys):
 def test_inspect_shows_host_program_graph_and_subgraphs(gate_artifact, capsys):
     code, out, err = call(capsys, "inspect", gate_artifact)
     assert code == 0 and err == ""
-    backend = json.loads((gate_artifact / "manifest.json").read_text())["backend"]
+    manifest = json.loads((gate_artifact / "manifest.json").read_text())
+    backend, first = manifest["backend"], next(iter(manifest["subgraphs"]))  # onnx: fused
     for text in ("dycomp artifact", "host program", "def run(R,", "control-flow graph",
-                 "call r0(", "subgraphs", "runs on", f"r0   │ {backend}", "cli_models.py:"):
+                 f"call {first}(", "subgraphs", "runs on", f"{first}   │ {backend}",
+                 "cli_models.py:"):
         assert text in out, text
 
 

@@ -166,12 +166,16 @@ def test_moe_switch_becomes_one_subgraph():
     assert not _applied(unfused, "tensor-conditions")
 
 
-def test_integer_decisions_move_into_regions_and_float_ones_stay():
+def test_decisions_on_read_scalars_move_into_regions_and_truncated_ones_stay():
     model = _seeded(dm.IndexSwitch)
     inputs = [(x,) for x in randn_inputs((1, 16), 40)]
     cm, _ = assert_matches_eager(model, inputs, backend="onnx")
-    assert len(_applied(cm, "tensor-conditions")) == 2  # idx == 2, idx > 5
-    assert "> 0.5)" in cm.host_source  # the float comparison stays on the host
+    assert len(_applied(cm, "tensor-conditions")) == 3  # idx == 2, idx > 5, max > 0.5
+    assert "> 0.5)" not in cm.host_source  # compared in float32 against a rounded 0.5
+    assert "< 0)" in cm.host_source  # int(float) truncates: stays on the host
+    with torch.no_grad():  # both sides of each float decision are covered
+        assert {(model.a(*x).max().item() > 0.5, int(model.a(*x).min().item()) < 0)
+                for x in inputs} >= {(True, True), (False, False)}
     assert {type(cm(*x)[1]) for x in inputs} == {int}
     idx = {cm(*x)[1] for x in inputs}
     assert 2 in idx and any(i > 5 for i in idx) and any(i not in (2, 6, 7) for i in idx)

@@ -194,6 +194,66 @@ def test_nested_loops_are_one_call_with_invariants_outside():
     assert len({o[1] for o in outs}) >= 2
 
 
+def _decisions(v, c, y):
+    """Python-float comparisons of `v` and `c`, both ways round, added to `y` as bits."""
+    if v > c:
+        y = y + 1
+    if v >= c:
+        y = y + 2
+    if v < c:
+        y = y + 4
+    if v <= c:
+        y = y + 8
+    if c < v:
+        y = y + 16
+    if c >= v:
+        y = y + 32
+    return y
+
+
+class FloatReads(nn.Module):
+    """A float32 read compared with a Python number; with `loop`, inside a one-trip loop
+    and with a second float32 read (a buffer holding float32(c)) instead."""
+
+    def __init__(self, c, loop: bool):
+        super().__init__()
+        self.c, self.loop = c, loop
+        with np.errstate(over="ignore"):
+            self.register_buffer("t", torch.tensor(np.float32(c)))
+
+    def forward(self, x):
+        y = torch.zeros_like(x)
+        if not self.loop:
+            return _decisions(x.sum().item(), self.c, y)
+        n = 0
+        while y.sum() < 64 and n < 1:  # one trip, a loop the host cannot unroll
+            y = _decisions(x.sum().item(), self.t.item(), y)
+            n += 1
+        return y
+
+
+@pytest.mark.parametrize("loop", [False, True])
+@pytest.mark.parametrize("c", [0.1, 0.5, -2.7, 3, 1e39, -1e39, float("inf")])
+def test_float_reads_compare_in_float32_exactly(c, loop):
+    """`x.item() > c` on a float32 is decided on the tensor (TensorConditions: the
+    branches fuse) against `c` rounded the right way; in a lowered loop, two float32
+    reads compare as float32s. No `Cast` to double, one call, and the same answers as
+    Python on the float32s next to `c`, on infinities and on NaN."""
+    with np.errstate(over="ignore"):
+        f = np.float32(c)
+    near = [np.nextafter(f, np.float32(d)) for d in (-np.inf, np.inf)] + [f]
+    values = [float(v) for v in near] + [0.0, float("inf"), float("-inf"), float("nan")]
+    xs = [torch.tensor([[v]]) for v in values]
+    model = FloatReads(c, loop).eval()
+    cm = dycomp.compile(model, (xs[0],), backend="onnx")
+    (region,) = cm.graph.regions.values()
+    assert "Cast" not in _all_ops(region.onnx.graph)
+    assert ("Loop" in _all_ops(region.onnx.graph)) == loop
+    outs = []
+    assert_matches_eager(model, xs, cm=cm, outputs=outs)
+    assert len({int(o.item()) for o in outs if not o.isnan()}) >= 3
+
+
 def _loop_inputs(n):
     g = torch.Generator().manual_seed(3)
     return [torch.randn(1, 6, generator=g) * (0.5 + i % 4) for i in range(n)]
@@ -239,10 +299,13 @@ def test_fused_graphs_hold_no_needless_nodes(name, method):
     """ONNX Runtime runs every node of a `Loop` body on every iteration: no node whose
     result nothing reads, no `Not` of a `Not`, no logic on a constant, no logic node
     twice on the same inputs, no node twice, no `Identity` in front of a value computed in
-    the graph, no body node whose inputs no iteration changes."""
+    the graph, no body node whose inputs no iteration changes, no `Reshape` of a
+    comparison of 0-d values."""
     model, example = ZOO[name].make()
     cm = dycomp.compile(getattr(model, method), example, backend="onnx")
     (region,) = cm.graph.regions.values()
+    constants = {n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t).tolist()
+                 for n in all_nodes(region.onnx.graph) if n.op_type == "Constant"}
     for g in _graphs(region.onnx.graph):
         read = {o.name for o in g.output}
         for n in all_nodes(g):
@@ -262,6 +325,14 @@ def test_fused_graphs_hold_no_needless_nodes(name, method):
                                                if (a.name, a.i) != ("allowzero", 0)))
                        for n in plain)
         assert max(same.values(), default=1) == 1, "a node computed twice"
+        for n in g.node:
+            if n.op_type != "Reshape" or constants.get(n.input[1]) != []:
+                continue  # a Reshape to 0-d: of a comparison of 0-d values?
+            src = made.get(n.input[0])
+            kinds = {made[x].op_type if x in made else "outer" for x in src.input} if src else ()
+            assert not (src and src.op_type in ("Less", "Greater", "Equal")
+                        and "Reshape" in kinds and kinds <= {"Reshape", "Constant", "outer"}
+                        ), f"{n.name}: Reshape of a 0-d comparison"
         assert "dycomp_path" not in {o.name for o in g.output}  # runs untraced
     for n in all_nodes(region.onnx.graph):  # no Loop body node that every iteration repeats
         if n.op_type == "Loop":

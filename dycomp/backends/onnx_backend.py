@@ -233,14 +233,46 @@ def _all_inputs(model: onnx.ModelProto, phs: list[fx.Node]) -> None:
 
 def _free_rank(model: onnx.ModelProto, names: set) -> None:
     """Drop the shape of inputs whose rank varies between calls, and then of every output
-    and intermediate. ONNX Runtime accepts any shape for such an input; `onnx.checker`
-    insists on a shape, so this runs after the check."""
+    and intermediate, except outputs whose rank stays fixed (`_ranks`), which keep their
+    rank with sizes unknown. ONNX Runtime accepts any shape for such an input;
+    `onnx.checker` insists on a shape, so this runs after the check."""
     if not names:
         return
     g = model.graph
-    for v in [*(i for i in g.input if i.name in names), *g.output]:
+    for v in (i for i in g.input if i.name in names):
         v.type.tensor_type.ClearField("shape")
+    ranks = _ranks(g)
+    for v in g.output:
+        v.type.tensor_type.ClearField("shape")
+        if v.name in ranks:  # a decision read out of a varying value: 0-d, known so
+            v.type.tensor_type.shape.dim.extend(
+                onnx.TensorShapeProto.Dimension(dim_param=f"{v.name}_d{i}")
+                for i in range(ranks[v.name]))
     del g.value_info[:]
+
+
+_ELEMENTWISE = {"Add", "Sub", "Mul", "Div", "Equal", "Less", "LessOrEqual", "Greater",
+                "GreaterOrEqual", "And", "Or", "Not", "Cast", "Neg", "Abs", "Sigmoid", "Tanh",
+                "Relu", "Where", "Identity"}
+
+
+def _ranks(g: onnx.GraphProto) -> dict[str, int]:
+    """The values whose rank does not depend on the inputs whose shape was dropped:
+    constants, inputs that keep a shape, `Reshape` to a constant shape, and elementwise
+    ops of those."""
+    consts = {i.name: onnx.numpy_helper.to_array(i) for i in g.initializer}
+    for n in g.node:
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
+            consts[n.output[0]] = onnx.numpy_helper.to_array(n.attribute[0].t)
+    ranks = {k: v.ndim for k, v in consts.items()}
+    ranks.update((i.name, len(i.type.tensor_type.shape.dim)) for i in g.input
+                 if i.type.tensor_type.HasField("shape"))
+    for n in g.node:
+        if n.op_type == "Reshape" and n.input[1] in consts:
+            ranks[n.output[0]] = consts[n.input[1]].size
+        elif n.op_type in _ELEMENTWISE and all(x in ranks for x in n.input):
+            ranks[n.output[0]] = max(ranks[x] for x in n.input)
+    return ranks
 
 
 def _value_info(ph: fx.Node) -> onnx.ValueInfoProto:

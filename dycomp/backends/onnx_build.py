@@ -23,10 +23,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from dycomp.ir.program import Assign, CallRegion, HostOp, If, Lit, Loop, Var, walk
+from dycomp.ir.program import Assign, CallRegion, HostOp, If, Lit, Loop, Var, float32_bound, walk
 from dycomp.runtime.onnx_paths import PATH_OUTPUT, drop_dead
 
 INT64, DOUBLE, BOOL = TensorProto.INT64, TensorProto.DOUBLE, TensorProto.BOOL
+FLOAT = TensorProto.FLOAT
 _IDS = helper.make_tensor_type_proto(INT64, [None])  # a list of region ids
 _FLOATS = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
 
@@ -41,6 +42,9 @@ class Tensor:
 _ARITH = {"({0} + {1})": "Add", "({0} - {1})": "Sub", "({0} * {1})": "Mul"}
 _COMPARE = {"({0} < {1})": "Less", "({0} <= {1})": "LessOrEqual", "({0} > {1})": "Greater",
             "({0} >= {1})": "GreaterOrEqual", "({0} == {1})": "Equal", "({0} != {1})": "Equal"}
+_MIRROR = {"Less": "Greater", "Greater": "Less", "LessOrEqual": "GreaterOrEqual",
+           "GreaterOrEqual": "LessOrEqual"}  # `c < x` is `x > c`
+_SYMBOL = {"Less": "<", "LessOrEqual": "<=", "Greater": ">", "GreaterOrEqual": ">="}
 _CONVERT = {"int({0})": INT64, "float({0})": DOUBLE, "bool({0})": BOOL}
 _ITEM = {"{0}.item()": None, "int({0}.item())": INT64, "float({0}.item())": DOUBLE}
 _EQ_K = re.compile(r"\(\{0\} == (-?\d+)\)$")  # a switch case: `(index == 2)`
@@ -142,6 +146,7 @@ class Builder:
         self.taken: set[str] = set()
         self.truth: dict[str, bool] = {}  # bool constants
         self.negation: dict[str, str] = {}  # Not(x) -> x
+        self.widened: dict[str, str] = {}  # a float32 cast to a Python float -> the float32
         self.memo: dict[tuple, str] = {}  # (op, inputs) -> output, of this scope
         self.trace: list = []  # the regions this scope ran: ids, and names of id lists
         self.ran: list[str] = []  # region names, by id
@@ -289,6 +294,8 @@ class Builder:
         t.tensor_type.elem_type = kind
         out = self.node("Cast", [name], "cast", to=kind)
         self.types[out] = t
+        if kind == DOUBLE and self.elem(name) == FLOAT:
+            self.widened[out] = name
         return out
 
     def operand(self, x, kind: int) -> str:
@@ -338,6 +345,8 @@ class Builder:
         if fmt in _COMPARE:
             both = [self.kinds.get(a) or literal_kind(getattr(a, "value", None)) for a in args]
             k = BOOL if both == [BOOL, BOOL] else DOUBLE if DOUBLE in both else INT64
+            if k == DOUBLE and (narrow := self.float32_compare(_COMPARE[fmt], args)):
+                return narrow
             out = self.node(_COMPARE[fmt], [self.operand(a, k) for a in args], kind=BOOL)
             return self.logic("Not", out) if "!=" in fmt else out
         if _EQ_K.match(fmt):
@@ -354,6 +363,22 @@ class Builder:
         if _NOT_ANY.match(fmt):
             return self.logic("Not", self.logic("Or", *(self.operand(a, BOOL) for a in args)))
         raise CannotFuse(f"host operation {fmt} at {s.line}")
+
+    def float32_compare(self, op: str, args: list) -> str | None:
+        """`x < c` for a float32 `x` read as a Python float and a number `c`, computed in
+        float32 without casting `x` (`float32_bound`); two such reads compare as their
+        float32s. None: not that case."""
+        if op not in _MIRROR:
+            return None
+        if isinstance(args[0], Lit):
+            args, op = args[::-1], _MIRROR[op]
+        x, c = (self.widened.get(self.lookup(a)) if isinstance(a, Var) else a for a in args)
+        if x is None or isinstance(c, str):
+            return self.node(op, [x, c], kind=BOOL) if x and c else None
+        if not isinstance(c, Lit) or literal_kind(c.value) not in (INT64, DOUBLE):
+            return None
+        bound = float32_bound(_SYMBOL[op], np.float64(c.value))
+        return None if bound is None else self.node(op, [x, self.const(bound, FLOAT)], kind=BOOL)
 
     def inline(self, s: CallRegion) -> None:
         """The region's nodes, inputs bound to the arguments and names made unique."""

@@ -7,8 +7,11 @@ rename variables and the emitter can print readable Python.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,23 @@ class Lit:
     """A Python literal (int, float, bool, str, None, or a repr-able tuple of those)."""
 
     value: Any
+
+
+def float32_bound(op: str, value) -> float | None:
+    """The float32 `b` for which `x op b` is `float(x) op value` for every float32 `x`
+    (NaN and infinities included), `op` one of `<`, `<=`, `>`, `>=`: `value` rounded
+    down for `>` and `<=`, up for `<` and `>=`. None for a NaN `value`. This lets a
+    Python-float comparison of a value read from a float32 tensor run in float32."""
+    value = float(value)
+    if math.isnan(value):
+        return None
+    with np.errstate(over="ignore"):
+        b = np.float32(value)
+    if float(b) > value and op in (">", "<="):
+        b = np.nextafter(b, np.float32(-np.inf))
+    elif float(b) < value and op in ("<", ">="):
+        b = np.nextafter(b, np.float32(np.inf))
+    return float(b)
 
 
 def expr_vars(e) -> list[Var]:
