@@ -373,9 +373,10 @@ class Builder:
         if isinstance(args[0], Lit):
             args, op = args[::-1], _MIRROR[op]
         x, c = (self.widened.get(self.lookup(a)) if isinstance(a, Var) else a for a in args)
-        if x is None or isinstance(c, str):
-            return self.node(op, [x, c], kind=BOOL) if x and c else None
-        if not isinstance(c, Lit) or literal_kind(c.value) not in (INT64, DOUBLE):
+        if isinstance(x, str) and isinstance(c, str):  # two float32 reads
+            return self.node(op, [x, c], kind=BOOL)
+        if not (isinstance(x, str) and isinstance(c, Lit)
+                and literal_kind(c.value) in (INT64, DOUBLE)):
             return None
         bound = float32_bound(_SYMBOL[op], np.float64(c.value))
         return None if bound is None else self.node(op, [x, self.const(bound, FLOAT)], kind=BOOL)
