@@ -14,7 +14,7 @@ Pruned copies are first fine-tuned towards the fp32 model's decisions (`KeepDeci
 
 Run: python benchmarks/optimize_zoo.py [--inputs 30] [--rounds 5] [--amount 0.5] [--no-keep]
                                        [--allocation layer_adaptive] [--round-to auto]
-                                       [name ...]
+                                       [--tvm TRIALS [--db DIR]] [name ...]
      python benchmarks/optimize_zoo.py --paths   (every zoo example: structure, agreement)
 """
 
@@ -39,7 +39,9 @@ CONV = ["static_resnet", "multi_exit", "gated_resnet", "policy_net", "gated_mul"
 THREADS = 2
 
 
-def variants(mod, prune: Prune, fuse: bool = True, keep: bool = True) -> dict:
+def variants(mod, prune: Prune, fuse: bool = True, keep: bool = True, tune=None) -> dict:
+    """fp32, int8, pruned and pruned+int8 compiled for ONNX Runtime; with `tune` (a
+    `dycomp.TuneConfig`), fp32 and pruned compiled for TVM, tuned (no int8 there)."""
     model, ex = mod.make(0)
     calib = mod.sample_inputs(32, seed=1)
     pruned = prune.apply(model, ex, method=mod.METHOD, samples=calib[:8])
@@ -47,6 +49,10 @@ def variants(mod, prune: Prune, fuse: bool = True, keep: bool = True) -> dict:
         report = KeepDecisions(epochs=6).apply(pruned, model, mod.sample_inputs(64, seed=5),
                                                method=mod.METHOD)
         print(f"{mod.__name__.split('.')[-1]}: {report.summary()}", flush=True)
+    if tune is not None:
+        opts = dict(method=mod.METHOD, backend="tvm", threads=THREADS, tune=tune)
+        return {"fp32": dycomp.compile(model, ex, **opts),
+                "pruned": dycomp.compile(pruned, ex, **opts)}, model, pruned
     opts = dict(method=mod.METHOD, backend="onnx", threads=THREADS, fuse_branches=fuse)
     int8 = [Quantize("int8", calibration=calib)]
     return {"fp32": dycomp.compile(model, ex, **opts),
@@ -55,9 +61,9 @@ def variants(mod, prune: Prune, fuse: bool = True, keep: bool = True) -> dict:
             "pruned+int8": dycomp.compile(pruned, ex, passes=int8, **opts)}, model, pruned
 
 
-def bench(name: str, n_inputs: int, rounds: int, prune: Prune, keep: bool) -> dict:
+def bench(name: str, n_inputs: int, rounds: int, prune: Prune, keep: bool, tune=None) -> dict:
     mod = ZOO[name]
-    cms, model, pruned = variants(mod, prune, keep=keep)
+    cms, model, pruned = variants(mod, prune, keep=keep, tune=tune)
     samples = mod.sample_inputs(n_inputs, seed=2)
     inputs = [tuple(t.numpy() for t in x) for x in samples]
     times = {k: [[] for _ in inputs] for k in cms}
@@ -116,6 +122,10 @@ def main(argv=None):
     ap.add_argument("--no-keep", action="store_true",
                     help="skip the pruned copies' fine-tune towards fp32's decisions "
                          "(KeepDecisions: 6 epochs over 64 other inputs)")
+    ap.add_argument("--tvm", type=int, metavar="TRIALS", default=None,
+                    help="fp32 and pruned on TVM instead, MetaSchedule-tuned with TRIALS "
+                         "trials per task (database: --db)")
+    ap.add_argument("--db", default=None, help="TVM tuning database directory (with --tvm)")
     ap.add_argument("--paths", action="store_true",
                     help="instead of timing: structure and path agreement of every variant "
                          "on every zoo example (or the names given)")
@@ -128,9 +138,10 @@ def main(argv=None):
         for name in (args.names if args.names != CONV else sorted(ZOO)):
             print(agreement(name, args.inputs, prune, not args.no_keep), flush=True)
         return
-    rows = [bench(n, args.inputs, args.rounds, prune, not args.no_keep)
+    tune = None if args.tvm is None else dycomp.TuneConfig(trials=args.tvm, db=args.db)
+    rows = [bench(n, args.inputs, args.rounds, prune, not args.no_keep, tune)
             for n in args.names]
-    kinds = ["fp32", "int8", "pruned", "pruned+int8"]
+    kinds = list(rows[0]["ms"])
     print(f"{'example':<14}" + "".join(f"{k + ' ms':>15}" for k in kinds)
           + "".join(f"{k + ' x':>15}" for k in kinds[1:]) + f"{'params':>20}"
           + "".join(f"{'agree ' + k:>18}" for k in kinds[1:])
