@@ -45,25 +45,34 @@ class HostProgram:
     def run(self, *inputs, return_path: bool = False):
         """Outputs; with `return_path` also the regions run, in order (those of a fused
         subgraph included, when its executor can tell them: `run_with_path`)."""
+        if not return_path:  # the hot path: no closure, no path kept
+            return self.fn(self._call, *inputs)
         path: list[str] = []
-        executor, lines = self.executor, self.region_lines
-        traced = getattr(executor, "run_with_path", None) if return_path else None
+        traced = getattr(self.executor, "run_with_path", None)
 
         def R(name, *args):
+            if traced is None:
+                path.append(name)
+                return self._call(name, *args)
             try:
-                if traced is None:
-                    path.append(name)
-                    return executor(name, *args)
                 outs, ran = traced(name, *args)
-                path.extend(ran)
-                return outs
             except Exception as e:
-                where = lines.get(name, "")
-                raise RuntimeError(f"while executing subgraph {name}"
-                                   f"{f' (from {where})' if where else ''}: {e}") from e
+                raise self._error(name, e) from e
+            path.extend(ran)
+            return outs
 
-        out = self.fn(R, *inputs)
-        return (out, tuple(path)) if return_path else out
+        return self.fn(R, *inputs), tuple(path)
+
+    def _call(self, name: str, *args):
+        try:
+            return self.executor(name, *args)
+        except Exception as e:
+            raise self._error(name, e) from e
+
+    def _error(self, name: str, e: Exception) -> RuntimeError:
+        where = self.region_lines.get(name, "")
+        return RuntimeError(f"while executing subgraph {name}"
+                            f"{f' (from {where})' if where else ''}: {e}")
 
 
 class RoutingExecutor:

@@ -47,6 +47,23 @@ def test_wrong_inputs_name_the_signature():
         cm(torch.randn(1, 8), torch.randn(1, 8))
 
 
+@pytest.mark.parametrize("return_path", [False, True])
+def test_a_failing_subgraph_is_named_with_its_source_line(return_path):
+    """An error inside a subgraph call says which subgraph and which source line."""
+    cm = dycomp.compile(Gated().eval(), (torch.randn(1, 8),), backend="onnx",
+                        fuse_branches=False)
+    first = next(iter(cm.graph.regions))
+
+    class Failing:
+        def __call__(self, region, *args):
+            raise OSError("disk on fire")
+
+    with cm.program.using(Failing()):
+        with pytest.raises(RuntimeError, match=rf"subgraph {first} \(from test_api_errors"
+                                               r"\.py:\d+.*\): disk on fire"):
+            cm.program.run(np.ones((1, 8), np.float32), return_path=return_path)
+
+
 def test_thread_safe_calls():
     m = Gated().eval()
     cm = dycomp.compile(m, (torch.randn(1, 8),))
