@@ -145,9 +145,10 @@ class CountingExecutor:
         ran = collections.Counter(e["name"].removesuffix("_kernel_time") for e in events
                                   if e.get("cat") == "Node"
                                   and e["name"].endswith("_kernel_time"))
-        ops = {n.name: n.op_type for n in all_nodes(proto.graph)}
+        nodes = all_nodes(proto.graph)
+        ops = {n.name: n.op_type for n in nodes}
         self.ifs += sum(c for n, c in ran.items() if ops.get(n) == "If")
-        for loop in (n for n in all_nodes(proto.graph) if n.op_type == "Loop"):
+        for loop in (n for n in nodes if n.op_type == "Loop"):
             body = onnx.helper.get_node_attr_value(loop, "body")
             self.iterations += max((ran[n.name] for n in body.node if n.name), default=0)
         return self.inner(name, *args)

@@ -217,8 +217,10 @@ def _check_threads(threads: int | None) -> None:
 
 # -- argument parsing ------------------------------------------------------------------------
 def _round_to(text: str) -> int | str:
-    if text == "auto" or (text.isdigit() and int(text) >= 1):
-        return text if text == "auto" else int(text)
+    if text == "auto":
+        return text
+    if text.isdigit() and int(text) >= 1:
+        return int(text)
     raise argparse.ArgumentTypeError(f"expected a channel count >= 1 or 'auto', got {text!r}")
 
 

@@ -65,7 +65,7 @@ class DecisionRecorder(TorchFunctionMode):
         super().__init__()
         self.decisions: list[Decision] = []
         self.forced = forced or []
-        self._margins: dict[int, tuple] = {}  # id(comparison result) -> (result, margin)
+        self._margins: dict[int, tuple] = {}  # id(result) -> (result, margin, is a gate)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -86,29 +86,36 @@ class DecisionRecorder(TorchFunctionMode):
             # decision even if Python never reads it (a gate multiplied in); forced, the
             # gate is the other run's
             self.decisions.append(Decision(margin, True))
-            k = len(self.decisions) - 1
-            if k < len(self.forced) and self.forced[k].is_margin and \
-                    self.forced[k].value.shape == margin.shape:
-                out = (self.forced[k].value > 0).to(out.dtype)
+            forced = self._forced()
+            if forced is not None and forced.shape == margin.shape:
+                out = (forced > 0).to(out.dtype)
             self._margins[id(out)] = (out, margin, True)
-        elif name == "__getitem__" and x is not None and id(x) in self._margins and \
-                self._margins[id(x)][0] is x and isinstance(out, Tensor):
-            _, margin, gate = self._margins[id(x)]
+        elif name == "__getitem__" and (made := self._made(x)) and isinstance(out, Tensor):
+            _, margin, gate = made
             self._margins[id(out)] = (out, margin[args[1]], gate)
         elif name in _READS and x is not None:
-            made = self._margins.get(id(x))
-            made = made if made and made[0] is x else None
+            made = self._made(x)
             self.decisions.append(Decision(made[1], True) if made else Decision(x, False))
-            k = len(self.decisions) - 1
-            if name == "__bool__" and made and k < len(self.forced) and \
-                    self.forced[k].is_margin and self.forced[k].value.numel() == 1:
-                return bool(self.forced[k].value > 0)
+            forced = self._forced()
+            if name == "__bool__" and made and forced is not None and forced.numel() == 1:
+                return bool(forced > 0)
         return out
+
+    def _made(self, x) -> tuple | None:
+        """(result, margin, is a gate) if `x` is a comparison's or a hard gate's result."""
+        made = self._margins.get(id(x)) if x is not None else None
+        return made if made and made[0] is x else None
 
     def _margin(self, x, gate: bool = False):
         """The margin behind `x`: a comparison's result, or (`gate`) a hard gate's."""
-        made = self._margins.get(id(x))
-        return made[1] if made and made[0] is x and made[2] == gate else None
+        made = self._made(x)
+        return made[1] if made and made[2] == gate else None
+
+    def _forced(self):
+        """The other run's margin for the decision just recorded (None: not a margin)."""
+        k = len(self.decisions) - 1
+        return self.forced[k].value if k < len(self.forced) and self.forced[k].is_margin \
+            else None
 
 
 def record(fn, args: tuple, forced: list[Decision] | None = None

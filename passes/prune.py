@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import functools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -161,6 +162,7 @@ def _structured(model, method, args, samples, config):
     return ratios, sorted(names[m] for m in kept)
 
 
+@functools.cache
 def simd_channels() -> int:
     """Channels per SIMD register on this CPU (fp32): ONNX Runtime's NCHWc block."""
     try:
@@ -173,12 +175,10 @@ def simd_channels() -> int:
 def _off_block(model: nn.Module, pruned: nn.Module) -> int:
     """Convolutions pruning shrank to a channel count that is not a multiple of the SIMD
     block (`benchmarks/conv_widths.py`: they cost what the next multiple does)."""
-    block, widths = simd_channels(), {}
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Conv2d):
-            widths[name] = m.out_channels
+    widths = {name: m.out_channels for name, m in model.named_modules()
+              if isinstance(m, nn.Conv2d)}
     return sum(1 for name, m in pruned.named_modules() if isinstance(m, nn.Conv2d)
-               and m.out_channels != widths.get(name) and m.out_channels % block)
+               and m.out_channels != widths.get(name) and m.out_channels % simd_channels())
 
 
 def _excluded(name: str, patterns) -> bool:

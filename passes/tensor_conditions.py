@@ -85,11 +85,13 @@ class TensorConditions(Pass):
             return False
         tensor, read = roots[args[0]]
         k = _operand(m.group(2), args)
+        dtype = self.examples[tensor].dtype
         if _integer(self.examples[tensor]):
             k = k if isinstance(k, int) else None
+        elif args[0] in self.exact and dtype in (torch.float32, torch.float64):
+            k = float32_bound(m.group(1), k, float64=dtype == torch.float64)
         else:
-            k = _float_bound(m.group(1), k, self.examples[tensor].dtype,
-                             args[0] in self.exact)
+            k = None
         if k is None:
             return False
         out = self._insert(read, tensor, lambda g, x: g.call_function(
@@ -143,18 +145,6 @@ def _operand(text: str, args: tuple):
     if text != "{1}":
         return int(text)
     return args[1].value if len(args) > 1 and isinstance(args[1], Lit) else None
-
-
-def _float_bound(op: str, k, dtype, exact: bool) -> float | None:
-    """The number a float tensor is compared with to decide `read op k` as the host does
-    in double precision (None: it cannot be)."""
-    if not exact or op not in ("<", "<=", ">", ">=") or type(k) not in (int, float):
-        return None
-    if type(k) is int and abs(k) > 2**53:  # not a double: Python compares it exactly
-        return None
-    if dtype == torch.float64:
-        return float(k)
-    return float32_bound(op, k) if dtype == torch.float32 else None
 
 
 def _run(n: fx.Node, args):

@@ -375,10 +375,9 @@ class Builder:
         x, c = (self.widened.get(self.lookup(a)) if isinstance(a, Var) else a for a in args)
         if isinstance(x, str) and isinstance(c, str):  # two float32 reads
             return self.node(op, [x, c], kind=BOOL)
-        if not (isinstance(x, str) and isinstance(c, Lit)
-                and literal_kind(c.value) in (INT64, DOUBLE)):
+        if not (isinstance(x, str) and isinstance(c, Lit)):
             return None
-        bound = float32_bound(_SYMBOL[op], np.float64(c.value))
+        bound = float32_bound(_SYMBOL[op], c.value)
         return None if bound is None else self.node(op, [x, self.const(bound, FLOAT)], kind=BOOL)
 
     def inline(self, s: CallRegion) -> None:

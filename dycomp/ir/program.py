@@ -37,12 +37,19 @@ class Lit:
     value: Any
 
 
-def float32_bound(op: str, value) -> float | None:
+def float32_bound(op: str, value, float64: bool = False) -> float | None:
     """The float32 `b` for which `x op b` is `float(x) op value` for every float32 `x`
     (NaN and infinities included), `op` one of `<`, `<=`, `>`, `>=`: `value` rounded
-    down for `>` and `<=`, up for `<` and `>=`. None for a NaN `value`. This lets a
-    Python-float comparison of a value read from a float32 tensor run in float32."""
+    down for `>` and `<=`, up for `<` and `>=`; with `float64`, for a float64 `x`, `value`
+    itself. None where no such number decides as Python does: another op, a `value` that
+    is not an int or float (bools included), an int a double cannot hold, NaN (float32).
+    This lets a Python-float comparison of a value read from a tensor run on the tensor."""
+    if op not in ("<", "<=", ">", ">=") or type(value) not in (int, float) or (
+            type(value) is int and abs(value) > 2**53):  # Python compares such an int exactly
+        return None
     value = float(value)
+    if float64:
+        return value
     if math.isnan(value):
         return None
     with np.errstate(over="ignore"):
