@@ -7,13 +7,19 @@ are small, so the per-call path is kept to one dict lookup, one `np.asarray` per
 
 from __future__ import annotations
 
+import logging
 import os
+import tempfile
 import threading
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from dycomp.runtime.errors import ArtifactError
+from dycomp.runtime.onnx_layout import across_branches, all_nodes, static_shapes
+
+log = logging.getLogger(__name__)
 
 _ORT_DTYPES = {
     "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
@@ -85,11 +91,46 @@ def _run(call, region: str, args) -> tuple[np.ndarray, ...]:
     return tuple(run(outputs, dict(zip(names, map(np.asarray, args, dtypes))), None))
 
 
-def new_session(model: bytes | str | os.PathLike, threads: int) -> ort.InferenceSession:
-    """A CPU session for `model` (bytes or a path) with dycomp's options."""
-    return ort.InferenceSession(os.fspath(model) if isinstance(model, os.PathLike) else model,
-                                sess_options=session_options(threads),
-                                providers=["CPUExecutionProvider"])
+def new_session(model: bytes | str | os.PathLike, threads: int,
+                options: ort.SessionOptions | None = None) -> ort.InferenceSession:
+    """A CPU session for `model` (bytes or a path) with dycomp's options (or `options`).
+
+    A model with `If`s whose arms ONNX Runtime computes in its blocked NCHWc layout runs
+    as `blocked_across_branches` rewrites it: policy_net (8 gated residual blocks) 1.11x
+    -> 1.03x the time of one static graph of the same path, multi_exit 1.13x -> 1.02x."""
+    options = options or session_options(threads)
+    session, relaid = blocked_across_branches(model, options)
+    if relaid is None:
+        return session
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        return _session(relaid.SerializeToString(), options)
+    except Exception as e:  # a rewrite ONNX Runtime refuses is a dycomp bug: say, go on
+        log.warning("dycomp: ONNX Runtime refused the NCHWc rewrite (%s); running its own "
+                    "graph", str(e).strip().splitlines()[0][:300])
+        return session
+
+
+def blocked_across_branches(model: bytes | str | os.PathLike, options: ort.SessionOptions
+                            ) -> tuple[ort.InferenceSession, onnx.ModelProto | None]:
+    """A session for `model`, and when it has `If`s and convolutions, the model ONNX
+    Runtime optimized for this CPU with blocked values crossing `If` boundaries
+    (`dycomp.runtime.onnx_layout`; None when that changes nothing)."""
+    model = os.fspath(model) if isinstance(model, os.PathLike) else model
+    proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(model)
+    ops = {n.op_type for n in all_nodes(proto.graph)}
+    if not {"If", "Conv"} <= ops or os.environ.get("DYCOMP_NCHWC_ACROSS_BRANCHES") == "0":
+        return _session(model, options), None
+    with tempfile.TemporaryDirectory() as d:
+        options.optimized_model_filepath = os.path.join(d, "optimized.onnx")
+        session = _session(model, options)
+        optimized = onnx.load(options.optimized_model_filepath)
+    options.optimized_model_filepath = ""
+    return session, optimized if across_branches(optimized, static_shapes(proto)) else None
+
+
+def _session(model, options):
+    return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
 
 
 def session_options(threads: int) -> ort.SessionOptions:

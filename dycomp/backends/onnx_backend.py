@@ -26,6 +26,7 @@ from torch.fx.node import _get_qualified_name
 
 from dycomp.errors import UnsupportedError
 from dycomp.ir.shapes import mark_dynamic
+from dycomp.runtime.onnx_layout import all_nodes  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -109,16 +110,6 @@ def model_threads(model: onnx.ModelProto, threads: int) -> int:
     weights = sum(int(np.prod(t.dims)) for t in model.graph.initializer)
     heavy = any(n.op_type in HEAVY_OPS for n in all_nodes(model.graph))
     return threads if heavy or weights >= HEAVY_WEIGHTS else 1
-
-
-def all_nodes(g) -> list:
-    out = []
-    for n in g.node:
-        out.append(n)
-        for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
-                out += all_nodes(a.g)
-    return out
 
 
 def export_region_model(region, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
