@@ -24,13 +24,27 @@ def load_host(source: str, filename: str = "<dycomp host program>") -> Callable:
 
 
 class HostProgram:
-    """A host program bound to an executor. Thread-safe: each call has its own state."""
+    """A host program bound to an executor. Thread-safe: each call has its own state.
+
+    Region calls go through `executor.caller(error)` when the executor has one: a single
+    function that runs a region and turns its failure into `error(region, e)`, one Python
+    frame per call instead of three (~0.4 us of the ~20 us small models take)."""
 
     def __init__(self, source: str, executor: Executor, region_lines: dict | None = None):
         self.source = source
         self.fn = load_host(source)
-        self.executor = executor
         self.region_lines = region_lines or {}
+        self.executor = executor
+
+    @property
+    def executor(self) -> Executor:
+        return self._executor
+
+    @executor.setter
+    def executor(self, executor: Executor) -> None:
+        self._executor = executor
+        caller = getattr(executor, "caller", None)
+        self._call = caller(self._error) if caller is not None else self._wrapped
 
     @contextlib.contextmanager
     def using(self, executor: Executor):
@@ -63,9 +77,9 @@ class HostProgram:
 
         return self.fn(R, *inputs), tuple(path)
 
-    def _call(self, name: str, *args):
+    def _wrapped(self, name: str, *args):
         try:
-            return self.executor(name, *args)
+            return self._executor(name, *args)
         except Exception as e:
             raise self._error(name, e) from e
 

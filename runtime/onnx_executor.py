@@ -68,6 +68,22 @@ class OnnxExecutor:
     def __call__(self, region: str, *args) -> tuple[np.ndarray, ...]:
         return _run(self._calls[region], region, args)
 
+    def caller(self, error):
+        """`R(region, *args)` for a host program: `self(region, *args)` in one frame, a
+        failure raised as `error(region, e)`."""
+        calls, asarray = self._calls, np.asarray
+
+        def R(region, *args):
+            try:
+                run, outputs, names, dtypes = calls[region]
+                if len(args) == 1 == len(names):  # most fused subgraphs: one input
+                    return tuple(run(outputs, {names[0]: asarray(args[0], dtypes[0])}, None))
+                return _run(calls[region], region, args)
+            except Exception as e:
+                raise error(region, e) from e
+
+        return R
+
     def run_with_path(self, region: str, *args) -> tuple[tuple, list[str]]:
         """Outputs, and the regions run: `[region]`, or for a fused subgraph the regions
         of the host program it replaced, as that program would have run them."""

@@ -27,6 +27,8 @@ import itertools
 import onnx
 from onnx import helper as oh
 
+from dycomp.runtime.onnx_paths import drop_dead
+
 NCHWC = "com.microsoft.nchwc"
 _GRAPH = onnx.AttributeProto.GRAPH
 
@@ -43,7 +45,7 @@ def across_branches(optimized: onnx.ModelProto, shapes: dict[str, tuple]) -> boo
     counter = itertools.count()
     _Layout(shapes, lambda name: f"{name}__nchwc{next(counter)}").graph(
         optimized.graph, {}, {})
-    _drop_dead(optimized.graph)
+    drop_dead(optimized.graph)
     return [n.op_type for n in all_nodes(optimized.graph)] != before
 
 
@@ -245,21 +247,6 @@ def _readers(g) -> dict[str, int]:
     for o in g.output:
         count[o.name] = count.get(o.name, 0) + 1
     return count
-
-
-def _drop_dead(g) -> None:
-    """Remove nodes no one reads (subgraphs first: their reads keep outer nodes alive)."""
-    for n in g.node:
-        for a in n.attribute:
-            if a.type == _GRAPH:
-                _drop_dead(a.g)
-    while True:
-        reads = _reads(g)
-        live = [n for n in g.node if any(o in reads for o in n.output if o)]
-        if len(live) == len(g.node):
-            return
-        del g.node[:]
-        g.node.extend(live)
 
 
 def _unique_names(graph) -> None:

@@ -27,8 +27,9 @@ def drop_path(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def drop_dead(g: onnx.GraphProto) -> set:
-    """Remove from `g` and its subgraphs every node, `If` output and `Loop` carried value
-    that nothing reads; returns the names `g` reads (its nested graphs included)."""
+    """Remove from `g` and its subgraphs every node, initializer, `If` output and `Loop`
+    carried value that nothing reads; returns the names `g` reads (its nested graphs
+    included)."""
     read = {o.name for o in g.output}
     kept = []
     for n in reversed(g.node):
@@ -45,6 +46,10 @@ def drop_dead(g: onnx.GraphProto) -> set:
                 read |= drop_dead(a.g)
     del g.node[:]
     g.node.extend(reversed(kept))
+    inits = [t for t in g.initializer if t.name in read]
+    if len(inits) < len(g.initializer):
+        del g.initializer[:]
+        g.initializer.extend(inits)
     return read
 
 

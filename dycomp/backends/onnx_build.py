@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from dycomp.backends.onnx_switch import gather_switches
 from dycomp.ir.program import Assign, CallRegion, HostOp, If, Lit, Loop, Var, float32_bound, walk
 from dycomp.runtime.onnx_paths import PATH_OUTPUT, drop_dead
 
@@ -180,7 +181,8 @@ class Builder:
             outs.append(helper.make_value_info(n, self.types[n]))
         outs.append(helper.make_value_info(PATH_OUTPUT, _IDS))
         g = helper.make_graph(self.nodes, self.name, ins, outs, self.initializers)
-        dedupe(g)
+        dedupe(g)  # first: a switch's cases then read one index
+        gather_switches(g)
         drop_dead(g)
         first = self.graph.regions[next(s.region for s in walk(run)
                                         if isinstance(s, CallRegion))].onnx
@@ -458,7 +460,7 @@ class Builder:
         if all(isinstance(x, Assign) for x in s.then + s.orelse) and self.select(s, phis, cond):
             return
         arms = [self.subgraph(arm, phis + [self.arm_path]) for arm in (s.then, s.orelse)]
-        if _speculate(arms):
+        if _speculate(arms) and not s.switch_case:  # gather_switches may drop its `If`s
             for nodes, inits, _ in arms:
                 self.nodes += nodes
                 self.initializers += inits

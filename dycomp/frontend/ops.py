@@ -33,7 +33,7 @@ from dycomp.frontend.values import (
     is_sym,
     tracer,
 )
-from dycomp.ir.program import Assign, Break, Continue, If, Lit, Loop
+from dycomp.ir.program import SWITCH_CASE, Assign, Break, Continue, If, Lit, Loop
 
 __all__ = ["BREAK", "CONTINUE", "Ret", "UNDEF", "call", "for_", "getitem", "if_", "while_"]
 
@@ -175,7 +175,7 @@ def switch(index, options, fn):
         t = tracer()
         cond = t.host_op("({0} == %d)" % k, (index,), lambda a: a == k)
         return sym_if(cond, lambda: fn(options[k]), lambda: arm(k + 1), "",
-                      f"index == {k}")
+                      f"{SWITCH_CASE}{k}")
     return arm(0)
 
 

@@ -166,12 +166,20 @@ class Assign(Stmt):
         return list(self.dsts)
 
 
+SWITCH_CASE = "index == "  # the source of a switch's cases: `index == 2`
+
+
 @dataclass
 class If(Stmt):
     cond: Var
     then: list = field(default_factory=list)
     orelse: list = field(default_factory=list)
     source: str = ""
+
+    @property
+    def switch_case(self) -> bool:
+        """A case of `options[index]` (`frontend.ops.switch`): `if index == k:`."""
+        return self.source.startswith(SWITCH_CASE)
 
     def uses(self):
         return [self.cond]
