@@ -27,7 +27,7 @@ import itertools
 import onnx
 from onnx import helper as oh
 
-from dycomp.runtime.onnx_paths import drop_dead
+from dycomp.runtime.onnx_paths import drop_dead, reads
 
 NCHWC = "com.microsoft.nchwc"
 _GRAPH = onnx.AttributeProto.GRAPH
@@ -222,17 +222,6 @@ def all_nodes(g) -> list:
     return out
 
 
-def _reads(g) -> set[str]:
-    """Names `g` reads: node inputs, its subgraphs' reads, its outputs."""
-    names = {o.name for o in g.output}
-    for n in g.node:
-        names.update(n.input)
-        for a in n.attribute:
-            if a.type == _GRAPH:
-                names |= _reads(a.g)
-    return names
-
-
 def _readers(g) -> dict[str, int]:
     """How many nodes of `g` (a node whose subgraphs read a name counts once) and graph
     outputs read each name."""
@@ -241,7 +230,7 @@ def _readers(g) -> dict[str, int]:
         names = set(n.input)
         for a in n.attribute:
             if a.type == _GRAPH:
-                names |= _reads(a.g)
+                names |= reads(a.g)
         for name in names:
             count[name] = count.get(name, 0) + 1
     for o in g.output:

@@ -78,3 +78,14 @@ def _drop_carried(n: onnx.NodeProto, read: set) -> None:
         attr.g.CopyFrom(body)
         del n.input[2 + j]
         del n.output[j]
+
+
+def reads(g: onnx.GraphProto) -> set[str]:
+    """Names `g` reads: its nodes' inputs, its outputs, and what its subgraphs read."""
+    names = {o.name for o in g.output}
+    for n in g.node:
+        names.update(n.input)
+        for a in n.attribute:
+            if a.type == _GRAPH:
+                names |= reads(a.g)
+    return names

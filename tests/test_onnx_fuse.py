@@ -272,6 +272,49 @@ def test_loop_with_break_continue_and_python_values():
     assert len({n for n, _ in counts}) >= 4 and any(n > k for n, k in counts)  # continues
 
 
+class CountedLoop(nn.Module):
+    """`while n < 5` (or `<= 4`) with `n += 1` on every iteration that goes on, and a
+    break on the data: the loop runs at most 5 times. `step`: the increment depends on
+    the data instead; `start`: n starts at a value read from the data."""
+
+    def __init__(self, form: str):
+        super().__init__()
+        torch.manual_seed(0)
+        self.f = nn.Linear(6, 6)
+        self.form = form
+
+    def forward(self, x):
+        n = int(x.argmax()) if self.form == "start" else 0
+        while (n <= 4) if self.form == "le" else (n < 5):
+            x = torch.tanh(self.f(x) + 0.5 * x)
+            if x.sum().item() > 1.0:
+                break
+            n += 2 if self.form == "step" and x.mean() > 0 else 1
+        return x, n
+
+
+def _loop(cm) -> onnx.NodeProto:
+    (loop,) = (n for r in cm.graph.regions.values() for n in all_nodes(r.onnx.graph)
+               if n.op_type == "Loop")
+    return loop
+
+
+@pytest.mark.parametrize("form", ["lt", "le", "step", "start"])
+def test_counted_while_loops_get_a_trip_count_instead_of_a_test(form):
+    model = CountedLoop(form).eval()
+    xs = _loop_inputs(60)
+    cm = dycomp.compile(model, (xs[0],), backend="onnx")
+    loop = _loop(cm)
+    body_ops = _all_ops(onnx.helper.get_node_attr_value(loop, "body"))
+    counted = form in ("lt", "le")
+    assert (loop.input[0] != "") == counted, loop.input
+    assert (body_ops["Less"] + body_ops["LessOrEqual"] == 0) == counted, body_ops
+    outs = []
+    assert_matches_eager(model, xs, cm=cm, outputs=outs)
+    counts = {o[1] for o in outs}  # a break in the first iteration, the bound, and more
+    assert len(counts) >= 3 and (not counted or {0, 5} <= counts), counts
+
+
 def test_loop_with_a_return_stays_on_the_host():
     model = HostLoops(returns=True).eval()
     xs = _loop_inputs(40)
@@ -333,6 +376,11 @@ def test_fused_graphs_hold_no_needless_nodes(name, method):
             assert not (src and src.op_type in ("Less", "Greater", "Equal")
                         and "Reshape" in kinds and kinds <= {"Reshape", "Constant", "outer"}
                         ), f"{n.name}: Reshape of a 0-d comparison"
+        for n in g.node:  # a one-element value compared only to decide: not reshaped
+            readers = [m for m in g.node if n.output[0] in m.input]
+            assert not (n.op_type == "Reshape" and constants.get(n.input[1]) == []
+                        and readers and all(m.op_type == "Greater" for m in readers)
+                        and name == "act"), f"{n.name}: Reshape of act's halting test"
         assert "dycomp_path" not in {o.name for o in g.output}  # runs untraced
     for n in all_nodes(region.onnx.graph):  # no Loop body node that every iteration repeats
         if n.op_type == "Loop":

@@ -14,6 +14,7 @@ by default.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 from collections import Counter
@@ -23,6 +24,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from dycomp.backends.onnx_conditions import drop_condition_reshapes
 from dycomp.backends.onnx_switch import gather_switches
 from dycomp.ir.program import Assign, CallRegion, HostOp, If, Lit, Loop, Var, float32_bound, walk
 from dycomp.runtime.onnx_paths import PATH_OUTPUT, drop_dead
@@ -146,6 +148,7 @@ class Builder:
         self.types: dict[str, onnx.TypeProto] = {}
         self.taken: set[str] = set()
         self.truth: dict[str, bool] = {}  # bool constants
+        self.consts: dict[str, object] = {}  # every constant's value
         self.negation: dict[str, str] = {}  # Not(x) -> x
         self.widened: dict[str, str] = {}  # a float32 cast to a Python float -> the float32
         self.memo: dict[tuple, str] = {}  # (op, inputs) -> output, of this scope
@@ -183,6 +186,7 @@ class Builder:
         g = helper.make_graph(self.nodes, self.name, ins, outs, self.initializers)
         dedupe(g)  # first: a switch's cases then read one index
         gather_switches(g)
+        drop_condition_reshapes(g)
         drop_dead(g)
         first = self.graph.regions[next(s.region for s in walk(run)
                                         if isinstance(s, CallRegion))].onnx
@@ -222,6 +226,7 @@ class Builder:
         out = self.node("Constant", [], "c", kind=kind, value=t)
         if kind == BOOL:
             self.truth[out] = bool(value)
+        self.consts[out] = value
         return out
 
     def joined(self, pieces: list) -> str:
@@ -531,6 +536,9 @@ class Builder:
             raise CannotFuse(f"the loop at {loop.line} defines {leak} for later code")
         if plan.appends and self.depth:
             raise CannotFuse(f"the loop at {loop.line} appends to a list inside a branch")
+        if plan.count and isinstance(start := self.consts.get(self.env.get(plan.count[0])),
+                                     int):  # a counted `while`: a trip count, no test
+            plan = dataclasses.replace(plan, trips=max(0, plan.count[1] - start), header=[])
         self.stmts(plan.header)
         cond0 = self.loop_test(plan) if plan.header else self.const(True, BOOL)
         trips = self.const(plan.trips, INT64) if plan.trips is not None else ""
