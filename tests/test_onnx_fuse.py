@@ -315,6 +315,33 @@ def test_counted_while_loops_get_a_trip_count_instead_of_a_test(form):
     assert len(counts) >= 3 and (not counted or {0, 5} <= counts), counts
 
 
+class Schedule(nn.Module):
+    """A `for` loop whose step size is a Python expression of the counter alone."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.f = nn.Linear(6, 6)
+
+    def forward(self, x):
+        for t in range(6):
+            x = torch.tanh(self.f(x)) * (0.5 + 0.125 * t)
+            if x.sum().item() > 1.0:
+                break
+        return x
+
+
+def test_values_of_the_loop_counter_alone_come_from_a_table():
+    model = Schedule().eval()
+    xs = _loop_inputs(40)
+    cm = dycomp.compile(model, (xs[0],), backend="onnx")
+    body = onnx.helper.get_node_attr_value(_loop(cm), "body")
+    ops = _all_ops(body)
+    tables = [n for n in body.node if n.op_type == "Gather" and n.input[0].endswith("__table")]
+    assert len(tables) == 1 and ops["Cast"] == 0, ops  # no int -> double -> float per step
+    assert_matches_eager(model, xs, cm=cm)
+
+
 def test_loop_with_a_return_stays_on_the_host():
     model = HostLoops(returns=True).eval()
     xs = _loop_inputs(40)

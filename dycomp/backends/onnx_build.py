@@ -26,6 +26,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from dycomp.backends.onnx_conditions import drop_condition_reshapes
 from dycomp.backends.onnx_switch import gather_switches
+from dycomp.backends.onnx_tables import RANDOM_OPS, tabulate
 from dycomp.ir.program import Assign, CallRegion, HostOp, If, Lit, Loop, Var, float32_bound, walk
 from dycomp.runtime.onnx_paths import PATH_OUTPUT, drop_dead
 
@@ -337,10 +338,12 @@ class Builder:
         return self.const(x.value, self.var_types[d].tensor_type.elem_type)  # fed to regions
 
     def host_op(self, s: HostOp) -> str:
-        if isinstance(s.expr, _Target):
+        if isinstance(s.expr, _Target):  # start + step * iteration
             e = s.expr
-            step = self.node("Mul", [e.it, self.const(e.step, INT64)], kind=INT64)
-            return self.node("Add", [step, self.const(e.start, INT64)], kind=INT64)
+            t = e.it if e.step == 1 else self.node("Mul", [e.it, self.const(e.step, INT64)],
+                                                   kind=INT64)
+            return t if e.start == 0 else self.node("Add", [t, self.const(e.start, INT64)],
+                                                    kind=INT64)
         fmt, args = s.expr.fmt, s.expr.args
         kind = self.kinds.get(s.out, BOOL)
         if fmt == "bool({0})" or fmt in _CONVERT:
@@ -561,6 +564,8 @@ class Builder:
         finally:
             self.live = outer_live
         nodes, inits = self.hoist(nodes, inits, [n for n, _, _ in inputs], outs)
+        nodes, inits = tabulate(nodes, inits, [o.name for o in outs], self.constants(), it,
+                                plan.trips, self.opsets())
         g = helper.make_graph(nodes, self.fresh(f"{self.name}_body"),
                               [helper.make_value_info(n, t) for n, _, t in inputs], outs, inits)
         names = [self.fresh(d.name) for d in carried] + [self.fresh("path")]
@@ -583,7 +588,7 @@ class Builder:
         for n in nodes:
             if variant.intersection(n.input) or results.intersection(n.output) or any(
                     a.type == onnx.AttributeProto.GRAPH for a in n.attribute) or \
-                    n.op_type in _RANDOM:  # a fresh draw every iteration
+                    n.op_type in RANDOM_OPS:  # a fresh draw every iteration
                 variant.update(n.output)
         moved = [n for n in nodes if not variant.intersection(n.output)]
         if all(n.op_type == "Constant" for n in moved):
@@ -593,6 +598,18 @@ class Builder:
         self.initializers += [t for t in inits if t.name in read]
         return ([n for n in nodes if variant.intersection(n.output)],
                 [t for t in inits if t.name not in read])
+
+    def constants(self) -> dict:
+        """The constants of the scope being built: name -> TensorProto."""
+        out = {t.name: t for t in self.initializers}
+        out.update((n.output[0], n.attribute[0].t) for n in self.nodes
+                   if n.op_type == "Constant" and n.attribute[0].name == "value")
+        return out
+
+    def opsets(self) -> list:
+        """The opsets of the regions being fused (every region was exported with them)."""
+        return list(next(r.onnx for r in self.graph.regions.values()
+                         if r.onnx is not None).opset_import)
 
     def loop_test(self, plan) -> str:
         """The rotated `while` test: True while the loop goes on (a bool scalar)."""
@@ -622,8 +639,6 @@ class _Target:
     step: int
 
 
-_RANDOM = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike",
-           "Multinomial", "Bernoulli"}
 
 
 def dedupe(g: onnx.GraphProto, known: dict | None = None, renamed: dict | None = None) -> int:
@@ -642,7 +657,7 @@ def dedupe(g: onnx.GraphProto, known: dict | None = None, renamed: dict | None =
         subs = [a.g for a in n.attribute if a.type == onnx.AttributeProto.GRAPH]
         for sub in subs:
             removed += dedupe(sub, known, renamed)
-        key = None if subs or n.op_type in _RANDOM or outputs.intersection(n.output) else (
+        key = None if subs or n.op_type in RANDOM_OPS or outputs.intersection(n.output) else (
             n.domain, n.op_type, tuple(n.input), len(n.output), _attributes(n))
         if key in known:
             renamed.update(zip(n.output, known[key]))
