@@ -140,9 +140,15 @@ def blocked_across_branches(model: bytes | str | os.PathLike, options: ort.Sessi
     with tempfile.TemporaryDirectory() as d:
         options.optimized_model_filepath = os.path.join(d, "optimized.onnx")
         session = _session(model, options)
-        optimized = onnx.load(options.optimized_model_filepath)
-    options.optimized_model_filepath = ""
-    return session, optimized if across_branches(optimized, static_shapes(proto)) else None
+        options.optimized_model_filepath = ""
+        try:
+            optimized = onnx.load(os.path.join(d, "optimized.onnx"))
+            changed = across_branches(optimized, static_shapes(proto))
+        except Exception as e:  # an optimization, never a reason to fail: say, go on
+            log.warning("dycomp: no NCHWc rewrite (%s: %s); running ONNX Runtime's own "
+                        "graph", type(e).__name__, e)
+            return session, None
+    return session, optimized if changed else None
 
 
 def _session(model, options):

@@ -17,6 +17,7 @@ from onnx import helper as oh
 from onnx import numpy_helper as nh
 
 import dycomp
+from dycomp.runtime import onnx_executor
 from dycomp.runtime.onnx_executor import blocked_across_branches, new_session, session_options
 from dycomp.runtime.onnx_layout import NCHWC, all_nodes
 from examples.zoo import ZOO
@@ -151,3 +152,17 @@ def test_gated_network_runs_blocked_across_its_gates_and_matches_eager():
             want = model(*inp)[0]
             got = cm(*inp)[0]
             torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_a_failing_rewrite_leaves_onnx_runtimes_own_graph(monkeypatch, caplog):
+    def broken(optimized, shapes):
+        raise ValueError("boom")
+
+    monkeypatch.setattr(onnx_executor, "across_branches", broken)
+    model = _model()
+    session, relaid = blocked_across_branches(model, session_options(1))
+    assert relaid is None and "boom" in caplog.text
+    x = _inputs()[0]
+    plain = ort.InferenceSession(model, session_options(1), providers=["CPUExecutionProvider"])
+    for w, g in zip(plain.run(None, {"x": x}), session.run(None, {"x": x})):
+        np.testing.assert_array_equal(g, w)
