@@ -242,6 +242,12 @@ def main(argv=None):
             print(f"geomean path / {what}: "
                   f"{_geomean(ratios):.2f} "
                   f"({len(ratios)} examples exportable as one static graph)")
+    split = [r for r in rows if not math.isnan(r["arms"]) and not math.isnan(r["decided"])]
+    if split:  # the If nodes' own cost, and what is left without them
+        print(f"geomean path / no-If: {_geomean([r['path'] / r['arms'] for r in split]):.2f}"
+              f", no-If / st+dec: {_geomean([r['arms'] / r['decided'] for r in split]):.2f}"
+              f" ({len(split)} examples with a no-If graph: "
+              f"{', '.join(r['name'] for r in split)})")
 
 
 if __name__ == "__main__":

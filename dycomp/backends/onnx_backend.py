@@ -24,9 +24,11 @@ import torch
 from torch import fx
 from torch.fx.node import _get_qualified_name
 
+from dycomp.backends.onnx_gru import fuse_gru_cells
 from dycomp.errors import UnsupportedError
 from dycomp.ir.shapes import mark_dynamic
 from dycomp.runtime.onnx_layout import all_nodes  # noqa: F401 (re-exported)
+from dycomp.runtime.onnx_paths import drop_dead
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +134,8 @@ def export_region_model(region, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     log.debug("exported region %s (%d ops) in %.3f s", region.name, region.op_count(),
               time.perf_counter() - start)
     _all_inputs(model, phs)
+    if fuse_gru_cells(model.graph):
+        drop_dead(model.graph)  # the cells' constants
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:
