@@ -26,9 +26,10 @@ def load_host(source: str, filename: str = "<dycomp host program>") -> Callable:
 class HostProgram:
     """A host program bound to an executor. Thread-safe: each call has its own state.
 
-    Region calls go through `executor.caller(error)` when the executor has one: a single
-    function that runs a region and turns its failure into `error(region, e)`, one Python
-    frame per call instead of three (~0.4 us of the ~20 us small models take)."""
+    Region calls go through `executor.caller(error)` when the executor has one: a
+    function that runs a region and turns its failure into `error(region, e)` itself,
+    one Python frame less per call than wrapping the executor (moe's host overhead 2.4 ->
+    2.1 us)."""
 
     def __init__(self, source: str, executor: Executor, region_lines: dict | None = None):
         self.source = source

@@ -71,13 +71,10 @@ class OnnxExecutor:
     def caller(self, error):
         """`R(region, *args)` for a host program: `self(region, *args)` in one frame, a
         failure raised as `error(region, e)`."""
-        calls, asarray = self._calls, np.asarray
+        calls = self._calls
 
         def R(region, *args):
             try:
-                run, outputs, names, dtypes = calls[region]
-                if len(args) == 1 == len(names):  # most fused subgraphs: one input
-                    return tuple(run(outputs, {names[0]: asarray(args[0], dtypes[0])}, None))
                 return _run(calls[region], region, args)
             except Exception as e:
                 raise error(region, e) from e
@@ -109,7 +106,8 @@ def _run(call, region: str, args) -> tuple[np.ndarray, ...]:
 
 def new_session(model: bytes | str | os.PathLike, threads: int,
                 options: ort.SessionOptions | None = None) -> ort.InferenceSession:
-    """A CPU session for `model` (bytes or a path) with dycomp's options (or `options`).
+    """A CPU session for `model` (bytes or a path) with dycomp's options (or `options`,
+    which it changes: give each session its own).
 
     A model with `If`s whose arms ONNX Runtime computes in its blocked NCHWc layout runs
     as `blocked_across_branches` rewrites it: policy_net (8 gated residual blocks) 1.11x

@@ -12,8 +12,8 @@ from dycomp.backends.onnx_backend import all_nodes
 from tests.helpers import assert_matches_eager, randn_inputs
 
 
-def _mlp():
-    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 8))
+def _mlp(hidden: int = 16):
+    return nn.Sequential(nn.Linear(8, hidden), nn.ReLU(), nn.Linear(hidden, 8))
 
 
 class Experts(nn.Module):
@@ -72,3 +72,33 @@ def test_options_too_large_to_copy_per_call_keep_their_ifs(monkeypatch):
     cm = _compile(model)
     assert "If" in _ops(cm)
     assert_matches_eager(model, _inputs(), cm=cm)
+
+
+class UserChain(nn.Module):
+    """`if i == 0: ... elif i == 1: ... else: ...` written out over alike modules: the
+    `else` takes every other index, so it is not a switch and keeps its `If`s."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.router = nn.Linear(8, 5)
+        self.a, self.b, self.c = (_mlp(64) for _ in range(3))  # too big to speculate
+
+    def forward(self, x):
+        i = int(self.router(x).argmax(-1).item())
+        if i == 0:
+            y = self.a(x)
+        elif i == 1:
+            y = self.b(x)
+        else:
+            y = self.c(x)
+        return y, i
+
+
+def test_an_if_elif_chain_the_user_wrote_keeps_its_meaning():
+    model = UserChain()
+    cm = _compile(model)
+    assert "If" in _ops(cm)
+    outs = []
+    assert_matches_eager(model, randn_inputs((1, 8), 60), cm=cm, outputs=outs)
+    assert {o[1] for o in outs} >= {0, 1, 3}, {o[1] for o in outs}  # the else: 2, 3, 4

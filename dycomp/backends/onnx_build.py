@@ -25,7 +25,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from dycomp.backends.onnx_conditions import drop_condition_reshapes
-from dycomp.backends.onnx_switch import gather_switches
+from dycomp.backends.onnx_switch import SWITCH, gather_switches
 from dycomp.backends.onnx_tables import RANDOM_OPS, tabulate
 from dycomp.ir.program import Assign, CallRegion, HostOp, If, Lit, Loop, Var, float32_bound, walk
 from dycomp.runtime.onnx_paths import PATH_OUTPUT, drop_dead
@@ -483,17 +483,18 @@ class Builder:
             self.trace.append(self.if_node_of(cond, paths, [self.fresh("path")])[0])
             return
         outs = [self.fresh(d.name) for d in phis] + [self.fresh("path")]
-        self.if_node_of(cond, arms, outs)
+        self.if_node_of(cond, arms, outs, SWITCH if s.switch_case else "if")
         for d, out, vi in zip(phis, outs, arms[0][2]):
             self.types[out] = vi.type
             self.env[d] = out
         self.trace.append(outs[-1])
 
-    def if_node_of(self, cond: str, arms: list, outs: list) -> list:
-        """An `If` node choosing between built `arms`; returns its outputs."""
+    def if_node_of(self, cond: str, arms: list, outs: list, kind: str = "if") -> list:
+        """An `If` node choosing between built `arms` (its name starts with `kind`);
+        returns its outputs."""
         branches = [helper.make_graph(nodes, self.fresh(f"{self.name}_{tag}"), [], o, inits)
                     for (nodes, inits, o), tag in zip(arms, ("then", "else"))]
-        self.nodes.append(helper.make_node("If", [cond], outs, name=self.fresh(f"if_{cond}"),
+        self.nodes.append(helper.make_node("If", [cond], outs, name=self.fresh(f"{kind}_{cond}"),
                                            then_branch=branches[0], else_branch=branches[1]))
         self.types[outs[-1]] = _IDS
         return outs
@@ -670,8 +671,6 @@ class _Target:
     it: str
     start: int
     step: int
-
-
 
 
 def dedupe(g: onnx.GraphProto, known: dict | None = None, renamed: dict | None = None) -> int:

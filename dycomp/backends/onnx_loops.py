@@ -143,7 +143,7 @@ def _counts(stmts: list, n: Var, steps: set, ok: bool | None) -> tuple[bool, boo
                 return False, None
             if not ends:
                 return True, None
-            ok = True if all(ends) else False
+            ok = all(ends)
         elif isinstance(s, Assign) and n in s.dsts:
             ok = ok is None and s.srcs[s.dsts.index(n)] in steps
         elif n in {d for x in walk([s]) for d in x.defs()}:

@@ -25,6 +25,7 @@ from onnx import helper, numpy_helper
 from dycomp.passes.cost import IF_US, OP_US
 
 GATHER_MAX_WEIGHTS = 65_536  # elements per option: 256 KiB of float32 copied per call
+SWITCH = "switch"  # the name of every `If` of a switch starts so (the builder names them)
 _GRAPH = onnx.AttributeProto.GRAPH
 
 
@@ -75,8 +76,9 @@ def _chain(n, scope) -> list | None:
 
 
 def _case(n, scope) -> tuple[str, int] | None:
-    """(index, k) when `n` is `If(Equal(index, k))` with a constant integer k."""
-    eq = scope.get(n.input[0]) if n.op_type == "If" else None
+    """(index, k) when `n` is a switch's `If(Equal(index, k))` with a constant integer k
+    (an `if` / `elif` chain the user wrote means what its `else` says: never gathered)."""
+    eq = scope.get(n.input[0]) if n.op_type == "If" and n.name.startswith(SWITCH) else None
     if not isinstance(eq, onnx.NodeProto) or eq.op_type != "Equal":
         return None
     for index, k in (eq.input, eq.input[::-1]):

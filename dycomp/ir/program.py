@@ -166,7 +166,9 @@ class Assign(Stmt):
         return list(self.dsts)
 
 
-SWITCH_CASE = "index == "  # the source of a switch's cases: `index == 2`
+# The source of a switch's cases (`frontend.ops.switch`): "options[index], case 2", which
+# no condition a user writes can read as.
+SWITCH_CASE = "options[index], case "
 
 
 @dataclass
@@ -178,7 +180,8 @@ class If(Stmt):
 
     @property
     def switch_case(self) -> bool:
-        """A case of `options[index]` (`frontend.ops.switch`): `if index == k:`."""
+        """A case of `options[index]` (`frontend.ops.switch`): `if index == k:`, where
+        `index` out of range goes to the last option."""
         return self.source.startswith(SWITCH_CASE)
 
     def uses(self):
