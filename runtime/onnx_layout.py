@@ -27,7 +27,7 @@ import itertools
 import onnx
 from onnx import helper as oh
 
-from dycomp.runtime.onnx_paths import drop_dead, reads
+from dycomp.runtime.onnx_paths import drop_dead, reader_counts
 
 NCHWC = "com.microsoft.nchwc"
 _GRAPH = onnx.AttributeProto.GRAPH
@@ -74,7 +74,7 @@ class _Layout:
         (blocked name, channels), outer scopes' entries included. `alias`: the outputs of
         dropped `ReorderInput`s -> the blocked value they read."""
         blocked, alias = dict(blocked), dict(alias)
-        readers = _readers(g)
+        readers = reader_counts(g)
         producer = {o: n for n in g.node for o in n.output}
         nodes, fused = [], set()
         for n in list(g.node):
@@ -220,22 +220,6 @@ def all_nodes(g) -> list:
             if a.type == _GRAPH:
                 out += all_nodes(a.g)
     return out
-
-
-def _readers(g) -> dict[str, int]:
-    """How many nodes of `g` (a node whose subgraphs read a name counts once) and graph
-    outputs read each name."""
-    count: dict[str, int] = {}
-    for n in g.node:
-        names = set(n.input)
-        for a in n.attribute:
-            if a.type == _GRAPH:
-                names |= reads(a.g)
-        for name in names:
-            count[name] = count.get(name, 0) + 1
-    for o in g.output:
-        count[o.name] = count.get(o.name, 0) + 1
-    return count
 
 
 def _unique_names(graph) -> None:

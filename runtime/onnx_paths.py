@@ -9,7 +9,9 @@ output and `Loop` carried value that only served it: the model that runs by defa
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
+from onnx import numpy_helper
 
 PATH_OUTPUT = "dycomp_path"
 _GRAPH = onnx.AttributeProto.GRAPH
@@ -81,11 +83,54 @@ def _drop_carried(n: onnx.NodeProto, read: set) -> None:
 
 
 def reads(g: onnx.GraphProto) -> set[str]:
-    """Names `g` reads: its nodes' inputs, its outputs, and what its subgraphs read."""
+    """Names `g` reads: its nodes' inputs (theirs subgraphs' reads included) and outputs."""
     names = {o.name for o in g.output}
     for n in g.node:
-        names.update(n.input)
-        for a in n.attribute:
-            if a.type == _GRAPH:
-                names |= reads(a.g)
+        names |= node_reads(n)
     return names
+
+
+def node_reads(n: onnx.NodeProto) -> set[str]:
+    """Names one node reads: its inputs, and what its subgraphs read."""
+    names = set(n.input)
+    for a in n.attribute:
+        if a.type == _GRAPH:
+            names |= reads(a.g)
+    return names
+
+
+def definitions(g: onnx.GraphProto, outer: dict) -> dict:
+    """Name -> the initializer or the node that defines it, over `g` and the graphs
+    enclosing it (`outer`, their `definitions`)."""
+    names = dict(outer)
+    names.update((t.name, t) for t in g.initializer)
+    names.update((o, n) for n in g.node for o in n.output)
+    return names
+
+
+def reader_counts(g: onnx.GraphProto) -> dict[str, int]:
+    """How many nodes of `g` (a node whose subgraphs read a name counts once) and graph
+    outputs read each name."""
+    count: dict[str, int] = {}
+    for n in g.node:
+        for name in node_reads(n):
+            count[name] = count.get(name, 0) + 1
+    for o in g.output:
+        count[o.name] = count.get(o.name, 0) + 1
+    return count
+
+
+def constant_tensor(x) -> onnx.TensorProto | None:
+    """The tensor of an initializer, or of a `Constant` node with a `value`; else None."""
+    if isinstance(x, onnx.TensorProto):
+        return x
+    if isinstance(x, onnx.NodeProto) and x.op_type == "Constant" and len(x.attribute) == 1 \
+            and x.attribute[0].name == "value":
+        return x.attribute[0].t
+    return None
+
+
+def constant(x) -> np.ndarray | None:
+    """`constant_tensor(x)` as an array."""
+    t = constant_tensor(x)
+    return None if t is None else numpy_helper.to_array(t)

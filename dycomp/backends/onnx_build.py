@@ -28,7 +28,7 @@ from dycomp.backends.onnx_conditions import drop_condition_reshapes
 from dycomp.backends.onnx_switch import SWITCH, gather_switches
 from dycomp.backends.onnx_tables import RANDOM_OPS, tabulate
 from dycomp.ir.program import Assign, CallRegion, HostOp, If, Lit, Loop, Var, float32_bound, walk
-from dycomp.runtime.onnx_paths import PATH_OUTPUT, drop_dead
+from dycomp.runtime.onnx_paths import PATH_OUTPUT, constant_tensor, drop_dead
 
 INT64, DOUBLE, BOOL = TensorProto.INT64, TensorProto.DOUBLE, TensorProto.BOOL
 FLOAT = TensorProto.FLOAT
@@ -636,8 +636,8 @@ class Builder:
     def constants(self) -> dict:
         """The constants of the scope being built: name -> TensorProto."""
         out = {t.name: t for t in self.initializers}
-        out.update((n.output[0], n.attribute[0].t) for n in self.nodes
-                   if n.op_type == "Constant" and n.attribute[0].name == "value")
+        out.update((n.output[0], t) for n in self.nodes
+                   if (t := constant_tensor(n)) is not None)
         return out
 
     def opsets(self) -> list:

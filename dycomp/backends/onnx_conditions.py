@@ -12,9 +12,8 @@ from __future__ import annotations
 import math
 
 import onnx
-from onnx import numpy_helper
 
-from dycomp.runtime.onnx_paths import reads
+from dycomp.runtime.onnx_paths import constant_tensor, reads
 
 _GRAPH = onnx.AttributeProto.GRAPH
 _COMPARE = {"Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Equal"}
@@ -61,7 +60,6 @@ def drop_condition_reshapes(g: onnx.GraphProto, outer: dict | None = None,
 def _small_constants(g) -> dict[str, tuple]:
     """Initializers and `Constant`s of `g` with at most one element -> their shapes."""
     out = {t.name: tuple(t.dims) for t in g.initializer}
-    for n in g.node:
-        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value":
-            out[n.output[0]] = tuple(numpy_helper.to_array(n.attribute[0].t).shape)
+    out.update((n.output[0], tuple(t.dims)) for n in g.node
+               if (t := constant_tensor(n)) is not None)
     return {k: v for k, v in out.items() if math.prod(v) <= 1}

@@ -15,6 +15,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from dycomp.runtime.onnx_paths import constant, definitions, reader_counts
+
 _GRAPH = onnx.AttributeProto.GRAPH
 
 
@@ -33,29 +35,16 @@ def fuse_gru_cells(g: onnx.GraphProto, outer: dict | None = None) -> int:
         del g.node[:]
         g.node.extend(nodes)  # copies: look again from the start
         done += 1
-    scope = _scope(g, outer or {})
+    scope = definitions(g, outer or {})
     return done + sum(fuse_gru_cells(a.g, scope) for n in g.node for a in n.attribute
                       if a.type == _GRAPH)
-
-
-def _scope(g, outer: dict) -> dict:
-    scope = dict(outer)
-    scope.update((t.name, t) for t in g.initializer)
-    scope.update((o, n) for n in g.node for o in n.output)
-    return scope
 
 
 def _first_cell(g, outer):
     """(the node ending the cell, the cell's nodes in `g` by their outputs, x, h,
     weights) of the first GRU cell of `g`, or None. Nodes are known by their outputs:
     protobuf hands out a new Python object on every access."""
-    scope = _scope(g, outer)
-    readers: dict[str, int] = {}
-    for n in g.node:
-        for x in _reads(n):
-            readers[x] = readers.get(x, 0) + 1
-    for o in g.output:
-        readers[o.name] = readers.get(o.name, 0) + 1
+    scope, readers = definitions(g, outer), reader_counts(g)
     own = {tuple(n.output) for n in g.node}
     for n in g.node:
         if (cell := _match(n, scope, readers, own)) is not None:
@@ -129,18 +118,9 @@ def _same(a: str, b: str, scope) -> bool:
     writes a cell's missing state as two zero constants)."""
     if a == b:
         return True
-    va, vb = (_value(scope.get(x)) for x in (a, b))
+    va, vb = (constant(scope.get(x)) for x in (a, b))
     return va is not None and vb is not None and va.size and np.array_equal(
         *np.broadcast_arrays(va, vb))
-
-
-def _value(n) -> np.ndarray | None:
-    if isinstance(n, onnx.TensorProto):
-        return numpy_helper.to_array(n)
-    if isinstance(n, onnx.NodeProto) and n.op_type == "Constant" and n.attribute and \
-            n.attribute[0].name == "value":
-        return numpy_helper.to_array(n.attribute[0].t)
-    return None
 
 
 def _node(scope, name, op):
@@ -160,7 +140,7 @@ def _thirds(split, hidden, scope) -> bool:
     axis = attrs.get("axis", 0)
     if "split" in attrs:  # opsets before 13
         return axis in (1, -1) and list(attrs["split"]) == [hidden] * 3
-    sizes = _value(scope.get(split.input[1])) if len(split.input) > 1 else None
+    sizes = constant(scope.get(split.input[1])) if len(split.input) > 1 else None
     return axis in (1, -1) and (sizes is None or sizes.tolist() == [hidden] * 3)
 
 
@@ -180,16 +160,6 @@ def _linear(gemm, scope):
 
 def _uses(name, nodes) -> int:
     return sum(x == name for m in nodes for x in m.input)
-
-
-def _reads(n) -> set:
-    names = set(n.input)
-    for a in n.attribute:
-        if a.type == _GRAPH:
-            for m in a.g.node:
-                names |= _reads(m)
-            names.update(o.name for o in a.g.output)
-    return names
 
 
 def _gru(out, x, h, w_ih, b_ih, w_hh, b_hh, g) -> list:

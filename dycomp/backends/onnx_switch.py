@@ -23,6 +23,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from dycomp.passes.cost import IF_US, OP_US
+from dycomp.runtime.onnx_paths import constant, definitions
 
 GATHER_MAX_WEIGHTS = 65_536  # elements per option: 256 KiB of float32 copied per call
 SWITCH = "switch"  # the name of every `If` of a switch starts so (the builder names them)
@@ -31,9 +32,9 @@ _GRAPH = onnx.AttributeProto.GRAPH
 
 def gather_switches(g: onnx.GraphProto, outer: dict | None = None) -> int:
     """Rewrite every switch of alike options in `g` and its subgraphs; returns how many.
-    `outer`: what the enclosing graphs define (`_scope`)."""
+    `outer`: what the enclosing graphs define (`definitions`)."""
     done, nodes = 0, []
-    scope = _scope(g, outer or {})
+    scope = definitions(g, outer or {})
     for n in g.node:
         chain = _chain(n, scope)
         alike = _alike([arm for _, arm in chain]) if chain else None
@@ -50,17 +51,6 @@ def gather_switches(g: onnx.GraphProto, outer: dict | None = None) -> int:
     return done
 
 
-def _scope(g, outer: dict) -> dict:
-    """Name -> the node computing it, or the value of a constant (initializer or
-    `Constant`), over `g` and the graphs enclosing it (`outer`)."""
-    scope = dict(outer)
-    scope.update((t.name, numpy_helper.to_array(t)) for t in g.initializer)
-    for m in g.node:
-        value = _constant(m)
-        scope.update((o, m if value is None else value) for o in m.output)
-    return scope
-
-
 def _chain(n, scope) -> list | None:
     """[(index name, option graph)] of the switch `n` heads, in option order, or None."""
     chain = []
@@ -71,7 +61,7 @@ def _chain(n, scope) -> list | None:
         rest = [m for m in other.node if m.op_type not in ("Equal", "Constant", "Identity")]
         if not (len(rest) == 1 and rest[0].op_type == "If" and _forwards(other, rest[0])):
             return chain + [(case[0], other)]
-        n, scope = rest[0], _scope(other, scope)
+        n, scope = rest[0], definitions(other, scope)
     return None
 
 
@@ -82,15 +72,9 @@ def _case(n, scope) -> tuple[str, int] | None:
     if not isinstance(eq, onnx.NodeProto) or eq.op_type != "Equal":
         return None
     for index, k in (eq.input, eq.input[::-1]):
-        k = scope.get(k)
-        if isinstance(k, np.ndarray) and k.size == 1 and k.dtype.kind == "i":
+        k = constant(scope.get(k))
+        if k is not None and k.size == 1 and k.dtype.kind == "i":
             return index, int(k)
-    return None
-
-
-def _constant(m) -> np.ndarray | None:
-    if m.op_type == "Constant" and len(m.attribute) == 1 and m.attribute[0].name == "value":
-        return numpy_helper.to_array(m.attribute[0].t)
     return None
 
 
@@ -130,7 +114,7 @@ def _alike(arms: list) -> list | None:
                     return None
             rename[j].update(zip(m.output, n0.output))
         if n0.op_type == "Constant":
-            tensors[n0.output[0]] = [_constant(m) for m in nodes]
+            tensors[n0.output[0]] = [constant(m) for m in nodes]
     if any([rename[j].get(o.name) for o in a.output] != [o.name for o in first.output]
            for j, a in enumerate(arms)):
         return None

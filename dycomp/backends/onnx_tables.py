@@ -17,6 +17,8 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
+from dycomp.runtime.onnx_paths import constant_tensor, node_reads
+
 log = logging.getLogger(__name__)
 
 MAX_TRIPS = 4096  # table rows
@@ -31,11 +33,12 @@ def tabulate(nodes: list, inits: list, outputs: list, outer: dict, it: str,
     `it` and constants replaced by `Gather`s from tables. `outputs`: the body's output
     names; `outer`: the constants of the enclosing graph (name -> TensorProto)."""
     consts = {**outer, **{t.name: t for t in inits}}
-    consts.update((n.output[0], n.attribute[0].t) for n in nodes if _constant(n))
+    consts.update((n.output[0], t) for n in nodes if (t := constant_tensor(n)) is not None)
     counter = {it}
     chain = []
     for n in nodes:
-        if _constant(n) or n.op_type in RANDOM_OPS or any(a.type == _GRAPH for a in n.attribute):
+        if n.output[0] in consts or n.op_type in RANDOM_OPS or any(
+                a.type == _GRAPH for a in n.attribute):
             continue
         if counter.intersection(n.input) and all(x in counter or x in consts or not x
                                                  for x in n.input):
@@ -44,8 +47,8 @@ def tabulate(nodes: list, inits: list, outputs: list, outer: dict, it: str,
     if not trips or trips > MAX_TRIPS or len(chain) < 2:
         return nodes, inits
     made = {o for n in chain for o in n.output}
-    rest = [n for n in nodes if n not in chain]
-    read = {x for n in rest for x in _reads(n)} | set(outputs)
+    rest = [n for n in nodes if n.output[0] not in made]
+    read = {x for n in rest for x in node_reads(n)} | set(outputs)
     needed = sorted(made & read)
     try:
         tables = _evaluate(chain, consts, it, trips, needed, opsets)
@@ -86,15 +89,3 @@ def _named(t: onnx.TensorProto, name: str) -> onnx.TensorProto:
     return out
 
 
-def _constant(n) -> bool:
-    return n.op_type == "Constant" and len(n.attribute) == 1 and n.attribute[0].name == "value"
-
-
-def _reads(n) -> set:
-    names = set(n.input)
-    for a in n.attribute:
-        if a.type == _GRAPH:
-            for m in a.g.node:
-                names |= _reads(m)
-            names.update(o.name for o in a.g.output)
-    return names
