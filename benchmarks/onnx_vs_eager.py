@@ -16,7 +16,11 @@ splits the gap: dycomp's own one-call graph with every `If` node replaced by the
 this input takes (conditions kept as outputs; nan when the graph holds a `Loop` or is
 more than one subgraph), so path - no-If is what the `If` nodes cost. Both static
 graphs and the no-If graph run in sessions configured as dycomp configures its own
-(intra-op threads by its rule, workers stop spinning after each run).
+(intra-op threads by its rule, workers stop spinning after each run) and are called as
+dycomp calls its sessions (the C++ `run`, not `InferenceSession.run`, whose feed checks
+cost 5-8 us a call here). The four run one call each per round, in a new random order
+every round: in a fixed order the static graph ran right before st+dec, its near twin,
+and sped it up by ~8 % on the small examples (benchmarks/README.md).
 
 Run: python benchmarks/onnx_vs_eager.py [--inputs 40] [--rounds 5] [--paths 1] [name ...]
 """
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import io
 import math
+import random
 import statistics
 import sys
 import tempfile
@@ -80,10 +85,16 @@ def _static_path_session(model, inputs, decisions: bool):
                               dynamo=False, opset_version=17)
     except Exception as e:  # tracing refuses some outputs (python lists, ints)
         return None, f"{type(e).__name__}"
-    sess = _session(buf.getvalue())
-    names = [i.name for i in sess.get_inputs()]
-    feed = {n: t.numpy() for n, t in zip(names, inputs)}
-    return (lambda: sess.run(None, feed)), ""
+    return _bare_call(_session(buf.getvalue()), [t.numpy() for t in inputs]), ""
+
+
+def _bare_call(sess, arrays, outputs=None):
+    """`sess` run on `arrays` through the C++ run dycomp's executor calls (the Python
+    `InferenceSession.run` re-checks its feed on every call: ~1 us)."""
+    feed = {i.name: a for i, a in zip(sess.get_inputs(), arrays)}
+    outputs = outputs or [o.name for o in sess.get_outputs()]
+    run = sess._sess.run
+    return lambda: run(outputs, feed, None)
 
 
 def _session(model: bytes):
@@ -122,8 +133,7 @@ def _taken_arms_session(cm, arrays):
         del m.graph.node[:]
         m.graph.node.extend(nodes)
     m.graph.output.extend(onnx.ValueInfoProto(name=c) for c in dict.fromkeys(conds))
-    sess, names = _session(m.SerializeToString()), [o.name for o in m.graph.output]
-    return lambda: sess.run(names, feed)
+    return _bare_call(_session(m.SerializeToString()), arrays)
 
 
 class CallTimer:
@@ -194,10 +204,13 @@ def _against_static(model, cm, inp, arr, fuse):
     if static_fn is None or decided_fn is None:
         return (float("nan"),) * 4, why
     contenders = [static_fn, decided_fn, lambda: cm.program.run(*arr)]
+    contenders += [arms_fn] if arms_fn else []
     times = [[] for _ in range(4)]
-    for _ in range(220):  # interleaved; the first 20 warm up
-        for fn, ts in zip(contenders + [arms_fn] * bool(arms_fn), times):
-            ts.append(_timed(fn)[0])
+    order, rng = list(range(len(contenders))), random.Random(0)
+    for _ in range(220):  # interleaved in a new order each round; the first 20 warm up
+        rng.shuffle(order)
+        for i in order:
+            times[i].append(_timed(contenders[i])[0])
     return tuple(1e3 * statistics.median(ts[20:]) if ts else float("nan")
                  for ts in times), why
 

@@ -240,7 +240,8 @@ class CompiledModel:
 
     def run(self, *args, return_path: bool = False, **kwargs):
         inputs, use_torch = self._inputs(args, kwargs)
-        out, path = self.program.run(*inputs, return_path=True)
+        out, path = (self.program.run_path(*inputs) if return_path
+                     else (self.program.run(*inputs), None))
         if use_torch:
             out = _to_torch(out)
         return (out, path) if return_path else out

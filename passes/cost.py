@@ -104,3 +104,13 @@ def _numel(x) -> int:
     if isinstance(x, (tuple, list)):
         return sum(_numel(v) for v in x)
     return 1
+
+
+def cpu_features() -> dict[str, bool]:
+    """This CPU's SIMD features as numpy's dispatch table names them (`AVX2`, `AVX512F`,
+    `AVX512VNNI`, ...): what ONNX Runtime's kernels choose from on the machine compiling."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as cpu
+    except ImportError:  # numpy < 2
+        from numpy.core._multiarray_umath import __cpu_features__ as cpu
+    return dict(cpu)

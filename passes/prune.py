@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from dycomp.errors import UnsupportedError
+from dycomp.passes import cost
 from dycomp.passes.prune_deps import PRUNABLE, dependency_graph, prunable_groups
 
 log = logging.getLogger(__name__)
@@ -165,10 +166,7 @@ def _structured(model, method, args, samples, config):
 @functools.cache
 def simd_channels() -> int:
     """Channels per SIMD register on this CPU (fp32): ONNX Runtime's NCHWc block."""
-    try:
-        from numpy._core._multiarray_umath import __cpu_features__ as cpu
-    except ImportError:  # numpy < 2
-        from numpy.core._multiarray_umath import __cpu_features__ as cpu
+    cpu = cost.cpu_features()
     return 16 if cpu.get("AVX512F") else 8 if cpu.get("AVX2") else 4
 
 

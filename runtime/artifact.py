@@ -212,7 +212,7 @@ class Artifact:
     def run(self, *arrays, return_path: bool = False):
         """Run the host program on numpy inputs; with return_path also the subgraphs run."""
         inputs = check_inputs(self.signature, arrays)
-        return self.program.run(*inputs, return_path=return_path)
+        return (self.program.run_path if return_path else self.program.run)(*inputs)
 
     def explain(self) -> str:
         """Readable summary: entry point, subgraph table and host program."""

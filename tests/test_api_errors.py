@@ -61,7 +61,8 @@ def test_a_failing_subgraph_is_named_with_its_source_line(return_path):
     with cm.program.using(Failing()):
         with pytest.raises(RuntimeError, match=rf"subgraph {first} \(from test_api_errors"
                                                r"\.py:\d+.*\): disk on fire"):
-            cm.program.run(np.ones((1, 8), np.float32), return_path=return_path)
+            run = cm.program.run_path if return_path else cm.program.run
+            run(np.ones((1, 8), np.float32))
 
 
 def test_thread_safe_calls():
@@ -153,7 +154,7 @@ def run(R, x):
     return x, 0
 """
 prog = rt.HostProgram(src, lambda name, x: (x * 2,))
-out, path = prog.run(np.ones((1, 2), np.float32), return_path=True)
+out, path = prog.run_path(np.ones((1, 2), np.float32))
 assert path == ("r0",) and out[1] == 1, out
 assert "torch" not in [m for m in sys.modules if sys.modules[m] is not None]
 print("ok")

@@ -46,7 +46,7 @@ class Twice(nn.Module):
 
 def _run(graph, x):
     prog = HostProgram(graph.host_source(), TorchExecutor(graph))
-    return prog.run(x.numpy(), return_path=True)
+    return prog.run_path(x.numpy())
 
 
 def test_capture_verifies_and_prints():

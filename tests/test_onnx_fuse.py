@@ -12,7 +12,9 @@ from torch import nn
 
 import dycomp
 from dycomp.backends.onnx_backend import all_nodes
+from dycomp.backends.onnx_conditions import drop_noop_reshapes
 from dycomp.check import compare
+from dycomp.runtime.onnx_layout import static_shapes
 from examples.zoo import ZOO
 from tests.helpers import assert_matches_eager
 
@@ -419,6 +421,12 @@ def test_fused_graphs_hold_no_needless_nodes(name, method):
                         and name == "act" and g.name != region.onnx.graph.name
                         ), f"{n.name}: Reshape of act's halting test"
         assert "dycomp_path" not in {o.name for o in g.output}  # runs untraced
+    shapes, graphs = static_shapes(region.onnx), [region.onnx.graph]
+    for g in graphs:  # no Reshape to the shape its input has (outside Loop bodies)
+        graphs += [a.g for n in g.node if n.op_type == "If" for a in n.attribute]
+        for n in g.node:
+            if n.op_type == "Reshape" and n.input[1] in constants:
+                assert shapes.get(n.input[0]) != tuple(constants[n.input[1]]), n.name
     for n in all_nodes(region.onnx.graph):  # no Loop body node that every iteration repeats
         if n.op_type == "Loop":
             body = onnx.helper.get_node_attr_value(n, "body")
@@ -490,3 +498,64 @@ def test_drop_path_keeps_carried_values_the_body_reads():
     assert [n.op_type for n in body.node] == ["Constant", "Add", "Identity"]
     assert [o.name for o in m.graph.output] == ["n"]
     onnx.checker.check_model(m)
+
+
+def _reshape_model() -> onnx.ModelProto:
+    """x: float[1, 4] reshaped to [1, 4] (nothing changes: in the graph, and in an `If`
+    arm), to [4], to [1, -1], inside a `Loop` body, and as a graph output."""
+    h = onnx.helper
+    T = onnx.TensorProto
+
+    def const(name, v):
+        return h.make_node("Constant", [], [name], value=onnx.numpy_helper.from_array(
+            np.array(v, np.int64), name))
+
+    same = [const("s14", [1, 4])]
+    then = h.make_graph([h.make_node("Reshape", ["x", "s14"], ["t0"]),
+                         h.make_node("Neg", ["t0"], ["t1"])], "then", [],
+                        [h.make_tensor_value_info("t1", T.FLOAT, [1, 4])])
+    other = h.make_graph([h.make_node("Identity", ["x"], ["e0"])], "else", [],
+                         [h.make_tensor_value_info("e0", T.FLOAT, [1, 4])])
+    body = h.make_graph([h.make_node("Identity", ["c"], ["c1"]),
+                         h.make_node("Reshape", ["v", "s14"], ["v1"])], "body",
+                        [h.make_tensor_value_info("i", T.INT64, []),
+                         h.make_tensor_value_info("c", T.BOOL, []),
+                         h.make_tensor_value_info("v", T.FLOAT, [1, 4])],
+                        [h.make_tensor_value_info("c1", T.BOOL, []),
+                         h.make_tensor_value_info("v1", T.FLOAT, [1, 4])])
+    nodes = same + [const("s4", [4]), const("sm", [1, -1]), const("n", 2),
+                    h.make_node("Constant", [], ["yes"], value=onnx.numpy_helper.from_array(
+                        np.array(True), "yes")),
+                    h.make_node("Reshape", ["x", "s14"], ["a"]),
+                    h.make_node("Relu", ["a"], ["out_a"]),
+                    h.make_node("Reshape", ["x", "s4"], ["out_b"]),
+                    h.make_node("Reshape", ["x", "sm"], ["m"]),
+                    h.make_node("Relu", ["m"], ["out_m"]),
+                    h.make_node("ReduceSum", ["x"], ["total"], keepdims=0),
+                    h.make_node("Greater", ["total", "zero"], ["cond"]),
+                    h.make_node("If", ["cond"], ["out_if"], then_branch=then, else_branch=other),
+                    h.make_node("Loop", ["n", "yes", "x"], ["out_loop"], body=body),
+                    h.make_node("Reshape", ["x", "s14"], ["out_same"])]
+    outs = ["out_a", "out_b", "out_m", "out_if", "out_loop", "out_same"]
+    g = h.make_graph(nodes, "g", [h.make_tensor_value_info("x", T.FLOAT, [1, 4])],
+                     [h.make_tensor_value_info(o, T.FLOAT, None) for o in outs],
+                     [onnx.numpy_helper.from_array(np.array(0.0, np.float32), "zero")])
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+
+
+def test_reshapes_to_the_shape_a_value_has_read_it_instead():
+    """Only the two no-op `Reshape`s go (the graph's and the `If` arm's); a `Reshape` that
+    changes the shape, has a -1, sits in a `Loop` body or is a graph output stays; the
+    outputs do not change, on either side of the `If`."""
+    from dycomp.runtime.onnx_executor import new_session
+
+    before = _reshape_model()
+    after = _reshape_model()
+    assert drop_noop_reshapes(after) == 2
+    ops = Counter(n.op_type for n in all_nodes(after.graph))
+    assert ops["Reshape"] == Counter(n.op_type for n in all_nodes(before.graph))["Reshape"] - 2
+    for x in (np.arange(4, dtype=np.float32).reshape(1, 4), -np.ones((1, 4), np.float32)):
+        want = new_session(before.SerializeToString(), 1).run(None, {"x": x})
+        got = new_session(after.SerializeToString(), 1).run(None, {"x": x})
+        for a, b in zip(want, got):
+            np.testing.assert_array_equal(a, b)

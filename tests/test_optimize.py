@@ -5,18 +5,21 @@ model (atol/rtol 1e-4, same path: the compile-time differential check). Quantize
 models differ from fp32 by design; static int8 keeps every output within 10 % of the fp32
 output's range on the conv examples and within 30 % on the tiny random MLP/GRU ones
 (output ranges ~0.5), on the inputs where both take the same path; the conv examples
-take fp32's path on >= 75 % of inputs.
+take fp32's path on >= 75 % of 48 inputs (their gates are calibrated at the median of
+their scores, so int8 error flips the inputs that sit near a threshold: 77-100 % on an
+AVX2 CPU with 7-bit weights).
 """
 
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from torch import nn
 
 import dycomp
-from dycomp.passes import Prune, Quantize
+from dycomp.passes import Prune, Quantize, quantize
 from dycomp.passes.prune_alloc import candidates, channels_to_prune, knapsack
 from examples.zoo import ZOO
 
@@ -183,11 +186,9 @@ def test_static_int8_zoo_keeps_structure_and_stays_close(name):
                          optimize=False)
     assert _structure(q) == _structure(ref)
     assert any("quantized" in o for o in q.optimizations)
-    inputs = mod.sample_inputs(12, seed=7)
-    c = dycomp.compare(ref, q, inputs)
     if name in CONV:  # the others' random gates sit at their thresholds: any error flips
-        assert c.path_agreement >= 0.75
-    for x in inputs:
+        assert dycomp.compare(ref, q, mod.sample_inputs(48, seed=7)).path_agreement >= 0.75
+    for x in mod.sample_inputs(12, seed=7):
         (a, pa), (b, pb) = ref.run(*x, return_path=True), q.run(*x, return_path=True)
         if pa == pb:
             fa, fb = _first(a), _first(b)
@@ -213,6 +214,21 @@ def test_quantize_keeps_decision_nodes_fp32_and_reports_rare_regions():
     first = q.graph.regions[path[0]].onnx
     ops = {n.op_type for n in first.graph.node}
     assert "QuantizeLinear" in ops and "Softmax" in ops  # the confidence stays float
+
+
+@pytest.mark.parametrize("reduce_range,largest", [(True, 64), (False, 127)])
+def test_int8_weights_have_seven_bits_where_eight_saturate(reduce_range, largest):
+    """`reduce_range` gives weights 7 bits, |q| <= 64 (the default on CPUs whose int8
+    kernels saturate with 8); without it a channel's largest weight is 127."""
+    mod = ZOO["static_resnet"]
+    model, ex = mod.make(0)
+    cfg = Quantize("int8", calibration=mod.sample_inputs(4), only_if_faster=False,
+                   reduce_range=reduce_range)
+    assert Quantize().seven_bit == quantize.int8_saturates() and cfg.seven_bit == reduce_range
+    q = dycomp.compile(model, ex, backend="onnx", passes=[cfg])
+    weights = [onnx.numpy_helper.to_array(t) for r in q.graph.regions.values()
+               for t in r.onnx.graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert weights and max(int(np.abs(w.astype(int)).max()) for w in weights) == largest
 
 
 def test_dynamic_and_fp16_run():

@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from dycomp.backends.onnx_conditions import drop_condition_reshapes
+from dycomp.backends.onnx_conditions import drop_condition_reshapes, drop_noop_reshapes
 from dycomp.backends.onnx_switch import SWITCH, gather_switches
 from dycomp.backends.onnx_tables import RANDOM_OPS, tabulate
 from dycomp.ir.program import Assign, CallRegion, HostOp, If, Lit, Loop, Var, float32_bound, walk
@@ -198,6 +198,8 @@ class Builder:
                                         if isinstance(s, CallRegion))].onnx
         m = helper.make_model(g, opset_imports=list(first.opset_import))
         m.ir_version = first.ir_version
+        if drop_noop_reshapes(m):
+            drop_dead(m.graph)
         _check(m)
         return m
 

@@ -1,10 +1,14 @@
-"""Conditions on one-element tensors need no reshape (a pass on ONNX graphs).
+"""Reshapes nothing needs (passes on ONNX graphs).
 
 `t.item() > c` becomes `Reshape(t, []) > c` in a region: the host needs a 0-d value.
 When the comparison only decides (it feeds `If` conditions and the condition a `Loop`
 body ends with, through `Not`, `And`, `Or`), ONNX Runtime takes its `[1, 1]` result as
-well, so the `Reshape` goes:
-one node less per decision, per iteration inside a `Loop` body (act: 3 % faster).
+well, so the `Reshape` goes (`drop_condition_reshapes`): one node less per decision,
+per iteration inside a `Loop` body (act: 3 % faster).
+
+A `Reshape` to the shape its input already has (`torch.where(c.reshape(()), ...)` on a
+0-d `c`, `float(t.max())` of a 0-d max) is a node ONNX Runtime runs all the same:
+`drop_noop_reshapes` reads the input instead (nested_if: 3 of them, ~0.7 us each here).
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ import math
 
 import onnx
 
-from dycomp.runtime.onnx_paths import constant_tensor, reads
+from dycomp.runtime.onnx_layout import static_shapes
+from dycomp.runtime.onnx_paths import constant, constant_tensor, reads
 
 _GRAPH = onnx.AttributeProto.GRAPH
 _COMPARE = {"Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Equal"}
@@ -63,3 +68,33 @@ def _small_constants(g) -> dict[str, tuple]:
     out.update((n.output[0], tuple(t.dims)) for n in g.node
                if (t := constant_tensor(n)) is not None)
     return {k: v for k, v in out.items() if math.prod(v) <= 1}
+
+
+def drop_noop_reshapes(model: onnx.ModelProto) -> int:
+    """Read `x` instead of `Reshape(x, s)` where shape inference pins `x`'s shape to the
+    constant `s`, in the model and its `If` arms (not in `Loop` bodies, where a carried
+    value's shape may change from one iteration to the next); returns how many."""
+    return _drop_noop(model.graph, static_shapes(model), {}, {})
+
+
+def _drop_noop(g: onnx.GraphProto, shapes: dict, outer: dict, renamed: dict) -> int:
+    consts = {**outer, **{t.name: t for t in g.initializer},
+              **{n.output[0]: n for n in g.node if constant_tensor(n) is not None}}
+    kept, done, hidden = [], 0, {o.name for o in g.output}
+    for n in g.node:
+        n.input[:] = [renamed.get(x, x) for x in n.input]
+        for a in n.attribute:
+            if a.type == _GRAPH:
+                done += _drop_noop(a.g, {} if n.op_type == "Loop" else shapes, consts,
+                                  dict(renamed))
+        target = constant(consts[n.input[1]]) if n.op_type == "Reshape" and \
+            n.input[1] in consts else None
+        if (target is not None and n.output[0] not in hidden and (target > 0).all()
+                and shapes.get(n.input[0]) == tuple(target.tolist())):
+            renamed[n.output[0]] = n.input[0]
+            done += 1
+            continue
+        kept.append(n)
+    del g.node[:]
+    g.node.extend(kept)
+    return done

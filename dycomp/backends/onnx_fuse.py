@@ -47,7 +47,7 @@ from dycomp.runtime.onnx_paths import drop_path
 log = logging.getLogger(__name__)
 
 _BACK = {INT64: "int({0})", DOUBLE: "float({0})", BOOL: "bool({0})"}
-EXTEND = "{0}.extend(x for x, f in zip({1}.tolist(), {2}.tolist()) if f)"
+EXTEND = "{0}.extend({1}[{2}].tolist())"  # the values of the iterations that appended
 
 
 def fuse_branches(graph) -> Counter:
