@@ -1,8 +1,9 @@
 """Runs compiled regions as ONNX Runtime sessions (numpy and onnxruntime only, no torch).
 
-The host program calls `executor(region, *args)` once per region it enters, and regions
-are small, so the per-call path is kept to one dict lookup, one `np.asarray` per input
-(a no-op for an array of the right dtype) and the session's C++ `run`.
+The host program calls a region through `caller` once per region it enters, and regions
+are small, so the per-call path is kept to one dict lookup, the region's run with its
+names bound once (`_bind`), one `np.asarray` per input (a no-op for an array of the
+right dtype) and the session's C++ `run`.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ class OnnxExecutor:
                                                                for n, why in failed.items()))
             err.failed = failed  # region -> ONNX Runtime's reason
             raise err
-        # region -> (C++ run, output names, input names, input numpy dtypes)
+        # region -> (C++ run, output names, input names, input numpy dtypes), and the run
+        # bound to them as a function of the inputs
         self._calls = {name: _call_spec(s) for name, s in self.sessions.items()}
         self._bound = {name: _bind(call, name) for name, call in self._calls.items()}
         self.traced = dict(traced or {})
@@ -67,7 +69,8 @@ class OnnxExecutor:
         self._lock = threading.Lock()
 
     def __call__(self, region: str, *args) -> tuple[np.ndarray, ...]:
-        return _run(self._calls[region], region, args)
+        _arity(region, self._calls[region][2], args)
+        return tuple(self._bound[region](*args))
 
     def caller(self, error):
         """`R(region, *args)` for a host program: the region's bound session call in one
@@ -90,19 +93,11 @@ class OnnxExecutor:
         model, ran = self.traced[region]
         with self._lock:
             if region not in self._traced_calls:
-                self._traced_calls[region] = _call_spec(
-                    new_session(model, self.threads[region]))
-        *outs, ids = _run(self._traced_calls[region], region, args)
+                self._traced_calls[region] = _bind(_call_spec(
+                    new_session(model, self.threads[region])), region)
+        _arity(region, self._calls[region][2], args)
+        *outs, ids = self._traced_calls[region](*args)
         return tuple(outs), [ran[i] for i in ids.tolist()]
-
-
-def _run(call, region: str, args) -> tuple[np.ndarray, ...]:
-    run, outputs, names, dtypes = call
-    if len(args) != len(names):
-        raise TypeError(f"subgraph {region} takes {len(names)} inputs, got {len(args)}")
-    if len(args) == 1:  # most fused subgraphs: a dict display, no iterators (~0.5 us)
-        return tuple(run(outputs, {names[0]: np.asarray(args[0], dtypes[0])}, None))
-    return tuple(run(outputs, dict(zip(names, map(np.asarray, args, dtypes))), None))
 
 
 def _bind(call, region: str):
@@ -117,11 +112,15 @@ def _bind(call, region: str):
         return lambda x: run(outputs, {name: asarray(x, dtype)}, None)
 
     def call_many(*args):
-        if len(args) != len(names):
-            raise TypeError(f"subgraph {region} takes {len(names)} inputs, got {len(args)}")
+        _arity(region, names, args)
         return run(outputs, dict(zip(names, map(asarray, args, dtypes))), None)
 
     return call_many
+
+
+def _arity(region: str, names: tuple, args: tuple) -> None:
+    if len(args) != len(names):
+        raise TypeError(f"subgraph {region} takes {len(names)} inputs, got {len(args)}")
 
 
 def new_session(model: bytes | str | os.PathLike, threads: int,
