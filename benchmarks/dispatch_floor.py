@@ -39,7 +39,12 @@ from onnx import helper as oh
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import dycomp  # noqa: E402
-from benchmarks.onnx_vs_eager import THREADS, _against_static, _geomean  # noqa: E402
+from benchmarks.onnx_vs_eager import (  # noqa: E402
+    THREADS,
+    _against_static,
+    _bare_call,
+    _geomean,
+)
 from dycomp.backends.onnx_backend import all_nodes  # noqa: E402
 from dycomp.runtime.onnx_executor import new_session, session_options  # noqa: E402
 from examples.zoo import ZOO  # noqa: E402
@@ -101,12 +106,12 @@ def fixed_costs(rounds: int = 3000) -> dict[str, float]:
     the node costs in the main graph (not in the floor: a path that loops pays it, an
     unrolled one would not), and per extra session call (medians of interleaved runs of
     one-thread sessions)."""
-    x = {"x": np.random.default_rng(0).standard_normal((1, 64)).astype(np.float32)}
+    x = np.random.default_rng(0).standard_normal((1, 64)).astype(np.float32)
     models = {"if": _if_chain(16, True), "no_if": _if_chain(16, False),
               "loop33": _loop(33, True), "loop1": _loop(1, True),
               "add33": _loop(33, False), "add1": _loop(1, False),
               "body21": _loop(1, True, 21), "add21": _loop(1, False, 21)}
-    runs = {k: _runner(new_session(m, 1), x) for k, m in models.items()}
+    runs = {k: _bare_call(new_session(m, 1), [x]) for k, m in models.items()}
     times = {k: [] for k in runs}
     for _ in range(rounds):
         for k, fn in runs.items():
@@ -118,11 +123,6 @@ def fixed_costs(rounds: int = 3000) -> dict[str, float]:
             "iteration_us": ((us["loop33"] - us["loop1"]) - (us["add33"] - us["add1"])) / 32,
             "loop_node_us": ((us["body21"] - us["loop1"]) - (us["add21"] - us["add1"])) / 20,
             "call_us": us["add1"]}
-
-
-def _runner(sess, feed):
-    run, outs = sess._sess.run, [o.name for o in sess.get_outputs()]
-    return lambda: run(outs, feed, None)
 
 
 class CountingExecutor:

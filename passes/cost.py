@@ -20,6 +20,7 @@ Estimates are rough (within ~2x); the rules that use them decide with margins.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -106,6 +107,7 @@ def _numel(x) -> int:
     return 1
 
 
+@functools.cache
 def cpu_features() -> dict[str, bool]:
     """This CPU's SIMD features as numpy's dispatch table names them (`AVX2`, `AVX512F`,
     `AVX512VNNI`, ...): what ONNX Runtime's kernels choose from on the machine compiling."""

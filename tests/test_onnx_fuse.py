@@ -510,7 +510,6 @@ def _reshape_model() -> onnx.ModelProto:
         return h.make_node("Constant", [], [name], value=onnx.numpy_helper.from_array(
             np.array(v, np.int64), name))
 
-    same = [const("s14", [1, 4])]
     then = h.make_graph([h.make_node("Reshape", ["x", "s14"], ["t0"]),
                          h.make_node("Neg", ["t0"], ["t1"])], "then", [],
                         [h.make_tensor_value_info("t1", T.FLOAT, [1, 4])])
@@ -523,7 +522,7 @@ def _reshape_model() -> onnx.ModelProto:
                          h.make_tensor_value_info("v", T.FLOAT, [1, 4])],
                         [h.make_tensor_value_info("c1", T.BOOL, []),
                          h.make_tensor_value_info("v1", T.FLOAT, [1, 4])])
-    nodes = same + [const("s4", [4]), const("sm", [1, -1]), const("n", 2),
+    nodes = [const("s14", [1, 4]), const("s4", [4]), const("sm", [1, -1]), const("n", 2),
                     h.make_node("Constant", [], ["yes"], value=onnx.numpy_helper.from_array(
                         np.array(True), "yes")),
                     h.make_node("Reshape", ["x", "s14"], ["a"]),
