@@ -2,8 +2,7 @@
 
 The host program calls a region through `caller` once per region it enters, and regions
 are small, so the per-call path is kept to one dict lookup, the region's run with its
-names bound once (`_bind`), one `np.asarray` per input (a no-op for an array of the
-right dtype) and the session's C++ `run`.
+names bound once (`_bind`) and the session's C++ `run`.
 """
 
 from __future__ import annotations
@@ -102,20 +101,41 @@ class OnnxExecutor:
 
 def _bind(call, region: str):
     """`call`'s session run as a function of the region's inputs, outputs as a list. A
-    host program spends most of its own time around region calls; binding the names,
-    dtypes and output list once leaves a dict display and one `np.asarray` per input (a
-    no-op for an array of the right dtype) per call."""
+    host program spends most of its own time around region calls; binding the names and
+    output list once leaves a dict display per call. Inputs go to the session as they
+    are (arrays of the right dtype: the entry points check the program's inputs, and
+    region outputs are); only when it refuses them are they converted and run again: a
+    Python scalar a host loop computed, say. `np.asarray(x, dtype)` up front cost
+    1.0-1.6 % of a call of nested_if, moe or act (benchmarks/README.md, 2026-12-07)."""
     run, outputs, names, dtypes = call
-    asarray = np.asarray
     if len(names) == 1:
         ((name,), (dtype,)) = names, dtypes
-        return lambda x: run(outputs, {name: asarray(x, dtype)}, None)
+
+        def call_one(x):
+            try:
+                return run(outputs, {name: x}, None)
+            except Exception:
+                if _exact((x,), dtypes):
+                    raise
+                return run(outputs, {name: np.asarray(x, dtype)}, None)
+
+        return call_one
 
     def call_many(*args):
         _arity(region, names, args)
-        return run(outputs, dict(zip(names, map(asarray, args, dtypes))), None)
+        try:
+            return run(outputs, dict(zip(names, args)), None)
+        except Exception:
+            if _exact(args, dtypes):
+                raise
+            return run(outputs, dict(zip(names, map(np.asarray, args, dtypes))), None)
 
     return call_many
+
+
+def _exact(args: tuple, dtypes: tuple) -> bool:
+    """Whether every arg is an array of its dtype (nothing to convert)."""
+    return all(type(a) is np.ndarray and a.dtype == d for a, d in zip(args, dtypes))
 
 
 def _arity(region: str, names: tuple, args: tuple) -> None:

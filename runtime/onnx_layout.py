@@ -14,7 +14,9 @@ values cross `If` boundaries:
 - `Add(conv, x)` (+ `Relu`) of a blocked convolution and a blocked `x` of the same shape
   becomes the convolution's fused sum (and activation), as ONNX Runtime does within one
   graph;
-- `GlobalAveragePool` and `ReduceMean` over H and W of a blocked value pool it blocked;
+- `GlobalAveragePool` and `ReduceMean` over H and W of a blocked value pool it blocked
+  (a `ReduceMean` that drops H and W over a multiple of 16 channels then only reshapes:
+  the pooled blocked values are already in plain order);
 
 then drops the reorders nobody reads. Every value keeps its plain (NCHW) name wherever a
 node still reads it that way, so whatever no rule matches runs as before.
@@ -24,12 +26,14 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import onnx
 from onnx import helper as oh
 
 from dycomp.runtime.onnx_paths import drop_dead, reader_counts
 
 NCHWC = "com.microsoft.nchwc"
+FLAT = "dycomp_nchwc_flat"  # the shape [0, -1] (N, everything else), added where read
 _GRAPH = onnx.AttributeProto.GRAPH
 
 
@@ -45,6 +49,9 @@ def across_branches(optimized: onnx.ModelProto, shapes: dict[str, tuple]) -> boo
     counter = itertools.count()
     _Layout(shapes, lambda name: f"{name}__nchwc{next(counter)}").graph(
         optimized.graph, {}, {})
+    if any(FLAT in n.input for n in all_nodes(optimized.graph)):
+        optimized.graph.initializer.append(onnx.numpy_helper.from_array(
+            np.array([0, -1], np.int64), FLAT))
     drop_dead(optimized.graph)
     return [n.op_type for n in all_nodes(optimized.graph)] != before
 
@@ -143,7 +150,11 @@ class _Layout:
         b, channels = blocked[n.input[0]]
         pooled = self.fresh(n.output[0])
         nodes = [oh.make_node("GlobalAveragePool", [b], [pooled], domain=NCHWC)]
-        if n.op_type == "ReduceMean" and not _attr(n, "keepdims", 1):
+        if n.op_type == "ReduceMean" and not _attr(n, "keepdims", 1) and not channels % 16:
+            # blocked [N, C, 1, 1] with C a multiple of the block (8 or 16 channels) is
+            # plain [N, C] byte for byte: one Reshape, not ReorderOutput + Flatten
+            nodes.append(oh.make_node("Reshape", [pooled, FLAT], [n.output[0]]))
+        elif n.op_type == "ReduceMean" and not _attr(n, "keepdims", 1):
             plain = self.fresh(n.output[0])
             nodes += [_reorder_output(pooled, plain, channels),
                       oh.make_node("Flatten", [plain], [n.output[0]], axis=1)]

@@ -236,6 +236,11 @@ def test_executor_models_paths_arity_and_threads(tmp_path):
     assert np.allclose(h, m.a(torch.from_numpy(x)).detach().numpy(), atol=1e-5)
     with pytest.raises(TypeError, match="takes 1 inputs, got 2"):
         ex("r0", x, x)
+    # inputs go to the session unconverted; what it refuses is converted and run again
+    for other in (x.astype(np.float64), x.tolist(), x[:, ::-1][:, ::-1]):
+        assert all(np.array_equal(a, b) for a, b in zip(ex("r0", other), out))
+    with pytest.raises(Exception, match="(?i)dimensions|shape"):  # exact arrays: not retried
+        ex("r0", np.zeros((1, 9), np.float32))
     results, errors = [], []
 
     def worker():

@@ -122,6 +122,10 @@ def test_blocked_values_cross_if_boundaries_and_outputs_do_not_change():
     # r0's channel means are pooled blocked, but adding them is a broadcast, not a
     # residual of the same shape: that Add stays
     assert any("g" in n.input for n in _ops(relaid, "Add", domain="")), "broadcast fused"
+    # y's channel means (H, W dropped, C a multiple of the block) are y pooled blocked and
+    # reshaped: blocked [1, C, 1, 1] is plain [1, C] already, nothing is reordered
+    pooled, = [n for n in relaid.graph.node if "pooled" in n.output]
+    assert pooled.op_type == "Reshape" and not _ops(relaid, "Flatten", domain="")
     plain = ort.InferenceSession(model, session_options(1), providers=["CPUExecutionProvider"])
     session = new_session(model, 1)
     for x in _inputs():
