@@ -24,7 +24,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from dycomp.backends.onnx_conditions import drop_condition_reshapes, drop_noop_reshapes
+from dycomp.backends.onnx_conditions import (
+    carry_unsqueezed,
+    drop_condition_reshapes,
+    drop_noop_reshapes,
+)
 from dycomp.backends.onnx_switch import SWITCH, gather_switches
 from dycomp.backends.onnx_tables import RANDOM_OPS, tabulate
 from dycomp.ir.program import Assign, CallRegion, HostOp, If, Lit, Loop, Var, float32_bound, walk
@@ -193,6 +197,7 @@ class Builder:
         dedupe(g)  # first: a switch's cases then read one index
         gather_switches(g)
         drop_condition_reshapes(g)
+        carry_unsqueezed(g)
         drop_dead(g)
         first = self.graph.regions[next(s.region for s in walk(run)
                                         if isinstance(s, CallRegion))].onnx

@@ -9,16 +9,24 @@ per iteration inside a `Loop` body (act: 3 % faster).
 A `Reshape` to the shape its input already has (`torch.where(c.reshape(()), ...)` on a
 0-d `c`, `float(t.max())` of a 0-d max) is a node ONNX Runtime runs all the same:
 `drop_noop_reshapes` reads the input instead (nested_if: 3 of them, ~0.7 us each here).
+
+A `Loop` that carries a value its body only reads through one `Unsqueeze` and ends by
+`Squeeze`-ing the same axes (a fused GRU step's state: `GRU` takes and gives it 3-d, the
+rest of the body reads it 2-d) carries it unsqueezed instead (`carry_unsqueezed`): the
+body's `Unsqueeze` goes, one node less per iteration; what the loop starts from and
+ends with is unsqueezed and squeezed once outside it, where nothing has it already.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import onnx
+from onnx import helper, numpy_helper
 
 from dycomp.runtime.onnx_layout import static_shapes
-from dycomp.runtime.onnx_paths import constant, constant_tensor, reads
+from dycomp.runtime.onnx_paths import constant, constant_tensor, definitions, node_reads, reads
 
 _GRAPH = onnx.AttributeProto.GRAPH
 _COMPARE = {"Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Equal"}
@@ -98,3 +106,79 @@ def _drop_noop(g: onnx.GraphProto, shapes: dict, outer: dict, renamed: dict) -> 
     del g.node[:]
     g.node.extend(kept)
     return done
+
+
+def carry_unsqueezed(g: onnx.GraphProto, outer: dict | None = None) -> int:
+    """Carry values `Loop` bodies only unsqueeze as their unsqueezed form, in `g` and its
+    subgraphs (see the module docstring); returns how many. `outer`: the definitions of
+    the enclosing graphs."""
+    scope = definitions(g, outer or {})
+    done = sum(carry_unsqueezed(a.g, scope) for n in g.node for a in n.attribute
+               if a.type == _GRAPH)
+    nodes = []
+    for n in g.node:
+        before, after = [], []
+        if n.op_type == "Loop":
+            body = next(a.g for a in n.attribute if a.name == "body")
+            for k in range(len(n.input) - 2):
+                axes = _carried_axes(body, k, definitions(body, scope))
+                if axes is not None:
+                    _carry(g, n, body, k, axes, scope, before, after)
+                    done += 1
+        nodes += [*before, n, *after]
+    del g.node[:]
+    g.node.extend(nodes)
+    return done
+
+
+def _axes(node, scope) -> tuple | None:
+    """The constant axes of an `Unsqueeze` / `Squeeze` (opset 13 or later)."""
+    if len(node.input) != 2 or node.input[1] not in scope:
+        return None
+    axes = constant(scope[node.input[1]])
+    return None if axes is None else tuple(axes.reshape(-1).tolist())
+
+
+def _carried_axes(body, k: int, scope) -> tuple | None:
+    """The axes a `Loop` body unsqueezes its carried value `k` by, where that is all it
+    reads it for, and squeezes the value it carries on by; else None."""
+    name, end = body.input[2 + k].name, scope.get(body.output[1 + k].name)
+    readers = [n for n in body.node if name in node_reads(n)]
+    outputs = {o.name for o in body.output}
+    if (len(readers) != 1 or readers[0].op_type != "Unsqueeze" or name in outputs
+            or not isinstance(end, onnx.NodeProto) or end.op_type != "Squeeze"
+            or end.input[0] in outputs):
+        return None
+    unsqueezed = readers[0].output[0]  # read as a node input only: renamed there
+    if unsqueezed in outputs or any(unsqueezed in node_reads(n) - set(n.input)
+                                    for n in body.node):
+        return None
+    axes = _axes(readers[0], scope)
+    return axes if axes is not None and axes == _axes(end, scope) else None
+
+
+def _carry(g, loop, body, k: int, axes: tuple, scope, before: list, after: list) -> None:
+    """Carry value `k` of `loop` unsqueezed by `axes`, adding to the nodes that go
+    `before` and `after` it."""
+    name, final = body.input[2 + k].name, loop.output[k]
+    unsqueeze = next(n for n in body.node if name in n.input)
+    for n in body.node:  # the body reads the carried value where it read it unsqueezed
+        n.input[:] = [name if x == unsqueeze.output[0] else x for x in n.input]
+    body.node.remove(unsqueeze)
+    squeeze = next(n for n in body.node if body.output[1 + k].name in n.output)
+    body.output[1 + k].name = squeeze.input[0]
+    for vi in (body.input[2 + k], body.output[1 + k]):
+        vi.type.tensor_type.ClearField("shape")
+    axes_name = f"{final}__carry_axes"
+    g.initializer.append(numpy_helper.from_array(np.array(axes, np.int64), axes_name))
+    start = scope.get(loop.input[2 + k])
+    if isinstance(start, onnx.NodeProto) and start.op_type == "Squeeze" and \
+            _axes(start, scope) == axes:
+        loop.input[2 + k] = start.input[0]  # the value it squeezed is unsqueezed already
+    else:
+        before.append(helper.make_node("Unsqueeze", [loop.input[2 + k], axes_name],
+                                       [f"{final}__carry_start"]))
+        loop.input[2 + k] = f"{final}__carry_start"
+    loop.output[k] = f"{final}__carry_end"
+    after.append(helper.make_node("Squeeze", [loop.output[k], axes_name], [final]))
+
