@@ -381,7 +381,8 @@ def test_fused_graphs_hold_no_needless_nodes(name, method):
     result nothing reads, no `Not` of a `Not`, no logic on a constant, no logic node
     twice on the same inputs, no node twice, no `Identity` in front of a value computed in
     the graph, no body node whose inputs no iteration changes, no `Reshape` of a
-    comparison of 0-d values, no carried value the body only unsqueezes."""
+    comparison of 0-d values, no carried value the body only unsqueezes, no `Not` copied
+    to be output twice."""
     model, example = ZOO[name].make()
     cm = dycomp.compile(getattr(model, method), example, backend="onnx")
     (region,) = cm.graph.regions.values()
@@ -437,6 +438,11 @@ def test_fused_graphs_hold_no_needless_nodes(name, method):
                     variant.update(m.output)
                 else:
                     assert m.op_type == "Constant", f"{m.op_type} {m.name} is loop-invariant"
+            made_b = {o: m for m in body.node for o in m.output}
+            copies = [made_b[o.name] for o in body.output if o.name in made_b
+                      and made_b[o.name].op_type == "Identity"]
+            assert not [c for c in copies if c.input[0] in made_b and made_b[c.input[0]]
+                        .op_type == "Not"], "a Not output twice: negate the taken flags"
             for i in body.input[2:]:  # a GRU state is carried as the GRU takes it
                 readers = [m for m in body.node if i.name in m.input]
                 assert [m.op_type for m in readers] != ["Unsqueeze"], f"{i.name} unsqueezed"

@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 # ~0.1 us cheaper than `int(t)` on the host's cold path after a session run
 BACK = "{0}.item()"
 EXTEND = "{0}.extend({1}[{2}].tolist())"  # the values of the iterations that appended
+EXTEND_NEGATED = "{0}.extend({1}[~{2}].tolist())"  # the flags say which did not
 
 
 def fuse_branches(graph) -> Counter:
@@ -320,8 +321,9 @@ class _Fuser:
         back = [HostOp(d, Op(BACK, (t,)), line=run[0].line)
                 for d, t in zip(outputs, outs) if d in self.kinds]
         scans = [v for a, _, _ in b.appends for v in (a.value, a.taken)]
-        extend = [HostOp(None, Op(EXTEND, (a.lst, a.value, a.taken)), pure=False,
-                         line=run[0].line) for a, _, _ in b.appends]
+        extend = [HostOp(None, Op(EXTEND_NEGATED if taken in b.negated else EXTEND,
+                                  (a.lst, a.value, a.taken)), pure=False, line=run[0].line)
+                  for a, _, taken in b.appends]
         return [CallRegion(name, inputs, outs + scans, line=run[0].line)] + back + extend
 
 
