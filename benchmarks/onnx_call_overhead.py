@@ -4,7 +4,8 @@
 
 Prints, for the smallest and the largest region of the example, the best-of-5 time per
 call of: `sess.run(None, feed)` with a prebuilt feed dict, the C++ `sess._sess.run` the
-executor binds, and `OnnxExecutor.__call__(region, *args)` (feed built per call).
+executor binds given no run options and given the executor's (`RUN_OPTIONS`), and
+`OnnxExecutor.__call__(region, *args)` (feed built per call).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import dycomp  # noqa: E402
+from dycomp.runtime.onnx_executor import RUN_OPTIONS  # noqa: E402
 from examples.zoo import ZOO  # noqa: E402
 
 
@@ -29,21 +31,22 @@ def main(name: str = "policy_net") -> None:
     ex = cm.program.executor
     by_size = sorted(cm.graph.regions.values(), key=lambda r: len(ex.models[r.name]))
     print(f"{name}: {len(by_size)} regions, onnxruntime threads={ex.threads}")
-    print(f"{'region':>8} {'ops':>4} {'sess.run':>10} {'_sess.run':>10} {'executor':>10} "
-          f"{'delta':>8}")
+    print(f"{'region':>8} {'ops':>4} {'sess.run':>10} {'_sess.run':>10} {'+options':>10} "
+          f"{'executor':>10} {'delta':>8}")
     for r, n in ((by_size[0], 20000), (by_size[-1], 2000)):
-        bare, cpp, call = compare(ex, r, n)
-        print(f"{r.name:>8} {r.op_count():>4} {bare:8.2f}us {cpp:8.2f}us {call:8.2f}us "
-              f"{call - bare:+6.2f}us")
+        bare, cpp, opts, call = compare(ex, r, n)
+        print(f"{r.name:>8} {r.op_count():>4} {bare:8.2f}us {cpp:8.2f}us {opts:8.2f}us "
+              f"{call:8.2f}us {call - bare:+6.2f}us")
 
 
-def compare(ex, region, n: int) -> tuple[float, float, float]:
+def compare(ex, region, n: int) -> tuple[float, float, float, float]:
     args = [p.meta["example"].numpy() for p in region.placeholders]
     sess = ex.sessions[region.name]
     feed = {i.name: a for i, a in zip(sess.get_inputs(), args)}
     outs = [o.name for o in sess.get_outputs()]
     return (per_call_us(lambda: sess.run(None, feed), n),
             per_call_us(lambda: sess._sess.run(outs, feed, None), n),
+            per_call_us(lambda: sess._sess.run(outs, feed, RUN_OPTIONS), n),
             per_call_us(lambda: ex(region.name, *args), n))
 
 

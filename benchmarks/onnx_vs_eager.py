@@ -18,8 +18,9 @@ more than one subgraph), so path - no-If is what the `If` nodes cost. Both stati
 graphs and the no-If graph run in sessions configured as dycomp configures its own
 (intra-op threads by its rule, workers stop spinning after each run) and are called as
 dycomp calls its sessions (the C++ `run`, not `InferenceSession.run`, whose feed checks
-cost 5-8 us a call here). The four run one call each per round, in a new random order
-every round: in a fixed order the static graph ran right before st+dec, its near twin,
+cost 5-8 us a call here, with dycomp's run options: a run given none costs 3-7 us
+more). The four run one call each per round, in a new random order every round: in a
+fixed order the static graph ran right before st+dec, its near twin,
 and sped it up by ~8 % on the small examples (benchmarks/README.md).
 
 Run: python benchmarks/onnx_vs_eager.py [--inputs 40] [--rounds 5] [--paths 1] [name ...]
@@ -47,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import dycomp  # noqa: E402
 from dycomp.backends.onnx_backend import all_nodes, model_threads  # noqa: E402
 from dycomp.passes import DecisionRecorder  # noqa: E402
-from dycomp.runtime.onnx_executor import new_session  # noqa: E402
+from dycomp.runtime.onnx_executor import RUN_OPTIONS, new_session  # noqa: E402
 from examples.zoo import ZOO  # noqa: E402
 
 THREADS = 2
@@ -89,12 +90,13 @@ def _static_path_session(model, inputs, decisions: bool):
 
 
 def _bare_call(sess, arrays):
-    """`sess` run on `arrays` through the C++ run dycomp's executor calls (the Python
-    `InferenceSession.run` re-checks its feed on every call: 5-8 us here)."""
+    """`sess` run on `arrays` through the C++ run dycomp's executor calls, with the run
+    options it passes (the Python `InferenceSession.run` re-checks its feed on every
+    call: 5-8 us here; a run given no options makes its own: 3-7 us)."""
     feed = {i.name: a for i, a in zip(sess.get_inputs(), arrays)}
     outputs = [o.name for o in sess.get_outputs()]
     run = sess._sess.run
-    return lambda: run(outputs, feed, None)
+    return lambda: run(outputs, feed, RUN_OPTIONS)
 
 
 def _session(model: bytes):

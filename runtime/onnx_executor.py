@@ -21,6 +21,11 @@ from dycomp.runtime.onnx_layout import across_branches, all_nodes, static_shapes
 
 log = logging.getLogger(__name__)
 
+# Every session run gets these options (the defaults, made once). A run given None makes
+# its own: 3-7 us more per call here, a tenth of nested_if's or moe's (benchmarks/README.md,
+# session of 2026-12-07). Shared by every session and thread: nothing ever sets them.
+RUN_OPTIONS = ort.RunOptions()
+
 _ORT_DTYPES = {
     "tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16,
     "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int16)": np.int16,
@@ -108,27 +113,28 @@ def _bind(call, region: str):
     Python scalar a host loop computed, say. `np.asarray(x, dtype)` up front cost
     1.0-1.6 % of a call of nested_if, moe or act (benchmarks/README.md, 2026-12-07)."""
     run, outputs, names, dtypes = call
+    options = RUN_OPTIONS
     if len(names) == 1:
         ((name,), (dtype,)) = names, dtypes
 
         def call_one(x):
             try:
-                return run(outputs, {name: x}, None)
+                return run(outputs, {name: x}, options)
             except Exception:
                 if _exact((x,), dtypes):
                     raise
-                return run(outputs, {name: np.asarray(x, dtype)}, None)
+                return run(outputs, {name: np.asarray(x, dtype)}, options)
 
         return call_one
 
     def call_many(*args):
         _arity(region, names, args)
         try:
-            return run(outputs, dict(zip(names, args)), None)
+            return run(outputs, dict(zip(names, args)), options)
         except Exception:
             if _exact(args, dtypes):
                 raise
-            return run(outputs, dict(zip(names, map(np.asarray, args, dtypes))), None)
+            return run(outputs, dict(zip(names, map(np.asarray, args, dtypes))), options)
 
     return call_many
 
