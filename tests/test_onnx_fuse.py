@@ -382,7 +382,7 @@ def test_fused_graphs_hold_no_needless_nodes(name, method):
     twice on the same inputs, no node twice, no `Identity` in front of a value computed in
     the graph, no body node whose inputs no iteration changes, no `Reshape` of a
     comparison of 0-d values, no carried value the body only unsqueezes, no `Not` copied
-    to be output twice."""
+    to be output twice, no initializer twice in one graph."""
     model, example = ZOO[name].make()
     cm = dycomp.compile(getattr(model, method), example, backend="onnx")
     (region,) = cm.graph.regions.values()
@@ -407,6 +407,9 @@ def test_fused_graphs_hold_no_needless_nodes(name, method):
                                                if (a.name, a.i) != ("allowzero", 0)))
                        for n in plain)
         assert max(same.values(), default=1) == 1, "a node computed twice"
+        inits = Counter((t.data_type, tuple(t.dims), onnx.numpy_helper.to_array(t).tobytes())
+                        for t in g.initializer)
+        assert max(inits.values(), default=1) == 1, "an initializer twice"
         for n in g.node:
             if n.op_type != "Reshape" or constants.get(n.input[1]) != []:
                 continue  # a Reshape to 0-d: of a comparison of 0-d values?
