@@ -198,7 +198,8 @@ def test_loop_carried_value_that_changes_rank(fuse):
 
 # -- executor --------------------------------------------------------------------------------
 def test_threads_plan_reaches_the_executor():
-    """Light subgraphs run on one thread; heavy ones (convolutions) get the budget."""
+    """Light subgraphs run on one thread; heavy ones (convolutions) get the budget. A
+    small recurrent step is light (act: one 32-wide GRU)."""
     m = TwoLayer().eval()
     xs = randn_inputs((1, 8), 8)
     for threads in (1, 3):
@@ -207,6 +208,10 @@ def test_threads_plan_reaches_the_executor():
     model, example = ZOO["static_resnet"].make()
     graph = dycomp.compile(model, example, backend="torch").graph
     assert set(lower(graph, "onnx", threads=3).threads.values()) == {3}
+    model, example = ZOO["act"].make()
+    cm = dycomp.compile(model, example, backend="onnx", threads=3, check=False)
+    assert {n.op_type for m in cm.graph.regions.values() for n in m.onnx.graph.node} >= {
+        "GRU", "Loop"} and set(cm.program.executor.threads.values()) == {1}
     with pytest.raises(ValueError, match="threads"):
         OnnxExecutor({"r": b""}, threads=0)
 
