@@ -22,7 +22,7 @@ from dycomp.runtime.onnx_layout import across_branches, all_nodes, static_shapes
 log = logging.getLogger(__name__)
 
 # Every session run gets these options (the defaults, made once). A run given None makes
-# its own: 3-7 us more per call here, a tenth of nested_if's or moe's (benchmarks/README.md,
+# its own: 2.4-2.9 us more per call here, ~9 % of nested_if or moe (benchmarks/README.md,
 # session of 2026-12-07). Shared by every session and thread: nothing ever sets them.
 RUN_OPTIONS = ort.RunOptions()
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -747,11 +748,13 @@ def _same_initializers(g: onnx.GraphProto, renamed: dict) -> int:
     were dropped."""
     kept, first, named = [], {}, {v.name for v in [*g.input, *g.output]}
     for t in g.initializer:
-        key = (t.data_type, tuple(t.dims), numpy_helper.to_array(t).tobytes())
-        if key in first and t.name not in named:
-            renamed[t.name] = first[key]
+        data = numpy_helper.to_array(t).tobytes()
+        key = (t.data_type, tuple(t.dims), hashlib.blake2b(data, digest_size=16).digest())
+        if key in first and t.name not in named and \
+                numpy_helper.to_array(first[key]).tobytes() == data:
+            renamed[t.name] = first[key].name
             continue
-        first.setdefault(key, t.name)
+        first.setdefault(key, t)
         kept.append(t)
     dropped = len(g.initializer) - len(kept)
     if dropped:
