@@ -98,8 +98,8 @@ def lower_onnx(graph, threads: int = 2, opset: int = DEFAULT_OPSET, fuse: bool =
 # Intra-op parallelism pays only for heavy subgraphs (convolutions or large weights); a
 # light one runs faster on one thread, with no worker pool to wake (cost rule measured
 # in benchmarks/README.md). A recurrent step is a batch-1 matrix-vector product: heavy
-# by its weights only (act's 32-wide GRU: 2.4 % faster on one thread, the decoder's the
-# same).
+# by its weights only (act's 32-wide GRU 1.7 % faster on one thread, the decoder's
+# 1.1 %).
 HEAVY_OPS = {"Conv", "ConvTranspose"}
 HEAVY_WEIGHTS = 1 << 18
 
