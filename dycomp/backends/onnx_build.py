@@ -192,8 +192,9 @@ class Builder:
         self.initializers: list = []
         self.live: set = set()  # loop-carried and synthetic variables of enclosing loops
         self.depth = 0
-        self.appends: list = []  # (Append, scan value, scan taken) of top-level loops
-        self.negated: set[str] = set()  # scans of taken flags that hold their negation
+        # (Append, scan value, scan taken, whether the taken scan holds its negation) of
+        # top-level loops
+        self.appends: list = []
         self.k = 0
 
     # -- the model --------------------------------------------------------------------------
@@ -208,7 +209,7 @@ class Builder:
             ins.append(helper.make_value_info(v.name, t))
         self.stmts(run)
         names = [self.lookup(v) for v in outputs] + [
-            n for _, value, taken in self.appends for n in (value, taken)]
+            n for _, value, taken, _ in self.appends for n in (value, taken)]
         self.nodes.append(helper.make_node("Identity", [self.joined(self.trace)],
                                            [PATH_OUTPUT], name=PATH_OUTPUT))
         outs, seen = [], {v.name for v in inputs}
@@ -622,9 +623,7 @@ class Builder:
         self.env.update(zip(carried, names))
         self.trace.append(names[-1])
         for i, a in enumerate(plan.appends):
-            self.appends.append((a, scans[2 * i], scans[2 * i + 1]))
-            if negated[i]:
-                self.negated.add(scans[2 * i + 1])
+            self.appends.append((a, scans[2 * i], scans[2 * i + 1], negated[i]))
 
     def peelable(self, plan) -> bool:
         """A loop that runs at least once (a trip count, no test before the first

@@ -86,17 +86,15 @@ def drop_noop_reshapes(model: onnx.ModelProto) -> int:
 
 
 def _drop_noop(g: onnx.GraphProto, shapes: dict, outer: dict, renamed: dict) -> int:
-    consts = {**outer, **{t.name: t for t in g.initializer},
-              **{n.output[0]: n for n in g.node if constant_tensor(n) is not None}}
+    defs = definitions(g, outer)
     kept, done, hidden = [], 0, {o.name for o in g.output}
     for n in g.node:
         n.input[:] = [renamed.get(x, x) for x in n.input]
         for a in n.attribute:
             if a.type == _GRAPH:
-                done += _drop_noop(a.g, {} if n.op_type == "Loop" else shapes, consts,
+                done += _drop_noop(a.g, {} if n.op_type == "Loop" else shapes, defs,
                                   dict(renamed))
-        target = constant(consts[n.input[1]]) if n.op_type == "Reshape" and \
-            n.input[1] in consts else None
+        target = constant(defs.get(n.input[1])) if n.op_type == "Reshape" else None
         if (target is not None and n.output[0] not in hidden and (target > 0).all()
                 and shapes.get(n.input[0]) == tuple(target.tolist())):
             renamed[n.output[0]] = n.input[0]
@@ -121,9 +119,9 @@ def carry_unsqueezed(g: onnx.GraphProto, outer: dict | None = None) -> int:
         if n.op_type == "Loop":
             body = next(a.g for a in n.attribute if a.name == "body")
             for k in range(len(n.input) - 2):
-                axes = _carried_axes(body, k, definitions(body, scope))
-                if axes is not None:
-                    _carry(g, n, body, k, axes, scope, before, after)
+                carried = _carried(body, k, definitions(body, scope))
+                if carried is not None:
+                    _carry(g, n, body, k, *carried, scope, before, after)
                     done += 1
         nodes += [*before, n, *after]
     del g.node[:]
@@ -139,9 +137,10 @@ def _axes(node, scope) -> tuple | None:
     return None if axes is None else tuple(axes.reshape(-1).tolist())
 
 
-def _carried_axes(body, k: int, scope) -> tuple | None:
-    """The axes a `Loop` body unsqueezes its carried value `k` by, where that is all it
-    reads it for, and squeezes the value it carries on by; else None."""
+def _carried(body, k: int, scope) -> tuple | None:
+    """(the `Unsqueeze`, the `Squeeze`, their axes) where a `Loop` body reads its carried
+    value `k` only to unsqueeze it and squeezes the value it carries on by the same
+    axes; else None."""
     name, end = body.input[2 + k].name, scope.get(body.output[1 + k].name)
     readers = [n for n in body.node if name in node_reads(n)]
     outputs = {o.name for o in body.output}
@@ -154,18 +153,19 @@ def _carried_axes(body, k: int, scope) -> tuple | None:
                                     for n in body.node):
         return None
     axes = _axes(readers[0], scope)
-    return axes if axes is not None and axes == _axes(end, scope) else None
+    return (readers[0], end, axes) if axes is not None and axes == _axes(end, scope) \
+        else None
 
 
-def _carry(g, loop, body, k: int, axes: tuple, scope, before: list, after: list) -> None:
-    """Carry value `k` of `loop` unsqueezed by `axes`, adding to the nodes that go
-    `before` and `after` it."""
+def _carry(g, loop, body, k: int, unsqueeze, squeeze, axes: tuple, scope, before: list,
+           after: list) -> None:
+    """Carry value `k` of `loop` unsqueezed by `axes` (its body's `unsqueeze` goes, its
+    `squeeze` no longer ends the value), adding to the nodes that go `before` and `after`
+    the loop."""
     name, final = body.input[2 + k].name, loop.output[k]
-    unsqueeze = next(n for n in body.node if name in n.input)
     for n in body.node:  # the body reads the carried value where it read it unsqueezed
         n.input[:] = [name if x == unsqueeze.output[0] else x for x in n.input]
     body.node.remove(unsqueeze)
-    squeeze = next(n for n in body.node if body.output[1 + k].name in n.output)
     body.output[1 + k].name = squeeze.input[0]
     for vi in (body.input[2 + k], body.output[1 + k]):
         vi.type.tensor_type.ClearField("shape")

@@ -320,10 +320,10 @@ class _Fuser:
         outs = [Var(f"{d.name}__t") if d in self.kinds else d for d in outputs]
         back = [HostOp(d, Op(BACK, (t,)), line=run[0].line)
                 for d, t in zip(outputs, outs) if d in self.kinds]
-        scans = [v for a, _, _ in b.appends for v in (a.value, a.taken)]
-        extend = [HostOp(None, Op(EXTEND_NEGATED if taken in b.negated else EXTEND,
+        scans = [v for a, *_ in b.appends for v in (a.value, a.taken)]
+        extend = [HostOp(None, Op(EXTEND_NEGATED if negated else EXTEND,
                                   (a.lst, a.value, a.taken)), pure=False, line=run[0].line)
-                  for a, _, taken in b.appends]
+                  for a, _, _, negated in b.appends]
         return [CallRegion(name, inputs, outs + scans, line=run[0].line)] + back + extend
 
 
