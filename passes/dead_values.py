@@ -1,4 +1,10 @@
-"""DeadValueElimination: drop region outputs, host ops and regions nobody uses."""
+"""DeadValueElimination: drop region outputs, host ops and regions nobody uses.
+
+A host list, dict or set that is only changed (`lst.append(x)`, `d[k] = v`, ...) and
+copied into other such containers, never read, is dead too, with its changes: a list a
+model keeps on `self` for training (policy_net's `self.saved_actions`), which the
+compiled program does not return. Its appends would otherwise keep the branches around
+them on the host."""
 
 from __future__ import annotations
 
@@ -19,8 +25,10 @@ class DeadValueElimination(Pass):
         return PassResult(graph, modified)
 
     def _once(self, graph) -> bool:
-        used = Counter(v for s in walk(graph.body) for v in s.uses())
-        changed = False
+        dead = dead_containers(graph.body)
+        used = Counter(v for s in walk(graph.body) for v in s.uses()
+                       if not (isinstance(s, HostOp) and changes(s) in dead))
+        changed = _drop_changes(graph.body, dead)
         for name, sites in call_sites(graph).items():
             changed |= _trim_region(graph.regions[name], sites, used)
         changed |= _prune_block(graph.body, used)
@@ -50,6 +58,40 @@ def _trim_region(region, sites, used) -> bool:
     if changed or dead:
         region.gm.recompile()
     return changed or bool(dead)
+
+
+def changes(s: HostOp):
+    """The container a statement like `{0}.append({1})` or `{0}[{1}] = {2}` changes."""
+    fmt = s.expr.fmt if s.out is None and not s.pure else ""
+    return s.expr.args[0] if fmt.startswith(("{0}.", "{0}[")) else None
+
+
+def dead_containers(body) -> set:
+    """Variables whose every use is a change to them or a copy into another such one."""
+    uses: dict = {}
+    for s in walk(body):
+        for v in s.uses():
+            uses.setdefault(v, []).append(s)
+    dead = {changes(s) for s in walk(body) if isinstance(s, HostOp)} - {None}
+    while True:
+        kept = {v for v in dead if all(
+            (isinstance(s, HostOp) and changes(s) == v)
+            or (isinstance(s, Assign) and all(d in dead for d, x in zip(s.dsts, s.srcs)
+                                              if x == v))
+            for s in uses.get(v, []))}
+        if kept == dead:
+            return dead
+        dead = kept
+
+
+def _drop_changes(body, dead: set) -> bool:
+    kept = [s for s in body if not (isinstance(s, HostOp) and changes(s) in dead)]
+    changed = len(kept) < len(body)
+    body[:] = kept
+    for s in body:
+        for b in s.blocks():
+            changed |= _drop_changes(b, dead)
+    return changed
 
 
 def _prune_block(body, used) -> bool:

@@ -305,6 +305,42 @@ def test_state_inplace_and_masked_assignment():
         m.hidden, "_node")  # capture restored the module's state
 
 
+class ArmAppends(nn.Module):
+    """Python containers changed in the arms of data-dependent branches (a method, `+=`,
+    an item assignment), in an unrolled loop: each arm is traced on the containers as
+    they were before the branch, never on what the other arm did to them."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.f = lin()
+
+    def forward(self, x):
+        seen, hits, lows = [], set(), {}
+        for i in range(3):
+            x = torch.tanh(self.f(x))
+            if x.sum() > 0:
+                seen.append(int(x.argmax()))
+                hits.add(i)
+            else:
+                seen += [-1]
+                lows[i] = x.min().item()
+            if x.mean() > 0.2:
+                seen.append(x.max().item())
+        return x, seen, len(hits), lows
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_containers_changed_in_branch_arms(backend):
+    m = ArmAppends().eval()
+    outs = []
+    _, paths = assert_matches_eager(m, randn_inputs((1, 8), 40), backend=backend,
+                                    outputs=outs)
+    assert len(set(paths)) >= 4
+    assert len({o[2] for o in outs}) >= 3 and any(-1 in o[1] for o in outs)
+    assert len({len(o[3]) for o in outs}) >= 3
+
+
 # -- 11. python built-ins over tensors in host logic -------------------------------------------
 class Builtins(nn.Module):
     def __init__(self):

@@ -25,6 +25,7 @@ from dycomp.passes import (
 )
 from dycomp.runtime.host import HostProgram
 from examples.zoo import ZOO
+from tests.helpers import randn_inputs
 
 
 class Twice(nn.Module):
@@ -96,6 +97,39 @@ def test_dead_values_removed():
     assert DeadValueElimination()(g).modified
     assert g.stats()["ops"] < ops_before
     assert "item()" not in g.host_source()
+
+
+class Logged(nn.Module):
+    """Appends to a list kept on `self` (never returned) and to one it returns."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = nn.Linear(8, 8)
+        self.log = []
+
+    def forward(self, x):
+        self.log, kept = [], []
+        for i in range(3):
+            x = self.a(x)
+            if x.sum() > 0:
+                self.log.append(i)
+                self.log[-1] = -i
+                kept.append(i)
+        return x, kept
+
+
+def test_containers_only_changed_are_dead_with_their_changes():
+    g, _ = capture(Logged().forward, (torch.randn(1, 8),), {})
+    assert g.host_source().count(".append(") == 4 and "] = -" in g.host_source()
+    assert DeadValueElimination()(g).modified
+    g.verify()
+    source = g.host_source()
+    assert source.count(".append(") == 2 and "] = -" not in source  # the returned list's
+    for x in randn_inputs((1, 8), 20):
+        out, _ = _run(g, x)
+        with torch.no_grad():
+            assert out[1] == Logged()(x)[1]
 
 
 def test_dedup_merges_identical_arms():

@@ -18,7 +18,15 @@ from torch import nn
 
 from dycomp.frontend import convert as _convert
 from dycomp.frontend import torchfn
-from dycomp.frontend.tracer import FuncScope, LoopScope, Path, freeze, is_user_file, to_example
+from dycomp.frontend.tracer import (
+    FuncScope,
+    LoopScope,
+    Path,
+    freeze,
+    is_user_file,
+    own_containers,
+    to_example,
+)
 from dycomp.frontend.values import (
     BREAK,
     CONTINUE,
@@ -382,7 +390,7 @@ def if_(cond, then_fn, else_fn, get, set_, loc="", src=""):
     base = list(t.blocks)
     paths: list[Path] = []
     for fn, block in ((then_fn, stmt.then), (else_fn, stmt.orelse)):
-        set_(init)
+        set_(own_containers(init))
         t.blocks = base + [block]
         _classify(t, fn(), get, paths)
         t.undo(mark)

@@ -298,7 +298,7 @@ class Tracer:
                                  force) for k in first}
         if kinds <= {"tensor", "none"}:
             return self._phi(vals, blocks, "tensor")
-        if kinds <= {"host", "none", "tensor", "tuple", "list", "dict"}:
+        if kinds <= {"host", "none", "tensor", "tuple", "list", "dict", "set"}:
             return self._phi(vals, blocks, "host")
         return Conflict("values of different kinds meet after a data-dependent branch: "
                         + ", ".join(sorted(type(v).__name__ for v in defined)), user_frame())
@@ -358,6 +358,20 @@ class Conflict:
     __add__ = __radd__ = __mul__ = __rmul__ = __sub__ = __lt__ = __gt__ = _fail
 
 
+def own_containers(v):
+    """`v` with every Python list, dict and set in it copied: what an arm of a branch is
+    traced on, so that its appends (`+=`, item assignments, ...) stay its own."""
+    if isinstance(v, tuple) and not hasattr(v, "_fields"):
+        return tuple(own_containers(x) for x in v)
+    if isinstance(v, list):
+        return [own_containers(x) for x in v]
+    if isinstance(v, dict):
+        return {k: own_containers(x) for k, x in v.items()}
+    if isinstance(v, set):
+        return set(v)
+    return v
+
+
 def freeze(v):
     """Copies of tensors that in-place ops mutated, so a path keeps its own values."""
     if isinstance(v, TVal):
@@ -368,6 +382,8 @@ def freeze(v):
         return [freeze(x) for x in v]
     if isinstance(v, dict):
         return {k: freeze(x) for k, x in v.items()}
+    if isinstance(v, set):
+        return set(v)
     return v
 
 
@@ -405,6 +421,8 @@ def _kind(v) -> str:
         return "list"
     if isinstance(v, dict):
         return "dict"
+    if isinstance(v, set):
+        return "set"
     return "other:" + type(v).__name__
 
 
