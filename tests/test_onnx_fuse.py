@@ -274,6 +274,42 @@ def test_loop_with_break_continue_and_python_values():
     assert len({n for n, _ in counts}) >= 4 and any(n > k for n, k in counts)  # continues
 
 
+class SomeAppends(nn.Module):
+    """A loop that appends a value read from the data on some iterations; a break."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.f = nn.Linear(6, 6)
+
+    def forward(self, x):
+        seen, n = [], 0
+        while n < 6:
+            x = torch.tanh(self.f(x) + 0.5 * x)
+            n += 1
+            k = x.argmax()
+            if x.sum() > 0:
+                seen.append(int(k))
+            if x.max() > 0.97:
+                break
+        return x, seen
+
+
+def test_a_value_appended_on_some_iterations_needs_no_where():
+    """An appended value is read only where its flag is set, so the builder takes it from
+    the arm that appends: no `Where` with the default of the arms that do not."""
+    model = SomeAppends().eval()
+    xs = _loop_inputs(60)
+    cm = dycomp.compile(model, (xs[0],), backend="onnx")
+    assert cm.graph.stats()["region_calls"] == 1
+    outs = []
+    assert_matches_eager(model, xs, cm=cm, outputs=outs)
+    assert len({len(o[1]) for o in outs}) >= 4  # iterations that appended and did not
+    (region,) = cm.graph.regions.values()
+    (loop,) = (n for n in all_nodes(region.onnx.graph) if n.op_type == "Loop")
+    assert "Where" not in {n.op_type for n in all_nodes(loop.attribute[0].g)}
+
+
 class CountedLoop(nn.Module):
     """`while n < 5` (or `<= 4`) with `n += 1` on every iteration that goes on, and a
     break on the data: the loop runs at most 5 times. `step`: the increment depends on

@@ -191,6 +191,7 @@ class Builder:
         self.nodes: list = []
         self.initializers: list = []
         self.live: set = set()  # loop-carried and synthetic variables of enclosing loops
+        self.scan_flags: dict = {}  # an appended value -> its flag: read only where set
         self.depth = 0
         # (Append, scan value, scan taken, whether the taken scan holds its negation) of
         # top-level loops
@@ -533,17 +534,22 @@ class Builder:
         self.types[outs[-1]] = _IDS
         return outs
 
+    def false(self, x) -> bool:
+        """Whether `x` (an ONNX name or a Lit) is the constant False."""
+        return x == Lit(False) if isinstance(x, Lit) else self.truth.get(x) is False
+
     def select(self, s: If, phis: list, cond: str) -> bool:
         """A branch that only assigns, without an `If` node: a value both arms assign
         stays as it is, a flag becomes the condition (or its negation), another value of
         one type a `Where`. False (nothing added) when some phi needs an `If`."""
-        arms = []
+        arms, unset = [], []
         for arm in (s.then, s.orelse):
             srcs = dict(self.env)  # var -> ONNX name, or a Lit
             for a in arm:
                 srcs.update(zip(a.dsts, [srcs.get(x) if isinstance(x, Var) else x
                                          for x in a.srcs]))
             arms.append([srcs.get(d) for d in phis])
+            unset.append({d for d, f in self.scan_flags.items() if self.false(srcs.get(f))})
 
         def typ(d, v):
             if isinstance(v, Lit):
@@ -559,6 +565,8 @@ class Builder:
             x, y = (self.assigned(d, v) if isinstance(v, Lit) else v for v in (a, b))
             if a == b:
                 self.env[d] = x
+            elif d in unset[0] or d in unset[1]:  # not appended in one arm: never read
+                self.env[d] = y if d in unset[0] else x
             elif self.elem(x) == BOOL:  # no bool `Where` on ONNX Runtime's CPU
                 self.env[d] = self.logic("Or", self.logic("And", cond, x),
                                          self.logic("And", self.logic("Not", cond), y))
@@ -603,6 +611,7 @@ class Builder:
             v for a in plan.appends for v in (a.value, a.taken)]
         outer_live = self.live
         self.live = self.live | set(carried) | synthetic
+        self.scan_flags.update((a.value, a.taken) for a in plan.appends)
         try:
             nodes, inits, outs = self.subgraph(body, results, inputs)
         finally:
@@ -713,26 +722,36 @@ def dedupe(g: onnx.GraphProto, known: dict | None = None, renamed: dict | None =
     attributes and inputs of an earlier one (a `Constant` with its value) reads that
     one's results instead; a subgraph's node may reuse the enclosing graph's. The
     exporter repeats work per region (moe reshapes its expert index once per case).
-    Returns how many nodes were removed."""
+    A subgraph's outputs are positional: one a repeated node made is renamed to the
+    earlier node's result when that is made in the same subgraph and not an output
+    yet (the decoder's token, compared and appended). Returns how many nodes were
+    removed."""
+    inner = known is not None
     known = dict(known or {})
     renamed = dict(renamed or {})
     outputs = {o.name for o in g.output}
-    kept, removed = [], _same_initializers(g, renamed)
+    kept, made, removed = [], set(), _same_initializers(g, renamed)
     for n in g.node:
         for i, name in enumerate(n.input):
             n.input[i] = renamed.get(name, name)
         subs = [a.g for a in n.attribute if a.type == onnx.AttributeProto.GRAPH]
         for sub in subs:
             removed += dedupe(sub, known, renamed)
-        key = None if subs or n.op_type in RANDOM_OPS or outputs.intersection(n.output) else (
+        exposed = outputs.intersection(n.output)
+        key = None if subs or n.op_type in RANDOM_OPS else (
             n.domain, n.op_type, tuple(n.input), len(n.output), _attributes(n))
-        if key in known:
+        if key in known and (not exposed or inner and made.issuperset(known[key])
+                             and not outputs.intersection(known[key])):
             renamed.update(zip(n.output, known[key]))
+            for o in g.output:
+                o.name = renamed.get(o.name, o.name)
+            outputs = {o.name for o in g.output}
             removed += 1
             continue
-        if key is not None:
+        if key is not None and not exposed:
             known[key] = list(n.output)
         kept.append(n)
+        made.update(n.output)
     del g.node[:]
     g.node.extend(kept)
     return removed
