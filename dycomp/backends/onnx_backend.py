@@ -24,6 +24,7 @@ import torch
 from torch import fx
 from torch.fx.node import _get_qualified_name
 
+from dycomp.backends.onnx_gemm_sums import fold_sums_into_gemms
 from dycomp.backends.onnx_gru import fuse_gru_cells
 from dycomp.errors import UnsupportedError
 from dycomp.ir.shapes import mark_dynamic
@@ -79,12 +80,13 @@ def lower_onnx(graph, threads: int = 2, opset: int = DEFAULT_OPSET, fuse: bool =
     models = export_regions(graph, opset)
     if quantize is not None:
         quantize(graph)
+    folded = sum(_fold_sums(r.onnx) for r in graph.regions.values())
     n = fuse_branches(graph) if fuse else None
     if n:
         log.info("lowered %d host branches and %d loops into ONNX If / Loop nodes: %d "
                  "subgraphs left", n["If"], n["Loop"], len(graph.regions))
         graph.verify()
-    if quantize is not None or n:  # the regions' models changed since export
+    if quantize is not None or n or folded:  # the regions' models changed since export
         models = {name: r.onnx.SerializeToString() for name, r in graph.regions.items()}
     threads = thread_plan(graph, threads)
     traced = {name: (r.traced.SerializeToString(), r.ran)
@@ -93,6 +95,14 @@ def lower_onnx(graph, threads: int = 2, opset: int = DEFAULT_OPSET, fuse: bool =
         return OnnxExecutor(models, threads=threads, traced=traced)
     except ArtifactError as e:  # a fresh export ONNX Runtime cannot load: a backend gap
         raise _unloadable(graph, getattr(e, "failed", {}), e) from e
+
+
+def _fold_sums(model: onnx.ModelProto) -> int:
+    """`fold_sums_into_gemms`, then what it left unread dropped."""
+    done = fold_sums_into_gemms(model)
+    if done:
+        drop_dead(model.graph)
+    return done
 
 
 # Intra-op parallelism pays only for heavy subgraphs (convolutions or large weights); a
