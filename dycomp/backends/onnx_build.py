@@ -598,7 +598,8 @@ class Builder:
             cond0 = self.loop_test(plan) if plan.header else self.const(True, BOOL)
         trips = self.const(plan.trips, INT64) if plan.trips is not None else ""
         it, cin = self.fresh(f"{self.name}_iter"), self.fresh(f"{self.name}_cond")
-        inputs = [(it, None, _scalar(INT64)), (cin, None, _scalar(BOOL))]
+        # the condition: 0-d, or [1, 1] where it is a comparison's result as it is
+        inputs = [(it, None, _scalar(INT64)), (cin, None, _elem_type(_scalar(BOOL)))]
         inputs += [(self.fresh(d.name), d, _elem_type(self.types[self.env[d]]))
                    for d in carried]
         path = self.fresh(f"{self.name}_path")  # carried: the regions run so far

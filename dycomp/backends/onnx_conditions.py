@@ -1,10 +1,10 @@
 """Reshapes nothing needs (passes on ONNX graphs).
 
 `t.item() > c` becomes `Reshape(t, []) > c` in a region: the host needs a 0-d value.
-When the comparison only decides (it feeds `If` conditions and the condition a `Loop`
-body ends with, through `Not`, `And`, `Or`), ONNX Runtime takes its `[1, 1]` result as
-well, so the `Reshape` goes (`drop_condition_reshapes`): one node less per decision,
-per iteration inside a `Loop` body (act: 3 % faster).
+When the comparison only decides (it feeds `If` conditions, the condition a `Loop`
+starts with and the one its body ends with, through `Not`, `And`, `Or`), ONNX Runtime
+takes its `[1, 1]` result as well, so the `Reshape` goes (`drop_condition_reshapes`):
+one node less per decision, per iteration inside a `Loop` body (act: 3 % faster).
 
 A `Reshape` to the shape its input already has (`torch.where(c.reshape(()), ...)` on a
 0-d `c`, `float(t.max())` of a 0-d max) is a node ONNX Runtime runs all the same:
@@ -51,8 +51,9 @@ def drop_condition_reshapes(g: onnx.GraphProto, outer: dict | None = None,
 
     def decides(name: str) -> bool:
         """Only conditions read `name` (or logic deciding only conditions)."""
-        return name not in hidden and all(  # (a Loop's first condition must be 0-d)
-            (n.op_type == "If" and i == 0) or (n.op_type in _LOGIC and decides(n.output[0]))
+        return name not in hidden and all(  # an If's condition, a Loop's first one
+            (n.op_type, i) in (("If", 0), ("Loop", 1))
+            or (n.op_type in _LOGIC and decides(n.output[0]))
             for n, i in readers.get(name, []))
 
     for r in g.node:
