@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import sys
@@ -359,16 +360,17 @@ class Conflict:
 
 
 def own_containers(v):
-    """`v` with every Python list, dict and set in it copied: what an arm of a branch is
-    traced on, so that its appends (`+=`, item assignments, ...) stay its own."""
-    if isinstance(v, tuple) and not hasattr(v, "_fields"):
+    """`v` with every Python list, dict and set in it copied (their types kept: a
+    `defaultdict` stays one): what an arm of a branch is traced on, so that its appends,
+    `+=`, item assignments stay its own."""
+    if type(v) is tuple:
         return tuple(own_containers(x) for x in v)
-    if isinstance(v, list):
-        return [own_containers(x) for x in v]
-    if isinstance(v, dict):
-        return {k: own_containers(x) for k, x in v.items()}
-    if isinstance(v, set):
-        return set(v)
+    if isinstance(v, (list, dict, set)):
+        v = copy.copy(v)
+        if isinstance(v, list):
+            v[:] = [own_containers(x) for x in v]
+        elif isinstance(v, dict):
+            v.update((k, own_containers(x)) for k, x in v.items())
     return v
 
 
