@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections import Counter
 
-from dycomp.ir.program import Assign, CallRegion, HostOp, If, walk
+from dycomp.frontend.convert import MUTATORS
+from dycomp.ir.program import Assign, CallRegion, HostOp, If, expr_vars, walk
 from dycomp.passes.base import Pass, PassResult
 from dycomp.passes.regions import call_sites, set_outputs
 
@@ -62,8 +63,11 @@ def _trim_region(region, sites, used) -> bool:
 
 def changes(s: HostOp):
     """The container a statement like `{0}.append({1})` or `{0}[{1}] = {2}` changes."""
-    fmt = s.expr.fmt if s.out is None and not s.pure else ""
-    return s.expr.args[0] if fmt.startswith(("{0}.", "{0}[")) else None
+    if s.out is not None or s.pure:
+        return None
+    fmt = s.expr.fmt
+    method = fmt[4:fmt.find("(")] if fmt.startswith("{0}.") else None
+    return s.expr.args[0] if method in MUTATORS or fmt == "{0}[{1}] = {2}" else None
 
 
 def dead_containers(body) -> set:
@@ -76,8 +80,8 @@ def dead_containers(body) -> set:
     while True:
         kept = {v for v in dead if all(
             (isinstance(s, HostOp) and changes(s) == v)
-            or (isinstance(s, Assign) and all(d in dead for d, x in zip(s.dsts, s.srcs)
-                                              if x == v))
+            or (isinstance(s, Assign) and all(x == v and d in dead for d, x in
+                                              zip(s.dsts, s.srcs) if v in expr_vars(x)))
             for s in uses.get(v, []))}
         if kept == dead:
             return dead

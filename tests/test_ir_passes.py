@@ -13,7 +13,7 @@ from dycomp.backends.torch_backend import TorchExecutor
 from dycomp.errors import PassError
 from dycomp.frontend.capture import capture
 from dycomp.ir.dyngraph import VerifyError
-from dycomp.ir.program import CallRegion, Var, walk
+from dycomp.ir.program import Assign, CallRegion, HostOp, Op, Return, Var, walk
 from dycomp.passes import (
     DeadValueElimination,
     DedupRegions,
@@ -23,6 +23,7 @@ from dycomp.passes import (
     cleanup_passes,
     run_passes,
 )
+from dycomp.passes.dead_values import dead_containers
 from dycomp.runtime.host import HostProgram
 from examples.zoo import ZOO
 from tests.helpers import randn_inputs
@@ -130,6 +131,14 @@ def test_containers_only_changed_are_dead_with_their_changes():
         out, _ = _run(g, x)
         with torch.no_grad():
             assert out[1] == Logged()(x)[1]
+
+
+def test_a_container_read_inside_another_is_not_dead():
+    v, w, u, x = Var("v"), Var("w"), Var("u"), Var("x")
+    append = lambda c: HostOp(None, Op("{0}.append({1})", (c, x)), pure=False)  # noqa: E731
+    body = [Assign([v, u], [[], []]), append(v), append(u), Assign([w], [[v]]),
+            Return((w,))]
+    assert dead_containers(body) == {u}
 
 
 def test_dedup_merges_identical_arms():

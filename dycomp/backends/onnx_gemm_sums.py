@@ -9,10 +9,10 @@ ways:
   zero weights and bias 1, so that `relu` gives 1 there, and `fc2` one more input column
   holding its bias; `x` becomes `fc2`'s `C`. The same with no activation between the two
   `Gemm`s; a `fc2` without bias needs no extra unit. Other activations are left alone:
-  only `relu(1)` is exactly 1. gated54 (54 such blocks, each in an `If` arm) 4 % faster.
+  only `relu(1)` is exactly 1. gated54 (54 such blocks, each in an `If` arm) 3 % faster.
 - **a gathered constant**, `fc(h) + table[i]`: the bias is added to every row of the
   table once, and the gathered row becomes `C`. act (`halt(h) + step_bias[n]` in its
-  loop body) saves a node per iteration.
+  loop body) 4 % faster: a node less per iteration.
 
 A sum that would broadcast the `Gemm`'s result to another shape stays (the shapes are
 ONNX shape inference's).
@@ -65,14 +65,16 @@ def _first(g, shapes):
             if fc is None or not _plain(fc, scope) or not _same_2d(shapes, add, fc):
                 continue
             other = add.input[1 - k]
-            rewrite = _gathered(g, scope, shapes, add, fc, single(other, "Gather")) or \
-                _residual(g, scope, add, fc, other, single)
+            rewrite = _gathered(scope, shapes, add, fc, single(other, "Gather")) or \
+                _residual(scope, add, fc, other, single)
             if rewrite is not None:
                 return rewrite
     return None
 
 
-def _residual(g, scope, add, fc2, x, single):
+def _residual(scope, add, fc2, x, single):
+    """`x + fc2(relu(fc1(h)))` -> `Gemm(relu(fc1'(h)), w2', C=x)`, fc1' one unit more
+    (when `fc2` has a bias)."""
     sum_gemm = helper.make_node("Gemm", [fc2.input[0], "", x], list(add.output),
                                 name=add.name or fc2.name, transB=1)
     replace = {tuple(fc2.output): None, tuple(add.output): sum_gemm}
@@ -96,7 +98,7 @@ def _residual(g, scope, add, fc2, x, single):
     return replace, inits + [_tensor(w2, fc2, "w")]
 
 
-def _gathered(g, scope, shapes, add, fc, gather):
+def _gathered(scope, shapes, add, fc, gather):
     """`fc(h) + table[i]` -> `Gemm(h, w, C=(table + bias)[i])`, when `table` is constant
     and the gathered rows broadcast to the `Gemm`'s result."""
     if gather is None or any(a.name == "axis" and a.i != 0 for a in gather.attribute):

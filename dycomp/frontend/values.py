@@ -159,6 +159,7 @@ class HVal:
     def __setitem__(self, key, value):  # a host dict or list changed in place
         tracer().host_op("{0}[{1}] = {2}", (self, key, value),
                          lambda o, k, v: o.__setitem__(k, v), pure=False)
+
     __add__, __radd__ = _hop("({0} + {1})", lambda a, b: a + b), _hrop("({0} + {1})", lambda a,
                                                                           b: a + b)
     __sub__, __rsub__ = _hop("({0} - {1})", lambda a, b: a - b), _hrop("({0} - {1})", lambda a,
