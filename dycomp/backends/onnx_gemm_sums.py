@@ -15,7 +15,7 @@ ways:
   loop body) 4 % faster: a node less per iteration.
 
 A sum that would broadcast the `Gemm`'s result to another shape stays (the shapes are
-ONNX shape inference's).
+ONNX shape inference's: `onnx_layout.static_shapes`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from dycomp.runtime.onnx_layout import static_shapes
 from dycomp.runtime.onnx_paths import constant, definitions, reader_counts
 
 _GRAPH = onnx.AttributeProto.GRAPH
@@ -31,8 +32,7 @@ _GRAPH = onnx.AttributeProto.GRAPH
 
 def fold_sums_into_gemms(model: onnx.ModelProto) -> int:
     """Rewrite every such sum of `model` (subgraphs included); returns how many."""
-    shapes = _shapes(onnx.shape_inference.infer_shapes(model).graph)
-    return _fold(model.graph, shapes)
+    return _fold(model.graph, static_shapes(model))
 
 
 def _fold(g: onnx.GraphProto, shapes: dict) -> int:
@@ -104,8 +104,7 @@ def _gathered(scope, shapes, add, fc, gather):
     if gather is None or any(a.name == "axis" and a.i != 0 for a in gather.attribute):
         return None
     table, index = constant(scope.get(gather.input[0])), shapes.get(gather.input[1])
-    if table is None or table.dtype != np.float32 or table.ndim == 0 or index is None \
-            or None in index:
+    if table is None or table.dtype != np.float32 or table.ndim == 0 or index is None:
         return None
     bias = _bias(fc, scope)
     rows = np.array([t + (0 if bias is None else bias) for t in table], np.float32)
@@ -130,8 +129,7 @@ def _same_2d(shapes: dict, add, fc) -> bool:
     """Whether the sum has the `Gemm`'s result's static 2-d shape (the other addend
     broadcasts to it, as `C` must)."""
     shape = shapes.get(fc.output[0])
-    return shape is not None and len(shape) == 2 and None not in shape \
-        and shapes.get(add.output[0]) == shape
+    return shape is not None and len(shape) == 2 and shapes.get(add.output[0]) == shape
 
 
 def _plain(n: onnx.NodeProto, scope: dict) -> bool:
@@ -169,19 +167,3 @@ def _name(n, tag: str) -> str:
 
 def _tensor(value: np.ndarray, n, tag: str) -> onnx.TensorProto:
     return numpy_helper.from_array(np.ascontiguousarray(value), _name(n, tag))
-
-
-def _shapes(g: onnx.GraphProto) -> dict:
-    """Name -> static shape (a tuple, None for an unknown dimension) over `g` and its
-    subgraphs, from the value infos shape inference left."""
-    out = {}
-    for vi in [*g.input, *g.value_info, *g.output]:
-        t = vi.type.tensor_type
-        if t.HasField("shape"):
-            out[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None
-                                 for d in t.shape.dim)
-    for n in g.node:
-        for a in n.attribute:
-            if a.type == _GRAPH:
-                out.update(_shapes(a.g))
-    return out
