@@ -32,6 +32,7 @@ from dycomp.backends.onnx_conditions import (
 )
 from dycomp.backends.onnx_switch import SWITCH, gather_switches
 from dycomp.backends.onnx_tables import RANDOM_OPS, tabulate
+from dycomp.backends.onnx_thresholds import fold_thresholds
 from dycomp.ir.program import Assign, CallRegion, HostOp, If, Lit, Loop, Var, float32_bound, walk
 from dycomp.runtime.onnx_paths import PATH_OUTPUT, constant_tensor, drop_dead
 
@@ -231,7 +232,7 @@ class Builder:
                                         if isinstance(s, CallRegion))].onnx
         m = helper.make_model(g, opset_imports=list(first.opset_import))
         m.ir_version = first.ir_version
-        if drop_noop_reshapes(m):
+        if drop_noop_reshapes(m) + fold_thresholds(m):
             drop_dead(m.graph)
         _check(m)
         return m
