@@ -65,21 +65,28 @@ def tabulate(nodes: list, inits: list, outputs: list, outer: dict, it: str,
 
 def _evaluate(chain, consts, it, trips, needed, opsets) -> list | None:
     """Each needed value for iterations 0 .. trips-1, stacked; None if they change shape."""
-    read = {x for n in chain for x in n.input}
-    g = helper.make_graph(chain, "table", [helper.make_tensor_value_info(
-        it, onnx.TensorProto.INT64, [])], [onnx.ValueInfoProto(name=n) for n in needed],
-        [_named(consts[x], x) for x in sorted(read) if x in consts])
-    model = helper.make_model(g, opset_imports=opsets)
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(model.SerializeToString(), so,
-                                providers=["CPUExecutionProvider"])
+    sess = compile_time_session(chain, consts, [helper.make_tensor_value_info(
+        it, onnx.TensorProto.INT64, [])], needed, opsets)
     rows = [sess.run(needed, {it: np.array(i, np.int64)}) for i in range(trips)]
     columns = [[np.asarray(r[k]) for r in rows] for k in range(len(needed))]
     if any(len({(v.shape, v.dtype) for v in col}) > 1 for col in columns):
         return None
     return [np.stack(col) for col in columns]
+
+
+def compile_time_session(nodes: list, consts: dict, inputs: list, outputs: list,
+                         opsets) -> ort.InferenceSession:
+    """A session running `nodes` on the constants they read (`consts`: name ->
+    tensor) and `inputs`, unoptimized: the values ONNX Runtime's kernels compute."""
+    read = {x for n in nodes for x in n.input}
+    g = helper.make_graph(nodes, "compile_time", inputs,
+                          [onnx.ValueInfoProto(name=n) for n in outputs],
+                          [_named(consts[x], x) for x in sorted(read) if x in consts])
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(helper.make_model(g, opset_imports=opsets).SerializeToString(),
+                                so, providers=["CPUExecutionProvider"])
 
 
 def _named(t: onnx.TensorProto, name: str) -> onnx.TensorProto:

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
+from dycomp.backends.onnx_tables import RANDOM_OPS, compile_time_session
 from dycomp.runtime.onnx_layout import static_shapes
 from dycomp.runtime.onnx_paths import constant, constant_tensor, definitions, reader_counts
 
@@ -96,9 +96,10 @@ def _computed(name: str, own: dict, scope: dict, shapes: dict, opsets
     """The value of `name` when the nodes computing it read only constants and the shapes
     of values whose shape is static (`n - 1` from `Shape(x)`): ONNX Runtime runs them
     once, as it would fold them."""
-    nodes, consts, todo = {}, {}, [name]
+    nodes, consts, seen, todo = {}, {}, set(), [name]
     while todo:
         x = todo.pop()
+        seen.add(x)
         n = own.get(x)
         if n is None:
             t = constant_tensor(scope.get(x))
@@ -107,28 +108,18 @@ def _computed(name: str, own: dict, scope: dict, shapes: dict, opsets
             consts[x] = t
         elif n.op_type == "Shape" and n.input[0] in shapes and len(n.attribute) == 0:
             consts[x] = numpy_helper.from_array(np.array(shapes[n.input[0]], np.int64), x)
-        elif any(a.type == _GRAPH for a in n.attribute) or len(nodes) > 16:
+        elif n.op_type in RANDOM_OPS or any(a.type == _GRAPH for a in n.attribute) \
+                or len(nodes) > 16:
             return None
         else:
-            nodes[x] = n
-            todo += [i for i in n.input if i and i not in nodes and i not in consts]
-    order = [n for n in own.values() if n.output[0] in nodes]
-    g = helper.make_graph(list({id(n): n for n in order}.values()), "constant", [],
-                          [onnx.ValueInfoProto(name=name)],
-                          [_renamed(t, x) for x, t in consts.items()])
+            nodes[id(n)] = n
+            todo += [i for i in n.input if i and i not in seen]
+    order = [n for n in {id(m): m for m in own.values()}.values() if id(n) in nodes]
     try:
-        session = ort.InferenceSession(helper.make_model(g, opset_imports=opsets)
-                                       .SerializeToString(), providers=["CPUExecutionProvider"])
+        session = compile_time_session(order, consts, [], [name], opsets)
         return numpy_helper.from_array(np.asarray(session.run([name], {})[0]))
     except Exception:  # not computable here: no fold
         return None
-
-
-def _renamed(t: onnx.TensorProto, name: str) -> onnx.TensorProto:
-    out = onnx.TensorProto()
-    out.CopyFrom(t)
-    out.name = name
-    return out
 
 
 def _scalar(x) -> np.float32 | None:
