@@ -26,9 +26,13 @@ from torch.fx.node import _get_qualified_name
 
 from dycomp.backends.onnx_gemm_sums import fold_sums_into_gemms
 from dycomp.backends.onnx_gru import fuse_gru_cells
+from dycomp.backends.onnx_thresholds import fold_thresholds
 from dycomp.errors import UnsupportedError
 from dycomp.ir.shapes import mark_dynamic
-from dycomp.runtime.onnx_layout import all_nodes  # noqa: F401 (re-exported)
+from dycomp.runtime.onnx_layout import (
+    all_nodes,  # noqa: F401 (re-exported)
+    static_shapes,
+)
 from dycomp.runtime.onnx_paths import drop_dead
 
 log = logging.getLogger(__name__)
@@ -80,7 +84,7 @@ def lower_onnx(graph, threads: int = 2, opset: int = DEFAULT_OPSET, fuse: bool =
     models = export_regions(graph, opset)
     if quantize is not None:
         quantize(graph)
-    folded = sum(_fold_sums(r.onnx) for r in graph.regions.values())
+    folded = sum(_simplify(r.onnx) for r in graph.regions.values())
     n = fuse_branches(graph) if fuse else None
     if n:
         log.info("lowered %d host branches and %d loops into ONNX If / Loop nodes: %d "
@@ -97,9 +101,11 @@ def lower_onnx(graph, threads: int = 2, opset: int = DEFAULT_OPSET, fuse: bool =
         raise _unloadable(graph, getattr(e, "failed", {}), e) from e
 
 
-def _fold_sums(model: onnx.ModelProto) -> int:
-    """`fold_sums_into_gemms`, then what it left unread dropped."""
-    done = fold_sums_into_gemms(model)
+def _simplify(model: onnx.ModelProto) -> int:
+    """A region's sums into `Gemm`s and decisions into thresholds (one shape inference for
+    both: the folds keep every name they read), then what they left unread dropped."""
+    shapes = static_shapes(model)
+    done = fold_sums_into_gemms(model, shapes) + fold_thresholds(model, shapes)
     if done:
         drop_dead(model.graph)
     return done

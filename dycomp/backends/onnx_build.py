@@ -32,7 +32,6 @@ from dycomp.backends.onnx_conditions import (
 )
 from dycomp.backends.onnx_switch import SWITCH, gather_switches
 from dycomp.backends.onnx_tables import RANDOM_OPS, tabulate
-from dycomp.backends.onnx_thresholds import fold_thresholds
 from dycomp.ir.program import Assign, CallRegion, HostOp, If, Lit, Loop, Var, float32_bound, walk
 from dycomp.runtime.onnx_paths import PATH_OUTPUT, constant_tensor, drop_dead
 
@@ -192,7 +191,8 @@ class Builder:
         self.nodes: list = []
         self.initializers: list = []
         self.live: set = set()  # loop-carried and synthetic variables of enclosing loops
-        self.scan_flags: dict = {}  # an appended value -> its flag: read only where set
+        # an appended value of the loops being built -> its flag: read only where set
+        self.scan_flags: dict = {}
         self.depth = 0
         # (Append, scan value, scan taken, whether the taken scan holds its negation) of
         # top-level loops
@@ -232,7 +232,7 @@ class Builder:
                                         if isinstance(s, CallRegion))].onnx
         m = helper.make_model(g, opset_imports=list(first.opset_import))
         m.ir_version = first.ir_version
-        if drop_noop_reshapes(m) + fold_thresholds(m):
+        if drop_noop_reshapes(m):
             drop_dead(m.graph)
         _check(m)
         return m
@@ -611,13 +611,13 @@ class Builder:
         results = [lambda: self.loop_cond(plan)] + carried + [
             lambda: self.joined([path] + self.trace)] + [
             v for a in plan.appends for v in (a.value, a.taken)]
-        outer_live = self.live
+        outer_live, outer_flags = self.live, self.scan_flags
         self.live = self.live | set(carried) | synthetic
-        self.scan_flags.update((a.value, a.taken) for a in plan.appends)
+        self.scan_flags = {**outer_flags, **{a.value: a.taken for a in plan.appends}}
         try:
             nodes, inits, outs = self.subgraph(body, results, inputs)
         finally:
-            self.live = outer_live
+            self.live, self.scan_flags = outer_live, outer_flags
         negated = _negated_flags(nodes, outs, len(outs) - 2 * len(plan.appends))
         nodes, inits = self.hoist(nodes, inits, [n for n, _, _ in inputs], outs)
         nodes, inits = tabulate(nodes, inits, [o.name for o in outs], self.constants(), it,
@@ -745,9 +745,10 @@ def dedupe(g: onnx.GraphProto, known: dict | None = None, renamed: dict | None =
         if key in known and (not exposed or inner and made.issuperset(known[key])
                              and not outputs.intersection(known[key])):
             renamed.update(zip(n.output, known[key]))
-            for o in g.output:
-                o.name = renamed.get(o.name, o.name)
-            outputs = {o.name for o in g.output}
+            if exposed:
+                for o in g.output:
+                    o.name = renamed.get(o.name, o.name)
+                outputs = {o.name for o in g.output}
             removed += 1
             continue
         if key is not None and not exposed:

@@ -30,9 +30,10 @@ from dycomp.runtime.onnx_paths import constant, definitions, reader_counts
 _GRAPH = onnx.AttributeProto.GRAPH
 
 
-def fold_sums_into_gemms(model: onnx.ModelProto) -> int:
-    """Rewrite every such sum of `model` (subgraphs included); returns how many."""
-    return _fold(model.graph, static_shapes(model))
+def fold_sums_into_gemms(model: onnx.ModelProto, shapes: dict | None = None) -> int:
+    """Rewrite every such sum of `model` (subgraphs included); returns how many.
+    `shapes`: `static_shapes(model)`, when the caller has it."""
+    return _fold(model.graph, static_shapes(model) if shapes is None else shapes)
 
 
 def _fold(g: onnx.GraphProto, shapes: dict) -> int:

@@ -1,9 +1,10 @@
 """A comparison of a monotone function of a value, folded into its threshold (a pass on
 ONNX graphs).
 
-`if x.std() > t:` exports as `Sqrt(Div(Mul(ReduceMean(d * d), n), n - 1)) > t`, and a
-fused graph needs only the decision (an `If` condition, a break flag), not the
-standard deviation. Every op between the reduced value `v` and the comparison is
+`if x.std() > t:` exports as `Sqrt(Div(Mul(ReduceMean(d * d), n), n - 1)) > t`, and the
+region needs only the decision (the host's `bool`, or an `If` condition once fused),
+not the standard deviation. Run on every region before fusion, with the sums into
+`Gemm`s (`onnx_backend.lower_onnx`). Every op between the reduced value `v` and the comparison is
 monotone non-decreasing and correctly rounded in float32 (`Sqrt`; `Mul` or `Div` by a
 positive constant; `Add` or `Sub` of a constant), so `f(v) > t` holds exactly for the
 float32 values above one bound: the largest float32 `b` for which it does not hold,
@@ -27,9 +28,11 @@ _GRAPH = onnx.AttributeProto.GRAPH
 _INF = 0x7F800000  # the key of +inf; -inf's is its negation
 
 
-def fold_thresholds(model: onnx.ModelProto) -> int:
-    """Fold every such comparison of `model` (subgraphs included); returns how many."""
-    return _fold(model.graph, {}, static_shapes(model), model.opset_import)
+def fold_thresholds(model: onnx.ModelProto, shapes: dict | None = None) -> int:
+    """Fold every such comparison of `model` (subgraphs included); returns how many.
+    `shapes`: `static_shapes(model)`, when the caller has it."""
+    return _fold(model.graph, {}, static_shapes(model) if shapes is None else shapes,
+                 model.opset_import)
 
 
 def _fold(g: onnx.GraphProto, outer: dict, shapes: dict, opsets) -> int:
