@@ -18,6 +18,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 from dycomp.backends import lower
 from dycomp.errors import DycompError, PassError, UnsupportedError
 from dycomp.frontend.capture import InputSpec, capture
+from dycomp.frontend.randomness import has_random
 from dycomp.ir.dyngraph import DynGraph
 from dycomp.logs import configure as configure_logging
 from dycomp.passes import run_passes
@@ -59,6 +60,7 @@ def compile(model, example_inputs, *, example_kwargs: dict | None = None,
         notes.append(note)
     graph, spec = capture(fn, args, kwargs)
     graph.verify()
+    random = has_random(graph)
     log.info("captured %s: %s", graph.source, graph.stats())
     if_nodes = backend == "onnx" and fuse_branches
     graph = run_passes(graph, _optimizations(optimize, if_nodes) + _lowering(if_nodes)
@@ -85,7 +87,7 @@ def compile(model, example_inputs, *, example_kwargs: dict | None = None,
     if check:
         from dycomp.check import differential_check
 
-        differential_check(fn, cm, args, kwargs)
+        differential_check(fn, cm, args, kwargs, random=random)
     return cm
 
 

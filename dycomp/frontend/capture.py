@@ -13,6 +13,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from dycomp.errors import UnsupportedError
 from dycomp.frontend import ops
+from dycomp.frontend.randomness import no_distribution_checks
 from dycomp.frontend.tracer import Tracer
 from dycomp.frontend.values import TVal
 from dycomp.ir.dyngraph import DynGraph, Region
@@ -54,7 +55,7 @@ def capture(fn, args: tuple, kwargs: dict) -> tuple[DynGraph, InputSpec]:
     saved = _save_state(root)
     tr = Tracer(root)
     try:
-        with tr, torch.no_grad():
+        with tr, torch.no_grad(), no_distribution_checks():
             targs = []
             for leaf, name in zip(leaves, names):
                 if isinstance(leaf, torch.Tensor):

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from dycomp.frontend import convert as _convert
-from dycomp.frontend import torchfn
+from dycomp.frontend import randomness, torchfn
 from dycomp.frontend.tracer import (
     FuncScope,
     LoopScope,
@@ -245,6 +245,10 @@ def _call_module(m, args, kwargs):
             x = call(sub, x)
         return x
     t = tracer()
+    drop = randomness.dropout(m)
+    if drop is not None:  # in training mode: drawn per call
+        x = args[0]
+        return drop(x if isinstance(x, TVal) else t.const_tensor(x))
     if _is_leaf(m):
         if contains_sym(args) or contains_sym(kwargs):
             return torchfn.call_module(t, m, args, kwargs)
@@ -260,6 +264,8 @@ def _call_module(m, args, kwargs):
 def _call_library(f, args, kwargs):
     sym = contains_sym(args) or contains_sym(kwargs)
     if not sym:
+        if randomness.is_random(f):  # a draw with static arguments: drawn per call
+            return randomness.call_random(tracer(), f, args, kwargs)
         return f(*args, **kwargs)
     t = tracer()
     if f is print:

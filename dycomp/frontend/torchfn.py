@@ -7,6 +7,7 @@ import operator
 import torch
 from torch.utils._pytree import tree_flatten, tree_map
 
+from dycomp.frontend.randomness import INPLACE, check_generator, multinomial, rewrite
 from dycomp.frontend.values import HVal, TVal
 
 # Operations whose result is static metadata (shapes, dtypes), answered from the example.
@@ -68,6 +69,10 @@ def torch_function(tr, func, args, kwargs):
             return func(*tree_map(_unwrap, args), **tree_map(_unwrap, kwargs))
     if name == "__iter__" and isinstance(self_, TVal):
         return iter(torch.unbind(self_, 0))
+    if name in ("multinomial",) + tuple(INPLACE) or kwargs.get("generator") is not None:
+        return _random(tr, func, name, args, kwargs)
+    if rewrite(func, name) is not None:
+        return rewrite(func, name)(*args, **kwargs)
     if name == "__setitem__":
         return _inplace(tr, setitem, args, kwargs, self_)
     if name in _INPLACE_DUNDER:
@@ -83,15 +88,29 @@ def torch_function(tr, func, args, kwargs):
     return record(tr, func, args, kwargs, getter=getter, name=name)
 
 
+def _random(tr, func, name, args, kwargs):
+    """Draws ONNX can express: in-place ones out of place, multinomial as a batch."""
+    check_generator(tr, kwargs)
+    if name == "multinomial":
+        return multinomial(tr, *args, **kwargs)
+    if name in INPLACE and _is_method(func, name):
+        return _assign(tr, INPLACE[name](*args, **kwargs), args[0])
+    return record(tr, func, args, kwargs, name=name)
+
+
 def _inplace(tr, func, args, kwargs, target):
-    out = record(tr, func, args, kwargs)
+    return _assign(tr, record(tr, func, args, kwargs), target, func is setitem)
+
+
+def _assign(tr, out, target, none=False):
+    """`target` now holds `out` (an in-place update, undone per branch arm)."""
     if not isinstance(target, TVal):
         tr.fail("in-place update of a tensor that is not traced (a parameter or constant)",
                 "do not mutate weights inside forward")
     tr.journal.append((target, target._state()))
     target._set_state((out._ex, out._region, out._node, None, target._sym, target._maybe_none))
     target._mutated = True
-    return None if func is setitem else target
+    return None if none else target
 
 
 def record(tr, func, args, kwargs, getter=False, name=None):
