@@ -5,6 +5,7 @@ compile() reads top to bottom: capture -> verify -> passes -> lower -> check.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import types
 from pathlib import Path
@@ -22,6 +23,7 @@ from dycomp.frontend.randomness import has_random
 from dycomp.ir.dyngraph import DynGraph
 from dycomp.logs import configure as configure_logging
 from dycomp.passes import run_passes
+from dycomp.runtime.errors import ModelError
 from dycomp.runtime.host import HostProgram
 
 log = logging.getLogger(__name__)
@@ -242,8 +244,11 @@ class CompiledModel:
 
     def run(self, *args, return_path: bool = False, **kwargs):
         inputs, use_torch = self._inputs(args, kwargs)
-        out, path = (self.program.run_path(*inputs) if return_path
-                     else (self.program.run(*inputs), None))
+        try:
+            out, path = (self.program.run_path(*inputs) if return_path
+                         else (self.program.run(*inputs), None))
+        except ModelError as e:
+            raise _own_exception(e) from None
         if use_torch:
             out = _to_torch(out)
         return (out, path) if return_path else out
@@ -294,6 +299,19 @@ def _manifest_subgraphs(subgraphs: dict) -> dict[str, dict]:
     return {name: {"ops": sub.get("ops"), "params": sub.get("params"),
                    "inputs": sig(sub["inputs"]), "outputs": sig(sub["outputs"]),
                    "lines": list(sub.get("lines", []))} for name, sub in subgraphs.items()}
+
+
+def _own_exception(e: ModelError) -> BaseException:
+    """The model's own exception class, rebuilt where it can be imported, else `e`."""
+    try:
+        cls = importlib.import_module(e.module)
+        for part in e.qualname.split("."):
+            cls = getattr(cls, part)
+        if isinstance(cls, type) and issubclass(cls, BaseException):
+            return cls(*e.exc_args)
+    except Exception:  # not importable or not constructible from its arguments
+        log.debug("cannot rebuild %s.%s", e.module, e.qualname, exc_info=True)
+    return e
 
 
 def _same(a, b) -> bool:

@@ -97,6 +97,32 @@ def compare_structure(expected, actual, where="out") -> str | None:
     return None if same else f"{where}: expected a {type(expected).__name__}, got {actual!r}"
 
 
+def _outcome(fn, cm, a, k):
+    """Eager and compiled outputs, or the exceptions they raised (a model's own `raise`
+    or `assert`), and the compiled path."""
+    try:
+        with torch.no_grad():
+            expected = fn(*copy.deepcopy(a), **copy.deepcopy(k))
+    except Exception as e:
+        expected = e
+    try:
+        actual, path = cm.run(*a, return_path=True, **k)
+    except Exception as e:
+        actual, path = e, ["raised"]
+    return expected, actual, path
+
+
+def compare_raised(expected, actual) -> str | None:
+    """None if both raised an exception of the same class name and message."""
+    def name(x):
+        return type(x).__name__ if isinstance(x, BaseException) else "no exception"
+
+    if name(expected) != name(actual) or str(expected) != str(actual):
+        return f"expected {name(expected)}({expected}), got {name(actual)}" + (
+            f"({actual})" if isinstance(actual, BaseException) else "")
+    return None
+
+
 def differential_check(fn, cm, args, kwargs, n: int = 8, random: bool = False) -> int:
     """Run eager and compiled on the examples and `n` generated inputs; raise on mismatch.
 
@@ -104,10 +130,11 @@ def differential_check(fn, cm, args, kwargs, n: int = 8, random: bool = False) -
     value and may take other paths: only their structure is compared."""
     count = 0
     for a, k in variants(args, kwargs, n):
-        with torch.no_grad():
-            expected = fn(*copy.deepcopy(a), **copy.deepcopy(k))
-        actual, path = cm.run(*a, return_path=True, **k)
-        diff = (compare_structure if random else compare)(expected, actual)
+        expected, actual, path = _outcome(fn, cm, a, k)
+        if isinstance(expected, BaseException) or isinstance(actual, BaseException):
+            diff = compare_raised(expected, actual)
+        else:
+            diff = (compare_structure if random else compare)(expected, actual)
         if diff:
             raise MismatchError(f"compiled model differs from eager on input #{count}: {diff} "
                                 f"(compiled path: {' -> '.join(path)})")

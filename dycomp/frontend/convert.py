@@ -308,7 +308,38 @@ class _Converter(ast.NodeTransformer):
 
     def visit_Assert(self, node):
         msg = self.visit(node.msg) if node.msg is not None else _const(None)
-        return ast.Expr(_call("assert_", self.visit(node.test), _lambda(msg)))
+        return ast.Expr(_call("assert_", self.visit(node.test), _lambda(msg), self._loc(node)))
+
+    def visit_Raise(self, node):
+        exc = self.visit(node.exc) if node.exc is not None else _const(None)
+        return ast.Expr(_call("raise_", exc, self._loc(node)))
+
+    def visit_Try(self, node):
+        """try_(body, [(classes, handler(e))...], else, finally, get, set, loc)."""
+        stmts = node.body + node.orelse + node.finalbody + [
+            s for h in node.handlers for s in h.body]
+        get, set_, slots, names = self._state(assigned(stmts))
+        body = _def(self._fresh("try"), self._block(node.body), nonlocals=names)
+        defs, handlers = [body], []
+        for h in node.handlers:
+            fn = _def(self._fresh("except"), self._block(h.body), args=[h.name or "_dyc_e"],
+                      nonlocals=[n for n in names if n != h.name])
+            defs.append(fn)
+            classes = self.visit(h.type) if h.type is not None else _const(None)
+            handlers.append(ast.Tuple(elts=[classes, _name(fn.name)], ctx=ast.Load()))
+        extra = []
+        for block in (node.orelse, node.finalbody):
+            fn = _def(self._fresh("tryelse"), self._block(block), nonlocals=names)
+            if block:
+                defs.append(fn)
+            extra.append(_name(fn.name) if block else _const(None))
+        call = _call("try_", _name(body.name), ast.List(elts=handlers, ctx=ast.Load()), *extra,
+                     _name(get.name), _name(set_.name), self._loc(node))
+        return self._at(node, defs + [get, set_] + self._propagate(call))
+
+    def visit_TryStar(self, node):
+        raise UnsupportedError("try/except*", f"{self.filename}:{node.lineno}",
+                               "use a plain except")
 
     def visit_Match(self, node):
         raise UnsupportedError("match statement", f"{self.filename}:{node.lineno}",

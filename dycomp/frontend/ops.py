@@ -18,6 +18,7 @@ from torch import nn
 
 from dycomp.frontend import convert as _convert
 from dycomp.frontend import randomness, torchfn
+from dycomp.frontend.exceptions import PathEnded, assert_, raise_, run_path, try_
 from dycomp.frontend.tracer import (
     FuncScope,
     LoopScope,
@@ -43,7 +44,8 @@ from dycomp.frontend.values import (
 )
 from dycomp.ir.program import SWITCH_CASE, Assign, Break, Continue, If, Lit, Loop
 
-__all__ = ["BREAK", "CONTINUE", "Ret", "UNDEF", "call", "for_", "getitem", "if_", "while_"]
+__all__ = ["BREAK", "CONTINUE", "Ret", "UNDEF", "assert_", "call", "for_", "getitem", "if_",
+           "raise_", "try_", "while_"]
 
 _HOST_BUILTINS = {max, min, sorted, any, all, set, frozenset, round, divmod, pow, sum, list,
                   tuple, dict, abs, reversed, str, repr, enumerate, zip}
@@ -62,11 +64,6 @@ def attr(obj, name):
 def setattr_(obj, name, value):
     if value is not UNDEF:
         setattr(obj, name, value)
-
-
-def assert_(cond, msg_fn):
-    if not is_sym(cond) and not cond:
-        raise AssertionError(msg_fn())
 
 
 # -- boolean operators ----------------------------------------------------------------
@@ -345,6 +342,8 @@ def _run_converted(fn, args, kwargs):
     t.scopes.append(scope)
     try:
         r = fn(*args, **kwargs)
+    except PathEnded:  # the path raised: earlier returns still leave the function
+        r = EXITED
     finally:
         t.scopes.pop()
         t.call_depth[key] = depth
@@ -352,6 +351,8 @@ def _run_converted(fn, args, kwargs):
         r = Ret(None)
     if isinstance(r, Ret):
         scope.exits.append(t.snapshot(r.value))
+    if not scope.exits and r is EXITED:
+        raise PathEnded
     if not scope.exits:
         t.fail(f"{fn.__qualname__} never returns")
     return t.merge(scope.exits, since, own=(scope.flag,))
@@ -398,7 +399,7 @@ def if_(cond, then_fn, else_fn, get, set_, loc="", src=""):
     for fn, block in ((then_fn, stmt.then), (else_fn, stmt.orelse)):
         set_(own_containers(init))
         t.blocks = base + [block]
-        _classify(t, fn(), get, paths)
+        _classify(t, run_path(fn), get, paths)
         t.undo(mark)
     if not paths:
         t.blocks = base
@@ -457,7 +458,7 @@ def _static_iteration(t, scope, run, get, set_):
     since = len(t.exit_log)
     t.scopes.append(scope)
     try:
-        r = run()
+        r = run_path(run)
     finally:
         t.scopes.pop()
     paths = scope.conts
@@ -543,7 +544,7 @@ def _trace_body(t, header, init, get, set_, loc, src, body_fn, cond_fn, iterable
                 t.emit(If(nc._var, then=[Break()], line=loc, source=f"not ({src})"))
             elif not c:
                 t.emit(Break())
-        r = body_fn(item)
+        r = run_path(body_fn, item)
         paths: list = []
         _classify(t, r, get, paths)
         if paths:

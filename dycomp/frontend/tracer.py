@@ -85,6 +85,7 @@ class Tracer:
         self.exit_log: list[Var] = []  # flags of the exits recorded so far, in order
         self.resolved: set[Var] = set()  # exit flags whose paths have been joined again
         self.journal: list = []  # (tensor, state before an in-place op), to undo per arm
+        self.handling: list = []  # exceptions whose `except:` handler is being traced
 
     # -- activation ---------------------------------------------------------------
     def __enter__(self):
