@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dycomp.errors import UnsupportedError
 from dycomp.frontend import convert as _convert
 from dycomp.frontend import torchfn
 from dycomp.frontend.tracer import (
@@ -440,7 +441,7 @@ def for_(iterable, body_fn, get, set_, loc="", src="", can_exit=False):
             return _host_loop(t, get, set_, loc, src, iterable=iterable, body_fn=body_fn,
                               probe=True)
         except _UnrollInstead:
-            pass  # the body selects modules by the counter: unrolled below
+            pass  # the body selects modules by the counter, or needs it as an int
     elif isinstance(iterable, HVal) or (isinstance(iterable, range) and can_exit):
         return _host_loop(t, get, set_, loc, src, iterable=iterable, body_fn=body_fn)
     scope = _static_scope(t, get)
@@ -495,13 +496,17 @@ def _host_loop(t, get, set_, loc, src, body_fn, cond_fn=None, iterable=None, pro
         block, n0 = t.blocks[-1], len(t.blocks[-1])
         set_(init)
         header = _header(t, init, kinds)
+        saved = _tracer_marks(t) if probe else None
         try:
             loop = _trace_body(t, header, init, get, set_, loc, src, body_fn, cond_fn,
                                iterable, probe)
-        except _UnrollInstead:
+        except (_UnrollInstead, UnsupportedError) as e:
+            if not probe:
+                raise
             del block[n0:]
+            _restore_marks(t, saved)
             set_(init)
-            raise
+            raise _UnrollInstead from e
         new = _widen(kinds or tuple(_kind(v) for v in header), loop.seen)
         if new == (kinds or tuple(_kind(v) for v in header)):
             break
@@ -581,12 +586,28 @@ def _trace_body(t, header, init, get, set_, loc, src, body_fn, cond_fn, iterable
 # body selects a module or a non-host list element by `i` (`self.layer[i]`, PABEE's
 # `head_mask[i]` of `[None] * n`): each iteration then runs different weights, and a host
 # loop would switch among all n options on every iteration. Such loops of at most
-# UNROLL_MAX iterations are unrolled, `i` a Python int in each copy.
+# UNROLL_MAX iterations are unrolled, `i` a Python int in each copy; so are those whose
+# body a host loop cannot express (`lst[int(i / k):...]`, an UnsupportedError).
 UNROLL_MAX = 64
 
 
 class _UnrollInstead(Exception):
     """Raised while probing a loop body that selects a module by the loop counter."""
+
+
+def _tracer_marks(t) -> tuple:
+    return (set(t.regions), len(t.exit_log), set(t.resolved), set(t.maybe_undef),
+            len(t.predeclare), dict(t.call_depth), t.counter)
+
+
+def _restore_marks(t, saved) -> None:
+    """Forget what a probed loop body traced (its statements are deleted by the caller)."""
+    regions, n_exits, resolved, undef, n_pre, depth, _ = saved
+    for name in set(t.regions) - regions:
+        del t.regions[name]
+    t.open = None
+    del t.exit_log[n_exits:], t.predeclare[n_pre:]
+    t.resolved, t.maybe_undef, t.call_depth = resolved, undef, depth
 
 
 def _probe_unroll(index) -> None:
