@@ -77,3 +77,71 @@ class GatedEncoder(nn.Module):
         if h[0, 0, 0] > 0:
             h = self.encoder(h)
         return self.head(h[:, 0])
+
+
+class SharedGroups(nn.Module):
+    """ALBERT's loop: one shared layer, its head mask sliced by `int(i / k)` of the
+    counter, a classifier per iteration, `break` when two heads agree."""
+
+    def __init__(self, dim=8, n=4, classes=3):
+        super().__init__()
+        self.n = n
+        self.shared = TinyLayer(dim)
+        self.heads = nn.ModuleList([nn.Linear(dim, classes) for _ in range(n)])
+
+    def forward(self, x):
+        head_mask = [None] * self.n
+        h, result = x, None
+        for i in range(self.n):
+            group = int(i / (self.n / 1))
+            masks = head_mask[group * self.n:(group + 1) * self.n]
+            h = self.shared(h, masks[i])
+            logits = self.heads[i](h)
+            if result is not None and torch.all(logits.argmax(1).eq(result.argmax(1))):
+                result = logits
+                break
+            result = logits
+        return result
+
+
+class Recurrent(nn.Module):
+    """A range loop with a data-dependent `break` whose body uses the same weights each
+    time: it stays one host loop (not unrolled)."""
+
+    def __init__(self, dim=8):
+        super().__init__()
+        self.cell = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        h = x
+        for _ in range(20):
+            h = torch.tanh(self.cell(h))
+            if h.sum() > 0:
+                break
+        return h
+
+
+def batch_index_select(x, idx):
+    """DynamicViT's gather of kept tokens, batch by batch."""
+    B, N, C = x.size()
+    offset = torch.arange(B, dtype=torch.long, device=x.device).view(B, 1) * N
+    return x.reshape(B * N, C)[(idx + offset).reshape(-1)].reshape(B, idx.size(1), C)
+
+
+class TokenPruning(nn.Module):
+    """DynamicViT's eval pruning: keep the `argsort(score)[:, :k]` best tokens."""
+
+    def __init__(self, dim=8, ratios=(0.5, 0.25)):
+        super().__init__()
+        self.ratios = ratios
+        self.score = nn.ModuleList([nn.Linear(dim, 1) for _ in ratios])
+        self.blocks = nn.ModuleList([TinyLayer(dim) for _ in ratios])
+
+    def forward(self, x):
+        n = x.shape[1] - 1
+        for p, blk in enumerate(self.blocks):
+            score = self.score[p](x[:, 1:])[:, :, 0]
+            keep = torch.argsort(score, dim=1, descending=True)[:, :int(n * self.ratios[p])]
+            cls = torch.zeros(x.shape[0], 1, dtype=keep.dtype)
+            x = blk(batch_index_select(x, torch.cat([cls, keep + 1], dim=1)))
+        return x.mean(1)
