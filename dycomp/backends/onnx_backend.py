@@ -27,6 +27,7 @@ from torch.fx.node import _get_qualified_name
 from dycomp.backends.onnx_gemm_sums import fold_sums_into_gemms
 from dycomp.backends.onnx_gru import fuse_gru_cells
 from dycomp.backends.onnx_thresholds import fold_thresholds
+from dycomp.backends.torch_fastpath import no_fastpath
 from dycomp.errors import UnsupportedError
 from dycomp.ir.shapes import mark_dynamic
 from dycomp.runtime.onnx_layout import (
@@ -168,7 +169,7 @@ def _export(gm: fx.GraphModule, args: tuple, inputs: list[str], outputs: list[st
     f = io.BytesIO()
     modes = {m: m.training for m in gm.modules()}  # export's eval() + train(orig) loses them
     try:
-        with quiet(), torch.no_grad():
+        with quiet(), torch.no_grad(), no_fastpath():
             torch.onnx.export(gm, args, f, input_names=inputs, output_names=outputs,
                               dynamic_axes=axes or None, opset_version=opset, dynamo=False,
                               do_constant_folding=True)

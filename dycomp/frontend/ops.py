@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from dycomp.errors import UnsupportedError
 from dycomp.frontend import convert as _convert
 from dycomp.frontend import randomness, torchfn
 from dycomp.frontend.exceptions import PathEnded, assert_, raise_, run_path, try_
@@ -153,6 +154,7 @@ def getitem(obj, index):
     if isinstance(index, HVal) and not isinstance(obj, (TVal, HVal)):
         if isinstance(obj, (nn.ModuleList, nn.Sequential)) or (
                 isinstance(obj, (list, tuple)) and not _host_representable(obj)):
+            _probe_unroll(index)
             return SymChoice(list(obj), index)
         if isinstance(obj, nn.ModuleDict):
             return SymChoice(list(obj.values()), index)
@@ -441,7 +443,13 @@ def for_(iterable, body_fn, get, set_, loc="", src="", can_exit=False):
     """Unroll loops over static iterables, except `range` loops that may leave early:
     those (and loops over host values) become host loops with the body traced once."""
     t = tracer()
-    if isinstance(iterable, HVal) or (isinstance(iterable, range) and can_exit):
+    if isinstance(iterable, range) and can_exit and len(iterable) <= UNROLL_MAX:
+        try:
+            return _host_loop(t, get, set_, loc, src, iterable=iterable, body_fn=body_fn,
+                              probe=True)
+        except _UnrollInstead:
+            pass  # the body selects modules by the counter, or needs it as an int
+    elif isinstance(iterable, HVal) or (isinstance(iterable, range) and can_exit):
         return _host_loop(t, get, set_, loc, src, iterable=iterable, body_fn=body_fn)
     scope = _static_scope(t, get)
     for item in iterable:
@@ -483,8 +491,11 @@ def _end_static(t, scope, get, set_, live):
     return None
 
 
-def _host_loop(t, get, set_, loc, src, body_fn, cond_fn=None, iterable=None):
-    """A loop whose trip count depends on data: its body is traced once."""
+def _host_loop(t, get, set_, loc, src, body_fn, cond_fn=None, iterable=None, probe=False):
+    """A loop whose trip count depends on data: its body is traced once.
+
+    `probe`: raise `_UnrollInstead` (with nothing emitted) if the body selects a module
+    or a list element by the loop counter, so that the caller unrolls the loop."""
     init = get()
     kinds = None
     for _ in range(4):
@@ -492,7 +503,17 @@ def _host_loop(t, get, set_, loc, src, body_fn, cond_fn=None, iterable=None):
         block, n0 = t.blocks[-1], len(t.blocks[-1])
         set_(init)
         header = _header(t, init, kinds)
-        loop = _trace_body(t, header, init, get, set_, loc, src, body_fn, cond_fn, iterable)
+        saved = _tracer_marks(t) if probe else None
+        try:
+            loop = _trace_body(t, header, init, get, set_, loc, src, body_fn, cond_fn,
+                               iterable, probe)
+        except (_UnrollInstead, UnsupportedError) as e:
+            if not probe:
+                raise
+            del block[n0:]
+            _restore_marks(t, saved)
+            set_(init)
+            raise _UnrollInstead from e
         new = _widen(kinds or tuple(_kind(v) for v in header), loop.seen)
         if new == (kinds or tuple(_kind(v) for v in header)):
             break
@@ -513,7 +534,8 @@ def _host_loop(t, get, set_, loc, src, body_fn, cond_fn=None, iterable=None):
     return None
 
 
-def _trace_body(t, header, init, get, set_, loc, src, body_fn, cond_fn, iterable):
+def _trace_body(t, header, init, get, set_, loc, src, body_fn, cond_fn, iterable,
+                probe=False):
     init_vals = [(v, x) for v, x in zip(_leaves(header), _leaves(init)) if _var_of(v)]
     srcs = [t.host_expr(x) for _, x in init_vals if x is not UNDEF]
     dsts = [_var_of(v) for v, x in init_vals if x is not UNDEF]
@@ -528,6 +550,7 @@ def _trace_body(t, header, init, get, set_, loc, src, body_fn, cond_fn, iterable
         ex = to_example(iterable)
         first = next(iter(ex), 0) if not isinstance(ex, range) or len(ex) else 0
         item = t.host_value(loop.target, first)
+        item._unroll_probe = probe
     t.emit(loop)
     base = list(t.blocks)
     t.blocks = base + [loop.body]
@@ -564,6 +587,39 @@ def _trace_body(t, header, init, get, set_, loc, src, body_fn, cond_fn, iterable
         for p in scope.rets:
             p.stack[-1] += [Assign([loop.ret[0]], [Lit(True)]), Break()]
     return loop
+
+
+# A `for i in range(n)` loop with a data-dependent `break` stays one host loop unless its
+# body selects a module or a non-host list element by `i` (`self.layer[i]`, PABEE's
+# `head_mask[i]` of `[None] * n`): each iteration then runs different weights, and a host
+# loop would switch among all n options on every iteration. Such loops of at most
+# UNROLL_MAX iterations are unrolled, `i` a Python int in each copy; so are those whose
+# body a host loop cannot express (`lst[int(i / k):...]`, an UnsupportedError).
+UNROLL_MAX = 64
+
+
+class _UnrollInstead(Exception):
+    """Raised while probing a loop body that selects a module by the loop counter."""
+
+
+def _tracer_marks(t) -> tuple:
+    return (set(t.regions), len(t.exit_log), set(t.resolved), set(t.maybe_undef),
+            len(t.predeclare), dict(t.call_depth), t.counter)
+
+
+def _restore_marks(t, saved) -> None:
+    """Forget what a probed loop body traced (its statements are deleted by the caller)."""
+    regions, n_exits, resolved, undef, n_pre, depth, _ = saved
+    for name in set(t.regions) - regions:
+        del t.regions[name]
+    t.open = None
+    del t.exit_log[n_exits:], t.predeclare[n_pre:]
+    t.resolved, t.maybe_undef, t.call_depth = resolved, undef, depth
+
+
+def _probe_unroll(index) -> None:
+    if getattr(index, "_unroll_probe", False):
+        raise _UnrollInstead
 
 
 def _back_edge(t, scope, values):
