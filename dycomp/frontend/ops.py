@@ -18,6 +18,7 @@ from torch import nn
 
 from dycomp.frontend import convert as _convert
 from dycomp.frontend import torchfn
+from dycomp.frontend import unroll as _unroll
 from dycomp.frontend.tracer import (
     FuncScope,
     LoopScope,
@@ -434,8 +435,18 @@ def for_(iterable, body_fn, get, set_, loc="", src="", can_exit=False):
     """Unroll loops over static iterables, except `range` loops that may leave early:
     those (and loops over host values) become host loops with the body traced once."""
     t = tracer()
+    if isinstance(iterable, range) and can_exit and _unroll.can_unroll(iterable):
+        return _unroll.host_or_unrolled(
+            t, lambda: _host_loop(t, get, set_, loc, src, iterable=iterable, body_fn=body_fn,
+                                  trial=True),
+            lambda: _static_for(t, iterable, body_fn, get, set_), get, set_)
     if isinstance(iterable, HVal) or (isinstance(iterable, range) and can_exit):
         return _host_loop(t, get, set_, loc, src, iterable=iterable, body_fn=body_fn)
+    return _static_for(t, iterable, body_fn, get, set_)
+
+
+def _static_for(t, iterable, body_fn, get, set_):
+    """A loop over a static iterable, unrolled: the loop variable is a Python value."""
     scope = _static_scope(t, get)
     for item in iterable:
         r = _static_iteration(t, scope, lambda item=item: body_fn(item), get, set_)
@@ -476,8 +487,9 @@ def _end_static(t, scope, get, set_, live):
     return None
 
 
-def _host_loop(t, get, set_, loc, src, body_fn, cond_fn=None, iterable=None):
-    """A loop whose trip count depends on data: its body is traced once."""
+def _host_loop(t, get, set_, loc, src, body_fn, cond_fn=None, iterable=None, trial=False):
+    """A loop whose trip count depends on data: its body is traced once. `trial`: a
+    counted loop that is unrolled instead if its carried values change type."""
     init = get()
     kinds = None
     for _ in range(4):
@@ -486,6 +498,8 @@ def _host_loop(t, get, set_, loc, src, body_fn, cond_fn=None, iterable=None):
         set_(init)
         header = _header(t, init, kinds)
         loop = _trace_body(t, header, init, get, set_, loc, src, body_fn, cond_fn, iterable)
+        if trial and _changes_type(header, loop.seen):
+            raise _unroll.NotUniform("loop-carried values change type")
         new = _widen(kinds or tuple(_kind(v) for v in header), loop.seen)
         if new == (kinds or tuple(_kind(v) for v in header)):
             break
@@ -567,6 +581,12 @@ def _back_edge(t, scope, values):
     pairs = [(d, s) for d, s in pairs if s != d]
     if pairs:
         t.emit(Assign([d for d, _ in pairs], [s for _, s in pairs]))
+
+
+def _changes_type(header, seen) -> bool:
+    kinds = [_kind(v) for v in header]
+    return any(_unroll.type_changed(k, _kind(v)) for values in seen
+               for k, v in zip(kinds, values) if v is not UNDEF)
 
 
 def _leaves(values):
