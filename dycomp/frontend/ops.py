@@ -272,6 +272,8 @@ def _call_library(f, args, kwargs):
         return t.host_op(fmt, args, lambda a: f(a.item() if hasattr(a, "item") else a))
     if f is len:
         a = args[0]
+        if isinstance(a, TVal) and 0 in a._sym:  # a length that changes: read at run time
+            return t.host_op("len({0})", args, len)
         if isinstance(a, TVal) or (isinstance(a, HVal) and a._static_len is not None):
             return len(a)
         if not isinstance(a, HVal):

@@ -7,6 +7,7 @@ import operator
 import torch
 from torch.utils._pytree import tree_flatten, tree_map
 
+from dycomp.frontend import symdims
 from dycomp.frontend.values import HVal, TVal
 
 # Operations whose result is static metadata (shapes, dtypes), answered from the example.
@@ -67,6 +68,9 @@ def torch_function(tr, func, args, kwargs):
         with torch._C.DisableTorchFunctionSubclass():
             return func(*tree_map(_unwrap, args), **tree_map(_unwrap, kwargs))
     if name == "__iter__" and isinstance(self_, TVal):
+        if 0 in self_._sym:
+            tr.fail("iterating over a tensor whose length changes at run time",
+                    "iterate over it in a list comprehension (run by the host), or index it")
         return iter(torch.unbind(self_, 0))
     if name == "__setitem__":
         return _inplace(tr, setitem, args, kwargs, self_)
@@ -89,7 +93,8 @@ def _inplace(tr, func, args, kwargs, target):
         tr.fail("in-place update of a tensor that is not traced (a parameter or constant)",
                 "do not mutate weights inside forward")
     tr.journal.append((target, target._state()))
-    target._set_state((out._ex, out._region, out._node, None, target._sym, target._maybe_none))
+    target._set_state((out._ex, out._region, out._node, None, target._sym | out._sym,
+                       target._maybe_none))
     target._mutated = True
     return None if func is setitem else target
 
@@ -132,7 +137,9 @@ def _trace_op(tr, fn, args, kwargs, what, add_node):
     node.meta["line"] = line = user_frame()
     if line and line not in region.lines:
         region.lines.append(line)
-    return wrap(tr, region, node, out, what)
+    result = wrap(tr, region, node, out, what)
+    symdims.mark(result, fn, args, kwargs)
+    return result
 
 
 def wrap(tr, region, node, out, what):
