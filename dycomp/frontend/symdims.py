@@ -49,9 +49,12 @@ def _varies(args, kwargs) -> bool:
 
 
 def _alt_outputs(fn, args, kwargs):
-    for bump in (True, False):
+    """The outputs on meta inputs: host ints and symbolic sizes larger; then sizes only;
+    then only sizes other than 1 (a symbolic dimension of size 1 that broadcasts)."""
+    for bump, ones in ((True, True), (False, True), (False, False)):
         try:
-            alt_args, alt_kwargs = tree_map(lambda v: _alt(v, bump), (args, kwargs))
+            alt_args, alt_kwargs = tree_map(lambda v, b=bump, o=ones: _alt(v, b, o),
+                                            (args, kwargs))
             with torch._C.DisableTorchFunctionSubclass():
                 out = _call(fn, alt_args, alt_kwargs)
         except Exception:  # noqa: BLE001 - a meta run that fails says nothing: try the next
@@ -68,9 +71,10 @@ def _call(fn, args, kwargs):
     return fn(*args, **kwargs)
 
 
-def _alt(v, bump: bool):
+def _alt(v, bump: bool, ones: bool):
     if isinstance(v, TVal):
-        shape = [s + _BUMP if i in v._sym else s for i, s in enumerate(v._ex.shape)]
+        shape = [s + _BUMP if i in v._sym and (ones or s != 1) else s
+                 for i, s in enumerate(v._ex.shape)]
         return torch.empty(shape, dtype=v._ex.dtype, device="meta")
     if isinstance(v, HVal):
         ex = v._ex

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import operator
 
+import numpy as np
 import torch
 from torch.utils._pytree import tree_flatten, tree_map
 
@@ -72,6 +73,8 @@ def torch_function(tr, func, args, kwargs):
             tr.fail("iterating over a tensor whose length changes at run time",
                     "iterate over it in a list comprehension (run by the host), or index it")
         return iter(torch.unbind(self_, 0))
+    if func in _HOST_JOINS and args and isinstance(args[0], HVal):
+        return _host_join(tr, func, args, kwargs)
     if name == "__setitem__":
         return _inplace(tr, setitem, args, kwargs, self_)
     if name in _INPLACE_DUNDER:
@@ -85,6 +88,24 @@ def torch_function(tr, func, args, kwargs):
     if name.endswith("_") and hasattr(torch, name[:-1]) and getattr(torch, name) is func:
         return _inplace(tr, getattr(torch, name[:-1]), args, kwargs, self_)
     return record(tr, func, args, kwargs, getter=getter, name=name)
+
+
+_HOST_JOINS = {torch.cat: "np.concatenate", torch.concat: "np.concatenate",
+               torch.concatenate: "np.concatenate", torch.stack: "np.stack"}
+
+
+def _host_join(tr, func, args, kwargs):
+    """`torch.cat(words)` / `torch.stack(words)` of a list the host built (tensors appended
+    in a loop that ran a data-dependent number of times): joined on the host, every
+    dimension of the result symbolic."""
+    dim = args[1] if len(args) > 1 else kwargs.get("dim", kwargs.get("axis", 0))
+    if set(kwargs) - {"dim", "axis"} or not isinstance(dim, int):
+        tr.fail(f"{func.__name__} of a host list with arguments other than a static dim")
+    fn = np.concatenate if _HOST_JOINS[func] == "np.concatenate" else np.stack
+    out = tr.host_op(_HOST_JOINS[func] + "({0}, %d)" % dim, (args[0],),
+                     lambda xs: fn([np.asarray(x) for x in xs], dim))
+    out._sym = frozenset(range(out._ex.dim()))
+    return out
 
 
 def _inplace(tr, func, args, kwargs, target):
