@@ -189,7 +189,11 @@ class Tracer:
             return Op("set({0})", ([self.host_expr(x) for x in v],))
         if v is UNDEF:
             self.fail("use of a variable that is not defined on every path")
-        self.fail(f"a {type(v).__name__} value cannot be passed to the host program",
+        from dycomp.frontend.values import SymChoice
+
+        what = ("a module or element selected by a data-dependent index"
+                if isinstance(v, SymChoice) else f"a {type(v).__name__} value")
+        self.fail(f"{what} cannot be passed to the host program",
                   "keep host-side values to tensors, numbers, strings and lists of them")
 
     def const_tensor(self, t: torch.Tensor) -> TVal:
