@@ -139,7 +139,7 @@ def export_region_model(region, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     phs = region.placeholders
     outs = _output_names(phs, len(region.output_nodes))
     dynamic = [p for p in phs if _is_dynamic(p)]
-    axes = {p.name: _axes(p.name, p.meta["example"]) for p in dynamic}
+    axes = {p.name: _input_axes(p) for p in dynamic}
     if dynamic:  # outputs of a region fed shape-varying values may vary too
         axes.update({o: _axes(o, _example(n)) for o, n in zip(outs, region.output_nodes)})
     where = ", ".join(region.lines[:3]) or "?"
@@ -217,6 +217,17 @@ def _redirect(fd: int, stream):
 
 def _axes(name: str, example) -> dict[int, str]:
     return {i: f"{name}_d{i}" for i in range(getattr(example, "dim", lambda: 0)())}
+
+
+def _input_axes(ph: fx.Node) -> dict[int, str]:
+    """The dimensions of an input that vary: those the frontend traced as symbolic (a
+    shrinking beam's rows, not its features: an LSTM cell exports only with a static
+    width), else all of them."""
+    axes = _axes(ph.name, ph.meta["example"])
+    sym = ph.meta.get("sym")
+    if sym and not _rank_varies(ph):
+        return {d: n for d, n in axes.items() if d in sym}
+    return axes
 
 
 def _example(node):

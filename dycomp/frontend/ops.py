@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from dycomp.errors import UnsupportedError
 from dycomp.frontend import convert as _convert
 from dycomp.frontend import randomness, torchfn
+from dycomp.frontend import unroll as _unroll
 from dycomp.frontend.exceptions import PathEnded, assert_, raise_, run_path, try_
 from dycomp.frontend.tracer import (
     FuncScope,
@@ -154,7 +154,8 @@ def getitem(obj, index):
     if isinstance(index, HVal) and not isinstance(obj, (TVal, HVal)):
         if isinstance(obj, (nn.ModuleList, nn.Sequential)) or (
                 isinstance(obj, (list, tuple)) and not _host_representable(obj)):
-            _probe_unroll(index)
+            if not isinstance(obj, (nn.ModuleList, nn.Sequential)):
+                _probe_unroll(index)
             return SymChoice(list(obj), index)
         if isinstance(obj, nn.ModuleDict):
             return SymChoice(list(obj.values()), index)
@@ -276,6 +277,8 @@ def _call_library(f, args, kwargs):
         return t.host_op(fmt, args, lambda a: f(a.item() if hasattr(a, "item") else a))
     if f is len:
         a = args[0]
+        if isinstance(a, TVal) and 0 in a._sym:  # a length that changes: read at run time
+            return t.host_op("len({0})", args, len)
         if isinstance(a, TVal) or (isinstance(a, HVal) and a._static_len is not None):
             return len(a)
         if not isinstance(a, HVal):
@@ -443,14 +446,18 @@ def for_(iterable, body_fn, get, set_, loc="", src="", can_exit=False):
     """Unroll loops over static iterables, except `range` loops that may leave early:
     those (and loops over host values) become host loops with the body traced once."""
     t = tracer()
-    if isinstance(iterable, range) and can_exit and len(iterable) <= UNROLL_MAX:
-        try:
-            return _host_loop(t, get, set_, loc, src, iterable=iterable, body_fn=body_fn,
-                              probe=True)
-        except _UnrollInstead:
-            pass  # the body selects modules by the counter, or needs it as an int
-    elif isinstance(iterable, HVal) or (isinstance(iterable, range) and can_exit):
+    if isinstance(iterable, range) and can_exit and _unroll.can_unroll(iterable):
+        return _unroll.host_or_unrolled(
+            t, lambda: _host_loop(t, get, set_, loc, src, iterable=iterable, body_fn=body_fn,
+                                  trial=True),
+            lambda: _static_for(t, iterable, body_fn, get, set_), get, set_)
+    if isinstance(iterable, HVal) or (isinstance(iterable, range) and can_exit):
         return _host_loop(t, get, set_, loc, src, iterable=iterable, body_fn=body_fn)
+    return _static_for(t, iterable, body_fn, get, set_)
+
+
+def _static_for(t, iterable, body_fn, get, set_):
+    """A loop over a static iterable, unrolled: the loop variable is a Python value."""
     scope = _static_scope(t, get)
     for item in iterable:
         r = _static_iteration(t, scope, lambda item=item: body_fn(item), get, set_)
@@ -491,11 +498,9 @@ def _end_static(t, scope, get, set_, live):
     return None
 
 
-def _host_loop(t, get, set_, loc, src, body_fn, cond_fn=None, iterable=None, probe=False):
-    """A loop whose trip count depends on data: its body is traced once.
-
-    `probe`: raise `_UnrollInstead` (with nothing emitted) if the body selects a module
-    or a list element by the loop counter, so that the caller unrolls the loop."""
+def _host_loop(t, get, set_, loc, src, body_fn, cond_fn=None, iterable=None, trial=False):
+    """A loop whose trip count depends on data: its body is traced once. `trial`: a
+    counted loop that is unrolled instead if its carried values change type."""
     init = get()
     kinds = None
     for _ in range(4):
@@ -503,17 +508,10 @@ def _host_loop(t, get, set_, loc, src, body_fn, cond_fn=None, iterable=None, pro
         block, n0 = t.blocks[-1], len(t.blocks[-1])
         set_(init)
         header = _header(t, init, kinds)
-        saved = _tracer_marks(t) if probe else None
-        try:
-            loop = _trace_body(t, header, init, get, set_, loc, src, body_fn, cond_fn,
-                               iterable, probe)
-        except (_UnrollInstead, UnsupportedError) as e:
-            if not probe:
-                raise
-            del block[n0:]
-            _restore_marks(t, saved)
-            set_(init)
-            raise _UnrollInstead from e
+        loop = _trace_body(t, header, init, get, set_, loc, src, body_fn, cond_fn, iterable,
+                           probe=trial)
+        if trial and _changes_type(header, loop.seen):
+            raise _unroll.NotUniform("loop-carried values change type")
         new = _widen(kinds or tuple(_kind(v) for v in header), loop.seen)
         if new == (kinds or tuple(_kind(v) for v in header)):
             break
@@ -589,32 +587,12 @@ def _trace_body(t, header, init, get, set_, loc, src, body_fn, cond_fn, iterable
     return loop
 
 
-# A `for i in range(n)` loop with a data-dependent `break` stays one host loop unless its
-# body selects a module or a non-host list element by `i` (`self.layer[i]`, PABEE's
-# `head_mask[i]` of `[None] * n`): each iteration then runs different weights, and a host
-# loop would switch among all n options on every iteration. Such loops of at most
-# UNROLL_MAX iterations are unrolled, `i` a Python int in each copy; so are those whose
-# body a host loop cannot express (`lst[int(i / k):...]`, an UnsupportedError).
-UNROLL_MAX = 64
-
-
+# A trial host loop (`unroll.host_or_unrolled`) is also unrolled when its body selects a
+# module or a non-host list element by the counter (`self.layer[i]`, PABEE's `head_mask[i]`
+# of `[None] * n`): each iteration then runs different weights, and a host loop would
+# switch among all n options on every iteration.
 class _UnrollInstead(Exception):
     """Raised while probing a loop body that selects a module by the loop counter."""
-
-
-def _tracer_marks(t) -> tuple:
-    return (set(t.regions), len(t.exit_log), set(t.resolved), set(t.maybe_undef),
-            len(t.predeclare), dict(t.call_depth), t.counter)
-
-
-def _restore_marks(t, saved) -> None:
-    """Forget what a probed loop body traced (its statements are deleted by the caller)."""
-    regions, n_exits, resolved, undef, n_pre, depth, _ = saved
-    for name in set(t.regions) - regions:
-        del t.regions[name]
-    t.open = None
-    del t.exit_log[n_exits:], t.predeclare[n_pre:]
-    t.resolved, t.maybe_undef, t.call_depth = resolved, undef, depth
 
 
 def _probe_unroll(index) -> None:
@@ -630,6 +608,12 @@ def _back_edge(t, scope, values):
     pairs = [(d, s) for d, s in pairs if s != d]
     if pairs:
         t.emit(Assign([d for d, _ in pairs], [s for _, s in pairs]))
+
+
+def _changes_type(header, seen) -> bool:
+    kinds = [_kind(v) for v in header]
+    return any(_unroll.type_changed(k, _kind(v)) for values in seen
+               for k, v in zip(kinds, values) if v is not UNDEF)
 
 
 def _leaves(values):

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import operator
 
+import numpy as np
 import torch
 from torch.utils._pytree import tree_flatten, tree_map
 
+from dycomp.frontend import symdims
 from dycomp.frontend.randomness import INPLACE, check_generator, multinomial, rewrite
 from dycomp.frontend.values import HVal, TVal
 
@@ -68,11 +70,16 @@ def torch_function(tr, func, args, kwargs):
         with torch._C.DisableTorchFunctionSubclass():
             return func(*tree_map(_unwrap, args), **tree_map(_unwrap, kwargs))
     if name == "__iter__" and isinstance(self_, TVal):
+        if 0 in self_._sym:
+            tr.fail("iterating over a tensor whose length changes at run time",
+                    "iterate over it in a list comprehension (run by the host), or index it")
         return iter(torch.unbind(self_, 0))
     if name in ("multinomial",) + tuple(INPLACE) or kwargs.get("generator") is not None:
         return _random(tr, func, name, args, kwargs)
     if rewrite(func, name) is not None:
         return rewrite(func, name)(*args, **kwargs)
+    if func in _HOST_JOINS and args and isinstance(args[0], HVal):
+        return _host_join(tr, func, args, kwargs)
     if name == "__setitem__":
         return _inplace(tr, setitem, args, kwargs, self_)
     if name in _INPLACE_DUNDER:
@@ -98,6 +105,24 @@ def _random(tr, func, name, args, kwargs):
     return record(tr, func, args, kwargs, name=name)
 
 
+_HOST_JOINS = {torch.cat: "np.concatenate", torch.concat: "np.concatenate",
+               torch.concatenate: "np.concatenate", torch.stack: "np.stack"}
+
+
+def _host_join(tr, func, args, kwargs):
+    """`torch.cat(words)` / `torch.stack(words)` of a list the host built (tensors appended
+    in a loop that ran a data-dependent number of times): joined on the host, every
+    dimension of the result symbolic."""
+    dim = args[1] if len(args) > 1 else kwargs.get("dim", kwargs.get("axis", 0))
+    if set(kwargs) - {"dim", "axis"} or not isinstance(dim, int):
+        tr.fail(f"{func.__name__} of a host list with arguments other than a static dim")
+    fn = np.concatenate if _HOST_JOINS[func] == "np.concatenate" else np.stack
+    out = tr.host_op(_HOST_JOINS[func] + "({0}, %d)" % dim, (args[0],),
+                     lambda xs: fn([np.asarray(x) for x in xs], dim))
+    out._sym = frozenset(range(out._ex.dim()))
+    return out
+
+
 def _inplace(tr, func, args, kwargs, target):
     return _assign(tr, record(tr, func, args, kwargs), target, func is setitem)
 
@@ -108,7 +133,8 @@ def _assign(tr, out, target, none=False):
         tr.fail("in-place update of a tensor that is not traced (a parameter or constant)",
                 "do not mutate weights inside forward")
     tr.journal.append((target, target._state()))
-    target._set_state((out._ex, out._region, out._node, None, target._sym, target._maybe_none))
+    target._set_state((out._ex, out._region, out._node, None, target._sym | out._sym,
+                       target._maybe_none))
     target._mutated = True
     return None if none else target
 
@@ -151,7 +177,9 @@ def _trace_op(tr, fn, args, kwargs, what, add_node):
     node.meta["line"] = line = user_frame()
     if line and line not in region.lines:
         region.lines.append(line)
-    return wrap(tr, region, node, out, what)
+    result = wrap(tr, region, node, out, what)
+    symdims.mark(result, fn, args, kwargs)
+    return result
 
 
 def wrap(tr, region, node, out, what):

@@ -161,7 +161,9 @@ class Tracer:
             var = self.export(v)
             return self.region().placeholder(var, v._ex, v._sym)
         if isinstance(v, HVal):
-            return self.region().placeholder(v._var, _as_tensor(v._ex))
+            from dycomp.frontend.symdims import list_sym
+
+            return self.region().placeholder(v._var, _as_tensor(v._ex), list_sym(v))
         if isinstance(v, torch.Tensor):
             return self.region().get_attr(v)
         return v
@@ -188,7 +190,11 @@ class Tracer:
             return Op("set({0})", ([self.host_expr(x) for x in v],))
         if v is UNDEF:
             self.fail("use of a variable that is not defined on every path")
-        self.fail(f"a {type(v).__name__} value cannot be passed to the host program",
+        from dycomp.frontend.values import SymChoice
+
+        what = ("a module or element selected by a data-dependent index"
+                if isinstance(v, SymChoice) else f"a {type(v).__name__} value")
+        self.fail(f"{what} cannot be passed to the host program",
                   "keep host-side values to tensors, numbers, strings and lists of them")
 
     def const_tensor(self, t: torch.Tensor) -> TVal:
@@ -321,7 +327,8 @@ class Tracer:
         tensors = [v for v in defined if isinstance(v, torch.Tensor)]
         if kind == "tensor" and tensors:
             ex = tensors[0]._ex if isinstance(tensors[0], TVal) else tensors[0]
-            sym = _sym_dims([t.shape for t in tensors])
+            sym = _sym_dims([t._ex.shape if isinstance(t, TVal) else t.shape for t in tensors])
+            sym |= {d for t in tensors if isinstance(t, TVal) for d in t._sym}
             return TVal(ex, var=var, sym=sym, maybe_none=len(tensors) < len(defined))
         return HVal(var, to_example(defined[0]))
 
@@ -393,6 +400,8 @@ def freeze(v):
 def _as_tensor(ex):
     if isinstance(ex, torch.Tensor):
         return ex
+    if isinstance(ex, (list, tuple)) and len(ex) == 0:
+        return torch.zeros(0, dtype=torch.int64)  # an empty index list (`seqs[[]]`)
     return torch.tensor(np.asarray(ex).item() if isinstance(ex, np.generic) else ex)
 
 
