@@ -17,6 +17,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from dycomp.backends import lower
 from dycomp.errors import DycompError, PassError, UnsupportedError
+from dycomp.fastcall import build as build_entry
 from dycomp.frontend.capture import InputSpec, capture
 from dycomp.ir.dyngraph import DynGraph
 from dycomp.logs import configure as configure_logging
@@ -236,6 +237,20 @@ class CompiledModel:
         return save(self, path)
 
     def __call__(self, *args, **kwargs):
+        return self._entry(args, kwargs)
+
+    @property
+    def _entry(self):
+        """The call entry specialised to this signature and program (`dycomp.fastcall`),
+        built on first use and again whenever the program's executor changes."""
+        spec, run = self.spec, self.program.run
+        entry = self.__dict__.get("_entry_cache")
+        if entry is None or entry[0] is not spec or entry[1] is not run:
+            entry = spec, run, build_entry(spec, run, self._general)
+            self.__dict__["_entry_cache"] = entry
+        return entry[2]
+
+    def _general(self, args, kwargs):
         return self.run(*args, **kwargs)
 
     def run(self, *args, return_path: bool = False, **kwargs):
