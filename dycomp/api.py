@@ -236,19 +236,17 @@ class CompiledModel:
 
         return save(self, path)
 
-    def __call__(self, *args, **kwargs):
-        return self._entry(args, kwargs)
+    # (spec, program.run, entry): the call entry specialised to this signature and program
+    # (`dycomp.fastcall`), built on the first call and again when either changes.
+    _entry_cache: tuple = (None, None, None)
 
-    @property
-    def _entry(self):
-        """The call entry specialised to this signature and program (`dycomp.fastcall`),
-        built on first use and again whenever the program's executor changes."""
-        spec, run = self.spec, self.program.run
-        entry = self.__dict__.get("_entry_cache")
-        if entry is None or entry[0] is not spec or entry[1] is not run:
-            entry = spec, run, build_entry(spec, run, self._general)
-            self.__dict__["_entry_cache"] = entry
-        return entry[2]
+    def __call__(self, *args, **kwargs):
+        entry = self._entry_cache
+        if entry[1] is not self.program.run or entry[0] is not self.spec:
+            entry = self.spec, self.program.run, build_entry(self.spec, self.program.run,
+                                                             self._general)
+            self._entry_cache = entry
+        return entry[2](args, kwargs)
 
     def _general(self, args, kwargs):
         return self.run(*args, **kwargs)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 _SCALARS = (int, float, bool, str, type(None))
+from_numpy = torch.from_numpy
 
 
 def build(spec, run: Callable, slow: Callable) -> Callable:
@@ -93,7 +94,12 @@ def to_torch(out):
     strides); plain tuples, lists and dicts rebuilt, other containers by pytree."""
     t = type(out)
     if t is np.ndarray:
-        return _tensor(out)
+        if out.flags.writeable:
+            try:
+                return from_numpy(out)
+            except (ValueError, TypeError):  # negative strides, a dtype torch lacks
+                pass
+        return from_numpy(np.array(out))
     if t is tuple:
         return tuple(map(to_torch, out))
     if t is list:
@@ -104,13 +110,4 @@ def to_torch(out):
         return out
     from torch.utils._pytree import tree_map  # namedtuples, OrderedDict, numpy scalars
 
-    return tree_map(lambda x: _tensor(x) if isinstance(x, np.ndarray) else x, out)
-
-
-def _tensor(a: np.ndarray) -> torch.Tensor:
-    if a.flags.writeable:
-        try:
-            return torch.from_numpy(a)
-        except (ValueError, TypeError):  # negative strides, a dtype torch lacks
-            pass
-    return torch.from_numpy(np.array(a))
+    return tree_map(lambda x: to_torch(x) if isinstance(x, np.ndarray) else x, out)
