@@ -1,6 +1,6 @@
 """The per-call floor: what `cm(x)` costs on top of ONNX Runtime (issue #23).
 
-    python benchmarks/call_floor.py [--rounds 15] [--calls 300] [--ort] [--profile]
+    python benchmarks/call_floor.py [--rounds 201] [--calls 20] [--ort] [--profile]
 
 Three one-subgraph models (each compiles into one fused ONNX graph with one `If`): a
 12x12 MLP with one branch, a 256-wide one, and a small CNN. Per model, the median time
@@ -10,7 +10,9 @@ random order), with 2 threads for PyTorch and dycomp's thread rule for the sessi
 - `sess.run`: the bare `InferenceSession.run(None, feed)` of the compiled graph;
 - `runtime`: a `dycomp.runtime.load(...)` artifact called with a numpy array;
 - `cm(np)` / `cm(torch)`: the CompiledModel called with a numpy array / a torch tensor;
-- `eager`: the PyTorch model under `torch.no_grad()`.
+- `eager`: the PyTorch model under `torch.no_grad()`;
+- `general`: `cm.run(torch tensor)`, the general path (pytree flattening, checks by
+  string, a copy per output) that every call took before the specialised entry.
 
 `--ort` adds ONNX Runtime's own choices on the same graph: intra-op threads 1 vs 2,
 graph optimization level (basic, extended, all), the C++ `run` dycomp binds,
@@ -112,7 +114,7 @@ def setup(name: str, d: Path):
 
 
 def floor_table(names, rounds: int, calls: int) -> None:
-    cols = ["sess.run", "runtime", "cm(np)", "cm(torch)", "eager"]
+    cols = ["sess.run", "runtime", "cm(np)", "cm(torch)", "eager", "general"]
     print(f"{'model':<8}{'threads':>8}" + "".join(f"{c:>11}" for c in cols)
           + f"{'np-sess':>9}{'torch-sess':>11}{'eager/cm':>9}   (us per call, medians)")
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
@@ -131,7 +133,8 @@ def contenders(model, x, cm, rt, sess) -> dict:
     xn = x.numpy()
     feed = {sess.get_inputs()[0].name: xn}
     return {"sess.run": lambda: sess.run(None, feed), "runtime": lambda: rt(xn),
-            "cm(np)": lambda: cm(xn), "cm(torch)": lambda: cm(x), "eager": lambda: model(x)}
+            "cm(np)": lambda: cm(xn), "cm(torch)": lambda: cm(x), "eager": lambda: model(x),
+            "general": lambda: cm.run(x)}
 
 
 def ort_table(names, rounds: int, calls: int) -> None:
@@ -199,8 +202,8 @@ def profile(name: str, calls: int = 20000) -> None:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rounds", type=int, default=15)
-    ap.add_argument("--calls", type=int, default=300)
+    ap.add_argument("--rounds", type=int, default=201)
+    ap.add_argument("--calls", type=int, default=20)
     ap.add_argument("--ort", action="store_true", help="also ONNX Runtime's own options")
     ap.add_argument("--profile", action="store_true", help="cProfile of cm(torch), mlp12")
     ap.add_argument("models", nargs="*", default=list(MODELS))
