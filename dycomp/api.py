@@ -18,6 +18,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from dycomp.backends import lower
 from dycomp.errors import DycompError, PassError, UnsupportedError
+from dycomp.fastcall import build as build_entry
 from dycomp.frontend.capture import InputSpec, capture
 from dycomp.frontend.randomness import has_random
 from dycomp.ir.dyngraph import DynGraph
@@ -239,7 +240,19 @@ class CompiledModel:
 
         return save(self, path)
 
+    # (spec, program.run, entry): the call entry specialised to this signature and program
+    # (`dycomp.fastcall`), built on the first call and again when either changes.
+    _entry_cache: tuple = (None, None, None)
+
     def __call__(self, *args, **kwargs):
+        entry = self._entry_cache
+        if entry[1] is not self.program.run or entry[0] is not self.spec:
+            entry = self.spec, self.program.run, build_entry(self.spec, self.program.run,
+                                                             self._general)
+            self._entry_cache = entry
+        return entry[2](args, kwargs)
+
+    def _general(self, args, kwargs):
         return self.run(*args, **kwargs)
 
     def run(self, *args, return_path: bool = False, **kwargs):
