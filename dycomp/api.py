@@ -250,7 +250,10 @@ class CompiledModel:
             entry = self.spec, self.program.run, build_entry(self.spec, self.program.run,
                                                              self._general)
             self._entry_cache = entry
-        return entry[2](args, kwargs)
+        try:
+            return entry[2](args, kwargs)
+        except ModelError as e:
+            raise _own_exception(e) from None
 
     def _general(self, args, kwargs):
         return self.run(*args, **kwargs)
