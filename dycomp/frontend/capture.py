@@ -15,6 +15,7 @@ from dycomp.errors import UnsupportedError
 from dycomp.frontend import ops
 from dycomp.frontend.tracer import Tracer
 from dycomp.frontend.values import TVal
+from dycomp.frontend.wrappers import no_distribution_validation
 from dycomp.ir.dyngraph import DynGraph, Region
 from dycomp.ir.program import Assign, Lit, Return, Var
 
@@ -54,7 +55,7 @@ def capture(fn, args: tuple, kwargs: dict) -> tuple[DynGraph, InputSpec]:
     saved = _save_state(root)
     tr = Tracer(root)
     try:
-        with tr, torch.no_grad():
+        with tr, torch.no_grad(), no_distribution_validation():
             targs = []
             for leaf, name in zip(leaves, names):
                 if isinstance(leaf, torch.Tensor):

@@ -41,6 +41,7 @@ from dycomp.frontend.values import (
     is_sym,
     tracer,
 )
+from dycomp.frontend.wrappers import unwrap_grad_mode
 from dycomp.ir.program import SWITCH_CASE, Assign, Break, Continue, If, Lit, Loop
 
 __all__ = ["BREAK", "CONTINUE", "Ret", "UNDEF", "call", "for_", "getitem", "if_", "while_"]
@@ -221,6 +222,7 @@ def _is_leaf(m: nn.Module) -> bool:
 
 def call(f, *args, **kwargs):
     """Every call in converted code goes through here."""
+    f = unwrap_grad_mode(f)
     if isinstance(f, SymChoice):
         return f(*args, **kwargs)
     if isinstance(f, HMethod):
@@ -249,7 +251,7 @@ def _call_module(m, args, kwargs):
         if contains_sym(args) or contains_sym(kwargs):
             return torchfn.call_module(t, m, args, kwargs)
         return m(*args, **kwargs)
-    fwd = m.__dict__.get("forward") or type(m).forward
+    fwd = unwrap_grad_mode(m.__dict__.get("forward") or type(m).forward)
     if isinstance(fwd, types.MethodType):
         return call(fwd, *args, **kwargs)
     if not _user_code(fwd):

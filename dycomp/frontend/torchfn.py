@@ -7,6 +7,8 @@ import operator
 import torch
 from torch.utils._pytree import tree_flatten, tree_map
 
+from dycomp.frontend.dynindex import getitem as dyn_getitem
+from dycomp.frontend.dynindex import has_host_index
 from dycomp.frontend.values import HVal, TVal
 
 # Operations whose result is static metadata (shapes, dtypes), answered from the example.
@@ -68,6 +70,8 @@ def torch_function(tr, func, args, kwargs):
             return func(*tree_map(_unwrap, args), **tree_map(_unwrap, kwargs))
     if name == "__iter__" and isinstance(self_, TVal):
         return iter(torch.unbind(self_, 0))
+    if name == "__getitem__" and isinstance(self_, TVal) and has_host_index(args[1]):
+        return dyn_getitem(tr, self_, args[1])
     if name == "__setitem__":
         return _inplace(tr, setitem, args, kwargs, self_)
     if name in _INPLACE_DUNDER:
