@@ -11,7 +11,10 @@ crops come from `utils.get_patch`), with its exit rule
 
 Settings: patch 96, 5 steps, ResNet-50 configuration of `configs.py`; thresholds `T[k]`
 at the 60th percentile of step k's confidence over 20 calibration inputs (printed in the
-notes; after the last step the loop ends). The policy acts as `inference.py` calls it
+notes; the last step always exits). The
+focus loop is unrolled in the driver: its steps carry state in `memory.hidden` and
+`fc.hidden` (attributes set inside the called modules), which dycomp's host loops do not
+track as loop-carried. The policy acts as `inference.py` calls it
 (`training=False`): the action is the policy's mean, so the path is deterministic; the
 `dist.sample()` it draws on the way is unused. Shims: `torch._six`, `.cuda()`,
 torchvision's pure-Python parts (installed with `pip install --no-deps --target SIDE
@@ -73,21 +76,34 @@ class GFNetDriver(nn.Module):
         input_prime = self.get_prime(x, PATCH, "bicubic")
         output, state = self.model_prime(input_prime)
         output = self.fc(output, restart=True)
-        max_preds, _ = F.softmax(output, 1).max(1)
-        if max_preds[0].item() >= self.thresholds[0]:
+        if self._confidence(output) >= self.thresholds[0]:
             return output, 0
-        for patch_step in range(1, STEPS):
-            if patch_step == 1:
-                action = self.policy.act(state, memory, restart_batch=True)
-            else:
-                action = self.policy.act(state, memory)
-            patches = self.get_patch(x, action, PATCH)
-            output, state = self.model(patches)
-            output = self.fc(output, restart=False)
-            max_preds, _ = F.softmax(output, 1).max(1)
-            if max_preds[0].item() >= self.thresholds[patch_step]:
-                return output, patch_step
-        return output, STEPS - 1
+        # inference.py's `for patch_step in range(1, maximum_length)`, unrolled: the steps
+        # carry state in `memory.hidden` and `fc.hidden`, which a host loop does not track.
+        output, state = self._focus(x, state, memory, True)
+        if self._confidence(output) >= self.thresholds[1]:
+            return output, 1
+        output, state = self._focus(x, state, memory, False)
+        if self._confidence(output) >= self.thresholds[2]:
+            return output, 2
+        output, state = self._focus(x, state, memory, False)
+        if self._confidence(output) >= self.thresholds[3]:
+            return output, 3
+        output, state = self._focus(x, state, memory, False)
+        return output, 4
+
+    def _focus(self, x, state, memory, first):
+        """One focus step: the policy picks a patch, the focus network and the GRU
+        classifier read it."""
+        action = self.policy.act(state, memory, restart_batch=first)
+        patches = self.get_patch(x, action, PATCH)
+        output, state = self.model(patches)
+        return self.fc(output, restart=False), state
+
+    @staticmethod
+    def _confidence(output):
+        max_preds, _ = F.softmax(output, 1).max(1)
+        return max_preds[0].item()
 
 
 def _side(src: Path) -> Path:
@@ -96,21 +112,21 @@ def _side(src: Path) -> Path:
 
 def _confidences(driver: GFNetDriver, x: torch.Tensor) -> list[float]:
     """Each step's confidence on `x`, running all the steps (thresholds off)."""
-    saved, driver.thresholds = driver.thresholds, [math.inf] * STEPS
+    saved, driver.thresholds = driver.thresholds, [math.inf] * (STEPS - 1)
     confs = []
-    original = F.softmax
+    original = driver._confidence
 
-    def spy(t, dim):
-        out = original(t, dim)
-        confs.append(out.max(1)[0][0].item())
-        return out
+    def spy(output):
+        confs.append(original(output))
+        return confs[-1]
 
-    F.softmax = spy
+    driver._confidence = spy
     try:
         with torch.no_grad():
             driver(x)
     finally:
-        F.softmax, driver.thresholds = original, saved
+        del driver._confidence
+        driver.thresholds = saved
     return confs
 
 
@@ -137,15 +153,15 @@ def build(src: Path) -> Case:
         network.Full_layer(cfg["feature_num"], cfg["fc_hidden_dim"], cfg["fc_rnn"]),
         network.ActorCritic(cfg["feature_map_channels"], state_dim, cfg["policy_hidden_dim"],
                             cfg["policy_conv"]),
-        network.Memory, utils.get_prime, utils.get_patch, [math.inf] * STEPS).eval()
+        network.Memory, utils.get_prime, utils.get_patch, [math.inf] * (STEPS - 1)).eval()
     confs = np.array([_confidences(driver, make_input(10_000 + i)[0][0])
                       for i in range(N_CALIB)])
-    thresholds = [float(np.percentile(confs[:, k], PERCENTILE)) for k in range(STEPS)]
+    thresholds = [float(np.percentile(confs[:, k], PERCENTILE)) for k in range(STEPS - 1)]
     driver.thresholds = thresholds
     return Case(
         fn=driver, make_input=make_input, path_of=lambda out: out[1],
         notes=[f"patch {PATCH}, {STEPS} steps, thresholds (60th percentile of each step's "
                f"confidence over {N_CALIB} inputs): "
-               + ", ".join(f"{t:.6g}" for t in thresholds),
+               + ", ".join(f"{t:.6g}" for t in thresholds) + " (steps 0-3; step 4 always exits)",
                "policy action: its mean (inference.py's training=False); dist.sample() unused",
                "shims: torch._six, .cuda(), torchvision pure-Python parts"])

@@ -9,6 +9,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from dycomp.frontend.dynindex import getitem as dyn_getitem
 from dycomp.frontend.dynindex import has_host_index
+from dycomp.frontend.hostlists import host_join, is_host_join
 from dycomp.frontend.values import HVal, TVal
 
 # Operations whose result is static metadata (shapes, dtypes), answered from the example.
@@ -70,6 +71,8 @@ def torch_function(tr, func, args, kwargs):
             return func(*tree_map(_unwrap, args), **tree_map(_unwrap, kwargs))
     if name == "__iter__" and isinstance(self_, TVal):
         return iter(torch.unbind(self_, 0))
+    if is_host_join(func, args):
+        return host_join(tr, func, args, kwargs)
     if name == "__getitem__" and isinstance(self_, TVal) and has_host_index(args[1]):
         return dyn_getitem(tr, self_, args[1])
     if name == "__setitem__":
@@ -156,11 +159,38 @@ def wrap(tr, region, node, out, what):
         if hasattr(out, "_fields") or type(out).__module__ == "torch.return_types":
             return type(out)(items)
         return type(out)(items) if isinstance(out, list) else tuple(items)
+    if _nested_tensors(out):
+        return _split_nested(region, node, out)
     leaves = tree_flatten(out)[0]
     if any(isinstance(x, torch.Tensor) for x in leaves):
         tr.fail(f"{what} returns a nested structure of tensors dycomp cannot split")
     tr.fail(f"{what} returns a data-dependent Python value ({type(out).__name__})",
             "keep the result a tensor, or convert it with .item() in the model's code")
+
+
+def _nested_tensors(out, depth=0) -> bool:
+    """Tuples/lists of tensors, Nones and such tuples (`nn.LSTM`: `out, (h, c)`)."""
+    if isinstance(out, torch.Tensor) or out is None:
+        return depth > 0
+    if depth < 4 and isinstance(out, (tuple, list)) and out:
+        return all(_nested_tensors(o, depth + 1) for o in out)
+    return False
+
+
+def _split_nested(region, node, out):
+    """One `getitem` node per element, recursively."""
+    if out is None:
+        return None
+    if isinstance(out, torch.Tensor):
+        node.meta["example"] = out
+        return TVal(out, region, node)
+    items = []
+    for i, o in enumerate(out):
+        n = region.graph.call_function(operator.getitem, (node, i)) if o is not None else None
+        items.append(_split_nested(region, n, o))
+    if hasattr(out, "_fields") or type(out).__module__ == "torch.return_types":
+        return type(out)(items)
+    return items if isinstance(out, list) else tuple(items)
 
 
 def _sym_shape(tr, name, t, args, kwargs):
