@@ -142,6 +142,8 @@ def export_region_model(region, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     axes = {p.name: _axes(p.name, p.meta["example"]) for p in dynamic}
     if dynamic:  # outputs of a region fed shape-varying values may vary too
         axes.update({o: _axes(o, _example(n)) for o, n in zip(outs, region.output_nodes)})
+    axes.update({o: _axes(o, _example(n)) for o, n in zip(outs, region.output_nodes)
+                 if isinstance(n, fx.Node) and n.meta.get("sym")})  # x[mask], nonzero
     where = ", ".join(region.lines[:3]) or "?"
     start = time.perf_counter()
     try:

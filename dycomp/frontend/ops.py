@@ -273,6 +273,8 @@ def _call_library(f, args, kwargs):
         return t.host_op(fmt, args, lambda a: f(a.item() if hasattr(a, "item") else a))
     if f is len:
         a = args[0]
+        if isinstance(a, TVal) and a._sym and a._ex.dim() and 0 in a._sym:
+            return a.size(0)  # a length that varies: read at run time
         if isinstance(a, TVal) or (isinstance(a, HVal) and a._static_len is not None):
             return len(a)
         if not isinstance(a, HVal):
@@ -292,7 +294,20 @@ def _call_library(f, args, kwargs):
         if kwargs:
             t.fail(f"keyword arguments to host function {_host_name(f)}")
         return _host_call(t, f, args)
+    if _torch_factory(f, args, kwargs):
+        return torchfn.record(t, f, args, kwargs)  # sizes read at run time
     return f(*args, **kwargs)
+
+
+def _torch_factory(f, args, kwargs) -> bool:
+    """A torch function taking a data-dependent int (`torch.zeros(n, 4)`, `n = len(y)`)
+    and no traced tensor (those dispatch through `__torch_function__`)."""
+    mod = getattr(f, "__module__", None) or ""
+    if not (mod.startswith("torch") or getattr(torch, getattr(f, "__name__", ""), None) is f):
+        return False
+    leaves = torch.utils._pytree.tree_flatten((args, kwargs))[0]
+    return any(isinstance(x, HVal) for x in leaves) and not any(
+        isinstance(x, TVal) for x in leaves)
 
 
 def _numpy_or_math(f) -> bool:

@@ -10,6 +10,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 from dycomp.frontend.dynindex import getitem as dyn_getitem
 from dycomp.frontend.dynindex import has_host_index
 from dycomp.frontend.hostlists import host_join, is_host_join
+from dycomp.frontend.symdims import out_syms
 from dycomp.frontend.values import HVal, TVal
 
 # Operations whose result is static metadata (shapes, dtypes), answered from the example.
@@ -96,7 +97,8 @@ def _inplace(tr, func, args, kwargs, target):
         tr.fail("in-place update of a tensor that is not traced (a parameter or constant)",
                 "do not mutate weights inside forward")
     tr.journal.append((target, target._state()))
-    target._set_state((out._ex, out._region, out._node, None, target._sym, target._maybe_none))
+    target._set_state((out._ex, out._region, out._node, None, target._sym | out._sym,
+                       target._maybe_none))
     target._mutated = True
     return None if func is setitem else target
 
@@ -134,12 +136,26 @@ def _trace_op(tr, fn, args, kwargs, what, add_node):
             out = fn(*ex_args, **ex_kwargs)
     except Exception as e:
         tr.fail(f"{what} failed on the example inputs: {e}")
+    syms = out_syms(fn, _name(fn), args, kwargs, out)
     region = tr.region()
     node = add_node(region.graph, tree_map(tr.node_of, args), tree_map(tr.node_of, kwargs))
     node.meta["line"] = line = user_frame()
     if line and line not in region.lines:
         region.lines.append(line)
-    return wrap(tr, region, node, out, what)
+    res = wrap(tr, region, node, out, what)
+    if syms is not None:
+        _set_syms(res, syms)
+    return res
+
+
+def _set_syms(res, syms) -> None:
+    """Mark the varying dims of the op's tensor results (and of their nodes, so that a
+    region they leave exports them as dynamic)."""
+    vals = [v for v in tree_flatten(res)[0] if isinstance(v, TVal)]
+    for v, sym in zip(vals, syms):
+        v._sym = sym
+        if sym and v._node is not None:
+            v._node.meta["sym"] = sorted(sym)
 
 
 def wrap(tr, region, node, out, what):
