@@ -18,6 +18,8 @@ from torch import nn
 
 from dycomp.frontend import convert as _convert
 from dycomp.frontend import torchfn
+from dycomp.frontend.loopstate import LoopState
+from dycomp.frontend.symdims import host_int
 from dycomp.frontend.tracer import (
     FuncScope,
     LoopScope,
@@ -306,8 +308,8 @@ def _torch_factory(f, args, kwargs) -> bool:
     if not (mod.startswith("torch") or getattr(torch, getattr(f, "__name__", ""), None) is f):
         return False
     leaves = torch.utils._pytree.tree_flatten((args, kwargs))[0]
-    return any(isinstance(x, HVal) for x in leaves) and not any(
-        isinstance(x, TVal) for x in leaves)
+    return any(host_int(x) for x in leaves) and not any(
+        isinstance(x, (TVal, HVal)) and not host_int(x) for x in leaves)
 
 
 def _numpy_or_math(f) -> bool:
@@ -494,15 +496,23 @@ def _end_static(t, scope, get, set_, live):
 
 
 def _host_loop(t, get, set_, loc, src, body_fn, cond_fn=None, iterable=None):
-    """A loop whose trip count depends on data: its body is traced once."""
+    """A loop whose trip count depends on data: its body is traced once (again when it
+    turns out to change attributes of objects, which then become loop-carried)."""
+    state = LoopState(t, get, set_)
+    get, set_ = state.get, state.set
     init = get()
     kinds = None
-    for _ in range(4):
+    for _ in range(8):
         t.close()
         block, n0 = t.blocks[-1], len(t.blocks[-1])
         set_(init)
         header = _header(t, init, kinds)
         loop = _trace_body(t, header, init, get, set_, loc, src, body_fn, cond_fn, iterable)
+        if state.discover(_leaves(loop.seen[0]) if loop.seen else ()):
+            set_(init)  # the locals as before the loop; then the new slots' values
+            init, kinds = get(), None
+            del block[n0:]
+            continue
         new = _widen(kinds or tuple(_kind(v) for v in header), loop.seen)
         if new == (kinds or tuple(_kind(v) for v in header)):
             break

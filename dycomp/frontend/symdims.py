@@ -97,7 +97,7 @@ def _grow(ex: torch.Tensor, sym) -> torch.Tensor:
     return ex
 
 
-def _host_int(v) -> bool:
+def host_int(v) -> bool:
     """A data-dependent int (`n = y.size(0)`, `int(t.item())`): as a size, it varies."""
     return isinstance(v, HVal) and isinstance(v._ex, (int, np.integer)) and not isinstance(
         v._ex, (bool, np.bool_))
@@ -109,12 +109,12 @@ def _alt(v):
     if isinstance(v, HVal):
         from dycomp.frontend.tracer import _as_tensor
 
-        return _as_tensor(v._ex + 1 if _host_int(v) else v._ex)
+        return _as_tensor(v._ex + 1 if host_int(v) else v._ex)
     return v
 
 
 def _has_sym(args, kwargs) -> bool:
-    return any(isinstance(x, TVal) and x._sym or _host_int(x)
+    return any(isinstance(x, TVal) and x._sym or host_int(x)
                for x in tree_flatten((args, kwargs))[0])
 
 

@@ -67,6 +67,7 @@ class LoopScope:
 
 class Tracer:
     def __init__(self, root: torch.nn.Module | None):
+        self.root = root
         self.modules: dict[int, str] = {}
         if root is not None:
             for name, m in root.named_modules(remove_duplicate=False):
