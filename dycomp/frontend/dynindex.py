@@ -15,20 +15,12 @@ from dycomp.frontend.values import HVal, TVal
 
 
 def has_host_index(index) -> bool:
-    """Whether `index` holds a data-dependent int (an HVal) in a slice or as an int."""
+    """Whether `index` holds a slice with a data-dependent bound (an HVal). A lone
+    data-dependent int index stays in the region (indexing with a 0-d tensor input), which
+    keeps loops that index a weight by their counter fusable."""
     items = index if isinstance(index, tuple) else (index,)
-    for it in items:
-        if isinstance(it, HVal) and _is_int(it):
-            return True
-        if isinstance(it, slice) and any(isinstance(b, HVal) for b in (it.start, it.stop)):
-            return True
-    return False
-
-
-def _is_int(h: HVal) -> bool:
-    ex = h._ex
-    return isinstance(ex, int) and not isinstance(ex, bool) or (
-        hasattr(ex, "dtype") and getattr(ex, "ndim", 1) == 0 and ex.dtype.kind in "iu")
+    return any(isinstance(it, slice) and any(isinstance(b, HVal) for b in (it.start, it.stop))
+               for it in items)
 
 
 def getitem(tr, t: TVal, index):
