@@ -106,3 +106,31 @@ class LocalList(nn.Module):
 def test_local_list_changed_by_callee_raises():
     with pytest.raises(dycomp.UnsupportedError, match="held by a local variable"):
         dycomp.compile(LocalList(), (torch.randn(1, 4),), check=False)
+
+
+class SliceDelete(nn.Module):
+    """`del memory.hidden[:]` on a carried host list, in a branch on the loop counter."""
+
+    def __init__(self):
+        super().__init__()
+        self.policy = Policy()
+
+    def forward(self, x):
+        memory = Memory()
+        a = x
+        for step in range(1, 5):
+            a = self.policy.act(a, memory, restart=step == 1)
+            if a.sum() > 0.5:
+                return a, step, len(memory.hidden)
+        return a, 4, len(memory.hidden)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_slice_delete_on_carried_list(backend):
+    torch.manual_seed(0)
+    m = SliceDelete().eval()
+    g = torch.Generator().manual_seed(5)
+    xs = [torch.randn(1, 4, generator=g) * 2 for _ in range(10)]
+    with torch.no_grad():
+        assert len({m(x)[1] for x in xs}) >= 2
+    assert_matches_eager(m, xs, backend=backend)

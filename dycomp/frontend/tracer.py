@@ -186,6 +186,9 @@ class Tracer:
             return {k: self.host_expr(x) for k, x in v.items()}
         if isinstance(v, (set, frozenset)):
             return Op("set({0})", ([self.host_expr(x) for x in v],))
+        if isinstance(v, slice):  # `del memory.hidden[:]` on a host list
+            return Op("slice({0}, {1}, {2})", tuple(self.host_expr(x)
+                                                      for x in (v.start, v.stop, v.step)))
         if v is UNDEF:
             self.fail("use of a variable that is not defined on every path")
         self.fail(f"a {type(v).__name__} value cannot be passed to the host program",
