@@ -11,10 +11,9 @@ crops come from `utils.get_patch`), with its exit rule
 
 Settings: patch 96, 5 steps, ResNet-50 configuration of `configs.py`; thresholds `T[k]`
 at the 60th percentile of step k's confidence over 20 calibration inputs (printed in the
-notes; the last step always exits). The
-focus loop is unrolled in the driver: its steps carry state in `memory.hidden` and
-`fc.hidden` (attributes set inside the called modules), which dycomp's host loops do not
-track as loop-carried. The policy acts as `inference.py` calls it
+notes; the last step always exits). The focus loop is written as in `inference.py` (a
+host loop: its steps carry state in `memory.hidden` and `fc.hidden`, set inside the called
+modules). The policy acts as `inference.py` calls it
 (`training=False`): the action is the policy's mean, so the path is deterministic; the
 `dist.sample()` it draws on the way is unused. Shims: `torch._six`, `.cuda()`,
 torchvision's pure-Python parts (installed with `pip install --no-deps --target SIDE
@@ -78,27 +77,17 @@ class GFNetDriver(nn.Module):
         output = self.fc(output, restart=True)
         if self._confidence(output) >= self.thresholds[0]:
             return output, 0
-        # inference.py's `for patch_step in range(1, maximum_length)`, unrolled: the steps
-        # carry state in `memory.hidden` and `fc.hidden`, which a host loop does not track.
-        output, state = self._focus(x, state, memory, True)
-        if self._confidence(output) >= self.thresholds[1]:
-            return output, 1
-        output, state = self._focus(x, state, memory, False)
-        if self._confidence(output) >= self.thresholds[2]:
-            return output, 2
-        output, state = self._focus(x, state, memory, False)
-        if self._confidence(output) >= self.thresholds[3]:
-            return output, 3
-        output, state = self._focus(x, state, memory, False)
-        return output, 4
-
-    def _focus(self, x, state, memory, first):
-        """One focus step: the policy picks a patch, the focus network and the GRU
-        classifier read it."""
-        action = self.policy.act(state, memory, restart_batch=first)
-        patches = self.get_patch(x, action, PATCH)
-        output, state = self.model(patches)
-        return self.fc(output, restart=False), state
+        for patch_step in range(1, STEPS):  # inference.py's focus loop
+            if patch_step == 1:
+                action = self.policy.act(state, memory, restart_batch=True)
+            else:
+                action = self.policy.act(state, memory)
+            patches = self.get_patch(x, action, PATCH)
+            output, state = self.model(patches)
+            output = self.fc(output, restart=False)
+            if patch_step == STEPS - 1 or self._confidence(output) >= self.thresholds[patch_step]:
+                return output, patch_step
+        return output, STEPS - 1
 
     @staticmethod
     def _confidence(output):
