@@ -26,6 +26,7 @@ from torch.fx.node import _get_qualified_name
 
 from dycomp.backends.onnx_gemm_sums import fold_sums_into_gemms
 from dycomp.backends.onnx_gru import fuse_gru_cells
+from dycomp.backends.onnx_pools import lower_adaptive_pools
 from dycomp.backends.onnx_thresholds import fold_thresholds
 from dycomp.backends.torch_fastpath import no_fastpath
 from dycomp.errors import UnsupportedError
@@ -142,10 +143,13 @@ def export_region_model(region, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     axes = {p.name: _input_axes(p) for p in dynamic}
     if dynamic:  # outputs of a region fed shape-varying values may vary too
         axes.update({o: _axes(o, _example(n)) for o, n in zip(outs, region.output_nodes)})
+    axes.update({o: _axes(o, _example(n)) for o, n in zip(outs, region.output_nodes)
+                 if isinstance(n, fx.Node) and n.meta.get("sym")})  # x[mask], nonzero
     where = ", ".join(region.lines[:3]) or "?"
     start = time.perf_counter()
     try:
-        model = _export(region.gm, tuple(p.meta["example"] for p in phs), [p.name for p in phs],
+        gm = region.gm if dynamic else lower_adaptive_pools(region.gm)  # static shapes
+        model = _export(gm, tuple(p.meta["example"] for p in phs), [p.name for p in phs],
                         outs, axes, opset)
     except Exception as e:
         raise _ExportFailure(region.name, _diagnose(region, opset) or [

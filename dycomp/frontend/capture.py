@@ -13,6 +13,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from dycomp.errors import UnsupportedError
 from dycomp.frontend import ops
+from dycomp.frontend.loopstate import restore_entries, snapshot
 from dycomp.frontend.randomness import no_distribution_checks
 from dycomp.frontend.tracer import Tracer
 from dycomp.frontend.values import TVal
@@ -53,6 +54,7 @@ def capture(fn, args: tuple, kwargs: dict) -> tuple[DynGraph, InputSpec]:
     leaves, spec = tree_flatten((args, kwargs))
     names = _leaf_names(bound, len(leaves))
     saved = _save_state(root)
+    objects = snapshot([(root, 0)]) if root is not None else {}  # plain objects too
     tr = Tracer(root)
     try:
         with tr, torch.no_grad(), no_distribution_checks():
@@ -66,6 +68,7 @@ def capture(fn, args: tuple, kwargs: dict) -> tuple[DynGraph, InputSpec]:
             tr.close()
             tr.emit(Return(tr.host_expr(value), line=_where(fn)))
     finally:
+        restore_entries(objects.values())
         _restore_state(root, saved)
     params = [Var(n) for n, x in zip(names, leaves) if isinstance(x, torch.Tensor)]
     regions = _build_regions(tr)

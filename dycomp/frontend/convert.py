@@ -440,11 +440,17 @@ def convert(fn: types.FunctionType):
     try:
         tree = _parse(code.co_filename, code.co_firstlineno)
     except (OSError, SyntaxError, IndexError) as e:
+        if fn.__name__ == "<lambda>":
+            return fn  # its ops are still recorded; a data-dependent `if` in it raises
         raise UnsupportedError(
             f"cannot read the source of {fn.__qualname__} ({e})",
             f"{code.co_filename}:{code.co_firstlineno}",
             "define the model in a .py file (not a REPL / exec string)") from None
     fdef = tree.body[0]
+    if fn.__name__ == "<lambda>":
+        fdef = _lambda_def(tree, code)
+        if fdef is None:
+            return fn
     if isinstance(fdef, ast.Expr) and isinstance(fdef.value, ast.Lambda):
         raise UnsupportedError("lambda as a method", f"{code.co_filename}:{code.co_firstlineno}",
                                "use a def")
@@ -462,6 +468,24 @@ def convert(fn: types.FunctionType):
 
 
 _CACHE: dict = {}
+
+
+def _lambda_def(tree, code) -> ast.FunctionDef | None:
+    """`lambda args: body` (e.g. `self.act = lambda x: x * 2`) as `def _dyc_lambda(args):
+    return body`, if exactly one lambda on its line takes its arguments."""
+    names = list(code.co_varnames[:code.co_argcount + code.co_kwonlyargcount])
+    found = [n for n in ast.walk(tree) if isinstance(n, ast.Lambda)
+             and n.lineno == code.co_firstlineno
+             and [a.arg for a in n.args.posonlyargs + n.args.args + n.args.kwonlyargs] == names
+             and bool(n.args.vararg) == bool(code.co_flags & inspect.CO_VARARGS)]
+    if len(found) != 1:
+        return None
+    lam = found[0]
+    fdef = ast.FunctionDef(name="_dyc_lambda", args=lam.args,
+                           body=[ast.Return(lam.body, lineno=lam.lineno,
+                                            col_offset=lam.col_offset)],
+                           decorator_list=[], returns=None, type_params=[])
+    return ast.copy_location(fdef, lam)
 
 
 def _instantiate(fn, compiled, freevars):

@@ -20,6 +20,8 @@ from dycomp.frontend import convert as _convert
 from dycomp.frontend import randomness, torchfn
 from dycomp.frontend import unroll as _unroll
 from dycomp.frontend.exceptions import PathEnded, assert_, raise_, run_path, try_
+from dycomp.frontend.loopstate import LoopState
+from dycomp.frontend.symdims import host_int
 from dycomp.frontend.tracer import (
     FuncScope,
     LoopScope,
@@ -43,6 +45,7 @@ from dycomp.frontend.values import (
     is_sym,
     tracer,
 )
+from dycomp.frontend.wrappers import unwrap_grad_mode
 from dycomp.ir.program import SWITCH_CASE, Assign, Break, Continue, If, Lit, Loop
 
 __all__ = ["BREAK", "CONTINUE", "Ret", "UNDEF", "assert_", "call", "for_", "getitem", "if_",
@@ -221,6 +224,7 @@ def _is_leaf(m: nn.Module) -> bool:
 
 def call(f, *args, **kwargs):
     """Every call in converted code goes through here."""
+    f = unwrap_grad_mode(f)
     if isinstance(f, SymChoice):
         return f(*args, **kwargs)
     if isinstance(f, HMethod):
@@ -253,7 +257,7 @@ def _call_module(m, args, kwargs):
         if contains_sym(args) or contains_sym(kwargs):
             return torchfn.call_module(t, m, args, kwargs)
         return m(*args, **kwargs)
-    fwd = m.__dict__.get("forward") or type(m).forward
+    fwd = unwrap_grad_mode(m.__dict__.get("forward") or type(m).forward)
     if isinstance(fwd, types.MethodType):
         return call(fwd, *args, **kwargs)
     if not _user_code(fwd):
@@ -277,8 +281,8 @@ def _call_library(f, args, kwargs):
         return t.host_op(fmt, args, lambda a: f(a.item() if hasattr(a, "item") else a))
     if f is len:
         a = args[0]
-        if isinstance(a, TVal) and 0 in a._sym:  # a length that changes: read at run time
-            return t.host_op("len({0})", args, len)
+        if isinstance(a, TVal) and a._sym and a._ex.dim() and 0 in a._sym:
+            return a.size(0)  # a length that varies: read at run time
         if isinstance(a, TVal) or (isinstance(a, HVal) and a._static_len is not None):
             return len(a)
         if not isinstance(a, HVal):
@@ -298,7 +302,20 @@ def _call_library(f, args, kwargs):
         if kwargs:
             t.fail(f"keyword arguments to host function {_host_name(f)}")
         return _host_call(t, f, args)
+    if _torch_factory(f, args, kwargs):
+        return torchfn.record(t, f, args, kwargs)  # sizes read at run time
     return f(*args, **kwargs)
+
+
+def _torch_factory(f, args, kwargs) -> bool:
+    """A torch function taking a data-dependent int (`torch.zeros(n, 4)`, `n = len(y)`)
+    and no traced tensor (those dispatch through `__torch_function__`)."""
+    mod = getattr(f, "__module__", None) or ""
+    if not (mod.startswith("torch") or getattr(torch, getattr(f, "__name__", ""), None) is f):
+        return False
+    leaves = torch.utils._pytree.tree_flatten((args, kwargs))[0]
+    return any(host_int(x) for x in leaves) and not any(
+        isinstance(x, (TVal, HVal)) and not host_int(x) for x in leaves)
 
 
 def _numpy_or_math(f) -> bool:
@@ -499,17 +516,25 @@ def _end_static(t, scope, get, set_, live):
 
 
 def _host_loop(t, get, set_, loc, src, body_fn, cond_fn=None, iterable=None, trial=False):
-    """A loop whose trip count depends on data: its body is traced once. `trial`: a
-    counted loop that is unrolled instead if its carried values change type."""
+    """A loop whose trip count depends on data: its body is traced once (again when it
+    turns out to change attributes of objects, which then become loop-carried). `trial`:
+    a counted loop that is unrolled instead if its carried values change type."""
+    state = LoopState(t, get, set_)
+    get, set_ = state.get, state.set
     init = get()
     kinds = None
-    for _ in range(4):
+    for _ in range(8):
         t.close()
         block, n0 = t.blocks[-1], len(t.blocks[-1])
         set_(init)
         header = _header(t, init, kinds)
         loop = _trace_body(t, header, init, get, set_, loc, src, body_fn, cond_fn, iterable,
                            probe=trial)
+        if state.discover(_leaves(loop.seen[0]) if loop.seen else ()):
+            set_(init)  # the locals as before the loop; then the new slots' values
+            init, kinds = get(), None
+            del block[n0:]
+            continue
         if trial and _changes_type(header, loop.seen):
             raise _unroll.NotUniform("loop-carried values change type")
         new = _widen(kinds or tuple(_kind(v) for v in header), loop.seen)

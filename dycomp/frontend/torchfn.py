@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import operator
 
-import numpy as np
 import torch
 from torch.utils._pytree import tree_flatten, tree_map
 
-from dycomp.frontend import symdims
+from dycomp.frontend.dynindex import getitem as dyn_getitem
+from dycomp.frontend.dynindex import has_host_index
+from dycomp.frontend.hostlists import host_join, is_host_join
 from dycomp.frontend.randomness import INPLACE, check_generator, multinomial, rewrite
+from dycomp.frontend.symdims import out_syms
 from dycomp.frontend.values import HVal, TVal
 
 # Operations whose result is static metadata (shapes, dtypes), answered from the example.
@@ -78,8 +80,10 @@ def torch_function(tr, func, args, kwargs):
         return _random(tr, func, name, args, kwargs)
     if rewrite(func, name) is not None:
         return rewrite(func, name)(*args, **kwargs)
-    if func in _HOST_JOINS and args and isinstance(args[0], HVal):
-        return _host_join(tr, func, args, kwargs)
+    if is_host_join(func, args):
+        return host_join(tr, func, args, kwargs)
+    if name == "__getitem__" and isinstance(self_, TVal) and has_host_index(args[1]):
+        return dyn_getitem(tr, self_, args[1])
     if name == "__setitem__":
         return _inplace(tr, setitem, args, kwargs, self_)
     if name in _INPLACE_DUNDER:
@@ -103,24 +107,6 @@ def _random(tr, func, name, args, kwargs):
     if name in INPLACE and _is_method(func, name):
         return _assign(tr, INPLACE[name](*args, **kwargs), args[0])
     return record(tr, func, args, kwargs, name=name)
-
-
-_HOST_JOINS = {torch.cat: "np.concatenate", torch.concat: "np.concatenate",
-               torch.concatenate: "np.concatenate", torch.stack: "np.stack"}
-
-
-def _host_join(tr, func, args, kwargs):
-    """`torch.cat(words)` / `torch.stack(words)` of a list the host built (tensors appended
-    in a loop that ran a data-dependent number of times): joined on the host, every
-    dimension of the result symbolic."""
-    dim = args[1] if len(args) > 1 else kwargs.get("dim", kwargs.get("axis", 0))
-    if set(kwargs) - {"dim", "axis"} or not isinstance(dim, int):
-        tr.fail(f"{func.__name__} of a host list with arguments other than a static dim")
-    fn = np.concatenate if _HOST_JOINS[func] == "np.concatenate" else np.stack
-    out = tr.host_op(_HOST_JOINS[func] + "({0}, %d)" % dim, (args[0],),
-                     lambda xs: fn([np.asarray(x) for x in xs], dim))
-    out._sym = frozenset(range(out._ex.dim()))
-    return out
 
 
 def _inplace(tr, func, args, kwargs, target):
@@ -172,14 +158,26 @@ def _trace_op(tr, fn, args, kwargs, what, add_node):
             out = fn(*ex_args, **ex_kwargs)
     except Exception as e:
         tr.fail(f"{what} failed on the example inputs: {e}")
+    syms = out_syms(fn, _name(fn), args, kwargs, out)
     region = tr.region()
     node = add_node(region.graph, tree_map(tr.node_of, args), tree_map(tr.node_of, kwargs))
     node.meta["line"] = line = user_frame()
     if line and line not in region.lines:
         region.lines.append(line)
-    result = wrap(tr, region, node, out, what)
-    symdims.mark(result, fn, args, kwargs)
-    return result
+    res = wrap(tr, region, node, out, what)
+    if syms is not None:
+        _set_syms(res, syms)
+    return res
+
+
+def _set_syms(res, syms) -> None:
+    """Mark the varying dims of the op's tensor results (and of their nodes, so that a
+    region they leave exports them as dynamic)."""
+    vals = [v for v in tree_flatten(res)[0] if isinstance(v, TVal)]
+    for v, sym in zip(vals, syms):
+        v._sym = sym
+        if sym and v._node is not None:
+            v._node.meta["sym"] = sorted(sym)
 
 
 def wrap(tr, region, node, out, what):
@@ -199,11 +197,38 @@ def wrap(tr, region, node, out, what):
         if hasattr(out, "_fields") or type(out).__module__ == "torch.return_types":
             return type(out)(items)
         return type(out)(items) if isinstance(out, list) else tuple(items)
+    if _nested_tensors(out):
+        return _split_nested(region, node, out)
     leaves = tree_flatten(out)[0]
     if any(isinstance(x, torch.Tensor) for x in leaves):
         tr.fail(f"{what} returns a nested structure of tensors dycomp cannot split")
     tr.fail(f"{what} returns a data-dependent Python value ({type(out).__name__})",
             "keep the result a tensor, or convert it with .item() in the model's code")
+
+
+def _nested_tensors(out, depth=0) -> bool:
+    """Tuples/lists of tensors, Nones and such tuples (`nn.LSTM`: `out, (h, c)`)."""
+    if isinstance(out, torch.Tensor) or out is None:
+        return depth > 0
+    if depth < 4 and isinstance(out, (tuple, list)) and out:
+        return all(_nested_tensors(o, depth + 1) for o in out)
+    return False
+
+
+def _split_nested(region, node, out):
+    """One `getitem` node per element, recursively."""
+    if out is None:
+        return None
+    if isinstance(out, torch.Tensor):
+        node.meta["example"] = out
+        return TVal(out, region, node)
+    items = []
+    for i, o in enumerate(out):
+        n = region.graph.call_function(operator.getitem, (node, i)) if o is not None else None
+        items.append(_split_nested(region, n, o))
+    if hasattr(out, "_fields") or type(out).__module__ == "torch.return_types":
+        return type(out)(items)
+    return items if isinstance(out, list) else tuple(items)
 
 
 def _sym_shape(tr, name, t, args, kwargs):

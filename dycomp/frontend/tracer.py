@@ -67,6 +67,7 @@ class LoopScope:
 
 class Tracer:
     def __init__(self, root: torch.nn.Module | None):
+        self.root = root
         self.modules: dict[int, str] = {}
         if root is not None:
             for name, m in root.named_modules(remove_duplicate=False):
@@ -188,6 +189,9 @@ class Tracer:
             return {k: self.host_expr(x) for k, x in v.items()}
         if isinstance(v, (set, frozenset)):
             return Op("set({0})", ([self.host_expr(x) for x in v],))
+        if isinstance(v, slice):  # `del memory.hidden[:]` on a host list
+            return Op("slice({0}, {1}, {2})", tuple(self.host_expr(x)
+                                                      for x in (v.start, v.stop, v.step)))
         if v is UNDEF:
             self.fail("use of a variable that is not defined on every path")
         from dycomp.frontend.values import SymChoice
