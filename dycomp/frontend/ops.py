@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from dycomp.frontend import convert as _convert
+from dycomp.frontend import peel as _peel
 from dycomp.frontend import randomness, torchfn
 from dycomp.frontend import unroll as _unroll
 from dycomp.frontend.exceptions import PathEnded, assert_, raise_, run_path, try_
@@ -442,7 +443,7 @@ def while_(cond_fn, body_fn, get, set_, loc="", src="", can_exit=False):
     once; otherwise it is unrolled while its condition is static."""
     t = tracer()
     if can_exit:
-        return _host_loop(t, get, set_, loc, src, cond_fn=cond_fn, body_fn=lambda _: body_fn())
+        return _while_host(t, cond_fn, body_fn, get, set_, loc, src)
     scope = _static_scope(t, get)
     while True:
         c = cond_fn()
@@ -456,7 +457,37 @@ def while_(cond_fn, body_fn, get, set_, loc="", src="", can_exit=False):
     if scope.breaks or scope.conts:
         t.fail("a loop that turns data-dependent after a data-dependent break",
                "use one data-dependent loop condition")
-    return _host_loop(t, get, set_, loc, src, cond_fn=cond_fn, body_fn=lambda _: body_fn())
+    return _while_host(t, cond_fn, body_fn, get, set_, loc, src)
+
+
+def _while_host(t, cond_fn, body_fn, get, set_, loc, src, peel=True):
+    """A data-dependent while loop; its first iteration is peeled (peel.py) when a
+    carried value is a Python value before it and a tensor after it."""
+    def host():
+        return _host_loop(t, get, set_, loc, src, cond_fn=cond_fn, body_fn=lambda _: body_fn(),
+                          peel=peel)
+    if not peel:
+        return host()
+    return _peel.host_or_peeled(
+        t, host, lambda: _peeled_while(t, cond_fn, body_fn, get, set_, loc, src), get, set_)
+
+
+def _peeled_while(t, cond_fn, body_fn, get, set_, loc, src):
+    """The first iteration traced on its own (left through a flag like an unrolled
+    one), then a host loop for the others."""
+    scope = _static_scope(t, get)
+
+    def first():
+        c = cond_fn()
+        if not is_sym(c):
+            return body_fn() if c else BREAK
+        return if_(c, body_fn, lambda: BREAK, get, set_, loc, src)
+
+    r = _static_iteration(t, scope, first, get, set_)
+    if r is not None:
+        return r if r is not BREAK else _end_static(t, scope, get, set_, live=False)
+    _while_host(t, cond_fn, body_fn, get, set_, loc, src, peel=False)
+    return _end_static(t, scope, get, set_, live=True)
 
 
 def for_(iterable, body_fn, get, set_, loc="", src="", can_exit=False):
@@ -469,8 +500,45 @@ def for_(iterable, body_fn, get, set_, loc="", src="", can_exit=False):
                                   trial=True),
             lambda: _static_for(t, iterable, body_fn, get, set_), get, set_)
     if isinstance(iterable, HVal) or (isinstance(iterable, range) and can_exit):
-        return _host_loop(t, get, set_, loc, src, iterable=iterable, body_fn=body_fn)
+        return _for_host(t, iterable, body_fn, get, set_, loc, src)
     return _static_for(t, iterable, body_fn, get, set_)
+
+
+def _for_host(t, iterable, body_fn, get, set_, loc, src, peel=True):
+    """A host loop over a data-dependent (or long, leavable) iterable; its first
+    iteration is peeled like a while loop's (peel.py)."""
+    def host():
+        return _host_loop(t, get, set_, loc, src, iterable=iterable, body_fn=body_fn,
+                          peel=peel)
+    if not peel:
+        return host()
+    return _peel.host_or_peeled(
+        t, host, lambda: _peeled_for(t, iterable, body_fn, get, set_, loc, src), get, set_)
+
+
+def _peeled_for(t, iterable, body_fn, get, set_, loc, src):
+    """The first item's iteration on its own, then a host loop over the others."""
+    if not isinstance(iterable, HVal):
+        seq = iterable
+    elif isinstance(to_example(iterable), (range, list, tuple)):
+        seq = iterable
+    else:
+        seq = t.host_op("list({0})", (iterable,), list)
+    scope = _static_scope(t, get)
+
+    def first():
+        if not isinstance(seq, HVal):
+            return body_fn(seq[0]) if len(seq) else BREAK
+        some = t.host_op("(len({0}) > 0)", (seq,), lambda a: len(a) > 0)
+        item = lambda: body_fn(t.host_op("{0}[0]", (seq,), lambda a: a[0] if len(a) else 0))  # noqa: E731
+        return if_(some, item, lambda: BREAK, get, set_, loc, src)
+
+    r = _static_iteration(t, scope, first, get, set_)
+    if r is not None:
+        return r if r is not BREAK else _end_static(t, scope, get, set_, live=False)
+    rest = seq[1:] if not isinstance(seq, HVal) else t.host_op("{0}[1:]", (seq,), lambda a: a[1:])
+    _for_host(t, rest, body_fn, get, set_, loc, src, peel=False)
+    return _end_static(t, scope, get, set_, live=True)
 
 
 def _static_for(t, iterable, body_fn, get, set_):
@@ -515,7 +583,8 @@ def _end_static(t, scope, get, set_, live):
     return None
 
 
-def _host_loop(t, get, set_, loc, src, body_fn, cond_fn=None, iterable=None, trial=False):
+def _host_loop(t, get, set_, loc, src, body_fn, cond_fn=None, iterable=None, trial=False,
+               peel=False):
     """A loop whose trip count depends on data: its body is traced once (again when it
     turns out to change attributes of objects, which then become loop-carried). `trial`:
     a counted loop that is unrolled instead if its carried values change type."""
@@ -538,6 +607,8 @@ def _host_loop(t, get, set_, loc, src, body_fn, cond_fn=None, iterable=None, tri
         if trial and _changes_type(header, loop.seen):
             raise _unroll.NotUniform("loop-carried values change type")
         new = _widen(kinds or tuple(_kind(v) for v in header), loop.seen)
+        if peel and kinds is None and _peel.turns_tensor(tuple(_kind(v) for v in header), new):
+            raise _peel.PeelFirst
         if new == (kinds or tuple(_kind(v) for v in header)):
             break
         kinds = new

@@ -164,6 +164,11 @@ class Tracer:
         if isinstance(v, HVal):
             from dycomp.frontend.symdims import list_sym
 
+            if getattr(v, "_mixed", None):
+                self.fail(f"a value that is a number on some paths and a tensor on others "
+                          f"(joined at {v._mixed}) used in a tensor op",
+                          "make every path produce a tensor (torch.zeros_like(h), not 0)")
+
             return self.region().placeholder(v._var, _as_tensor(v._ex), list_sym(v))
         if isinstance(v, torch.Tensor):
             return self.region().get_attr(v)
@@ -334,7 +339,10 @@ class Tracer:
             sym = _sym_dims([t._ex.shape if isinstance(t, TVal) else t.shape for t in tensors])
             sym |= {d for t in tensors if isinstance(t, TVal) for d in t._sym}
             return TVal(ex, var=var, sym=sym, maybe_none=len(tensors) < len(defined))
-        return HVal(var, to_example(defined[0]))
+        out = HVal(var, to_example(defined[0]))
+        if tensors and any(_kind(v) == "host" for v in defined):
+            out._mixed = user_frame()  # a number or a tensor: no region can type it
+        return out
 
     # -- scopes ------------------------------------------------------------------------
     def record_return(self, value) -> None:
