@@ -271,6 +271,8 @@ def _call_library(f, args, kwargs):
     if not sym:
         if randomness.is_random(f):  # a draw with static arguments: drawn per call
             return randomness.call_random(tracer(), f, args, kwargs)
+        if torchfn.is_factory(f):  # traced, so that in-place updates of it are recorded
+            return torchfn.record(tracer(), f, args, kwargs)
         return f(*args, **kwargs)
     t = tracer()
     if f is print:

@@ -103,12 +103,16 @@ def check_generator(tr, kwargs: dict) -> None:
 
 
 def call_random(tr, f, args, kwargs):
-    """Record a random op into the open region, even with static arguments; an in-place
-    draw on an untraced tensor (`torch.empty(3).uniform_()`) draws into a copy of it."""
+    """Record a random op into the open region, even with static arguments. (An in-place
+    draw on a tensor from a factory, `torch.empty(3).uniform_()`, is traced: the factory
+    is recorded; on any other untraced tensor it is refused.)"""
     check_generator(tr, kwargs)
     owner = getattr(f, "__self__", None)
     if isinstance(owner, torch.Tensor) and getattr(f, "__name__", "") in INPLACE:
-        return INPLACE[f.__name__](tr.const_tensor(owner), *args, **kwargs)
+        tr.fail(f"in-place random draw .{f.__name__}() on a tensor that is not traced (a "
+                "weight, buffer or constant): the compiled model could not update it",
+                "draw out of place (torch.rand_like(t)), or create the tensor with "
+                "torch.empty / torch.zeros in forward")
     if f is torch.multinomial:
         return multinomial(tr, *args, **kwargs)
     from dycomp.frontend import torchfn

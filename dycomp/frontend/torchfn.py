@@ -28,11 +28,49 @@ _INPLACE_DUNDER = {"__iadd__": "add", "__isub__": "sub", "__imul__": "mul",
                    "__irshift__": "bitwise_right_shift", "__imatmul__": "matmul"}
 
 
+# Creation functions recorded into the region when the model's code calls them, even with
+# static arguments: their results may be updated in place afterwards (`u = torch.empty(3);
+# u.uniform_()`, `z[i] = v`, `z.fill_(t.item())`), which only a traced value records.
+FACTORIES = frozenset({torch.empty, torch.zeros, torch.ones, torch.full, torch.empty_like,
+                       torch.zeros_like, torch.ones_like, torch.full_like})
+
+
+def is_factory(f) -> bool:
+    try:
+        return f in FACTORIES
+    except TypeError:  # unhashable callables
+        return False
+
+
 def setitem(t: torch.Tensor, index, value) -> torch.Tensor:
     """Functional `t[index] = value` (in-place assignment becomes a new value)."""
     out = t.clone()
     out[index] = value
     return out
+
+
+def fill(t: torch.Tensor, value) -> torch.Tensor:
+    """Functional `t.fill_(value)`."""
+    return t.clone().fill_(value)
+
+
+def copy(t: torch.Tensor, src, non_blocking=False) -> torch.Tensor:
+    """Functional `t.copy_(src)` (broadcast to `t`'s shape, cast to its dtype)."""
+    return src.to(dtype=t.dtype).expand_as(t).clone()
+
+
+def zero(t: torch.Tensor) -> torch.Tensor:
+    """Functional `t.zero_()`."""
+    return torch.zeros_like(t)
+
+
+def fill_diagonal(t: torch.Tensor, fill_value, wrap=False) -> torch.Tensor:
+    """Functional `t.fill_diagonal_(...)`."""
+    return t.clone().fill_diagonal_(fill_value, wrap)
+
+
+# In-place tensor methods without an out-of-place twin (`Tensor.fill` does not exist).
+_FUNCTIONAL = {"fill_": fill, "copy_": copy, "zero_": zero, "fill_diagonal_": fill_diagonal}
 
 
 def _name(func) -> str:
@@ -89,9 +127,11 @@ def torch_function(tr, func, args, kwargs):
     if name in _INPLACE_DUNDER:
         return _inplace(tr, getattr(torch.Tensor, _INPLACE_DUNDER[name]), args, kwargs, self_)
     if name.endswith("_") and not name.startswith("_") and _is_method(func, name):
-        pure = getattr(torch.Tensor, name[:-1], None)
+        pure = getattr(torch.Tensor, name[:-1], None) or _FUNCTIONAL.get(name)
         if pure is not None:
             return _inplace(tr, pure, args, kwargs, self_)
+        tr.fail(f"in-place .{name}() of a traced tensor (it would not update the tensor)",
+                "use an out-of-place form")
     if kwargs.get("inplace") is True:
         return _inplace(tr, func, args, dict(kwargs, inplace=False), self_)
     if name.endswith("_") and hasattr(torch, name[:-1]) and getattr(torch, name) is func:
