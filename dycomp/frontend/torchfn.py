@@ -15,6 +15,7 @@ _META = {"size", "dim", "ndimension", "numel", "nelement", "is_floating_point", 
          "is_signed", "data_ptr", "__repr__", "__format__", "__str__", "__hash__"}
 _META_ATTRS = {"shape", "dtype", "device", "ndim", "requires_grad", "is_cuda", "layout",
                "is_leaf", "is_sparse", "is_quantized", "is_meta", "names", "grad_fn", "grad"}
+_ALIASES = {"data", "detach", "detach_"}
 _SHAPE = {"size", "numel", "nelement", "__len__", "shape", "stride"}
 _INPLACE_DUNDER = {"__iadd__": "add", "__isub__": "sub", "__imul__": "mul",
                    "__itruediv__": "div", "__ifloordiv__": "floor_divide", "__imod__": "remainder",
@@ -61,6 +62,10 @@ def torch_function(tr, func, args, kwargs):
                 "call it in the model's own code (it is converted there), or keep it a tensor")
     if name in ("item", "tolist", "numpy") and isinstance(self_, TVal):
         return _to_host(tr, name, self_)
+    if name in _ALIASES and isinstance(self_, TVal) and _is_alias(func, name, getter):
+        return self_  # `.data`, `.detach()`: the value itself (capture records no autograd)
+    if name == "__set__" and getattr(getattr(func, "__self__", None), "__name__", "") == "data":
+        return _set_data(tr, self_, args[1])
     if name in _META or (getter and name in _META_ATTRS):
         if name in _SHAPE and isinstance(self_, TVal) and self_._sym:
             return _sym_shape(tr, name, self_, args[1:], kwargs)
@@ -81,6 +86,29 @@ def torch_function(tr, func, args, kwargs):
     if name.endswith("_") and hasattr(torch, name[:-1]) and getattr(torch, name) is func:
         return _inplace(tr, getattr(torch, name[:-1]), args, kwargs, self_)
     return record(tr, func, args, kwargs, getter=getter, name=name)
+
+
+def _is_alias(func, name, getter) -> bool:
+    """`t.data`, `t.detach()`, `torch.detach(t)`, `t.detach_()`: accessors that return
+    the same values without autograd history."""
+    if name == "data":
+        return getter
+    return _is_method(func, name) or getattr(torch, name, None) is func
+
+
+def _set_data(tr, target, value):
+    """`t.data = value`: `t` holds `value` from now on (an in-place update of `t`)."""
+    if not isinstance(target, TVal):
+        tr.fail("assignment to `.data` of a tensor that is not traced (a parameter or "
+                "constant)", "do not replace weights inside forward")
+    if not isinstance(value, TVal):
+        if not isinstance(value, torch.Tensor):
+            tr.fail(f"assignment of a {type(value).__name__} to `.data`",
+                    "assign a tensor to `.data`")
+        value = tr.const_tensor(value)
+    tr.journal.append((target, target._state()))
+    target._set_state(value._state())
+    target._mutated = True
 
 
 def _inplace(tr, func, args, kwargs, target):
