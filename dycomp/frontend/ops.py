@@ -328,6 +328,7 @@ def _host_call(t, f, args):
 
 def _run_converted(fn, args, kwargs):
     t = tracer()
+    t.user_state.save_function(fn)  # what its globals and closure reach, before it runs
     key = fn.__code__
     depth = t.call_depth.get(key, 0)
     if depth > 40:

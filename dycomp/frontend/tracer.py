@@ -85,6 +85,9 @@ class Tracer:
         self.exit_log: list[Var] = []  # flags of the exits recorded so far, in order
         self.resolved: set[Var] = set()  # exit flags whose paths have been joined again
         self.journal: list = []  # (tensor, state before an in-place op), to undo per arm
+        from dycomp.frontend.user_state import UserState
+
+        self.user_state = UserState()  # the user's objects as they were, restored after
 
     # -- activation ---------------------------------------------------------------
     def __enter__(self):
