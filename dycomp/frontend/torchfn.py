@@ -97,10 +97,8 @@ def _is_alias(func, name, getter) -> bool:
 
 
 def _set_data(tr, target, value):
-    """`t.data = value`: `t` holds `value` from now on (an in-place update of `t`)."""
-    if not isinstance(target, TVal):
-        tr.fail("assignment to `.data` of a tensor that is not traced (a parameter or "
-                "constant)", "do not replace weights inside forward")
+    """`t.data = value` (`t` a TVal: only its setter dispatches here): `t` holds `value`
+    from now on (an in-place update of `t`)."""
     if not isinstance(value, TVal):
         if not isinstance(value, torch.Tensor):
             tr.fail(f"assignment of a {type(value).__name__} to `.data`",
