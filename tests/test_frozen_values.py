@@ -1,0 +1,92 @@
+"""No exported ONNX region holds a traced value as a constant.
+
+Walks every region exported while compiling each zoo example and this topic's models,
+and compares every initializer and `Constant` with the example values of the region's
+traced tensors (`dycomp.backends.frozen_values`); the check fires on a frozen value.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+from torch import fx
+
+import dycomp
+from dycomp.backends import onnx_backend
+from dycomp.backends.frozen_values import constants, fingerprint, traced_values
+from dycomp.ir.dyngraph import Region
+from examples import blockdrop
+from examples.zoo import ZOO
+from tests.test_data_alias import DataRead, DataWrite, Detach
+
+
+def _models():
+    for name, mod in ZOO.items():
+        yield name, mod.make
+    yield "blockdrop", lambda: blockdrop.make(blocks=2, widths=(4, 8, 8), size=16)
+    for cls in (DataRead, DataWrite, Detach):
+        yield cls.__name__, lambda cls=cls: (cls().eval(), (torch.randn(1, 6),))
+
+
+@pytest.mark.parametrize("name,make", list(_models()), ids=[n for n, _ in _models()])
+def test_exported_regions_hold_no_traced_value(name, make, monkeypatch):
+    exported = []
+    monkeypatch.setattr(onnx_backend, "check_region",
+                        lambda region, model: exported.append((region.gm, model)))
+    torch.manual_seed(0)
+    model, example = make()
+    dycomp.compile(model, example, backend="onnx", check=False)
+    assert exported, "no region exported"
+    compared = 0
+    for gm, onnx_model in exported:
+        traced, fixed = traced_values(gm)
+        for const, value in constants(onnx_model):
+            key = fingerprint(value)
+            compared += key is not None
+            assert key not in traced or key in fixed, (
+                f"{name}: constant {const} is the example value of {traced[key]}")
+    assert compared or name in ("DataRead", "DataWrite", "Detach")
+
+
+class Frozen(nn.Module):
+    """`.data` read as FX traces it: the TorchScript exporter makes it a constant."""
+
+    def forward(self, x):
+        p = torch.sigmoid(x)
+        return p.data * 2.0
+
+
+def _region(module, example):
+    gm = fx.symbolic_trace(module)
+    for node in gm.graph.nodes:
+        if node.op == "placeholder":
+            node.meta["example"] = example
+        if node.op == "output":  # regions return a tuple
+            node.args = ((node.args[0],),)
+    gm.recompile()
+    return Region("r0", gm, ["frozen.py:1"])
+
+
+def test_check_fires_on_a_frozen_value():
+    assert "getattr" in str(_region(Frozen(), torch.randn(2, 3)).gm.code)
+    with pytest.raises(dycomp.UnsupportedError, match=r"frozen.py:1: .*holds the example value of `mul`"):
+        onnx_backend.export_region_model(_region(Frozen(), torch.randn(2, 3)))
+
+
+class AddWeight(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(2, 3))
+
+    def forward(self, x):
+        return x * 3.0 + self.w
+
+
+def test_weight_equal_to_the_example_is_not_frozen():
+    model = AddWeight()
+    x = model.w.detach().clone()  # the example input is the weight's value
+    onnx_backend.export_region_model(_region(model, x))  # no error: the weight is the FX's
+    cm = dycomp.compile(model, (x,), backend="onnx")
+    other = torch.randn(2, 3)
+    torch.testing.assert_close(cm(other), model(other).detach())
