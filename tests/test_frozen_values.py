@@ -70,7 +70,8 @@ def _region(module, example):
 
 def test_check_fires_on_a_frozen_value():
     assert "getattr" in str(_region(Frozen(), torch.randn(2, 3)).gm.code)
-    with pytest.raises(dycomp.UnsupportedError, match=r"frozen.py:1: .*holds the example value of `mul`"):
+    frozen = r"frozen.py:1: .*holds the example value of `mul`"
+    with pytest.raises(dycomp.UnsupportedError, match=frozen):
         onnx_backend.export_region_model(_region(Frozen(), torch.randn(2, 3)))
 
 
