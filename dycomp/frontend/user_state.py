@@ -12,6 +12,7 @@ included (`dycomp.frontend.capture`).
 
 from __future__ import annotations
 
+import logging
 import sys
 import types
 
@@ -19,6 +20,7 @@ from torch import nn
 
 from dycomp.frontend.tracer import is_user_file
 
+log = logging.getLogger(__name__)
 MAX_DEPTH = 4  # containers and plain objects, nested (modules nest without limit)
 MAX_OBJECTS = 20_000
 
@@ -28,11 +30,18 @@ class UserState:
         self._seen: set[int] = set()
         self._undo: list = []  # (object, saved form), restored in reverse order
         self._codes: set = set()
+        self._full = False  # MAX_OBJECTS reached (warned)
 
     def save(self, obj, depth: int = MAX_DEPTH) -> None:
         """Save `obj` and what it holds (once per object; later saves are no-ops)."""
         todo = [(obj, depth)]
-        while todo and len(self._seen) < MAX_OBJECTS:
+        while todo:
+            if len(self._seen) >= MAX_OBJECTS:
+                if not self._full:
+                    self._full = True
+                    log.warning("capture saved %d user objects and no more: objects reached "
+                                "after them are not restored", MAX_OBJECTS)
+                return
             obj, depth = todo.pop()
             if depth < 0 or id(obj) in self._seen:
                 continue
@@ -124,7 +133,10 @@ def _restore_one(obj, saved) -> None:
         d, params, buffers, mods, data = state
         obj.__dict__.clear()
         obj.__dict__.update(d)
-        obj._parameters, obj._buffers, obj._modules = params, buffers, mods
+        for current, saved in ((obj._parameters, params), (obj._buffers, buffers),
+                               (obj._modules, mods)):
+            current.clear()  # the module's own dicts, as they were
+            current.update(saved)
         for p, value in data.values():
             if (p.data_ptr(), p.shape, p.dtype) != (value.data_ptr(), value.shape, value.dtype):
                 p.data = value
