@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils._pytree import tree_flatten, tree_map
 
 from dycomp.backends import lower
+from dycomp.backends.frozen_values import check_captured
 from dycomp.errors import DycompError, PassError, UnsupportedError
 from dycomp.frontend.capture import InputSpec, capture
 from dycomp.ir.dyngraph import DynGraph
@@ -58,6 +59,7 @@ def compile(model, example_inputs, *, example_kwargs: dict | None = None,
         fn, note = _prune(fn, p, args, kwargs)
         notes.append(note)
     graph, spec = capture(fn, args, kwargs)
+    check_captured(graph)  # no region holds a traced value as a constant
     graph.verify()
     log.info("captured %s: %s", graph.source, graph.stats())
     if_nodes = backend == "onnx" and fuse_branches

@@ -18,14 +18,60 @@ from dycomp.backends.frozen_values import constants, fingerprint, traced_values
 from dycomp.ir.dyngraph import Region
 from examples import blockdrop
 from examples.zoo import ZOO
+from tests.helpers import assert_matches_eager, randn_inputs
 from tests.test_data_alias import DataRead, DataWrite, Detach
+
+
+class TensorOfTraced(nn.Module):
+    """`torch.tensor(h)` / `torch.as_tensor(h, dtype=...)` of traced values."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+
+    def forward(self, x):
+        h = self.fc(x)
+        c = torch.tensor(h) * 2
+        d = torch.as_tensor(h, dtype=torch.float64)
+        return c + x, d.sum()
+
+
+@pytest.mark.filterwarnings("ignore:To copy construct")  # eager's own warning
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_tensor_of_a_traced_value_matches_eager(backend):
+    torch.manual_seed(0)
+    model = TensorOfTraced().eval()
+    inputs = randn_inputs((1, 6), 6, seed=2)
+    assert_matches_eager(model, inputs, cm=dycomp.compile(model, (inputs[0],), backend=backend))
+
+
+_LIB: dict = {}  # code dycomp does not convert (not a user file): its torch.tensor copies
+exec(compile("import torch\ndef copy(t):\n    return torch.tensor(t)\n", "<lib>", "exec"),
+     _LIB)
+
+
+class CopiedInLibrary(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+
+    def forward(self, x):
+        h = self.fc(x)
+        return _LIB["copy"](h) + x
+
+
+@pytest.mark.filterwarnings("ignore:To copy construct")
+def test_capture_check_fires_on_a_copied_example_value():
+    with pytest.raises(dycomp.UnsupportedError, match=r"region r0 holds the example value of "
+                                                      r"`fc` .*torch.tensor"):
+        dycomp.compile(CopiedInLibrary(), (torch.randn(1, 6),), backend="torch")
 
 
 def _models():
     for name, mod in ZOO.items():
         yield name, mod.make
     yield "blockdrop", lambda: blockdrop.make(blocks=2, widths=(4, 8, 8), size=16)
-    for cls in (DataRead, DataWrite, Detach):
+    for cls in (DataRead, DataWrite, Detach, TensorOfTraced):
         yield cls.__name__, lambda cls=cls: (cls().eval(), (torch.randn(1, 6),))
 
 
@@ -46,7 +92,7 @@ def test_exported_regions_hold_no_traced_value(name, make, monkeypatch):
             compared += key is not None
             assert key not in traced or key in fixed, (
                 f"{name}: constant {const} is the example value of {traced[key]}")
-    assert compared or name in ("DataRead", "DataWrite", "Detach")
+    assert compared or name in ("DataRead", "DataWrite", "Detach", "TensorOfTraced")
 
 
 class Frozen(nn.Module):

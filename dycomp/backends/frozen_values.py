@@ -54,9 +54,32 @@ def check_region(region, model: onnx.ModelProto) -> None:
             raise _frozen(region, name, traced[key])
 
 
-def traced_values(gm: fx.GraphModule) -> tuple[dict, set]:
+def check_captured(graph) -> None:
+    """Raise `UnsupportedError` if a region's anonymous constant (a tensor capture met
+    outside the traced values, such as `torch.tensor(t)` of a traced `t`, which copies
+    its example value) is one of the region's traced values. Of the region's inputs only
+    the program's own (the call's tensors) are compared: a loop-carried input may start
+    as a constant."""
+    inputs = {p.name for p in graph.params}
+    for region in graph.regions.values():
+        gm = region.gm
+        consts = [n for n in gm.graph.nodes if n.op == "get_attr"
+                  and str(n.target).startswith("_const")] if gm is not None else []
+        if not consts:
+            continue
+        traced, _ = traced_values(gm, inputs)
+        for node in consts:
+            key = fingerprint(getattr(gm, node.target).detach().cpu().numpy())
+            if key in traced:
+                raise _frozen(region, str(node.target), traced[key],
+                              "`torch.tensor(t)` of a traced `t` (it copies the example "
+                              "value)")
+
+
+def traced_values(gm: fx.GraphModule, inputs: set | None = None) -> tuple[dict, set]:
     """({fingerprint: node} of the values that depend on the inputs, {fingerprints of the
-    graph's own constants}), from a run on the placeholders' examples."""
+    graph's own constants}), from a run on the placeholders' examples. `inputs`: the
+    placeholders whose own values count (default all)."""
     values = _node_values(gm)
     traced, fixed, dependent = {}, set(), set()
     for node in gm.graph.nodes:
@@ -65,13 +88,23 @@ def traced_values(gm: fx.GraphModule) -> tuple[dict, set]:
             continue
         if node.op == "output":
             continue
-        if node.op != "placeholder" and (_target_name(node) in _SHAPE_ONLY or not any(
-                a in dependent for a in node.all_input_nodes)):
+        if node.op != "placeholder" and not _depends(node, dependent):
             continue
         dependent.add(node)
+        if node.op == "placeholder" and inputs is not None and node.name not in inputs:
+            continue
         for key in _keys(values.get(node)):
             traced[key] = node  # the latest: the op that made the value last
     return traced, fixed
+
+
+def _depends(node: fx.Node, dependent: set) -> bool:
+    """Whether `node`'s value depends on the values of `dependent` nodes (a shape-only op
+    depends on its other arguments: `x.new_tensor(t)`, `full_like(x, t)`)."""
+    inputs = node.all_input_nodes
+    if _target_name(node) in _SHAPE_ONLY and node.args and isinstance(node.args[0], fx.Node):
+        inputs = [a for a in inputs if a is not node.args[0]]
+    return any(a in dependent for a in inputs)
 
 
 def constants(model: onnx.ModelProto):
@@ -126,7 +159,7 @@ def _clone(v):
 
 
 def _target_name(node: fx.Node) -> str:
-    if node.op == "call_method":
+    if node.op in ("call_method", "call_module"):
         return node.target
     if node.op == "call_function":
         if getattr(node.target, "__name__", "") == "getattr":
@@ -135,12 +168,14 @@ def _target_name(node: fx.Node) -> str:
     return ""
 
 
-def _frozen(region, const: str, node: fx.Node) -> UnsupportedError:
+def _frozen(region, const: str, node: fx.Node, cause: str = "") -> UnsupportedError:
+    """`cause` set: a constant of the captured FX graph; else one the exporter made."""
     what = _target_name(node) or node.op
+    where = "region" if cause else "the ONNX export of region"
+    hint = f"compute the value with tensor operations, not {cause}" if cause else (
+        "compute the value with tensor operations, not `.data` or `.numpy()` of a traced "
+        "tensor, or use backend='torch'")
     return UnsupportedError(
-        f"the ONNX export of region {region.name} holds the example value of `{what}` "
-        f"({node.name}) as a constant ({const}): the subgraph would return that value on "
-        f"every input",
-        where=node.meta.get("line") or ", ".join(region.lines[:1]),
-        hint="compute the value with tensor operations (not `.data`, `.numpy()` or "
-             "`torch.tensor(t)` of a traced tensor), or use backend='torch'")
+        f"{where} {region.name} holds the example value of `{what}` ({node.name}) as a "
+        f"constant ({const}): it would give that value on every input",
+        where=node.meta.get("line") or ", ".join(region.lines[:1]), hint=hint)

@@ -215,3 +215,20 @@ def _to_host(tr, name, t):
         n = t._ex.shape[0] if t._ex.dim() > 0 else None
         return tr.host_op("{0}.tolist()", (t,), lambda a: a.tolist(), static_len=n)
     return HVal(tr.export(t), t._ex.numpy())
+
+
+TENSOR_CTORS = (torch.tensor, torch.as_tensor, torch.asarray)
+
+
+def tensor_ctor(tr, func, args, kwargs):
+    """`torch.tensor(t)` / `torch.as_tensor(t)` of a traced `t`: a copy of (or the same)
+    value, traced; the constructor itself would copy the example value into a constant."""
+    data = args[0] if args else kwargs.get("data", kwargs.get("obj"))
+    if not isinstance(data, TVal):
+        tr.fail(f"torch.{func.__name__} of a list holding traced tensors (it would copy their "
+                "example values)", "use torch.stack")
+    out = data.detach().clone() if func is torch.tensor else data
+    dtype, device = kwargs.get("dtype"), kwargs.get("device")
+    if dtype is not None or device is not None:
+        out = out.to(device=device, dtype=dtype)
+    return out
