@@ -23,7 +23,8 @@ from tests.test_data_alias import DataRead, DataWrite, Detach
 
 
 class TensorOfTraced(nn.Module):
-    """`torch.tensor(h)` / `torch.as_tensor(h, dtype=...)` of traced values."""
+    """`torch.tensor(h)` / `torch.as_tensor(h, dtype=...)` of traced values and of a host
+    scalar."""
 
     def __init__(self):
         super().__init__()
@@ -33,7 +34,8 @@ class TensorOfTraced(nn.Module):
         h = self.fc(x)
         c = torch.tensor(h) * 2
         d = torch.as_tensor(h, dtype=torch.float64)
-        return c + x, d.sum()
+        s = torch.tensor(h.sum().item())  # a host scalar
+        return c + x + s, d.sum()
 
 
 @pytest.mark.filterwarnings("ignore:To copy construct")  # eager's own warning

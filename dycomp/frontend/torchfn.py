@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import operator
 
+import numpy as np
 import torch
 from torch.utils._pytree import tree_flatten, tree_map
 
@@ -222,13 +223,19 @@ TENSOR_CTORS = (torch.tensor, torch.as_tensor, torch.asarray)
 
 def tensor_ctor(tr, func, args, kwargs):
     """`torch.tensor(t)` / `torch.as_tensor(t)` of a traced `t`: a copy of (or the same)
-    value, traced; the constructor itself would copy the example value into a constant."""
+    value, traced; of a host scalar (`x.sum().item()`): a tensor made on the host. The
+    constructor itself would copy the example value into a constant."""
     data = args[0] if args else kwargs.get("data", kwargs.get("obj"))
-    if not isinstance(data, TVal):
-        tr.fail(f"torch.{func.__name__} of a list holding traced tensors (it would copy their "
-                "example values)", "use torch.stack")
-    out = data.detach().clone() if func is torch.tensor else data
     dtype, device = kwargs.get("dtype"), kwargs.get("device")
+    if isinstance(data, HVal) and isinstance(data._ex, (bool, int, float, np.generic)):
+        dtype = dtype or torch.tensor(data._ex).dtype
+        name = str(dtype).replace("torch.", "")
+        return tr.host_op("np.asarray({0}, dtype=np.%s)" % name, (data,),
+                          lambda a: np.asarray(a, dtype=name))
+    if not isinstance(data, TVal):
+        tr.fail(f"torch.{func.__name__} of a list holding data-dependent values (it would "
+                "copy their example values)", "use torch.stack of tensors")
+    out = data.detach().clone() if func is torch.tensor else data
     if dtype is not None or device is not None:
         out = out.to(device=device, dtype=dtype)
     return out
