@@ -38,11 +38,7 @@ _SHAPE_ONLY = {"size", "dim", "numel", "zeros_like", "ones_like", "empty_like", 
 def check_region(region, model: onnx.ModelProto) -> None:
     """Raise `UnsupportedError` if `model` (the export of `region`) holds one of the
     region's traced example values as a constant."""
-    try:
-        traced, fixed = traced_values(region.gm)
-    except Exception as e:  # the check needs a run of the region on its examples
-        log.warning("region %s: frozen-constant check skipped (%s)", region.name, e)
-        return
+    traced, fixed = _traced(region)
     if not traced:
         return
     sizes = {k[0] for k in traced}
@@ -67,7 +63,7 @@ def check_captured(graph) -> None:
                   and str(n.target).startswith("_const")] if gm is not None else []
         if not consts:
             continue
-        traced, _ = traced_values(gm, inputs)
+        traced, _ = _traced(region, inputs)
         for node in consts:
             key = fingerprint(getattr(gm, node.target).detach().cpu().numpy())
             if key in traced:
@@ -96,6 +92,15 @@ def traced_values(gm: fx.GraphModule, inputs: set | None = None) -> tuple[dict, 
         for key in _keys(values.get(node)):
             traced[key] = node  # the latest: the op that made the value last
     return traced, fixed
+
+
+def _traced(region, inputs: set | None = None) -> tuple[dict, set]:
+    """`traced_values` of a region; empty (and a warning) if its examples do not run."""
+    try:
+        return traced_values(region.gm, inputs)
+    except Exception as e:  # the check needs a run of the region on its examples
+        log.warning("region %s: frozen-constant check skipped (%s)", region.name, e)
+        return {}, set()
 
 
 def _depends(node: fx.Node, dependent: set) -> bool:
