@@ -110,3 +110,17 @@ def test_alias_matches_eager(cls, backend):
     assert_matches_eager(model, inputs, cm=cm)
     with torch.no_grad():
         assert {model.arm(x) for x in inputs} == {False, True}, "both arms covered"
+
+
+class TypeCast(nn.Module):
+    """`x.type(dtype)` is a cast (it was answered from the example, a frozen copy)."""
+
+    def forward(self, x):
+        y = (x * 2).type(torch.float64)
+        return y + 1, x.type()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_type_cast_matches_eager(backend):
+    inputs = randn_inputs((1, 4), 5, seed=4)
+    assert_matches_eager(TypeCast(), inputs, backend=backend)

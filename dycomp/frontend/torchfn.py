@@ -67,6 +67,8 @@ def torch_function(tr, func, args, kwargs):
         return self_  # `.data`, `.detach()`: the value itself (capture records no autograd)
     if name == "__set__" and getattr(getattr(func, "__self__", None), "__name__", "") == "data":
         return _set_data(tr, self_, args[1])
+    if name == "type" and (len(args) > 1 or kwargs) and isinstance(self_, TVal):
+        return record(tr, func, args, kwargs, name=name)  # `x.type(dtype)`: a cast
     if name in _META or (getter and name in _META_ATTRS):
         if name in _SHAPE and isinstance(self_, TVal) and self_._sym:
             return _sym_shape(tr, name, self_, args[1:], kwargs)
