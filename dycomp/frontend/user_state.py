@@ -70,7 +70,10 @@ class UserState:
 
     def restore(self) -> None:
         for obj, saved in reversed(self._undo):
-            _restore_one(obj, saved)
+            try:
+                _restore_one(obj, saved)
+            except Exception as e:  # an immutable or odd container: leave it, say so
+                log.warning("capture could not restore a %s: %s", type(obj).__name__, e)
 
     def _save_one(self, obj):
         """Record `obj`'s current state; its children to save next, or None."""
@@ -125,10 +128,17 @@ def _module_state(m: nn.Module) -> tuple:
 def _restore_one(obj, saved) -> None:
     kind, state = saved
     if kind == "list":
-        obj[:] = state
-    elif kind in ("dict", "set"):
-        obj.clear()
-        obj.update(state)
+        if len(obj) != len(state) or any(a is not b for a, b in zip(obj, state)):
+            obj[:] = state
+    elif kind == "set":  # compared by identity: `==` on a traced value needs a tracer
+        if {id(x) for x in obj} != {id(x) for x in state}:
+            obj.clear()
+            obj.update(state)
+    elif kind == "dict":
+        if [(id(k), id(v)) for k, v in obj.items()] != [(id(k), id(v)) for k, v in
+                                                        state.items()]:
+            obj.clear()
+            obj.update(state)
     elif kind == "module":
         d, params, buffers, mods, data = state
         obj.__dict__.clear()
