@@ -20,6 +20,7 @@ from tests.helpers import assert_matches_eager, randn_inputs
 TRACE = types.SimpleNamespace(calls=["start"])  # module-level user state
 HISTORY: list = [0]
 COUNTS: dict = {"calls": 0}
+TAGS: set = {"init"}
 
 
 class Halfway(nn.Module):
@@ -41,6 +42,7 @@ class Halfway(nn.Module):
         HISTORY.append(y)
         COUNTS["calls"] = COUNTS["calls"] + 1
         COUNTS["last"] = y
+        TAGS.add("called")
         self.seen.append(y)
         self.cache = y
         self.fc.weight.data = self.fc.weight.data * 1.0
@@ -52,6 +54,7 @@ class Halfway(nn.Module):
 def _user_objects(model):
     return {"TRACE": (TRACE, TRACE.calls, list(TRACE.calls)),
             "HISTORY": (HISTORY, list(HISTORY)), "COUNTS": (COUNTS, dict(COUNTS)),
+            "TAGS": set(TAGS),
             "attrs": sorted(vars(model)), "seen": (model.seen, list(model.seen)),
             "weight": model.fc.weight.detach().clone(), "modules": list(model.modules())}
 
@@ -61,7 +64,7 @@ def _assert_unchanged(model, before):
     assert after["TRACE"][1] is before["TRACE"][1] and after["TRACE"][2] == before["TRACE"][2]
     assert isinstance(TRACE.calls, list)
     assert HISTORY is before["HISTORY"][0] and HISTORY == before["HISTORY"][1]
-    assert COUNTS == before["COUNTS"][1]
+    assert COUNTS == before["COUNTS"][1] and TAGS == before["TAGS"]
     assert after["attrs"] == before["attrs"] and not hasattr(model, "cache")
     assert model.seen == before["seen"][1]
     assert type(model.fc.weight.data) is torch.Tensor
