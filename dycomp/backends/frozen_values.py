@@ -74,15 +74,12 @@ def check_captured(graph) -> None:
 
 def traced_values(gm: fx.GraphModule, inputs: set | None = None) -> tuple[dict, set]:
     """({fingerprint: node} of the values that depend on the inputs, {fingerprints of the
-    graph's own constants}), from a run on the placeholders' examples. `inputs`: the
+    graph's own constants and weights}), from a run on the placeholders' examples. `inputs`: the
     placeholders whose own values count (default all)."""
     values = _node_values(gm)
-    traced, fixed, dependent = {}, set(), set()
+    traced, dependent = {}, set()
     for node in gm.graph.nodes:
-        if node.op == "get_attr":
-            fixed.update(_keys(values.get(node)))
-            continue
-        if node.op == "output":
+        if node.op in ("get_attr", "output"):
             continue
         if node.op != "placeholder" and not _depends(node, dependent):
             continue
@@ -91,7 +88,15 @@ def traced_values(gm: fx.GraphModule, inputs: set | None = None) -> tuple[dict, 
             continue
         for key in _keys(values.get(node)):
             traced[key] = node  # the latest: the op that made the value last
+    sizes = {k[0] for k in traced}
+    own = [values.get(n) for n in gm.graph.nodes if n.op == "get_attr"]
+    own += list(gm.parameters()) + list(gm.buffers())  # the weights of its modules
+    fixed = {k for v in own if _numel(v) in sizes for k in _keys(v)}
     return traced, fixed
+
+
+def _numel(v) -> int:
+    return v.numel() if isinstance(v, torch.Tensor) else -1
 
 
 def _traced(region, inputs: set | None = None) -> tuple[dict, set]:

@@ -16,7 +16,7 @@ _META = {"size", "dim", "ndimension", "numel", "nelement", "is_floating_point", 
          "is_signed", "data_ptr", "__repr__", "__format__", "__str__", "__hash__"}
 _META_ATTRS = {"shape", "dtype", "device", "ndim", "requires_grad", "is_cuda", "layout",
                "is_leaf", "is_sparse", "is_quantized", "is_meta", "names", "grad_fn", "grad"}
-_ALIASES = {"data", "detach", "detach_"}
+_ALIASES = {"data", "detach_"}  # `.detach()` stays an op: passes match it (straight-through)
 _SHAPE = {"size", "numel", "nelement", "__len__", "shape", "stride"}
 _INPLACE_DUNDER = {"__iadd__": "add", "__isub__": "sub", "__imul__": "mul",
                    "__itruediv__": "div", "__ifloordiv__": "floor_divide", "__imod__": "remainder",
@@ -64,7 +64,7 @@ def torch_function(tr, func, args, kwargs):
     if name in ("item", "tolist", "numpy") and isinstance(self_, TVal):
         return _to_host(tr, name, self_)
     if name in _ALIASES and isinstance(self_, TVal) and _is_alias(func, name, getter):
-        return self_  # `.data`, `.detach()`: the value itself (capture records no autograd)
+        return self_  # `.data`: the value itself (capture records no autograd)
     if name == "__set__" and getattr(getattr(func, "__self__", None), "__name__", "") == "data":
         return _set_data(tr, self_, args[1])
     if name == "type" and (len(args) > 1 or kwargs) and isinstance(self_, TVal):
@@ -92,8 +92,7 @@ def torch_function(tr, func, args, kwargs):
 
 
 def _is_alias(func, name, getter) -> bool:
-    """`t.data`, `t.detach()`, `torch.detach(t)`, `t.detach_()`: accessors that return
-    the same values without autograd history."""
+    """`t.data`, `t.detach_()`: the same tensor without autograd history."""
     if name == "data":
         return getter
     return _is_method(func, name) or getattr(torch, name, None) is func
