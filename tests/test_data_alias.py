@@ -1,4 +1,4 @@
-"""`.data` and `.detach()` are the traced value itself (no frozen example values).
+"""`.data` is the traced value itself, `.detach()` an op (no frozen example values).
 
 The ONNX exporter records `.data` as a constant holding the example's value: a
 block-dropping ResNet handed `policy.data.squeeze(0)` ran the example's blocks on every
