@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils._pytree import tree_flatten, tree_map
 
 from dycomp.backends import lower
+from dycomp.backends.frozen_values import check_captured
 from dycomp.errors import DycompError, PassError, UnsupportedError
 from dycomp.fastcall import build as build_entry
 from dycomp.frontend.capture import InputSpec, capture
@@ -62,6 +63,7 @@ def compile(model, example_inputs, *, example_kwargs: dict | None = None,
         fn, note = _prune(fn, p, args, kwargs)
         notes.append(note)
     graph, spec = capture(fn, args, kwargs)
+    check_captured(graph)  # no region holds a traced value as a constant
     graph.verify()
     random = has_random(graph)
     log.info("captured %s: %s", graph.source, graph.stats())

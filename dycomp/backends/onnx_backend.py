@@ -24,6 +24,7 @@ import torch
 from torch import fx
 from torch.fx.node import _get_qualified_name
 
+from dycomp.backends.frozen_values import check_region
 from dycomp.backends.onnx_gemm_sums import fold_sums_into_gemms
 from dycomp.backends.onnx_gru import fuse_gru_cells
 from dycomp.backends.onnx_pools import lower_adaptive_pools
@@ -156,6 +157,7 @@ def export_region_model(region, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
             ("torch.onnx.export", where, _reason(e))]) from e
     log.debug("exported region %s (%d ops) in %.3f s", region.name, region.op_count(),
               time.perf_counter() - start)
+    check_region(region, model)
     _all_inputs(model, phs)
     if fuse_gru_cells(model.graph):
         drop_dead(model.graph)  # the cells' constants

@@ -64,8 +64,9 @@ def _target_names(t, out: list):
         out.append(_chain(t))
 
 
-def assigned(stmts) -> list[str]:
-    """Names and attribute chains a block assigns or mutates (slots of a join)."""
+def assigned(stmts, bindings: bool = False) -> list[str]:
+    """Names and attribute chains a block assigns or mutates (slots of a join); with
+    `bindings`, only those it binds (`g.append(x)`, `g[k] = x` leave a global `g` global)."""
     out: list[str] = []
     for n in _walk_scope(stmts):
         if isinstance(n, (ast.Assign,)):
@@ -83,6 +84,8 @@ def assigned(stmts) -> list[str]:
             out.append(n.name)
         elif isinstance(n, (ast.Import, ast.ImportFrom)):
             out += [(a.asname or a.name).split(".")[0] for a in n.names]
+        elif bindings:
+            continue
         elif isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute):
             a = n.func.attr
             inplace = a.endswith("_") and not a.startswith("_")  # tensor.add_(...)
@@ -236,7 +239,7 @@ class _Converter(ast.NodeTransformer):
         params += [x.arg for x in (a.vararg, a.kwarg) if x is not None]
         declared = {n for s in _walk_scope(node.body) if isinstance(s, (ast.Global, ast.Nonlocal))
                     for n in s.names}
-        locs = {x for x in assigned(node.body) if "." not in x} - declared
+        locs = {x for x in assigned(node.body, bindings=True) if "." not in x} - declared
         self.locals_stack.append(locs | set(params))
         body = self._block(node.body)
         self.locals_stack.pop()

@@ -299,6 +299,8 @@ def _call_library(f, args, kwargs):
         return isinstance(to_example(a) if isinstance(a, HVal) else a, args[1])
     if f in (getattr, hasattr, setattr, enumerate, zip, iter, next, id, type, callable):
         return f(*args, **kwargs)
+    if f in torchfn.TENSOR_CTORS:
+        return torchfn.tensor_ctor(t, f, args, kwargs)
     if _bound_builtin(f) and f.__name__ in ("append", "extend", "insert", "setdefault"):
         return f(*args, **kwargs)  # a static container holding symbolic values
     if f in _HOST_BUILTINS or _numpy_or_math(f) or _bound_builtin(f):
@@ -356,6 +358,7 @@ def _host_call(t, f, args):
 
 def _run_converted(fn, args, kwargs):
     t = tracer()
+    t.user_state.save_function(fn)  # what its globals and closure reach, before it runs
     key = fn.__code__
     depth = t.call_depth.get(key, 0)
     if depth > 40:

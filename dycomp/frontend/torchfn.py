@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import operator
 
+import numpy as np
 import torch
 from torch.utils._pytree import tree_flatten, tree_map
 
@@ -20,6 +21,7 @@ _META = {"size", "dim", "ndimension", "numel", "nelement", "is_floating_point", 
          "is_signed", "data_ptr", "__repr__", "__format__", "__str__", "__hash__"}
 _META_ATTRS = {"shape", "dtype", "device", "ndim", "requires_grad", "is_cuda", "layout",
                "is_leaf", "is_sparse", "is_quantized", "is_meta", "names", "grad_fn", "grad"}
+_ALIASES = {"data", "detach_"}  # `.detach()` stays an op: passes match it (straight-through)
 _SHAPE = {"size", "numel", "nelement", "__len__", "shape", "stride"}
 _INPLACE_DUNDER = {"__iadd__": "add", "__isub__": "sub", "__imul__": "mul",
                    "__itruediv__": "div", "__ifloordiv__": "floor_divide", "__imod__": "remainder",
@@ -104,6 +106,12 @@ def torch_function(tr, func, args, kwargs):
                 "call it in the model's own code (it is converted there), or keep it a tensor")
     if name in ("item", "tolist", "numpy") and isinstance(self_, TVal):
         return _to_host(tr, name, self_)
+    if name in _ALIASES and isinstance(self_, TVal) and _is_alias(func, name, getter):
+        return self_  # `.data`: the value itself (capture records no autograd)
+    if name == "__set__" and getattr(getattr(func, "__self__", None), "__name__", "") == "data":
+        return _set_data(tr, self_, args[1])
+    if name == "type" and (len(args) > 1 or kwargs) and isinstance(self_, TVal):
+        return record(tr, func, args, kwargs, name=name)  # `x.type(dtype)`: a cast
     if name in _META or (getter and name in _META_ATTRS):
         if name in _SHAPE and isinstance(self_, TVal) and self_._sym:
             return _sym_shape(tr, name, self_, args[1:], kwargs)
@@ -147,6 +155,26 @@ def _random(tr, func, name, args, kwargs):
     if name in INPLACE and _is_method(func, name):
         return _assign(tr, INPLACE[name](*args, **kwargs), args[0])
     return record(tr, func, args, kwargs, name=name)
+
+
+def _is_alias(func, name, getter) -> bool:
+    """`t.data`, `t.detach_()`: the same tensor without autograd history."""
+    if name == "data":
+        return getter
+    return _is_method(func, name) or getattr(torch, name, None) is func
+
+
+def _set_data(tr, target, value):
+    """`t.data = value` (`t` a TVal: only its setter dispatches here): `t` holds `value`
+    from now on (an in-place update of `t`)."""
+    if not isinstance(value, TVal):
+        if not isinstance(value, torch.Tensor):
+            tr.fail(f"assignment of a {type(value).__name__} to `.data`",
+                    "assign a tensor to `.data`")
+        value = tr.const_tensor(value)
+    tr.journal.append((target, target._state()))
+    target._set_state(value._state())
+    target._mutated = True
 
 
 def _inplace(tr, func, args, kwargs, target):
@@ -301,3 +329,26 @@ def _to_host(tr, name, t):
         n = t._ex.shape[0] if t._ex.dim() > 0 else None
         return tr.host_op("{0}.tolist()", (t,), lambda a: a.tolist(), static_len=n)
     return HVal(tr.export(t), t._ex.numpy())
+
+
+TENSOR_CTORS = (torch.tensor, torch.as_tensor, torch.asarray)
+
+
+def tensor_ctor(tr, func, args, kwargs):
+    """`torch.tensor(t)` / `torch.as_tensor(t)` of a traced `t`: a copy of (or the same)
+    value, traced; of a host scalar (`x.sum().item()`): a tensor made on the host. The
+    constructor itself would copy the example value into a constant."""
+    data = args[0] if args else kwargs.get("data", kwargs.get("obj"))
+    dtype, device = kwargs.get("dtype"), kwargs.get("device")
+    if isinstance(data, HVal) and isinstance(data._ex, (bool, int, float, np.generic)):
+        dtype = dtype or torch.tensor(data._ex).dtype
+        name = str(dtype).replace("torch.", "")
+        return tr.host_op("np.asarray({0}, dtype=np.%s)" % name, (data,),
+                          lambda a: np.asarray(a, dtype=name))
+    if not isinstance(data, TVal):
+        tr.fail(f"torch.{func.__name__} of a list holding data-dependent values (it would "
+                "copy their example values)", "use torch.stack of tensors")
+    out = data.detach().clone() if func is torch.tensor else data
+    if dtype is not None or device is not None:
+        out = out.to(device=device, dtype=dtype)
+    return out

@@ -87,6 +87,9 @@ class Tracer:
         self.resolved: set[Var] = set()  # exit flags whose paths have been joined again
         self.journal: list = []  # (tensor, state before an in-place op), to undo per arm
         self.handling: list = []  # exceptions whose `except:` handler is being traced
+        from dycomp.frontend.user_state import UserState
+
+        self.user_state = UserState()  # the user's objects as they were, restored after
 
     # -- activation ---------------------------------------------------------------
     def __enter__(self):
