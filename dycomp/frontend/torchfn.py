@@ -66,6 +66,8 @@ def torch_function(tr, func, args, kwargs):
             return _sym_shape(tr, name, self_, args[1:], kwargs)
         with torch._C.DisableTorchFunctionSubclass():
             return func(*tree_map(_unwrap, args), **tree_map(_unwrap, kwargs))
+    if getter and name == "data" and isinstance(self_, TVal):  # `.data`: a detached alias
+        return record(tr, torch.Tensor.detach, (self_,), {}, name="detach")
     if name == "__iter__" and isinstance(self_, TVal):
         return iter(torch.unbind(self_, 0))
     if name == "__setitem__":
