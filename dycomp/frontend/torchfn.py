@@ -7,6 +7,7 @@ import operator
 import torch
 from torch.utils._pytree import tree_flatten, tree_map
 
+from dycomp.frontend.host_split import host_sizes, split_on_host
 from dycomp.frontend.values import HVal, TVal
 
 # Operations whose result is static metadata (shapes, dtypes), answered from the example.
@@ -68,6 +69,8 @@ def torch_function(tr, func, args, kwargs):
             return func(*tree_map(_unwrap, args), **tree_map(_unwrap, kwargs))
     if getter and name == "data" and isinstance(self_, TVal):  # `.data`: a detached alias
         return record(tr, torch.Tensor.detach, (self_,), {}, name="detach")
+    if isinstance(self_, TVal) and host_sizes(name, args, kwargs) is not None:
+        return split_on_host(tr, self_, host_sizes(name, args, kwargs), args, kwargs)
     if name == "__iter__" and isinstance(self_, TVal):
         return iter(torch.unbind(self_, 0))
     if name == "__setitem__":
@@ -105,9 +108,24 @@ def record(tr, func, args, kwargs, getter=False, name=None):
             return graph.call_function(getattr, (fx_args[0], name))
         if name and _is_method(func, name):
             return graph.call_method(name, tuple(fx_args), fx_kwargs)
+        if _py_dunder(func):  # `Tensor.__pow__` is torch._tensor's `pow`: FX cannot name it
+            return graph.call_method(_py_dunder(func), tuple(fx_args), fx_kwargs)
         return graph.call_function(func, tuple(fx_args), fx_kwargs)
 
     return _trace_op(tr, func, args, kwargs, f"tensor operation {what}", add)
+
+
+def _py_dunder(func) -> str | None:
+    """The `torch.Tensor` attribute name of an operator written in Python (torch/_tensor.py)."""
+    try:
+        return _PY_DUNDERS.get(func)
+    except TypeError:  # unhashable
+        return None
+
+
+_PY_DUNDERS = {v: k for k, v in vars(torch.Tensor).items()
+               if k.startswith("__") and callable(v)
+               and getattr(v, "__module__", "") == "torch._tensor"}
 
 
 def call_module(tr, module, args, kwargs):
