@@ -7,6 +7,7 @@ import operator
 import torch
 from torch.utils._pytree import tree_flatten, tree_map
 
+from dycomp.frontend import exportable
 from dycomp.frontend.host_split import host_sizes, split_on_host
 from dycomp.frontend.values import HVal, TVal
 
@@ -78,13 +79,15 @@ def torch_function(tr, func, args, kwargs):
     if name in _INPLACE_DUNDER:
         return _inplace(tr, getattr(torch.Tensor, _INPLACE_DUNDER[name]), args, kwargs, self_)
     if name.endswith("_") and not name.startswith("_") and _is_method(func, name):
-        pure = getattr(torch.Tensor, name[:-1], None)
+        pure = exportable.REPLACE.get(name[:-1]) or getattr(torch.Tensor, name[:-1], None)
         if pure is not None:
             return _inplace(tr, pure, args, kwargs, self_)
     if kwargs.get("inplace") is True:
         return _inplace(tr, func, args, dict(kwargs, inplace=False), self_)
     if name.endswith("_") and hasattr(torch, name[:-1]) and getattr(torch, name) is func:
         return _inplace(tr, getattr(torch, name[:-1]), args, kwargs, self_)
+    if name in exportable.REPLACE and not getter:
+        return record(tr, exportable.REPLACE[name], args, kwargs, name=name)
     return record(tr, func, args, kwargs, getter=getter, name=name)
 
 
