@@ -35,18 +35,23 @@ class BatchNorm1d4d(nn.BatchNorm1d):
         pass
 
 
+_ORIGINAL: dict = {}
+
+
 def _no_noise(self, template_tensor, eps=1e-10):
     """Gumbel noise turned off: the gates become the argmax of the gate logits."""
     return torch.zeros_like(template_tensor)
 
 
-def build(src: Path) -> Case:
+def build(src: Path, noise: bool = NOISE) -> Case:
     root = repo_dir(src, DIR)
     with on_path(root):
         aig = importlib.import_module("convnet_aig")
         gumbel = importlib.import_module("gumbelmodule")
-    if not NOISE:
-        gumbel.GumbleSoftmax.sample_gumbel_like = _no_noise
+    if "sample_gumbel_like" not in _ORIGINAL:
+        _ORIGINAL["sample_gumbel_like"] = gumbel.GumbleSoftmax.sample_gumbel_like
+    gumbel.GumbleSoftmax.sample_gumbel_like = (
+        _ORIGINAL["sample_gumbel_like"] if noise else _no_noise)
     seed_all(0)
     real_bn1d = aig.nn.BatchNorm1d
     aig.nn.BatchNorm1d = BatchNorm1d4d
@@ -64,6 +69,6 @@ def build(src: Path) -> Case:
         return tuple(int(g.item() > 0.5) for g in gates)
 
     notes = ["BatchNorm1d accepts 4-D input (adapter subclass)",
-             "Gumbel noise " + ("ON (sampled per call)" if NOISE else
+             "Gumbel noise " + ("ON (sampled per call)" if noise else
                                 "OFF (sample_gumbel_like patched to zeros)")]
     return Case(fn=m, make_input=make_input, path_of=path_of, notes=notes)
