@@ -72,8 +72,10 @@ def fetch_hint(mod, src: Path) -> str:
 
 
 def first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"
+    """The error's first line (and the next one when the first only announces it)."""
+    text = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+    head = " ".join(text[:2]) if text and text[0].endswith(":") else (text[0] if text else "")
+    return f"{type(e).__name__}: {head}"
 
 
 def _call(case, fn, i, args, kwargs):
