@@ -279,6 +279,8 @@ def _call_library(f, args, kwargs):
         return None
     if f is bool:
         return HVal(t.to_bool(args[0]), bool(to_example(args[0])))
+    if f is torch.autograd.Variable and len(args) == 1 and isinstance(args[0], TVal):
+        return _legacy_variable(args[0])
     if f in (int, float) and isinstance(args[0], (TVal, HVal)):
         fmt = f.__name__ + ("({0}.item())" if isinstance(args[0], TVal) else "({0})")
         return t.host_op(fmt, args, lambda a: f(a.item() if hasattr(a, "item") else a))
@@ -321,6 +323,12 @@ def _torch_factory(f, args, kwargs) -> bool:
     leaves = torch.utils._pytree.tree_flatten((args, kwargs))[0]
     return any(host_int(x) for x in leaves) and not any(
         isinstance(x, (TVal, HVal)) and not host_int(x) for x in leaves)
+
+
+def _legacy_variable(x: TVal) -> TVal:
+    """`Variable(t)` (PyTorch < 0.4 code) is a detached alias of `t`: called on a traced
+    value, torch's constructor would copy the example data into a constant."""
+    return x.detach()
 
 
 def _numpy_or_math(f) -> bool:

@@ -8,8 +8,10 @@ import numpy as np
 import torch
 from torch.utils._pytree import tree_flatten, tree_map
 
+from dycomp.frontend import exportable
 from dycomp.frontend.dynindex import getitem as dyn_getitem
 from dycomp.frontend.dynindex import has_host_index
+from dycomp.frontend.host_split import host_sizes, split_on_host
 from dycomp.frontend.hostlists import host_join, is_host_join
 from dycomp.frontend.randomness import INPLACE, check_generator, multinomial, rewrite
 from dycomp.frontend.symdims import out_syms
@@ -117,6 +119,8 @@ def torch_function(tr, func, args, kwargs):
             return _sym_shape(tr, name, self_, args[1:], kwargs)
         with torch._C.DisableTorchFunctionSubclass():
             return func(*tree_map(_unwrap, args), **tree_map(_unwrap, kwargs))
+    if isinstance(self_, TVal) and host_sizes(name, args, kwargs) is not None:
+        return split_on_host(tr, self_, host_sizes(name, args, kwargs), args, kwargs)
     if name == "__iter__" and isinstance(self_, TVal):
         if 0 in self_._sym:
             tr.fail("iterating over a tensor whose length changes at run time",
@@ -135,7 +139,8 @@ def torch_function(tr, func, args, kwargs):
     if name in _INPLACE_DUNDER:
         return _inplace(tr, getattr(torch.Tensor, _INPLACE_DUNDER[name]), args, kwargs, self_)
     if name.endswith("_") and not name.startswith("_") and _is_method(func, name):
-        pure = getattr(torch.Tensor, name[:-1], None) or _FUNCTIONAL.get(name)
+        pure = (exportable.REPLACE.get(name[:-1]) or getattr(torch.Tensor, name[:-1], None)
+                or _FUNCTIONAL.get(name))
         if pure is not None:
             return _inplace(tr, pure, args, kwargs, self_)
         tr.fail(f"in-place .{name}() of a traced tensor (it would not update the tensor)",
@@ -144,6 +149,8 @@ def torch_function(tr, func, args, kwargs):
         return _inplace(tr, func, args, dict(kwargs, inplace=False), self_)
     if name.endswith("_") and hasattr(torch, name[:-1]) and getattr(torch, name) is func:
         return _inplace(tr, getattr(torch, name[:-1]), args, kwargs, self_)
+    if name in exportable.REPLACE and not getter:
+        return record(tr, exportable.REPLACE[name], args, kwargs, name=name)
     return record(tr, func, args, kwargs, getter=getter, name=name)
 
 
@@ -202,9 +209,24 @@ def record(tr, func, args, kwargs, getter=False, name=None):
             return graph.call_function(getattr, (fx_args[0], name))
         if name and _is_method(func, name):
             return graph.call_method(name, tuple(fx_args), fx_kwargs)
+        if _py_dunder(func):  # `Tensor.__pow__` is torch._tensor's `pow`: FX cannot name it
+            return graph.call_method(_py_dunder(func), tuple(fx_args), fx_kwargs)
         return graph.call_function(func, tuple(fx_args), fx_kwargs)
 
     return _trace_op(tr, func, args, kwargs, f"tensor operation {what}", add)
+
+
+def _py_dunder(func) -> str | None:
+    """The `torch.Tensor` attribute name of an operator written in Python (torch/_tensor.py)."""
+    try:
+        return _PY_DUNDERS.get(func)
+    except TypeError:  # unhashable
+        return None
+
+
+_PY_DUNDERS = {v: k for k, v in vars(torch.Tensor).items()
+               if k.startswith("__") and callable(v)
+               and getattr(v, "__module__", "") == "torch._tensor"}
 
 
 def call_module(tr, module, args, kwargs):
