@@ -83,9 +83,9 @@ def compile(model, example_inputs, *, example_kwargs: dict | None = None,
     if check and quantize:
         check = False  # quantized outputs differ by design: measure with dycomp.compare
     if check:
-        from dycomp.check import differential_check
+        from dycomp.check_paths import path_check
 
-        differential_check(fn, cm, args, kwargs)
+        cm.check = path_check(fn, cm, args, kwargs)
     return cm
 
 
@@ -193,6 +193,7 @@ class CompiledModel:
         self.artifact = artifact  # the dycomp.runtime Artifact this model was loaded from
         self.optimizations: list[str] = []  # what the passes did (source lines, savings)
         self.options: dict = {}  # how it was compiled (backend, fuse_branches, optimize)
+        self.check = None  # the self-check's CheckReport (coverage), or its manifest dict
 
     @classmethod
     def from_graph(cls, graph: DynGraph, executor, spec: InputSpec, backend: str):
@@ -226,7 +227,8 @@ class CompiledModel:
         return (f"dycomp compiled {self.graph.name} ({self.graph.source}) for backend "
                 f"{self.backend}: {s['regions']} subgraphs, {s['branches']} branches, "
                 f"{s['loops']} loops, {s['returns']} returns"
-                f"{chr(10) + 'optimizations:' + opts if opts else ''}\n\n{self.graph}")
+                f"{chr(10) + 'optimizations:' + opts if opts else ''}"
+                f"{_check_line(self.check)}\n\n{self.graph}")
 
     def save(self, path) -> Path:
         """Write the deployable artifact directory (backends 'onnx' and 'tvm'); returns
@@ -274,6 +276,11 @@ class CompiledModel:
                                  f"{arr.dtype}; expected {self.spec.describe()}")
             inputs.append(arr)
         return inputs, use_torch
+
+
+def _check_line(check) -> str:
+    """The self-check's coverage for `explain()`; empty when it did not run."""
+    return "" if check is None else f"\ncheck: {check.summary()}"
 
 
 def load(path, threads: int = 2) -> CompiledModel:
