@@ -618,7 +618,8 @@ def _compile_summary(cfg: CompileConfig, cm, examples: tuple, checked: int | Non
              + ("" if cfg.explain_opts else " (--explain-opts: what and how much)"))
     _row(table, "check", "skipped" if checked is None else
          f"matched eager on {checked} inputs" if isinstance(checked, int) else
-         f"matched eager: {checked.summary()}" if hasattr(checked, "arms") else
+         f"matched eager on {checked.inputs} inputs; {checked.summary()}"
+         if hasattr(checked, "arms") else
          f"vs eager on {checked.n} inputs: same path {checked.path_agreement:.0%}"
          f"{' (host decisions)' if checked.fused else ''}, argmax agreement "
          f"{checked.output_agreement:.0%}, max |diff| {checked.output_max_abs_diff:.3g}")
