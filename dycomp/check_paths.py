@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.overrides import TorchFunctionMode
 
-from dycomp.check import compare, differential_check
+from dycomp.check import compare, variants
 from dycomp.errors import MismatchError
 from dycomp.runtime.host import HostProgram
 
@@ -139,11 +139,13 @@ def _arm(a: tuple) -> str:
     return f"{site}#{k}={value}"
 
 
-def path_check(fn, cm, args: tuple, kwargs: dict, n: int = 8) -> CheckReport:
-    """The random-input check, then every decision arm forced on both sides; raises
-    `MismatchError` on the first difference, naming the input, the forced decisions,
-    the output and the arm's source line."""
-    report = CheckReport(inputs=differential_check(fn, cm, args, kwargs, n))
+def path_check(fn, cm, args: tuple, kwargs: dict, n: int = 2) -> CheckReport:
+    """The example and `n` random inputs on the compiled model, then every decision arm
+    forced on both sides; raises `MismatchError` on the first difference, naming the
+    input, the forced decisions, the output and the arm's source line. Eager runs once
+    per input or forced path (the example's own eager result serves both its checks):
+    the forced runs cover the arms, so a few random inputs suffice."""
+    report = CheckReport()
     program = _host_program(cm, report)
     report.regions = set(cm.graph.regions) if program is cm.program and cm.graph else \
         set(program.region_lines)
@@ -164,9 +166,31 @@ def path_check(fn, cm, args: tuple, kwargs: dict, n: int = 8) -> CheckReport:
             tried.add(other)
             queue.append({**{(s, j): v for s, j, v in taken[:taken.index((site, k, value))]},
                           (site, k): not value})
+    report.inputs = 1 + _random_check(fn, cm, args, kwargs, n)
     report.checked &= report.arms
     log.info("path check: %s", report.summary())
     return report
+
+
+def _random_check(fn, cm, args: tuple, kwargs: dict, n: int) -> int:
+    """`n` random inputs (the example's shapes) on the program users run; how many."""
+    for i, (a, k) in enumerate(variants(args, kwargs, n)):
+        if i == 0:
+            continue  # the example: checked by the unforced run
+        with torch.no_grad():
+            expected = fn(*copy.deepcopy(a), **copy.deepcopy(k))
+        _compare_user_program(cm, expected, a, k, f"random input #{i}")
+    return n
+
+
+def _compare_user_program(cm, expected, args: tuple, kwargs: dict, which: str) -> None:
+    """The compiled model as users run it against eager's `expected`; the path it took
+    (which may load traced copies of fused models) only when they differ."""
+    diff = compare(expected, cm.run(*args, **kwargs))
+    if diff:
+        _, path = cm.run(*args, return_path=True, **kwargs)
+        raise MismatchError(f"compiled model differs from eager on {which}: {diff} "
+                            f"(compiled path: {' -> '.join(path)})")
 
 
 def _selected_sites(graph) -> set:
@@ -204,6 +228,8 @@ def _forced_run(fn, cm, program: HostProgram, args, kwargs, plan: dict,
         for (site, k), v in plan.items():
             report.unreachable.setdefault((site, k, v), f"{type(e).__name__}: {e}")
         return []
+    if not plan and program is not cm.program:  # fused: the model users run, too
+        _compare_user_program(cm, expected, args, kwargs, "the example inputs")
     inputs, use_torch = cm._inputs(args, kwargs)
     program.fn.__globals__["_F"] = compiled
     try:
