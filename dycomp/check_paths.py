@@ -19,82 +19,28 @@ example and random inputs (see README).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
-import os
-import re
-import sys
-from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
-from torch.overrides import TorchFunctionMode
 
 from dycomp.check import compare, variants
+from dycomp.check_forcing import (
+    EagerForcing,
+    Forcer,
+    Runaway,
+    decision_sites,
+    forced_source,
+    plain,
+)
 from dycomp.errors import MismatchError
 from dycomp.runtime.host import HostProgram
 
 log = logging.getLogger(__name__)
 
-# a host decision: `v3 = bool(v2)  # nested_if.py:63`
-_DECISION = re.compile(r"^(\s*)(\w+) = bool\((\w+)\)  # (\S+:\d+)$", re.M)
-_MAX_DECISIONS = 10_000  # per run: a forced loop that no longer ends
 _MAX_OCCURRENCES = 64  # forced per site (loop iterations, exits of one line)
-_SKIP = (os.path.dirname(torch.__file__), os.path.dirname(__file__))
-
-
-class _Runaway(Exception):
-    """A forced run read more than `_MAX_DECISIONS` decisions."""
-
-
-class Forcer:
-    """Answers decision reads by (site, occurrence) from `plan`; records what was read."""
-
-    def __init__(self, plan: dict):
-        self.plan, self.counts, self.taken = plan, Counter(), []
-
-    def __call__(self, site: str, value: bool) -> bool:
-        k = self.counts[site]
-        self.counts[site] += 1
-        value = self.plan.get((site, k), bool(value))
-        self.taken.append((site, k, value))
-        if len(self.taken) > _MAX_DECISIONS:
-            raise _Runaway(site)
-        return value
-
-    def aligned(self, other: Forcer) -> bool:
-        """Both read every forced decision, after the same decisions."""
-        last = max((i for i, (s, k, _) in enumerate(self.taken) if (s, k) in self.plan),
-                   default=-1)
-        done = {(s, k) for s, k, _ in self.taken} >= set(self.plan)
-        return done and self.taken[:last + 1] == other.taken[:last + 1]
-
-
-class _EagerForcing(TorchFunctionMode):
-    """`bool(tensor)` in eager code answers as the forcer says for its source line."""
-
-    def __init__(self, forcer: Forcer):
-        super().__init__()
-        self.forcer = forcer
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if getattr(func, "__name__", "") == "__bool__":
-            return self.forcer(_caller_site(), out)
-        return out
-
-
-def _caller_site() -> str:
-    """`file.py:line` of the user code that read the decision."""
-    f = sys._getframe(2)
-    while f is not None and f.f_code.co_filename.startswith(_SKIP):
-        f = f.f_back
-    return "?" if f is None else f"{os.path.basename(f.f_code.co_filename)}:{f.f_lineno}"
-
-
-def forced_source(source: str) -> str:
-    """The host program with each decision read going through `_F(site, value)`."""
-    return _DECISION.sub(r"\1\2 = _F('\4', bool(\3))", source)
 
 
 @dataclass
@@ -104,8 +50,9 @@ class CheckReport:
     inputs: int = 0
     forced_runs: int = 0
     arms: set = field(default_factory=set)  # (site, occurrence, value) seen
-    checked: set = field(default_factory=set)  # ... compared on an aligned run
+    checked: set = field(default_factory=set)  # ... compared with eager on that arm
     unreachable: dict = field(default_factory=dict)  # arm -> why (eager raised)
+    unforced: dict = field(default_factory=dict)  # arm -> why it could not be forced
     regions: set = field(default_factory=set)
     regions_run: set = field(default_factory=set)
     selected: set = field(default_factory=set)  # sites whose arms a region computes
@@ -115,20 +62,28 @@ class CheckReport:
     def full(self) -> bool:
         return self.arms <= self.checked | set(self.unreachable)
 
+    @property
+    def unchecked(self) -> dict:
+        """Arm -> why it was not checked (neither forced nor taken by a natural input)."""
+        return {a: self.unforced.get(a, "not forced") for a in
+                sorted(self.arms - self.checked - set(self.unreachable))}
+
     def summary(self) -> str:
         un = f", {len(self.unreachable)} unreachable" if self.unreachable else ""
+        left = self.unchecked
+        why = f", {len(left)} unchecked ({'; '.join(sorted(set(left.values())))})" \
+            if left else ""
         sel = f", {len(self.selected)} selected in regions" if self.selected else ""
-        return (f"{len(self.checked)}/{len(self.arms)} decision arms checked{un}{sel} "
+        return (f"{len(self.checked)}/{len(self.arms)} decision arms checked{un}{why}{sel} "
                 f"({self.forced_runs} forced runs), {len(self.regions_run)}/"
-                f"{len(self.regions)} regions run, {self.inputs} random inputs; on the "
+                f"{len(self.regions)} regions run, {self.inputs} inputs; on the "
                 f"{self.target}")
 
     def to_json(self) -> dict:
         return {"inputs": self.inputs, "forced_runs": self.forced_runs,
                 "arms": len(self.arms), "arms_checked": len(self.checked),
                 "unreachable": sorted(_arm(a) for a in self.unreachable),
-                "unchecked": sorted(_arm(a) for a in self.arms - self.checked
-                                    - set(self.unreachable)),
+                "unchecked": {_arm(a): why for a, why in self.unchecked.items()},
                 "selected_in_regions": sorted(self.selected),
                 "regions": len(self.regions), "regions_run": len(self.regions_run),
                 "target": self.target}
@@ -139,48 +94,133 @@ def _arm(a: tuple) -> str:
     return f"{site}#{k}={value}"
 
 
-def path_check(fn, cm, args: tuple, kwargs: dict, n: int = 2) -> CheckReport:
+@dataclass
+class _Setup:
+    """What every run of one check shares."""
+
+    fn: object
+    cm: object
+    program: HostProgram
+    sites: set  # the host program's decision sites
+    scalar_sites: set  # ... those eager decides by comparing a scalar read there
+    gate_sites: set  # ... gates multiplied in that gate-to-branch made branches
+    eager_read: set = field(default_factory=set)  # (site, k) eager read, last run
+
+
+def path_check(fn, cm, args: tuple, kwargs: dict, n: int = 2, more: int = 0
+               ) -> CheckReport:
     """The example and `n` random inputs on the compiled model, then every decision arm
     forced on both sides; raises `MismatchError` on the first difference, naming the
-    input, the forced decisions, the output and the arm's source line. Eager runs once
-    per input or forced path (the example's own eager result serves both its checks):
-    the forced runs cover the arms, so a few random inputs suffice."""
+    input, the forced decisions, the output and the arm's source line.
+
+    Each arm seen and not yet checked is the target of a forced run (breadth first: the
+    decisions before it as in the run that saw it, it the other way). Such a run also
+    flips, greedily, every further decision whose other arm is unchecked (all 54 gates
+    of gated54 in one run); a greedy run that fails (eager raises, the two sides read
+    different decisions, outputs differ) is rerun with its target alone, and flipping
+    stops, so that failures name one arm. Eager runs once per input or forced run: a
+    few random inputs suffice; up to `more` further ones run while arms that cannot be
+    forced are left unchecked."""
     report = CheckReport()
-    program = _host_program(cm, report)
-    report.regions = set(cm.graph.regions) if program is cm.program and cm.graph else \
-        set(program.region_lines)
-    selected = _selected_sites(cm.graph)
-    queue, tried = [{}], set()
+    run = _setup(fn, cm, report)
+    queued: set = set()
+    queue = _next_targets(run, _forced_run(run, args, kwargs, {}, None, report), report,
+                          queued)
+    greedy = True
     while queue:
-        plan = queue.pop(0)
-        taken = _forced_run(fn, cm, program, args, kwargs, plan, report)
-        for site, k, value in taken:
-            if site in selected:  # the region selects by the tensor itself: not forced
-                report.selected.add(site)
-                continue
-            report.arms.add((site, k, value))
-            other = (site, k, not value)
-            report.arms.add(other)
-            if other in report.checked or other in tried or k >= _MAX_OCCURRENCES:
-                continue
-            tried.add(other)
-            queue.append({**{(s, j): v for s, j, v in taken[:taken.index((site, k, value))]},
-                          (site, k): not value})
-    report.inputs = 1 + _random_check(fn, cm, args, kwargs, n)
+        plan, target = queue.pop(0)
+        if target in report.checked or target in report.unreachable:
+            continue
+        taken = _forced_run(run, args, kwargs, plan, target, report,
+                            _flipper(report) if greedy else None)
+        if taken is None:  # a greedy run failed: its target alone, and no more flipping
+            greedy = False
+            queue.insert(0, (plan, target))
+            continue
+        queue += _next_targets(run, taken, report, queued)
+    report.inputs = 1 + _random_check(run, args, kwargs, n, more, report)
     report.checked &= report.arms
     log.info("path check: %s", report.summary())
     return report
 
 
-def _random_check(fn, cm, args: tuple, kwargs: dict, n: int) -> int:
-    """`n` random inputs (the example's shapes) on the program users run; how many."""
-    for i, (a, k) in enumerate(variants(args, kwargs, n)):
+def _next_targets(run: _Setup, taken: list, report: CheckReport, queued: set) -> list:
+    """(plan, arm) for each decision of a run whose other arm is not yet checked. One
+    eager did not read in that run is not forced: a run with the same decisions before
+    it would not read it either."""
+    out, read = [], run.eager_read
+    for i, (site, k, value) in enumerate(taken):
+        report.arms.update({(site, k, value), (site, k, not value)})
+        other = (site, k, not value)
+        if other in report.checked or other in queued:
+            continue
+        queued.add(other)
+        if k >= _MAX_OCCURRENCES:
+            report.unforced[other] = f"beyond {_MAX_OCCURRENCES} occurrences"
+            continue
+        if (site, k) not in read:
+            _unforced(run, other, report)
+            continue
+        out.append(({**{(s, j): v for s, j, v in taken[:i]}, (site, k): not value}, other))
+    return out
+
+
+def _flipper(report: CheckReport):
+    """Flip a decision when its other arm is neither checked nor known not to run."""
+    def flip(site: str, k: int, natural: bool) -> bool:
+        other = (site, k, not natural)
+        return k < _MAX_OCCURRENCES and other not in report.checked and \
+            other not in report.unreachable and other not in report.unforced
+    return flip
+
+
+def _setup(fn, cm, report: CheckReport) -> _Setup:
+    program = _host_program(cm, report)
+    report.regions = set(cm.graph.regions) if program is cm.program and cm.graph else \
+        set(program.region_lines)
+    report.selected = _selected_sites(cm.graph)
+    sites = decision_sites(program.unforced_source) - report.selected
+    applied = getattr(cm.graph, "applied", ())
+    lines = {p: {a.line for a in applied if a.pass_name == p}
+             for p in ("tensor-conditions", "gate-to-branch")}
+    return _Setup(fn, cm, program, sites, lines["tensor-conditions"] & sites,
+                  lines["gate-to-branch"] & sites)
+
+
+def _random_check(run: _Setup, args: tuple, kwargs: dict, n: int, more: int,
+                  report: CheckReport) -> int:
+    """Random inputs (the example's shapes) on the program users run, and while arms are
+    left unchecked, on the forced program too (the arms they take are checked); how
+    many ran."""
+    count = 0
+    for i, (a, k) in enumerate(variants(args, kwargs, n + more)):
         if i == 0:
             continue  # the example: checked by the unforced run
+        if i > n and report.full:
+            break
+        with _eager():
+            expected = run.fn(*copy.deepcopy(a), **copy.deepcopy(k))
+        _compare_user_program(run.cm, expected, a, k, f"random input #{i}")
+        if not report.full:
+            _compiled_run(run, a, k, {}, None, expected, report, f"random input #{i}")
+        count += 1
+    return count
+
+
+@contextlib.contextmanager
+def _eager():
+    """Eager reference runs: no autograd, one intra-op thread. The check's eager runs are
+    batch-1 forward passes whose ops are too small to gain from a second thread; two
+    threads waiting on each other on a busy machine cost 10x (gated_mul: 27 ms a forward
+    on one thread, 240-290 ms on two, with other processes on the cores). Restored after
+    (the setting is process-wide: meanwhile, other threads' PyTorch ops use one too)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
         with torch.no_grad():
-            expected = fn(*copy.deepcopy(a), **copy.deepcopy(k))
-        _compare_user_program(cm, expected, a, k, f"random input #{i}")
-    return n
+            yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _compare_user_program(cm, expected, args: tuple, kwargs: dict, which: str) -> None:
@@ -206,51 +246,86 @@ def _host_program(cm, report: CheckReport) -> HostProgram:
     of the same region models when branches were fused into the ONNX model."""
     unfused = getattr(cm.executor, "unfused", None)
     if unfused is None:
-        return HostProgram(forced_source(cm.host_source), cm.executor,
-                           cm.program.region_lines)
+        program = HostProgram(forced_source(cm.host_source), cm.executor,
+                              cm.program.region_lines)
+        program.unforced_source = cm.host_source
+        return program
     from dycomp.runtime.onnx_executor import OnnxExecutor
 
     source, models, lines = unfused
     report.target = "unfused program of the same ONNX region models"
-    return HostProgram(forced_source(source), OnnxExecutor(models), lines)
+    program = HostProgram(forced_source(source), OnnxExecutor(models, threads=1), lines)
+    program.unforced_source = source
+    return program
 
 
-def _forced_run(fn, cm, program: HostProgram, args, kwargs, plan: dict,
-                report: CheckReport) -> list:
-    """Run eager and compiled forced by `plan`; the compiled side's decisions."""
+def _forced_run(run: _Setup, args, kwargs, plan: dict, target, report: CheckReport,
+                flip=None) -> list | None:
+    """Run eager and compiled forced by `plan` (and `flip`); the compiled side's
+    decisions ([] when the target could not be forced, None when a run with greedy
+    flips failed)."""
+    eager = Forcer(plan, run.sites, flip)
+    try:
+        with _eager(), EagerForcing(eager, run.scalar_sites):
+            expected = plain(run.fn(*copy.deepcopy(args), **copy.deepcopy(kwargs)))
+    except Exception as e:  # the forced arm cannot run in eager (shapes, ...)
+        if eager.flipped:
+            return None
+        if target is not None:
+            report.unreachable.setdefault(target, f"{type(e).__name__}: {e}"[:300] if not
+                                          isinstance(e, Runaway) else "a loop that never ends")
+        return []
+    if not plan and run.program is not run.cm.program:  # fused: the model users run, too
+        _compare_user_program(run.cm, expected, args, kwargs, "the example inputs")
+    return _compiled_run(run, args, kwargs, plan, target, expected, report,
+                         "the example inputs", eager)
+
+
+def _compiled_run(run: _Setup, args, kwargs, plan: dict, target, expected,
+                  report: CheckReport, which: str, eager: Forcer | None = None
+                  ) -> list | None:
+    """The forced program on `args` (eager's answers as its plan) against `expected`;
+    the decisions it took."""
     from dycomp.api import _to_torch
 
-    eager, compiled = Forcer(plan), Forcer(plan)
+    greedy = eager is not None and eager.flipped
+    inputs, use_torch = run.cm._inputs(args, kwargs)
+    compiled = Forcer(eager.answers() if eager is not None and target else {}, run.sites)
+    run.program.fn.__globals__["_F"] = compiled
     try:
-        with torch.no_grad(), _EagerForcing(eager):
-            expected = fn(*copy.deepcopy(args), **copy.deepcopy(kwargs))
-    except Exception as e:  # the forced arm cannot run in eager (shapes, ...)
-        for (site, k), v in plan.items():
-            report.unreachable.setdefault((site, k, v), f"{type(e).__name__}: {e}")
-        return []
-    if not plan and program is not cm.program:  # fused: the model users run, too
-        _compare_user_program(cm, expected, args, kwargs, "the example inputs")
-    inputs, use_torch = cm._inputs(args, kwargs)
-    program.fn.__globals__["_F"] = compiled
-    try:
-        actual, path = program.run_path(*inputs)
-    except _Runaway:
-        return []
-    if not eager.aligned(compiled):
-        return []
-    report.forced_runs += bool(plan)
-    report.regions_run.update(path)
+        actual, path = run.program.run_path(*inputs)
+        aligned = target is None or (target in eager.taken and compiled.follows(eager))
+    except Runaway:
+        aligned = False
+    if not aligned:
+        return None if greedy else _unforced(run, target, report)
     diff = compare(expected, _to_torch(actual) if use_torch else actual)
+    if diff and greedy:
+        return None
     if diff:
-        raise MismatchError(_message(diff, plan, compiled.taken, path, program))
+        raise MismatchError(_message(diff, plan, target, path, which))
+    run.eager_read = set(eager.answers()) if eager is not None else set()
+    report.forced_runs += target is not None
+    report.regions_run.update(path)
     report.checked.update(compiled.taken)
     return compiled.taken
 
 
-def _message(diff: str, plan: dict, taken: list, path: tuple, program) -> str:
+def _unforced(run: _Setup, target: tuple, report: CheckReport) -> list:
+    """Note why `target` was not forced."""
+    site = target[0]
+    report.unforced[target] = (
+        "a gate multiplied in (gate-to-branch): eager reads no decision there"
+        if site in run.gate_sites else
+        "a decision on a scalar eager does not compare at that line (a switch index)"
+        if site in run.scalar_sites else
+        "eager reads no decision at that line after the same decisions")
+    return []
+
+
+def _message(diff: str, plan: dict, target, path: tuple, which: str) -> str:
     forced = ", ".join(f"{s} (#{k}) -> {v}" for (s, k), v in plan.items()) or "none"
-    arm = next(((s, v) for s, k, v in reversed(taken) if (s, k) in plan), None)
-    where = f"the {'true' if arm[1] else 'false'} arm of the decision at {arm[0]}" if arm \
-        else "the example's own path"
-    return (f"compiled model differs from eager on {where}: {diff}; input: the example "
-            f"inputs, forced decisions: {forced}; compiled path: {' -> '.join(path)}")
+    where = f"the {'true' if target[2] else 'false'} arm of the decision at {target[0]}" \
+        f" (occurrence #{target[1]})" if target else "its own path"
+    return (f"compiled model differs from eager on {where}: {diff}; input: {which}, "
+            f"forced decisions: {forced}; compiled path: {' -> '.join(path)}")

@@ -58,7 +58,7 @@ def test_every_arm_is_checked(backend, tmp_path):
     if backend == "onnx":
         cm.save(tmp_path / "net.dyc")
         check = json.loads((tmp_path / "net.dyc" / "manifest.json").read_text())["check"]
-        assert (check["arms"], check["arms_checked"], check["unchecked"]) == (4, 4, [])
+        assert (check["arms"], check["arms_checked"], check["unchecked"]) == (4, 4, {})
 
 
 def _arm_region(cm) -> str:
