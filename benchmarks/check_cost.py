@@ -4,9 +4,9 @@ check (`dycomp/check_paths.py`), and the coverage it reports.
     python benchmarks/check_cost.py [--backend onnx] [--repeat 1] [NAME ...]
 
 Prints wall and CPU seconds (process time: all threads) and their ratios, the fastest
-of `--repeat` compiles each. On a shared machine the CPU ratio is the steadier figure:
-wall time there mostly measures waiting for a core (and PyTorch's two intra-op threads
-waiting for each other).
+of `--repeat` compiles each, after one warm-up compile. On a shared machine the CPU
+ratio is the steadier figure: wall time there mostly measures waiting for a core (and
+PyTorch's two intra-op threads waiting for each other).
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ def main() -> None:
     ns = p.parse_args()
     print(f"{'example':14} {'wall s':>6} {'+check':>7} {'ratio':>5} {'cpu s':>6} {'+check':>7} "
           f"{'ratio':>5}  coverage")
+    model, example = ZOO[ns.names[0]].make()
+    dycomp.compile(model, example, backend=ns.backend, check=True)  # warm-up: imports, caches
     for name in ns.names:
         model, example = ZOO[name].make()
         (w0, c0), _ = _timed(model, example, ns.backend, False, ns.repeat)

@@ -85,7 +85,7 @@ def compile(model, example_inputs, *, example_kwargs: dict | None = None,
     if check:
         from dycomp.check_paths import path_check
 
-        cm.check = path_check(fn, cm, args, kwargs)
+        cm.check = path_check(fn, cm, args, kwargs, more=6)
     return cm
 
 

@@ -1,0 +1,61 @@
+"""The path-covering self-check on the zoo (backend onnx): every decision arm is checked,
+or listed with the reason it could not be forced; scalar comparisons (`tok.item() ==
+eos`, `halting.item() > t`) are forced in eager too, so loops run 0, 1 and more trips."""
+
+from __future__ import annotations
+
+import pytest
+
+import dycomp
+from examples.zoo import ZOO
+
+# arms not forceable, by design: moe's switch index is read out of a tensor that eager
+# indexes with (and its regions use), so forcing the host's `index == k` alone would not
+# force the expert; those arms are checked only when a natural input takes them
+NOT_FORCEABLE = {"moe": "switch index"}
+
+
+@pytest.fixture(scope="module")
+def checked():
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            model, example = ZOO[name].make()
+            cache[name] = dycomp.compile(model, example, backend="onnx").check
+        return cache[name]
+
+    return get
+
+
+@pytest.mark.parametrize("name", list(ZOO))
+def test_zoo_arms_checked_or_listed_with_reason(name, checked):
+    report = checked(name)
+    left = report.unchecked
+    if name in NOT_FORCEABLE:
+        assert all(NOT_FORCEABLE[name] in why for why in left.values()), left
+    else:
+        assert report.full and not left, report.summary()
+    assert not report.unreachable, report.unreachable
+    if report.full:
+        assert report.regions_run == report.regions, report.summary()
+    assert f"{len(report.checked)}/{len(report.arms)} decision arms checked" in \
+        report.summary()
+
+
+@pytest.mark.parametrize("name,site,trips", [("decoder", "decoder.py:72", 8),
+                                             ("act", "act.py:52", 8)])
+def test_scalar_decisions_forced_every_trip_count(name, site, trips, checked):
+    """`tok.item() == eos` / `halting.item() > 1 - eps` forced both ways at every
+    iteration: the loop ends after 1, 2, ... trips (and runs to its bound)."""
+    report = checked(name)
+    arms = {(s, k, v) for s, k, v in report.checked if s == site}
+    assert arms == {(site, k, v) for k in range(trips) for v in (True, False)}, arms
+    assert report.forced_runs >= trips - 1
+
+
+def test_gates_in_one_greedy_run(checked):
+    """gated54's 54 gate decisions: one forced run flips them all (greedy), not 54."""
+    report = checked("gated54")
+    assert report.full and len(report.arms) == 108
+    assert report.forced_runs <= 3, report.summary()
