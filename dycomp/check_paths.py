@@ -73,7 +73,8 @@ class CheckReport:
         left = self.unchecked
         why = f", {len(left)} unchecked ({'; '.join(sorted(set(left.values())))})" \
             if left else ""
-        sel = f", {len(self.selected)} selected in regions" if self.selected else ""
+        sel = f", {len(self.selected)} selected in regions (natural inputs only)" \
+            if self.selected else ""
         return (f"{len(self.checked)}/{len(self.arms)} decision arms checked{un}{why}{sel} "
                 f"({self.forced_runs} forced runs), {len(self.regions_run)}/"
                 f"{len(self.regions)} regions run, {self.inputs} inputs; on the "
@@ -120,7 +121,7 @@ def path_check(fn, cm, args: tuple, kwargs: dict, n: int = 2, more: int = 0
     different decisions, outputs differ) is rerun with its target alone, and flipping
     stops, so that failures name one arm. Eager runs once per input or forced run: a
     few random inputs suffice; up to `more` further ones run while arms that cannot be
-    forced are left unchecked."""
+    forced are left unchecked or a region selects between arms."""
     report = CheckReport()
     run = _setup(fn, cm, report)
     queued: set = set()
@@ -191,12 +192,13 @@ def _random_check(run: _Setup, args: tuple, kwargs: dict, n: int, more: int,
                   report: CheckReport) -> int:
     """Random inputs (the example's shapes) on the program users run, and while arms are
     left unchecked, on the forced program too (the arms they take are checked); how
-    many ran."""
+    many ran. The `more` run while arms are unchecked or selected inside regions (those
+    only natural inputs reach)."""
     count = 0
     for i, (a, k) in enumerate(variants(args, kwargs, n + more)):
         if i == 0:
             continue  # the example: checked by the unforced run
-        if i > n and report.full:
+        if i > n and report.full and not report.selected:
             break
         with _eager():
             expected = run.fn(*copy.deepcopy(a), **copy.deepcopy(k))
