@@ -33,13 +33,33 @@ class Runaway(Exception):
     """A forced run read more than `MAX_DECISIONS` decisions."""
 
 
-def decision_sites(source: str) -> set:
-    """The source lines (`file.py:L`) of a host program's decisions."""
-    return {m.group(4) for m in _DECISION.finditer(source)}
+# a scalar read `v16 = v15.item()`, and a host comparison `v17 = (v16 > 5.0)  # f.py:81`
+_SCALAR = re.compile(r"^\s*(\w+) = \w+\.item\(\)  # ", re.M)
+_COMPARE = re.compile(r"^(\s*)(\w+) = (\(.*\))  # (\S+:\d+)$", re.M)
+
+
+def _scalar_compares(source: str) -> list:
+    """Host decisions `v = (<comparison of a scalar read out of a tensor>)` that an `if`
+    tests (tensor-conditions off: `optimize=False`), as regex matches."""
+    scalars = set(_SCALAR.findall(source))
+    return [m for m in _COMPARE.finditer(source)
+            if set(re.findall(r"\w+", m.group(3))) & scalars
+            and re.search(rf"^\s*if {m.group(2)}:$", source, re.M)]
+
+
+def decision_sites(source: str) -> tuple[set, set]:
+    """The source lines (`file.py:L`) of a host program's decisions, and of those a
+    comparison on a scalar read out of a tensor in the host itself."""
+    scalar = {m.group(4) for m in _scalar_compares(source)}
+    return {m.group(4) for m in _DECISION.finditer(source)} | scalar, scalar
 
 
 def forced_source(source: str) -> str:
     """The host program with each decision read going through `_F(site, value)`."""
+    for m in reversed(_scalar_compares(source)):
+        s, e = m.span()
+        source = source[:s] + f"{m.group(1)}{m.group(2)} = _F('{m.group(4)}', " \
+            f"{m.group(3)})  # {m.group(4)}" + source[e:]
     return _DECISION.sub(r"\1\2 = _F('\4', bool(\3))", source)
 
 

@@ -180,11 +180,12 @@ def _setup(fn, cm, report: CheckReport) -> _Setup:
     report.regions = set(cm.graph.regions) if program is cm.program and cm.graph else \
         set(program.region_lines)
     report.selected = _selected_sites(cm.graph)
-    sites = decision_sites(program.unforced_source) - report.selected
+    sites, scalar = decision_sites(program.unforced_source)
+    sites -= report.selected
     applied = getattr(cm.graph, "applied", ())
     lines = {p: {a.line for a in applied if a.pass_name == p}
              for p in ("tensor-conditions", "gate-to-branch")}
-    return _Setup(fn, cm, program, sites, lines["tensor-conditions"] & sites,
+    return _Setup(fn, cm, program, sites, (lines["tensor-conditions"] | scalar) & sites,
                   lines["gate-to-branch"] & sites)
 
 

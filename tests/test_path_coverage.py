@@ -4,9 +4,14 @@ eos`, `halting.item() > t`) are forced in eager too, so loops run 0, 1 and more 
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
+import torch
 
 import dycomp
+from dycomp.check_paths import path_check
+from dycomp.errors import MismatchError
 from examples.zoo import ZOO
 
 # arms not forceable, by design: moe's switch index is read out of a tensor that eager
@@ -59,3 +64,44 @@ def test_gates_in_one_greedy_run(checked):
     report = checked("gated54")
     assert report.full and len(report.arms) == 108
     assert report.forced_runs <= 3, report.summary()
+
+
+class Halt(torch.nn.Module):
+    """A loop that ends on a scalar read (`.item() > 5`) no input reaches: tanh <= 1."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b = torch.nn.Linear(4, 4), torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        h = self.a(x)
+        for _ in range(3):
+            h = torch.tanh(self.b(h))
+            if h[0, 0].item() > 5.0:
+                return h * 2.0  # the rare arm
+        return h - 1.0
+
+
+def _line(text: str) -> int:
+    lines, start = inspect.getsourcelines(Halt.forward)
+    return start + next(i for i, s in enumerate(lines) if text in s)
+
+
+def test_corrupt_arm_behind_scalar_decision_is_named():
+    """The arm after `h[0, 0].item() > 5.0` runs only forced; corrupted after lowering,
+    the check names that decision's line, and each trip is a checked arm."""
+    model, x = Halt().eval(), torch.randn(1, 4, generator=torch.Generator().manual_seed(1))
+    cm = dycomp.compile(model, (x,), backend="torch", optimize=False)
+    site = f"test_path_coverage.py:{_line('> 5.0')}"
+    assert cm.check.full and {a[:2] for a in cm.check.arms} == {(site, k) for k in range(3)}
+    where = f"test_path_coverage.py:{_line('the rare arm')}"
+    gm = cm.executor.modules[next(n for n, r in cm.graph.regions.items() if where in r.lines)]
+    out = next(n for n in gm.graph.nodes if n.op == "output")
+    with gm.graph.inserting_before(out):
+        wrong = gm.graph.call_function(torch.add, (out.args[0][0], 1.0))
+    out.args = ((wrong, *out.args[0][1:]),)
+    gm.recompile()
+    with pytest.raises(MismatchError) as e:
+        path_check(model.forward, cm, (x,), {})
+    assert f"true arm of the decision at {site}" in str(e.value), str(e.value)
