@@ -35,6 +35,7 @@ class Runaway(Exception):
 
 # a scalar read `v16 = v15.item()`, and a host comparison `v17 = (v16 > 5.0)  # f.py:81`
 _SCALAR = re.compile(r"^\s*(\w+) = \w+\.item\(\)  # ", re.M)
+_CAST = re.compile(r"^\s*(\w+) = (?:int|float)\((\w+)\)  # ", re.M)  # `v7 = int(v6)`
 _COMPARE = re.compile(r"^(\s*)(\w+) = (\(.*\))  # (\S+:\d+)$", re.M)
 
 
@@ -42,6 +43,7 @@ def _scalar_compares(source: str) -> list:
     """Host decisions `v = (<comparison of a scalar read out of a tensor>)` that an `if`
     tests (tensor-conditions off: `optimize=False`), as regex matches."""
     scalars = set(_SCALAR.findall(source))
+    scalars |= {v for v, x in _CAST.findall(source) if x in scalars}
     return [m for m in _COMPARE.finditer(source)
             if set(re.findall(r"\w+", m.group(3))) & scalars
             and re.search(rf"^\s*if {m.group(2)}:$", source, re.M)]

@@ -1,4 +1,4 @@
-"""The path-covering self-check on the zoo (backend onnx): every decision arm is checked,
+"""The path-covering self-check on the zoo (backends onnx and torch): every decision arm is checked,
 or listed with the reason it could not be forced; scalar comparisons (`tok.item() ==
 eos`, `halting.item() > t`) are forced in eager too, so loops run 0, 1 and more trips."""
 
@@ -24,18 +24,25 @@ NOT_FORCEABLE = {"moe": "switch index"}
 def checked():
     cache = {}
 
-    def get(name):
-        if name not in cache:
+    def get(name, backend="onnx"):
+        if (name, backend) not in cache:
             model, example = ZOO[name].make()
-            cache[name] = dycomp.compile(model, example, backend="onnx").check
-        return cache[name]
+            cache[name, backend] = dycomp.compile(model, example, backend=backend).check
+        return cache[name, backend]
 
     return get
 
 
-@pytest.mark.parametrize("name", list(ZOO))
-def test_zoo_arms_checked_or_listed_with_reason(name, checked):
-    report = checked(name)
+# torch: the examples with decisions of each kind (the gated ResNets, whose gates onnx
+# covers, and static_resnet, without decisions, would add ~10 s of compiling)
+CASES = [(name, "onnx") for name in ZOO] + [
+    (name, "torch") for name in ("multi_exit", "policy_net", "moe", "decoder", "act",
+                                 "nested_if")]
+
+
+@pytest.mark.parametrize("name,backend", CASES)
+def test_zoo_arms_checked_or_listed_with_reason(name, backend, checked):
+    report = checked(name, backend)
     left = report.unchecked
     if name in NOT_FORCEABLE:
         assert all(NOT_FORCEABLE[name] in why for why in left.values()), left
