@@ -3,13 +3,16 @@
 The random-input check (`check.differential_check`) only sees the arms its inputs take.
 Here each host decision `v = bool(t)  # file.py:L` is *forced* (teacher forcing): the
 compiled host program is re-loaded with every such read wrapped in a hook, and eager
-PyTorch runs under a `TorchFunctionMode` that makes the `bool(tensor)` read at the same
+PyTorch runs under a `TorchFunctionMode` that makes the `bool(tensor)` read (or the
+comparison on a scalar read out of a tensor, `dycomp/check_forcing.py`) at the same
 source line answer the same way. A decision is identified by its source line and its
 occurrence there (the k-th read at that line in one run: an exit in a loop, a loop
 iteration). Starting from the example's natural path, every arm seen and not yet
 checked is forced the other way (breadth first, so arms only reachable through forced
 ones are found too). A forced run counts only when both sides read the forced decision
-after the same decisions (aligned); eager raising when forced marks the arm unreachable.
+after the same decisions (aligned); eager raising when forced marks the arm unreachable;
+an arm that cannot be forced (eager reads no decision there) is listed with the reason,
+and checked only if a natural input takes it.
 
 Arms are counted on the program the host dispatches; for an ONNX model whose branches
 were fused into `If` nodes, that is the check-only unfused program of the same exported
