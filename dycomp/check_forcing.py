@@ -56,6 +56,13 @@ def decision_sites(source: str) -> tuple[set, set]:
     return {m.group(4) for m in _DECISION.finditer(source)} | scalar, scalar
 
 
+def reused_sites(source: str) -> set:
+    """Decision sites whose tensor the host also passes on as a value (`t and k < 6` is
+    `t` itself when `t` is false): forcing the read would not force the value."""
+    return {m.group(4) for m in _DECISION.finditer(source)
+            if len(re.findall(rf"\b{m.group(3)}\b", source)) > 2}
+
+
 def forced_source(source: str) -> str:
     """The host program with each decision read going through `_F(site, value)`."""
     for m in reversed(_scalar_compares(source)):
@@ -71,15 +78,21 @@ class Forcer:
     `flip(site, k, natural)`: for a decision the plan does not name, whether to answer
     the other way (eager only: what it answered is then the compiled side's plan)."""
 
-    def __init__(self, plan: dict, sites: set | None = None, flip=None):
-        self.plan, self.sites, self.flip = plan, sites, flip
+    def __init__(self, plan: dict, sites: set | None = None, flip=None, aside: set = ()):
+        self.plan, self.sites, self.flip, self.aside = plan, sites, flip, aside
         self.counts, self.taken, self.flipped = Counter(), [], []
+        self.natural: dict = {}  # (site, k) -> the answer before forcing
+        self.set_aside: list = []  # (site, k, value) read at `aside` sites, not forced
 
     def __call__(self, site: str, value: bool) -> bool:
         if self.sites is not None and site not in self.sites:
+            if site in self.aside:
+                self.set_aside.append((site, self.counts[site], bool(value)))
+                self.counts[site] += 1
             return bool(value)
         k = self.counts[site]
         self.counts[site] += 1
+        self.natural[site, k] = bool(value)
         if (site, k) in self.plan:
             value = self.plan[site, k]
         elif self.flip is not None and self.flip(site, k, bool(value)):
@@ -93,6 +106,12 @@ class Forcer:
     def answers(self) -> dict:
         """Every decision read and its answer: the other side's plan."""
         return {(s, k): v for s, k, v in self.taken}
+
+    def opposite(self, eager: Forcer) -> set:
+        """Sites where the two sides, reading the same decision, answered differently
+        before forcing: not the same decision (the host tests its negation, say)."""
+        return {key[0] for key in self.natural.keys() & eager.natural.keys()
+                if self.natural[key] != eager.natural[key]}
 
     def follows(self, eager: Forcer) -> bool:
         """This (compiled) run read `eager`'s decisions in the same order (decisions

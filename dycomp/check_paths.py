@@ -37,6 +37,7 @@ from dycomp.check_forcing import (
     decision_sites,
     forced_source,
     plain,
+    reused_sites,
 )
 from dycomp.errors import MismatchError
 from dycomp.runtime.host import HostProgram
@@ -109,6 +110,7 @@ class _Setup:
     scalar_sites: set  # ... those eager decides by comparing a scalar read there
     gate_sites: set  # ... gates multiplied in that gate-to-branch made branches
     eager_read: set = field(default_factory=set)  # (site, k) eager read, last run
+    aside: dict = field(default_factory=dict)  # site -> why it is answered naturally
 
 
 def path_check(fn, cm, args: tuple, kwargs: dict, n: int = 2, more: int = 0
@@ -139,7 +141,11 @@ def path_check(fn, cm, args: tuple, kwargs: dict, n: int = 2, more: int = 0
                             _flipper(report) if greedy else None)
         if taken is None:  # a greedy run failed: its target alone, and no more flipping
             greedy = False
-            queue.insert(0, (plan, target))
+            if target[0] in run.aside:
+                _unforced(run, target, report)
+                continue
+            queue.insert(0, ({key: v for key, v in plan.items()
+                              if key[0] not in run.aside}, target))
             continue
         queue += _next_targets(run, taken, report, queued)
     report.inputs = 1 + _random_check(run, args, kwargs, n, more, report)
@@ -162,7 +168,7 @@ def _next_targets(run: _Setup, taken: list, report: CheckReport, queued: set) ->
         if k >= _MAX_OCCURRENCES:
             report.unforced[other] = f"beyond {_MAX_OCCURRENCES} occurrences"
             continue
-        if (site, k) not in read:
+        if (site, k) not in read or site in run.aside:
             _unforced(run, other, report)
             continue
         out.append(({**{(s, j): v for s, j, v in taken[:i]}, (site, k): not value}, other))
@@ -185,11 +191,13 @@ def _setup(fn, cm, report: CheckReport) -> _Setup:
     report.selected = _selected_sites(cm.graph)
     sites, scalar = decision_sites(program.unforced_source)
     sites -= report.selected
+    reused = reused_sites(program.unforced_source) & sites
+    sites -= reused
     applied = getattr(cm.graph, "applied", ())
     lines = {p: {a.line for a in applied if a.pass_name == p}
              for p in ("tensor-conditions", "gate-to-branch")}
     return _Setup(fn, cm, program, sites, (lines["tensor-conditions"] | scalar) & sites,
-                  lines["gate-to-branch"] & sites)
+                  lines["gate-to-branch"] & sites, aside=dict.fromkeys(reused, _REUSED))
 
 
 def _random_check(run: _Setup, args: tuple, kwargs: dict, n: int, more: int,
@@ -296,13 +304,19 @@ def _compiled_run(run: _Setup, args, kwargs, plan: dict, target, expected,
 
     greedy = eager is not None and eager.flipped
     inputs, use_torch = run.cm._inputs(args, kwargs)
-    compiled = Forcer(eager.answers() if eager is not None and target else {}, run.sites)
+    compiled = Forcer(eager.answers() if eager is not None and target else {}, run.sites,
+                      aside=run.aside)
     run.program.fn.__globals__["_F"] = compiled
     try:
         actual, path = run.program.run_path(*inputs)
         aligned = target is None or (target in eager.taken and compiled.follows(eager))
     except Runaway:
         aligned = False
+    if eager is not None and (opposite := compiled.opposite(eager)):
+        run.aside.update(dict.fromkeys(opposite, _OPPOSITE))  # now answered naturally
+        run.sites -= opposite
+        if target is not None:
+            return None  # rerun without them
     if not aligned:
         return None if greedy else _unforced(run, target, report)
     diff = compare(expected, _to_torch(actual) if use_torch else actual)
@@ -314,13 +328,21 @@ def _compiled_run(run: _Setup, args, kwargs, plan: dict, target, expected,
     report.forced_runs += target is not None
     report.regions_run.update(path)
     report.checked.update(compiled.taken)
-    return compiled.taken
+    report.checked.update(compiled.set_aside)
+    for site, k, value in compiled.set_aside:
+        report.arms.update({(site, k, value), (site, k, not value)})
+        report.unforced.setdefault((site, k, not value), run.aside[site])
+    return [t for t in compiled.taken if t[0] not in run.aside]
+
+
+_OPPOSITE = "eager and compiled answer the decision at that line unlike (a negation)"
+_REUSED = "the host also uses the tensor read there as a value (`t and k < 6`)"
 
 
 def _unforced(run: _Setup, target: tuple, report: CheckReport) -> list:
     """Note why `target` was not forced."""
     site = target[0]
-    report.unforced[target] = (
+    report.unforced[target] = run.aside[site] if site in run.aside else (
         "a gate multiplied in (gate-to-branch): eager reads no decision there"
         if site in run.gate_sites else
         "a decision on a scalar eager does not compare at that line (a switch index)"
