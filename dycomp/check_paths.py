@@ -127,6 +127,11 @@ def path_check(fn, cm, args: tuple, kwargs: dict, n: int = 2, more: int = 0
     stops, so that failures name one arm. Eager runs once per input or forced run: a
     few random inputs suffice; up to `more` further ones run while arms that cannot be
     forced are left unchecked or a region selects between arms."""
+    with _one_thread():
+        return _path_check(fn, cm, args, kwargs, n, more)
+
+
+def _path_check(fn, cm, args: tuple, kwargs: dict, n: int, more: int) -> CheckReport:
     report = CheckReport()
     run = _setup(fn, cm, report)
     queued: set = set()
@@ -222,19 +227,24 @@ def _random_check(run: _Setup, args: tuple, kwargs: dict, n: int, more: int,
 
 
 @contextlib.contextmanager
-def _eager():
-    """Eager reference runs: no autograd, one intra-op thread. The check's eager runs are
-    batch-1 forward passes whose ops are too small to gain from a second thread; two
-    threads waiting on each other on a busy machine cost 10x (gated_mul: 27 ms a forward
-    on one thread, 240-290 ms on two, with other processes on the cores). Restored after
-    (the setting is process-wide: meanwhile, other threads' PyTorch ops use one too)."""
+def _one_thread():
+    """PyTorch on one intra-op thread meanwhile (eager, and the torch backend's regions).
+    The check runs batch-1 forward passes whose ops are too small to gain from a second
+    thread; two threads waiting on each other on a busy machine cost 10x (gated_mul: 27
+    ms a forward on one thread, 240-290 ms on two, with other processes on the cores).
+    Restored after (the setting is process-wide: other threads' PyTorch ops meanwhile
+    use one too)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with torch.no_grad():
-            yield
+        yield
     finally:
         torch.set_num_threads(threads)
+
+
+def _eager():
+    """Eager reference runs: no autograd."""
+    return torch.no_grad()
 
 
 def _compare_user_program(cm, expected, args: tuple, kwargs: dict, which: str) -> None:
