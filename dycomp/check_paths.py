@@ -337,9 +337,9 @@ def _compiled_run(run: _Setup, args, kwargs, plan: dict, target, expected,
     run.eager_read = set(eager.answers()) if eager is not None else set()
     report.forced_runs += target is not None
     report.regions_run.update(path)
-    report.checked.update(compiled.taken)
-    report.checked.update(compiled.set_aside)
-    for site, k, value in compiled.set_aside:
+    aside = compiled.set_aside + [t for t in compiled.taken if t[0] in run.aside]
+    report.checked.update(compiled.taken + aside)
+    for site, k, value in aside:
         report.arms.update({(site, k, value), (site, k, not value)})
         report.unforced.setdefault((site, k, not value), run.aside[site])
     return [t for t in compiled.taken if t[0] not in run.aside]

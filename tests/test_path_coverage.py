@@ -112,3 +112,27 @@ def test_corrupt_arm_behind_scalar_decision_is_named():
     with pytest.raises(MismatchError) as e:
         path_check(model.forward, cm, (x,), {})
     assert f"true arm of the decision at {site}" in str(e.value), str(e.value)
+
+
+class AndWhile(torch.nn.Module):
+    """`while t and k < 3`: the host passes `t` on as the value of the `and`, so forcing
+    its read would not force the loop; the check must not report a false mismatch."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.f = torch.nn.Linear(4, 4)
+
+    def forward(self, x):
+        k = 0
+        while x.sum() > -10.0 and k < 3:
+            x = torch.tanh(self.f(x))
+            k += 1
+        return x, k
+
+
+def test_decision_reused_as_value_is_listed_not_forced():
+    x = torch.randn(1, 4, generator=torch.Generator().manual_seed(1))
+    report = dycomp.compile(AndWhile().eval(), (x,), backend="onnx").check
+    assert report.unchecked and all("as a value" in why for why in report.unchecked.values())
+    assert len(report.checked) >= 1 and not report.full
