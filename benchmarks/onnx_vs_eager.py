@@ -1,6 +1,7 @@
 """dycomp + ONNX Runtime vs eager PyTorch on the example zoo (batch 1, 2 threads).
 
-Per example: eager median ms, dycomp-onnx median ms, speedup, region calls on the
+Per example: eager median ms, dycomp-onnx median ms (the host program on numpy arrays),
+speedup, `cm(x)` with torch tensors (what a user times) and its speedup, region calls on the
 path, host overhead per transition, the same path compiled as ONE static ONNX graph
 (the lower bound for dispatch), compile time and artifact size. Eager and dycomp calls
 are interleaved input by input; every contender runs with 2 threads.
@@ -163,16 +164,18 @@ def bench(name, mod, n_inputs, rounds, threads=None, fuse=True, paths=1):
         size = sum(p.stat().st_size for p in (Path(d) / "a").rglob("*") if p.is_file())
     inputs = mod.sample_inputs(n_inputs)
     arrays = [tuple(t.numpy() for t in inp) for inp in inputs]
-    eager, comp = [], []
+    eager, comp, call = [], [], []  # call: what a user times, cm(torch tensors)
     with torch.no_grad():
         for _ in range(2):  # warm-up
             for inp, arr in zip(inputs, arrays):
                 model(*inp)
                 cm.program.run(*arr)
+                cm(*inp)
         for _ in range(rounds):
             for inp, arr in zip(inputs, arrays):
                 eager.append(_timed(model, *inp)[0])
                 comp.append(_timed(cm.program.run, *arr)[0])
+                call.append(_timed(cm, *inp)[0])
     # transitions and host overhead on the first input
     timer = CallTimer(cm.program.executor)
     cm.program.executor = timer
@@ -188,7 +191,9 @@ def bench(name, mod, n_inputs, rounds, threads=None, fuse=True, paths=1):
     ms = [m for m, _ in per_input]  # (static, st+dec, path, no-If) per input
     static_ms, decided_ms, path_ms, arms_ms = (statistics.median(col) for col in zip(*ms))
     e, c = 1e3 * statistics.median(eager), 1e3 * statistics.median(comp)
-    return dict(name=name, eager=e, dycomp=c, speedup=e / c, calls=calls,
+    cx = 1e3 * statistics.median(call)
+    return dict(name=name, eager=e, dycomp=c, speedup=e / c, call=cx, call_speedup=e / cx,
+                calls=calls,
                 host_us=1e6 * (total - inside) / max(calls, 1),
                 dispatch_us=1e3 * (path_ms - decided_ms) / max(calls, 1),
                 static=static_ms, decided=decided_ms, path=path_ms, arms=arms_ms,
@@ -236,20 +241,23 @@ def main(argv=None):
     torch.set_num_threads(THREADS)
     rows = [bench(n, ZOO[n], a.inputs, a.rounds, a.threads, not a.no_fuse, a.paths)
             for n in a.names]
-    hdr = (f"{'example':<15}{'eager ms':>9}{'dycomp ms':>10}{'speedup':>8}{'calls':>6}"
+    hdr = (f"{'example':<15}{'eager ms':>9}{'dycomp ms':>10}{'speedup':>8}{'cm(x) ms':>9}"
+           f"{'cm(x)/e':>8}{'calls':>6}"
            f"{'host us':>8}{'disp us':>8}{'static ms':>10}{'st+dec ms':>10}{'path ms':>8}"
            f"{'no-If ms':>9}{'path/st':>8}{'path/st+dec':>12}"
            f"{'compile s':>10}{'KiB':>8}")
     print(hdr)
     for r in rows:
         print(f"{r['name']:<15}{r['eager']:>9.3f}{r['dycomp']:>10.3f}{r['speedup']:>8.2f}"
-              f"{r['calls']:>6}{r['host_us']:>8.1f}{r['dispatch_us']:>8.1f}{r['static']:>10.3f}"
+              f"{r['call']:>9.3f}{r['call_speedup']:>8.2f}{r['calls']:>6}{r['host_us']:>8.1f}{r['dispatch_us']:>8.1f}{r['static']:>10.3f}"
               f"{r['decided']:>10.3f}{r['path']:>8.3f}{r['arms']:>9.3f}{r['folded_ratio']:>8.2f}"
               f"{r['ratio']:>12.2f}{r['compile']:>10.2f}{r['size']:>8.0f}"
               + (f"  static: {r['why']}" if r["why"] else ""))
     geo = _geomean([r["speedup"] for r in rows])
     print(f"\ngeomean speedup vs eager: {geo:.2f}x; slowest: "
           f"{min(r['speedup'] for r in rows):.2f}x")
+    print(f"cm(torch tensors) vs eager: geomean {_geomean([r['call_speedup'] for r in rows]):.2f}x"
+          f"; slowest: {min(r['call_speedup'] for r in rows):.2f}x")
     for key, what in (("ratio", "one static graph computing the decisions (st+dec)"),
                       ("folded_ratio", "the bare trace, decisions folded (static)")):
         ratios = [r[key] for r in rows if not math.isnan(r[key])]

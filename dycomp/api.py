@@ -5,6 +5,7 @@ compile() reads top to bottom: capture -> verify -> passes -> lower -> check.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import types
 from pathlib import Path
@@ -16,11 +17,15 @@ from torch import nn
 from torch.utils._pytree import tree_flatten, tree_map
 
 from dycomp.backends import lower
+from dycomp.backends.frozen_values import check_captured
 from dycomp.errors import DycompError, PassError, UnsupportedError
+from dycomp.fastcall import build as build_entry
 from dycomp.frontend.capture import InputSpec, capture
+from dycomp.frontend.randomness import has_random
 from dycomp.ir.dyngraph import DynGraph
 from dycomp.logs import configure as configure_logging
 from dycomp.passes import run_passes
+from dycomp.runtime.errors import ModelError
 from dycomp.runtime.host import HostProgram
 
 log = logging.getLogger(__name__)
@@ -58,7 +63,9 @@ def compile(model, example_inputs, *, example_kwargs: dict | None = None,
         fn, note = _prune(fn, p, args, kwargs)
         notes.append(note)
     graph, spec = capture(fn, args, kwargs)
+    check_captured(graph)  # no region holds a traced value as a constant
     graph.verify()
+    random = has_random(graph)
     log.info("captured %s: %s", graph.source, graph.stats())
     if_nodes = backend == "onnx" and fuse_branches
     graph = run_passes(graph, _optimizations(optimize, if_nodes) + _lowering(if_nodes)
@@ -82,7 +89,11 @@ def compile(model, example_inputs, *, example_kwargs: dict | None = None,
     cm.options = {"backend": backend, "fuse_branches": fuse_branches, "optimize": optimize}
     if check and quantize:
         check = False  # quantized outputs differ by design: measure with dycomp.compare
-    if check:
+    if check and random:  # values differ per call: their structure only, nothing forced
+        from dycomp.check import differential_check
+
+        differential_check(fn, cm, args, kwargs, random=True)
+    elif check:
         from dycomp.check_paths import path_check
 
         cm.check = path_check(fn, cm, args, kwargs, more=6)
@@ -237,13 +248,31 @@ class CompiledModel:
 
         return save(self, path)
 
+    # (spec, program.run, entry): the call entry specialised to this signature and program
+    # (`dycomp.fastcall`), built on the first call and again when either changes.
+    _entry_cache: tuple = (None, None, None)
+
     def __call__(self, *args, **kwargs):
+        entry = self._entry_cache
+        if entry[1] is not self.program.run or entry[0] is not self.spec:
+            entry = self.spec, self.program.run, build_entry(self.spec, self.program.run,
+                                                             self._general)
+            self._entry_cache = entry
+        try:
+            return entry[2](args, kwargs)
+        except ModelError as e:
+            raise _own_exception(e) from None
+
+    def _general(self, args, kwargs):
         return self.run(*args, **kwargs)
 
     def run(self, *args, return_path: bool = False, **kwargs):
         inputs, use_torch = self._inputs(args, kwargs)
-        out, path = (self.program.run_path(*inputs) if return_path
-                     else (self.program.run(*inputs), None))
+        try:
+            out, path = (self.program.run_path(*inputs) if return_path
+                         else (self.program.run(*inputs), None))
+        except ModelError as e:
+            raise _own_exception(e) from None
         if use_torch:
             out = _to_torch(out)
         return (out, path) if return_path else out
@@ -299,6 +328,19 @@ def _manifest_subgraphs(subgraphs: dict) -> dict[str, dict]:
     return {name: {"ops": sub.get("ops"), "params": sub.get("params"),
                    "inputs": sig(sub["inputs"]), "outputs": sig(sub["outputs"]),
                    "lines": list(sub.get("lines", []))} for name, sub in subgraphs.items()}
+
+
+def _own_exception(e: ModelError) -> BaseException:
+    """The model's own exception class, rebuilt where it can be imported, else `e`."""
+    try:
+        cls = importlib.import_module(e.module)
+        for part in e.qualname.split("."):
+            cls = getattr(cls, part)
+        if isinstance(cls, type) and issubclass(cls, BaseException):
+            return cls(*e.exc_args)
+    except Exception:  # not importable or not constructible from its arguments
+        log.debug("cannot rebuild %s.%s", e.module, e.qualname, exc_info=True)
+    return e
 
 
 def _same(a, b) -> bool:

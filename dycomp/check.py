@@ -72,14 +72,69 @@ def compare(expected, actual, where="out", atol=1e-4, rtol=1e-4) -> str | None:
     return None
 
 
-def differential_check(fn, cm, args, kwargs, n: int = 8) -> int:
-    """Run eager and compiled on the examples and `n` generated inputs; raise on mismatch."""
-    count = 0
-    for a, k in variants(args, kwargs, n):
+def compare_structure(expected, actual, where="out") -> str | None:
+    """None if both outputs have the same structure: containers of the same type and
+    length, tensors of the same dtype and rank, other values of the same type (what a
+    model that draws random numbers can be checked for: its values differ per call)."""
+    if isinstance(expected, torch.Tensor):
+        if not isinstance(actual, torch.Tensor) or expected.dtype != actual.dtype or \
+                expected.dim() != actual.dim():
+            return f"{where}: expected a {expected.dtype} tensor of rank {expected.dim()}, " \
+                   f"got {actual!r}"
+        return None
+    if isinstance(expected, (list, tuple, dict)):
+        if type(expected) is not type(actual) or len(expected) != len(actual):
+            return f"{where}: expected {type(expected).__name__} of {len(expected)}, got {actual!r}"
+        keys = expected if isinstance(expected, dict) else range(len(expected))
+        for i in keys:
+            d = compare_structure(expected[i], actual[i] if isinstance(actual, (list, tuple))
+                                  else actual.get(i), f"{where}[{i!r}]")
+            if d:
+                return d
+        return None
+    same = type(expected) is type(actual) or (isinstance(expected, float) and isinstance(
+        actual, (float, np.floating)))
+    return None if same else f"{where}: expected a {type(expected).__name__}, got {actual!r}"
+
+
+def _outcome(fn, cm, a, k):
+    """Eager and compiled outputs, or the exceptions they raised (a model's own `raise`
+    or `assert`), and the compiled path."""
+    try:
         with torch.no_grad():
             expected = fn(*copy.deepcopy(a), **copy.deepcopy(k))
+    except Exception as e:
+        expected = e
+    try:
         actual, path = cm.run(*a, return_path=True, **k)
-        diff = compare(expected, actual)
+    except Exception as e:
+        actual, path = e, ["raised"]
+    return expected, actual, path
+
+
+def compare_raised(expected, actual) -> str | None:
+    """None if both raised an exception of the same class name and message."""
+    def name(x):
+        return type(x).__name__ if isinstance(x, BaseException) else "no exception"
+
+    if name(expected) != name(actual) or str(expected) != str(actual):
+        return f"expected {name(expected)}({expected}), got {name(actual)}" + (
+            f"({actual})" if isinstance(actual, BaseException) else "")
+    return None
+
+
+def differential_check(fn, cm, args, kwargs, n: int = 8, random: bool = False) -> int:
+    """Run eager and compiled on the examples and `n` generated inputs; raise on mismatch.
+
+    `random`: the model draws random numbers, so eager and compiled outputs differ in
+    value and may take other paths: only their structure is compared."""
+    count = 0
+    for a, k in variants(args, kwargs, n):
+        expected, actual, path = _outcome(fn, cm, a, k)
+        if isinstance(expected, BaseException) or isinstance(actual, BaseException):
+            diff = compare_raised(expected, actual)
+        else:
+            diff = (compare_structure if random else compare)(expected, actual)
         if diff:
             raise MismatchError(f"compiled model differs from eager on input #{count}: {diff} "
                                 f"(compiled path: {' -> '.join(path)})")

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from dycomp.check import compare, variants
+from dycomp.check import compare, compare_raised, variants
 from dycomp.check_forcing import (
     EagerForcing,
     Forcer,
@@ -217,10 +217,9 @@ def _random_check(run: _Setup, args: tuple, kwargs: dict, n: int, more: int,
             continue  # the example: checked by the unforced run
         if i > n and report.full and not report.selected:
             break
-        with _eager():
-            expected = run.fn(*copy.deepcopy(a), **copy.deepcopy(k))
-        _compare_user_program(run.cm, expected, a, k, f"random input #{i}")
-        if not report.full:
+        expected = _eager_outcome(run.fn, a, k)
+        raised = _compare_user_program(run.cm, expected, a, k, f"random input #{i}")
+        if not report.full and not raised:
             _compiled_run(run, a, k, {}, None, expected, report, f"random input #{i}")
         count += 1
     return count
@@ -247,14 +246,35 @@ def _eager():
     return torch.no_grad()
 
 
-def _compare_user_program(cm, expected, args: tuple, kwargs: dict, which: str) -> None:
-    """The compiled model as users run it against eager's `expected`; the path it took
-    (which may load traced copies of fused models) only when they differ."""
-    diff = compare(expected, cm.run(*args, **kwargs))
+def _eager_outcome(fn, args: tuple, kwargs: dict):
+    """Eager's outputs, or the exception it raised (a model's own `raise`, `assert`)."""
+    try:
+        with _eager():
+            return fn(*copy.deepcopy(args), **copy.deepcopy(kwargs))
+    except Exception as e:
+        return e
+
+
+def _compare_user_program(cm, expected, args: tuple, kwargs: dict, which: str) -> bool:
+    """The compiled model as users run it against eager's `expected` (outputs, or an
+    exception of the same class and message); the path it took (which may load traced
+    copies of fused models) only when they differ. Whether they raised."""
+    try:
+        actual = cm.run(*args, **kwargs)
+    except Exception as e:
+        actual = e
+    if isinstance(expected, BaseException) or isinstance(actual, BaseException):
+        diff = compare_raised(expected, actual)
+    else:
+        diff = compare(expected, actual)
     if diff:
-        _, path = cm.run(*args, return_path=True, **kwargs)
+        try:
+            path = " -> ".join(cm.run(*args, return_path=True, **kwargs)[1])
+        except Exception:
+            path = "raised"
         raise MismatchError(f"compiled model differs from eager on {which}: {diff} "
-                            f"(compiled path: {' -> '.join(path)})")
+                            f"(compiled path: {path})")
+    return isinstance(expected, BaseException)
 
 
 def _selected_sites(graph) -> set:
@@ -293,6 +313,9 @@ def _forced_run(run: _Setup, args, kwargs, plan: dict, target, report: CheckRepo
         with _eager(), EagerForcing(eager, run.scalar_sites):
             expected = plain(run.fn(*copy.deepcopy(args), **copy.deepcopy(kwargs)))
     except Exception as e:  # the forced arm cannot run in eager (shapes, ...)
+        if not plan:  # the example itself: the model's own exception, raised alike?
+            _compare_user_program(run.cm, e, args, kwargs, "the example inputs")
+            return []
         if eager.flipped:
             return None
         if target is not None:
@@ -322,6 +345,14 @@ def _compiled_run(run: _Setup, args, kwargs, plan: dict, target, expected,
         aligned = target is None or (target in eager.taken and compiled.follows(eager))
     except Runaway:
         aligned = False
+    except Exception as e:  # eager ran: compared on the program users run, if natural
+        if target is None:
+            _compare_user_program(run.cm, expected, args, kwargs, which)
+            return []
+        if greedy:
+            return None
+        report.unforced[target] = f"the compiled program raised when forced: {e}"[:300]
+        return []
     if eager is not None and (opposite := compiled.opposite(eager)):
         run.aside.update(dict.fromkeys(opposite, _OPPOSITE))  # now answered naturally
         run.sites -= opposite

@@ -40,8 +40,20 @@ def region_key(gm: fx.GraphModule) -> str:
 
         args = fx.node.map_arg(n.args, ref)
         kwargs = fx.node.map_arg(n.kwargs, ref)
-        items.append((n.op, node_target(gm, n), repr(args), repr(kwargs)))
+        items.append((n.op, node_target(gm, n), repr(args), repr(kwargs), _input_type(n)))
     return repr(items)
+
+
+def _input_type(n: fx.Node) -> str:
+    """A region input's dtype and static shape: regions that differ only there (one block
+    applied at every iteration of an unrolled loop to features of other sizes) are
+    compiled per shape, since backends specialize to it."""
+    ex = n.meta.get("example") if n.op == "placeholder" else None
+    if not hasattr(ex, "shape"):
+        return ""
+    sym = set(n.meta.get("sym", ()))
+    shape = tuple(None if i in sym else s for i, s in enumerate(ex.shape))
+    return f"{ex.dtype}{shape}"
 
 
 def node_target(gm, n) -> str:

@@ -5,8 +5,8 @@ model's source.
 """
 
 from dycomp.runtime.artifact import Artifact, Signature, TensorSpec, load
-from dycomp.runtime.errors import ArtifactError, DycompError
+from dycomp.runtime.errors import ArtifactError, DycompError, ModelError
 from dycomp.runtime.host import Executor, HostProgram, load_host
 
-__all__ = ["Artifact", "ArtifactError", "DycompError", "Executor", "HostProgram", "Signature",
-           "TensorSpec", "load", "load_host"]
+__all__ = ["Artifact", "ArtifactError", "DycompError", "Executor", "HostProgram", "ModelError",
+           "Signature", "TensorSpec", "load", "load_host"]

@@ -10,6 +10,9 @@ from typing import Protocol
 
 import numpy as np
 
+from dycomp.runtime.errors import model_error
+from dycomp.runtime.host_index import slice_start
+
 
 class Executor(Protocol):
     """Runs one compiled region: numpy arrays in, tuple of numpy arrays out."""
@@ -19,7 +22,8 @@ class Executor(Protocol):
 
 def load_host(source: str, filename: str = "<dycomp host program>") -> Callable:
     """Compile host program source and return its `run(R, *inputs)` function."""
-    namespace = {"np": np, "math": math, "__name__": "dycomp_host"}
+    namespace = {"np": np, "math": math, "slice_start": slice_start, "__name__": "dycomp_host",
+                 "_dyc_error": model_error}
     exec(compile(source, filename, "exec"), namespace)
     return namespace["run"]
 

@@ -24,9 +24,12 @@ import torch
 from torch import fx
 from torch.fx.node import _get_qualified_name
 
+from dycomp.backends.frozen_values import check_region
 from dycomp.backends.onnx_gemm_sums import fold_sums_into_gemms
 from dycomp.backends.onnx_gru import fuse_gru_cells
+from dycomp.backends.onnx_pools import lower_adaptive_pools
 from dycomp.backends.onnx_thresholds import fold_thresholds
+from dycomp.backends.torch_fastpath import no_fastpath
 from dycomp.errors import UnsupportedError
 from dycomp.ir.shapes import mark_dynamic
 from dycomp.runtime.onnx_layout import (
@@ -150,19 +153,23 @@ def export_region_model(region, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     phs = region.placeholders
     outs = _output_names(phs, len(region.output_nodes))
     dynamic = [p for p in phs if _is_dynamic(p)]
-    axes = {p.name: _axes(p.name, p.meta["example"]) for p in dynamic}
+    axes = {p.name: _input_axes(p) for p in dynamic}
     if dynamic:  # outputs of a region fed shape-varying values may vary too
         axes.update({o: _axes(o, _example(n)) for o, n in zip(outs, region.output_nodes)})
+    axes.update({o: _axes(o, _example(n)) for o, n in zip(outs, region.output_nodes)
+                 if isinstance(n, fx.Node) and n.meta.get("sym")})  # x[mask], nonzero
     where = ", ".join(region.lines[:3]) or "?"
     start = time.perf_counter()
     try:
-        model = _export(region.gm, tuple(p.meta["example"] for p in phs), [p.name for p in phs],
+        gm = region.gm if dynamic else lower_adaptive_pools(region.gm)  # static shapes
+        model = _export(gm, tuple(p.meta["example"] for p in phs), [p.name for p in phs],
                         outs, axes, opset)
     except Exception as e:
         raise _ExportFailure(region.name, _diagnose(region, opset) or [
             ("torch.onnx.export", where, _reason(e))]) from e
     log.debug("exported region %s (%d ops) in %.3f s", region.name, region.op_count(),
               time.perf_counter() - start)
+    check_region(region, model)
     _all_inputs(model, phs)
     if fuse_gru_cells(model.graph):
         drop_dead(model.graph)  # the cells' constants
@@ -180,7 +187,7 @@ def _export(gm: fx.GraphModule, args: tuple, inputs: list[str], outputs: list[st
     f = io.BytesIO()
     modes = {m: m.training for m in gm.modules()}  # export's eval() + train(orig) loses them
     try:
-        with quiet(), torch.no_grad():
+        with quiet(), torch.no_grad(), no_fastpath():
             torch.onnx.export(gm, args, f, input_names=inputs, output_names=outputs,
                               dynamic_axes=axes or None, opset_version=opset, dynamo=False,
                               do_constant_folding=True)
@@ -228,6 +235,17 @@ def _redirect(fd: int, stream):
 
 def _axes(name: str, example) -> dict[int, str]:
     return {i: f"{name}_d{i}" for i in range(getattr(example, "dim", lambda: 0)())}
+
+
+def _input_axes(ph: fx.Node) -> dict[int, str]:
+    """The dimensions of an input that vary: those the frontend traced as symbolic (a
+    shrinking beam's rows, not its features: an LSTM cell exports only with a static
+    width), else all of them."""
+    axes = _axes(ph.name, ph.meta["example"])
+    sym = ph.meta.get("sym")
+    if sym and not _rank_varies(ph):
+        return {d: n for d, n in axes.items() if d in sym}
+    return axes
 
 
 def _example(node):

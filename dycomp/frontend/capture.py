@@ -13,6 +13,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from dycomp.errors import UnsupportedError
 from dycomp.frontend import ops
+from dycomp.frontend.randomness import no_distribution_checks
 from dycomp.frontend.tracer import Tracer
 from dycomp.frontend.values import TVal
 from dycomp.ir.dyngraph import DynGraph, Region
@@ -51,10 +52,11 @@ def capture(fn, args: tuple, kwargs: dict) -> tuple[DynGraph, InputSpec]:
         raise UnsupportedError(f"example inputs do not match {_where(fn)}: {e}") from None
     leaves, spec = tree_flatten((args, kwargs))
     names = _leaf_names(bound, len(leaves))
-    saved = _save_state(root)
     tr = Tracer(root)
+    tr.user_state.save((root, args, kwargs))
+    tr.user_state.save_function(getattr(fn, "__func__", fn))
     try:
-        with tr, torch.no_grad():
+        with tr, torch.no_grad(), no_distribution_checks():
             targs = []
             for leaf, name in zip(leaves, names):
                 if isinstance(leaf, torch.Tensor):
@@ -65,7 +67,7 @@ def capture(fn, args: tuple, kwargs: dict) -> tuple[DynGraph, InputSpec]:
             tr.close()
             tr.emit(Return(tr.host_expr(value), line=_where(fn)))
     finally:
-        _restore_state(root, saved)
+        tr.user_state.restore()
     params = [Var(n) for n, x in zip(names, leaves) if isinstance(x, torch.Tensor)]
     regions = _build_regions(tr)
     if tr.predeclare:
@@ -116,17 +118,3 @@ def _calls(body):
     from dycomp.ir.program import CallRegion, walk
 
     return [s for s in walk(body) if isinstance(s, CallRegion)]
-
-
-def _save_state(root):
-    if root is None:
-        return []
-    return [(m, dict(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules))
-            for m in root.modules()]
-
-
-def _restore_state(root, saved):
-    for m, d, p, b, mods in saved:
-        m.__dict__.clear()
-        m.__dict__.update(d)
-        m._parameters, m._buffers, m._modules = p, b, mods

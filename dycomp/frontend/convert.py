@@ -64,8 +64,9 @@ def _target_names(t, out: list):
         out.append(_chain(t))
 
 
-def assigned(stmts) -> list[str]:
-    """Names and attribute chains a block assigns or mutates (slots of a join)."""
+def assigned(stmts, bindings: bool = False) -> list[str]:
+    """Names and attribute chains a block assigns or mutates (slots of a join); with
+    `bindings`, only those it binds (`g.append(x)`, `g[k] = x` leave a global `g` global)."""
     out: list[str] = []
     for n in _walk_scope(stmts):
         if isinstance(n, (ast.Assign,)):
@@ -83,6 +84,8 @@ def assigned(stmts) -> list[str]:
             out.append(n.name)
         elif isinstance(n, (ast.Import, ast.ImportFrom)):
             out += [(a.asname or a.name).split(".")[0] for a in n.names]
+        elif bindings:
+            continue
         elif isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute):
             a = n.func.attr
             inplace = a.endswith("_") and not a.startswith("_")  # tensor.add_(...)
@@ -236,7 +239,7 @@ class _Converter(ast.NodeTransformer):
         params += [x.arg for x in (a.vararg, a.kwarg) if x is not None]
         declared = {n for s in _walk_scope(node.body) if isinstance(s, (ast.Global, ast.Nonlocal))
                     for n in s.names}
-        locs = {x for x in assigned(node.body) if "." not in x} - declared
+        locs = {x for x in assigned(node.body, bindings=True) if "." not in x} - declared
         self.locals_stack.append(locs | set(params))
         body = self._block(node.body)
         self.locals_stack.pop()
@@ -308,7 +311,38 @@ class _Converter(ast.NodeTransformer):
 
     def visit_Assert(self, node):
         msg = self.visit(node.msg) if node.msg is not None else _const(None)
-        return ast.Expr(_call("assert_", self.visit(node.test), _lambda(msg)))
+        return ast.Expr(_call("assert_", self.visit(node.test), _lambda(msg), self._loc(node)))
+
+    def visit_Raise(self, node):
+        exc = self.visit(node.exc) if node.exc is not None else _const(None)
+        return ast.Expr(_call("raise_", exc, self._loc(node)))
+
+    def visit_Try(self, node):
+        """try_(body, [(classes, handler(e))...], else, finally, get, set, loc)."""
+        stmts = node.body + node.orelse + node.finalbody + [
+            s for h in node.handlers for s in h.body]
+        get, set_, slots, names = self._state(assigned(stmts))
+        body = _def(self._fresh("try"), self._block(node.body), nonlocals=names)
+        defs, handlers = [body], []
+        for h in node.handlers:
+            fn = _def(self._fresh("except"), self._block(h.body), args=[h.name or "_dyc_e"],
+                      nonlocals=[n for n in names if n != h.name])
+            defs.append(fn)
+            classes = self.visit(h.type) if h.type is not None else _const(None)
+            handlers.append(ast.Tuple(elts=[classes, _name(fn.name)], ctx=ast.Load()))
+        extra = []
+        for block in (node.orelse, node.finalbody):
+            fn = _def(self._fresh("tryelse"), self._block(block), nonlocals=names)
+            if block:
+                defs.append(fn)
+            extra.append(_name(fn.name) if block else _const(None))
+        call = _call("try_", _name(body.name), ast.List(elts=handlers, ctx=ast.Load()), *extra,
+                     _name(get.name), _name(set_.name), self._loc(node))
+        return self._at(node, defs + [get, set_] + self._propagate(call))
+
+    def visit_TryStar(self, node):
+        raise UnsupportedError("try/except*", f"{self.filename}:{node.lineno}",
+                               "use a plain except")
 
     def visit_Match(self, node):
         raise UnsupportedError("match statement", f"{self.filename}:{node.lineno}",
@@ -409,11 +443,17 @@ def convert(fn: types.FunctionType):
     try:
         tree = _parse(code.co_filename, code.co_firstlineno)
     except (OSError, SyntaxError, IndexError) as e:
+        if fn.__name__ == "<lambda>":
+            return fn  # its ops are still recorded; a data-dependent `if` in it raises
         raise UnsupportedError(
             f"cannot read the source of {fn.__qualname__} ({e})",
             f"{code.co_filename}:{code.co_firstlineno}",
             "define the model in a .py file (not a REPL / exec string)") from None
     fdef = tree.body[0]
+    if fn.__name__ == "<lambda>":
+        fdef = _lambda_def(tree, code)
+        if fdef is None:
+            return fn
     if isinstance(fdef, ast.Expr) and isinstance(fdef.value, ast.Lambda):
         raise UnsupportedError("lambda as a method", f"{code.co_filename}:{code.co_firstlineno}",
                                "use a def")
@@ -431,6 +471,24 @@ def convert(fn: types.FunctionType):
 
 
 _CACHE: dict = {}
+
+
+def _lambda_def(tree, code) -> ast.FunctionDef | None:
+    """`lambda args: body` (e.g. `self.act = lambda x: x * 2`) as `def _dyc_lambda(args):
+    return body`, if exactly one lambda on its line takes its arguments."""
+    names = list(code.co_varnames[:code.co_argcount + code.co_kwonlyargcount])
+    found = [n for n in ast.walk(tree) if isinstance(n, ast.Lambda)
+             and n.lineno == code.co_firstlineno
+             and [a.arg for a in n.args.posonlyargs + n.args.args + n.args.kwonlyargs] == names
+             and bool(n.args.vararg) == bool(code.co_flags & inspect.CO_VARARGS)]
+    if len(found) != 1:
+        return None
+    lam = found[0]
+    fdef = ast.FunctionDef(name="_dyc_lambda", args=lam.args,
+                           body=[ast.Return(lam.body, lineno=lam.lineno,
+                                            col_offset=lam.col_offset)],
+                           decorator_list=[], returns=None, type_params=[])
+    return ast.copy_location(fdef, lam)
 
 
 def _instantiate(fn, compiled, freevars):

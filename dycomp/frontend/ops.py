@@ -17,7 +17,11 @@ import torch
 from torch import nn
 
 from dycomp.frontend import convert as _convert
-from dycomp.frontend import torchfn
+from dycomp.frontend import randomness, torchfn
+from dycomp.frontend import unroll as _unroll
+from dycomp.frontend.exceptions import PathEnded, assert_, raise_, run_path, try_
+from dycomp.frontend.loopstate import LoopState
+from dycomp.frontend.symdims import host_int
 from dycomp.frontend.tracer import (
     FuncScope,
     LoopScope,
@@ -41,9 +45,11 @@ from dycomp.frontend.values import (
     is_sym,
     tracer,
 )
+from dycomp.frontend.wrappers import unwrap_grad_mode
 from dycomp.ir.program import SWITCH_CASE, Assign, Break, Continue, If, Lit, Loop
 
-__all__ = ["BREAK", "CONTINUE", "Ret", "UNDEF", "call", "for_", "getitem", "if_", "while_"]
+__all__ = ["BREAK", "CONTINUE", "Ret", "UNDEF", "assert_", "call", "for_", "getitem", "if_",
+           "raise_", "try_", "while_"]
 
 _HOST_BUILTINS = {max, min, sorted, any, all, set, frozenset, round, divmod, pow, sum, list,
                   tuple, dict, abs, reversed, str, repr, enumerate, zip}
@@ -62,11 +68,6 @@ def attr(obj, name):
 def setattr_(obj, name, value):
     if value is not UNDEF:
         setattr(obj, name, value)
-
-
-def assert_(cond, msg_fn):
-    if not is_sym(cond) and not cond:
-        raise AssertionError(msg_fn())
 
 
 # -- boolean operators ----------------------------------------------------------------
@@ -156,6 +157,8 @@ def getitem(obj, index):
     if isinstance(index, HVal) and not isinstance(obj, (TVal, HVal)):
         if isinstance(obj, (nn.ModuleList, nn.Sequential)) or (
                 isinstance(obj, (list, tuple)) and not _host_representable(obj)):
+            if not isinstance(obj, (nn.ModuleList, nn.Sequential)):
+                _probe_unroll(index)
             return SymChoice(list(obj), index)
         if isinstance(obj, nn.ModuleDict):
             return SymChoice(list(obj.values()), index)
@@ -221,6 +224,7 @@ def _is_leaf(m: nn.Module) -> bool:
 
 def call(f, *args, **kwargs):
     """Every call in converted code goes through here."""
+    f = unwrap_grad_mode(f)
     if isinstance(f, SymChoice):
         return f(*args, **kwargs)
     if isinstance(f, HMethod):
@@ -245,11 +249,15 @@ def _call_module(m, args, kwargs):
             x = call(sub, x)
         return x
     t = tracer()
+    drop = randomness.dropout(m)
+    if drop is not None:  # in training mode: drawn per call
+        x = args[0]
+        return drop(x if isinstance(x, TVal) else t.const_tensor(x))
     if _is_leaf(m):
         if contains_sym(args) or contains_sym(kwargs):
             return torchfn.call_module(t, m, args, kwargs)
         return m(*args, **kwargs)
-    fwd = m.__dict__.get("forward") or type(m).forward
+    fwd = unwrap_grad_mode(m.__dict__.get("forward") or type(m).forward)
     if isinstance(fwd, types.MethodType):
         return call(fwd, *args, **kwargs)
     if not _user_code(fwd):
@@ -260,6 +268,8 @@ def _call_module(m, args, kwargs):
 def _call_library(f, args, kwargs):
     sym = contains_sym(args) or contains_sym(kwargs)
     if not sym:
+        if randomness.is_random(f):  # a draw with static arguments: drawn per call
+            return randomness.call_random(tracer(), f, args, kwargs)
         return f(*args, **kwargs)
     t = tracer()
     if f is print:
@@ -271,6 +281,8 @@ def _call_library(f, args, kwargs):
         return t.host_op(fmt, args, lambda a: f(a.item() if hasattr(a, "item") else a))
     if f is len:
         a = args[0]
+        if isinstance(a, TVal) and a._sym and a._ex.dim() and 0 in a._sym:
+            return a.size(0)  # a length that varies: read at run time
         if isinstance(a, TVal) or (isinstance(a, HVal) and a._static_len is not None):
             return len(a)
         if not isinstance(a, HVal):
@@ -284,13 +296,28 @@ def _call_library(f, args, kwargs):
         return isinstance(to_example(a) if isinstance(a, HVal) else a, args[1])
     if f in (getattr, hasattr, setattr, enumerate, zip, iter, next, id, type, callable):
         return f(*args, **kwargs)
+    if f in torchfn.TENSOR_CTORS:
+        return torchfn.tensor_ctor(t, f, args, kwargs)
     if _bound_builtin(f) and f.__name__ in ("append", "extend", "insert", "setdefault"):
         return f(*args, **kwargs)  # a static container holding symbolic values
     if f in _HOST_BUILTINS or _numpy_or_math(f) or _bound_builtin(f):
         if kwargs:
             t.fail(f"keyword arguments to host function {_host_name(f)}")
         return _host_call(t, f, args)
+    if _torch_factory(f, args, kwargs):
+        return torchfn.record(t, f, args, kwargs)  # sizes read at run time
     return f(*args, **kwargs)
+
+
+def _torch_factory(f, args, kwargs) -> bool:
+    """A torch function taking a data-dependent int (`torch.zeros(n, 4)`, `n = len(y)`)
+    and no traced tensor (those dispatch through `__torch_function__`)."""
+    mod = getattr(f, "__module__", None) or ""
+    if not (mod.startswith("torch") or getattr(torch, getattr(f, "__name__", ""), None) is f):
+        return False
+    leaves = torch.utils._pytree.tree_flatten((args, kwargs))[0]
+    return any(host_int(x) for x in leaves) and not any(
+        isinstance(x, (TVal, HVal)) and not host_int(x) for x in leaves)
 
 
 def _numpy_or_math(f) -> bool:
@@ -328,6 +355,7 @@ def _host_call(t, f, args):
 
 def _run_converted(fn, args, kwargs):
     t = tracer()
+    t.user_state.save_function(fn)  # what its globals and closure reach, before it runs
     key = fn.__code__
     depth = t.call_depth.get(key, 0)
     if depth > 40:
@@ -339,6 +367,8 @@ def _run_converted(fn, args, kwargs):
     t.scopes.append(scope)
     try:
         r = fn(*args, **kwargs)
+    except PathEnded:  # the path raised: earlier returns still leave the function
+        r = EXITED
     finally:
         t.scopes.pop()
         t.call_depth[key] = depth
@@ -346,6 +376,8 @@ def _run_converted(fn, args, kwargs):
         r = Ret(None)
     if isinstance(r, Ret):
         scope.exits.append(t.snapshot(r.value))
+    if not scope.exits and r is EXITED:
+        raise PathEnded
     if not scope.exits:
         t.fail(f"{fn.__qualname__} never returns")
     return t.merge(scope.exits, since, own=(scope.flag,))
@@ -392,7 +424,7 @@ def if_(cond, then_fn, else_fn, get, set_, loc="", src=""):
     for fn, block in ((then_fn, stmt.then), (else_fn, stmt.orelse)):
         set_(own_containers(init))
         t.blocks = base + [block]
-        _classify(t, fn(), get, paths)
+        _classify(t, run_path(fn), get, paths)
         t.undo(mark)
     if not paths:
         t.blocks = base
@@ -434,8 +466,18 @@ def for_(iterable, body_fn, get, set_, loc="", src="", can_exit=False):
     """Unroll loops over static iterables, except `range` loops that may leave early:
     those (and loops over host values) become host loops with the body traced once."""
     t = tracer()
+    if isinstance(iterable, range) and can_exit and _unroll.can_unroll(iterable):
+        return _unroll.host_or_unrolled(
+            t, lambda: _host_loop(t, get, set_, loc, src, iterable=iterable, body_fn=body_fn,
+                                  trial=True),
+            lambda: _static_for(t, iterable, body_fn, get, set_), get, set_)
     if isinstance(iterable, HVal) or (isinstance(iterable, range) and can_exit):
         return _host_loop(t, get, set_, loc, src, iterable=iterable, body_fn=body_fn)
+    return _static_for(t, iterable, body_fn, get, set_)
+
+
+def _static_for(t, iterable, body_fn, get, set_):
+    """A loop over a static iterable, unrolled: the loop variable is a Python value."""
     scope = _static_scope(t, get)
     for item in iterable:
         r = _static_iteration(t, scope, lambda item=item: body_fn(item), get, set_)
@@ -451,7 +493,7 @@ def _static_iteration(t, scope, run, get, set_):
     since = len(t.exit_log)
     t.scopes.append(scope)
     try:
-        r = run()
+        r = run_path(run)
     finally:
         t.scopes.pop()
     paths = scope.conts
@@ -476,16 +518,28 @@ def _end_static(t, scope, get, set_, live):
     return None
 
 
-def _host_loop(t, get, set_, loc, src, body_fn, cond_fn=None, iterable=None):
-    """A loop whose trip count depends on data: its body is traced once."""
+def _host_loop(t, get, set_, loc, src, body_fn, cond_fn=None, iterable=None, trial=False):
+    """A loop whose trip count depends on data: its body is traced once (again when it
+    turns out to change attributes of objects, which then become loop-carried). `trial`:
+    a counted loop that is unrolled instead if its carried values change type."""
+    state = LoopState(t, get, set_)
+    get, set_ = state.get, state.set
     init = get()
     kinds = None
-    for _ in range(4):
+    for _ in range(8):
         t.close()
         block, n0 = t.blocks[-1], len(t.blocks[-1])
         set_(init)
         header = _header(t, init, kinds)
-        loop = _trace_body(t, header, init, get, set_, loc, src, body_fn, cond_fn, iterable)
+        loop = _trace_body(t, header, init, get, set_, loc, src, body_fn, cond_fn, iterable,
+                           probe=trial)
+        if state.discover(_leaves(loop.seen[0]) if loop.seen else ()):
+            set_(init)  # the locals as before the loop; then the new slots' values
+            init, kinds = get(), None
+            del block[n0:]
+            continue
+        if trial and _changes_type(header, loop.seen):
+            raise _unroll.NotUniform("loop-carried values change type")
         new = _widen(kinds or tuple(_kind(v) for v in header), loop.seen)
         if new == (kinds or tuple(_kind(v) for v in header)):
             break
@@ -506,7 +560,8 @@ def _host_loop(t, get, set_, loc, src, body_fn, cond_fn=None, iterable=None):
     return None
 
 
-def _trace_body(t, header, init, get, set_, loc, src, body_fn, cond_fn, iterable):
+def _trace_body(t, header, init, get, set_, loc, src, body_fn, cond_fn, iterable,
+                probe=False):
     init_vals = [(v, x) for v, x in zip(_leaves(header), _leaves(init)) if _var_of(v)]
     srcs = [t.host_expr(x) for _, x in init_vals if x is not UNDEF]
     dsts = [_var_of(v) for v, x in init_vals if x is not UNDEF]
@@ -521,6 +576,7 @@ def _trace_body(t, header, init, get, set_, loc, src, body_fn, cond_fn, iterable
         ex = to_example(iterable)
         first = next(iter(ex), 0) if not isinstance(ex, range) or len(ex) else 0
         item = t.host_value(loop.target, first)
+        item._unroll_probe = probe
     t.emit(loop)
     base = list(t.blocks)
     t.blocks = base + [loop.body]
@@ -537,7 +593,7 @@ def _trace_body(t, header, init, get, set_, loc, src, body_fn, cond_fn, iterable
                 t.emit(If(nc._var, then=[Break()], line=loc, source=f"not ({src})"))
             elif not c:
                 t.emit(Break())
-        r = body_fn(item)
+        r = run_path(body_fn, item)
         paths: list = []
         _classify(t, r, get, paths)
         if paths:
@@ -559,6 +615,19 @@ def _trace_body(t, header, init, get, set_, loc, src, body_fn, cond_fn, iterable
     return loop
 
 
+# A trial host loop (`unroll.host_or_unrolled`) is also unrolled when its body selects a
+# module or a non-host list element by the counter (`self.layer[i]`, PABEE's `head_mask[i]`
+# of `[None] * n`): each iteration then runs different weights, and a host loop would
+# switch among all n options on every iteration.
+class _UnrollInstead(Exception):
+    """Raised while probing a loop body that selects a module by the loop counter."""
+
+
+def _probe_unroll(index) -> None:
+    if getattr(index, "_unroll_probe", False):
+        raise _UnrollInstead
+
+
 def _back_edge(t, scope, values):
     pairs = [(_var_of(h), x) for h, x in zip(_leaves(scope.header), _leaves(values))
              if _var_of(h) is not None and x is not UNDEF]
@@ -567,6 +636,12 @@ def _back_edge(t, scope, values):
     pairs = [(d, s) for d, s in pairs if s != d]
     if pairs:
         t.emit(Assign([d for d, _ in pairs], [s for _, s in pairs]))
+
+
+def _changes_type(header, seen) -> bool:
+    kinds = [_kind(v) for v in header]
+    return any(_unroll.type_changed(k, _kind(v)) for values in seen
+               for k, v in zip(kinds, values) if v is not UNDEF)
 
 
 def _leaves(values):

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import operator
 
+import numpy as np
 import torch
 from torch.utils._pytree import tree_flatten, tree_map
 
+from dycomp.frontend.dynindex import getitem as dyn_getitem
+from dycomp.frontend.dynindex import has_host_index
+from dycomp.frontend.hostlists import host_join, is_host_join
+from dycomp.frontend.randomness import INPLACE, check_generator, multinomial, rewrite
+from dycomp.frontend.symdims import out_syms
 from dycomp.frontend.values import HVal, TVal
 
 # Operations whose result is static metadata (shapes, dtypes), answered from the example.
@@ -15,6 +21,7 @@ _META = {"size", "dim", "ndimension", "numel", "nelement", "is_floating_point", 
          "is_signed", "data_ptr", "__repr__", "__format__", "__str__", "__hash__"}
 _META_ATTRS = {"shape", "dtype", "device", "ndim", "requires_grad", "is_cuda", "layout",
                "is_leaf", "is_sparse", "is_quantized", "is_meta", "names", "grad_fn", "grad"}
+_ALIASES = {"data", "detach_"}  # `.detach()` stays an op: passes match it (straight-through)
 _SHAPE = {"size", "numel", "nelement", "__len__", "shape", "stride"}
 _INPLACE_DUNDER = {"__iadd__": "add", "__isub__": "sub", "__imul__": "mul",
                    "__itruediv__": "div", "__ifloordiv__": "floor_divide", "__imod__": "remainder",
@@ -61,13 +68,30 @@ def torch_function(tr, func, args, kwargs):
                 "call it in the model's own code (it is converted there), or keep it a tensor")
     if name in ("item", "tolist", "numpy") and isinstance(self_, TVal):
         return _to_host(tr, name, self_)
+    if name in _ALIASES and isinstance(self_, TVal) and _is_alias(func, name, getter):
+        return self_  # `.data`: the value itself (capture records no autograd)
+    if name == "__set__" and getattr(getattr(func, "__self__", None), "__name__", "") == "data":
+        return _set_data(tr, self_, args[1])
+    if name == "type" and (len(args) > 1 or kwargs) and isinstance(self_, TVal):
+        return record(tr, func, args, kwargs, name=name)  # `x.type(dtype)`: a cast
     if name in _META or (getter and name in _META_ATTRS):
         if name in _SHAPE and isinstance(self_, TVal) and self_._sym:
             return _sym_shape(tr, name, self_, args[1:], kwargs)
         with torch._C.DisableTorchFunctionSubclass():
             return func(*tree_map(_unwrap, args), **tree_map(_unwrap, kwargs))
     if name == "__iter__" and isinstance(self_, TVal):
+        if 0 in self_._sym:
+            tr.fail("iterating over a tensor whose length changes at run time",
+                    "iterate over it in a list comprehension (run by the host), or index it")
         return iter(torch.unbind(self_, 0))
+    if name in ("multinomial",) + tuple(INPLACE) or kwargs.get("generator") is not None:
+        return _random(tr, func, name, args, kwargs)
+    if rewrite(func, name) is not None:
+        return rewrite(func, name)(*args, **kwargs)
+    if is_host_join(func, args):
+        return host_join(tr, func, args, kwargs)
+    if name == "__getitem__" and isinstance(self_, TVal) and has_host_index(args[1]):
+        return dyn_getitem(tr, self_, args[1])
     if name == "__setitem__":
         return _inplace(tr, setitem, args, kwargs, self_)
     if name in _INPLACE_DUNDER:
@@ -83,15 +107,50 @@ def torch_function(tr, func, args, kwargs):
     return record(tr, func, args, kwargs, getter=getter, name=name)
 
 
+def _random(tr, func, name, args, kwargs):
+    """Draws ONNX can express: in-place ones out of place, multinomial as a batch."""
+    check_generator(tr, kwargs)
+    if name == "multinomial":
+        return multinomial(tr, *args, **kwargs)
+    if name in INPLACE and _is_method(func, name):
+        return _assign(tr, INPLACE[name](*args, **kwargs), args[0])
+    return record(tr, func, args, kwargs, name=name)
+
+
+def _is_alias(func, name, getter) -> bool:
+    """`t.data`, `t.detach_()`: the same tensor without autograd history."""
+    if name == "data":
+        return getter
+    return _is_method(func, name) or getattr(torch, name, None) is func
+
+
+def _set_data(tr, target, value):
+    """`t.data = value` (`t` a TVal: only its setter dispatches here): `t` holds `value`
+    from now on (an in-place update of `t`)."""
+    if not isinstance(value, TVal):
+        if not isinstance(value, torch.Tensor):
+            tr.fail(f"assignment of a {type(value).__name__} to `.data`",
+                    "assign a tensor to `.data`")
+        value = tr.const_tensor(value)
+    tr.journal.append((target, target._state()))
+    target._set_state(value._state())
+    target._mutated = True
+
+
 def _inplace(tr, func, args, kwargs, target):
-    out = record(tr, func, args, kwargs)
+    return _assign(tr, record(tr, func, args, kwargs), target, func is setitem)
+
+
+def _assign(tr, out, target, none=False):
+    """`target` now holds `out` (an in-place update, undone per branch arm)."""
     if not isinstance(target, TVal):
         tr.fail("in-place update of a tensor that is not traced (a parameter or constant)",
                 "do not mutate weights inside forward")
     tr.journal.append((target, target._state()))
-    target._set_state((out._ex, out._region, out._node, None, target._sym, target._maybe_none))
+    target._set_state((out._ex, out._region, out._node, None, target._sym | out._sym,
+                       target._maybe_none))
     target._mutated = True
-    return None if func is setitem else target
+    return None if none else target
 
 
 def record(tr, func, args, kwargs, getter=False, name=None):
@@ -127,12 +186,26 @@ def _trace_op(tr, fn, args, kwargs, what, add_node):
             out = fn(*ex_args, **ex_kwargs)
     except Exception as e:
         tr.fail(f"{what} failed on the example inputs: {e}")
+    syms = out_syms(fn, _name(fn), args, kwargs, out)
     region = tr.region()
     node = add_node(region.graph, tree_map(tr.node_of, args), tree_map(tr.node_of, kwargs))
     node.meta["line"] = line = user_frame()
     if line and line not in region.lines:
         region.lines.append(line)
-    return wrap(tr, region, node, out, what)
+    res = wrap(tr, region, node, out, what)
+    if syms is not None:
+        _set_syms(res, syms)
+    return res
+
+
+def _set_syms(res, syms) -> None:
+    """Mark the varying dims of the op's tensor results (and of their nodes, so that a
+    region they leave exports them as dynamic)."""
+    vals = [v for v in tree_flatten(res)[0] if isinstance(v, TVal)]
+    for v, sym in zip(vals, syms):
+        v._sym = sym
+        if sym and v._node is not None:
+            v._node.meta["sym"] = sorted(sym)
 
 
 def wrap(tr, region, node, out, what):
@@ -152,11 +225,38 @@ def wrap(tr, region, node, out, what):
         if hasattr(out, "_fields") or type(out).__module__ == "torch.return_types":
             return type(out)(items)
         return type(out)(items) if isinstance(out, list) else tuple(items)
+    if _nested_tensors(out):
+        return _split_nested(region, node, out)
     leaves = tree_flatten(out)[0]
     if any(isinstance(x, torch.Tensor) for x in leaves):
         tr.fail(f"{what} returns a nested structure of tensors dycomp cannot split")
     tr.fail(f"{what} returns a data-dependent Python value ({type(out).__name__})",
             "keep the result a tensor, or convert it with .item() in the model's code")
+
+
+def _nested_tensors(out, depth=0) -> bool:
+    """Tuples/lists of tensors, Nones and such tuples (`nn.LSTM`: `out, (h, c)`)."""
+    if isinstance(out, torch.Tensor) or out is None:
+        return depth > 0
+    if depth < 4 and isinstance(out, (tuple, list)) and out:
+        return all(_nested_tensors(o, depth + 1) for o in out)
+    return False
+
+
+def _split_nested(region, node, out):
+    """One `getitem` node per element, recursively."""
+    if out is None:
+        return None
+    if isinstance(out, torch.Tensor):
+        node.meta["example"] = out
+        return TVal(out, region, node)
+    items = []
+    for i, o in enumerate(out):
+        n = region.graph.call_function(operator.getitem, (node, i)) if o is not None else None
+        items.append(_split_nested(region, n, o))
+    if hasattr(out, "_fields") or type(out).__module__ == "torch.return_types":
+        return type(out)(items)
+    return items if isinstance(out, list) else tuple(items)
 
 
 def _sym_shape(tr, name, t, args, kwargs):
@@ -189,3 +289,26 @@ def _to_host(tr, name, t):
         n = t._ex.shape[0] if t._ex.dim() > 0 else None
         return tr.host_op("{0}.tolist()", (t,), lambda a: a.tolist(), static_len=n)
     return HVal(tr.export(t), t._ex.numpy())
+
+
+TENSOR_CTORS = (torch.tensor, torch.as_tensor, torch.asarray)
+
+
+def tensor_ctor(tr, func, args, kwargs):
+    """`torch.tensor(t)` / `torch.as_tensor(t)` of a traced `t`: a copy of (or the same)
+    value, traced; of a host scalar (`x.sum().item()`): a tensor made on the host. The
+    constructor itself would copy the example value into a constant."""
+    data = args[0] if args else kwargs.get("data", kwargs.get("obj"))
+    dtype, device = kwargs.get("dtype"), kwargs.get("device")
+    if isinstance(data, HVal) and isinstance(data._ex, (bool, int, float, np.generic)):
+        dtype = dtype or torch.tensor(data._ex).dtype
+        name = str(dtype).replace("torch.", "")
+        return tr.host_op("np.asarray({0}, dtype=np.%s)" % name, (data,),
+                          lambda a: np.asarray(a, dtype=name))
+    if not isinstance(data, TVal):
+        tr.fail(f"torch.{func.__name__} of a list holding data-dependent values (it would "
+                "copy their example values)", "use torch.stack of tensors")
+    out = data.detach().clone() if func is torch.tensor else data
+    if dtype is not None or device is not None:
+        out = out.to(device=device, dtype=dtype)
+    return out

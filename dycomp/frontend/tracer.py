@@ -67,6 +67,7 @@ class LoopScope:
 
 class Tracer:
     def __init__(self, root: torch.nn.Module | None):
+        self.root = root
         self.modules: dict[int, str] = {}
         if root is not None:
             for name, m in root.named_modules(remove_duplicate=False):
@@ -85,6 +86,10 @@ class Tracer:
         self.exit_log: list[Var] = []  # flags of the exits recorded so far, in order
         self.resolved: set[Var] = set()  # exit flags whose paths have been joined again
         self.journal: list = []  # (tensor, state before an in-place op), to undo per arm
+        self.handling: list = []  # exceptions whose `except:` handler is being traced
+        from dycomp.frontend.user_state import UserState
+
+        self.user_state = UserState()  # the user's objects as they were, restored after
 
     # -- activation ---------------------------------------------------------------
     def __enter__(self):
@@ -160,7 +165,9 @@ class Tracer:
             var = self.export(v)
             return self.region().placeholder(var, v._ex, v._sym)
         if isinstance(v, HVal):
-            return self.region().placeholder(v._var, _as_tensor(v._ex))
+            from dycomp.frontend.symdims import list_sym
+
+            return self.region().placeholder(v._var, _as_tensor(v._ex), list_sym(v))
         if isinstance(v, torch.Tensor):
             return self.region().get_attr(v)
         return v
@@ -185,9 +192,16 @@ class Tracer:
             return {k: self.host_expr(x) for k, x in v.items()}
         if isinstance(v, (set, frozenset)):
             return Op("set({0})", ([self.host_expr(x) for x in v],))
+        if isinstance(v, slice):  # `del memory.hidden[:]` on a host list
+            return Op("slice({0}, {1}, {2})", tuple(self.host_expr(x)
+                                                      for x in (v.start, v.stop, v.step)))
         if v is UNDEF:
             self.fail("use of a variable that is not defined on every path")
-        self.fail(f"a {type(v).__name__} value cannot be passed to the host program",
+        from dycomp.frontend.values import SymChoice
+
+        what = ("a module or element selected by a data-dependent index"
+                if isinstance(v, SymChoice) else f"a {type(v).__name__} value")
+        self.fail(f"{what} cannot be passed to the host program",
                   "keep host-side values to tensors, numbers, strings and lists of them")
 
     def const_tensor(self, t: torch.Tensor) -> TVal:
@@ -320,7 +334,8 @@ class Tracer:
         tensors = [v for v in defined if isinstance(v, torch.Tensor)]
         if kind == "tensor" and tensors:
             ex = tensors[0]._ex if isinstance(tensors[0], TVal) else tensors[0]
-            sym = _sym_dims([t.shape for t in tensors])
+            sym = _sym_dims([t._ex.shape if isinstance(t, TVal) else t.shape for t in tensors])
+            sym |= {d for t in tensors if isinstance(t, TVal) for d in t._sym}
             return TVal(ex, var=var, sym=sym, maybe_none=len(tensors) < len(defined))
         return HVal(var, to_example(defined[0]))
 
@@ -392,6 +407,8 @@ def freeze(v):
 def _as_tensor(ex):
     if isinstance(ex, torch.Tensor):
         return ex
+    if isinstance(ex, (list, tuple)) and len(ex) == 0:
+        return torch.zeros(0, dtype=torch.int64)  # an empty index list (`seqs[[]]`)
     return torch.tensor(np.asarray(ex).item() if isinstance(ex, np.generic) else ex)
 
 

@@ -160,6 +160,10 @@ class HVal:
         tracer().host_op("{0}[{1}] = {2}", (self, key, value),
                          lambda o, k, v: o.__setitem__(k, v), pure=False)
 
+    def __delitem__(self, key):  # `del memory.hidden[:]` on a host list
+        tracer().host_op("{0}.__delitem__({1})", (self, key),
+                         lambda o, k: o.__delitem__(k), pure=False)
+
     __add__, __radd__ = _hop("({0} + {1})", lambda a, b: a + b), _hrop("({0} + {1})", lambda a,
                                                                           b: a + b)
     __sub__, __rsub__ = _hop("({0} - {1})", lambda a, b: a - b), _hrop("({0} - {1})", lambda a,

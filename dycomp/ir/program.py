@@ -228,6 +228,20 @@ class Return(Stmt):
         return expr_vars(self.value)
 
 
+@dataclass
+class Raise(Return):
+    """`raise E(*args)` on the host: the exception's class by module and qualified name
+    and its static arguments; the runtime rebuilds it (`runtime.errors.model_error`).
+    A `Return` for control flow: no statement after it runs."""
+
+    module: str = "builtins"
+    qualname: str = "Exception"
+    args: tuple = ()
+
+    def uses(self):
+        return []
+
+
 def walk(body: list[Stmt]):
     """Every statement, depth first, in program order."""
     for s in body:
@@ -288,6 +302,8 @@ def _emit_stmt(s, depth, pad, lines):
         lines.append(f"{pad}break")
     elif isinstance(s, Continue):
         lines.append(f"{pad}continue")
+    elif isinstance(s, Raise):
+        lines.append(f"{pad}raise _dyc_error({s.module!r}, {s.qualname!r}, {s.args!r}){tail}")
     elif isinstance(s, Return):
         lines.append(f"{pad}return {render(s.value)}{tail}")
     else:  # pragma: no cover - every Stmt subclass is handled above

@@ -39,6 +39,7 @@ def _flows(s, dynamic, graph) -> set:
         phs = graph.regions[s.region].placeholders
         if any(v in dynamic or ph.meta.get("sym") for v, ph in zip(s.args, phs)):
             return set(s.outs)
+        return _value_dependent_outs(s, graph)
     elif isinstance(s, Assign):
         return {d for d, e in zip(s.dsts, s.srcs) if any(v in dynamic for v in expr_vars(e))}
     elif isinstance(s, HostOp) and s.out is not None:
@@ -47,3 +48,13 @@ def _flows(s, dynamic, graph) -> set:
     elif isinstance(s, Loop) and s.target is not None:
         return {s.target}
     return set()
+
+
+def _value_dependent_outs(s, graph) -> set:
+    """Outputs whose size depends on values computed in the region (`x[mask]`,
+    `nonzero`: the frontend marks their nodes' varying dims, `meta["sym"]`)."""
+    region = graph.regions[s.region]
+    if region.gm is None:
+        return set()
+    return {v for v, n in zip(s.outs, region.output_nodes)
+            if hasattr(n, "meta") and n.meta.get("sym")}
