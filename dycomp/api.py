@@ -89,10 +89,14 @@ def compile(model, example_inputs, *, example_kwargs: dict | None = None,
     cm.options = {"backend": backend, "fuse_branches": fuse_branches, "optimize": optimize}
     if check and quantize:
         check = False  # quantized outputs differ by design: measure with dycomp.compare
-    if check:
+    if check and random:  # values differ per call: their structure only, nothing forced
         from dycomp.check import differential_check
 
-        differential_check(fn, cm, args, kwargs, random=random)
+        differential_check(fn, cm, args, kwargs, random=True)
+    elif check:
+        from dycomp.check_paths import path_check
+
+        cm.check = path_check(fn, cm, args, kwargs, more=6)
     return cm
 
 
@@ -200,6 +204,7 @@ class CompiledModel:
         self.artifact = artifact  # the dycomp.runtime Artifact this model was loaded from
         self.optimizations: list[str] = []  # what the passes did (source lines, savings)
         self.options: dict = {}  # how it was compiled (backend, fuse_branches, optimize)
+        self.check = None  # the self-check's CheckReport (coverage), or its manifest dict
 
     @classmethod
     def from_graph(cls, graph: DynGraph, executor, spec: InputSpec, backend: str):
@@ -233,7 +238,8 @@ class CompiledModel:
         return (f"dycomp compiled {self.graph.name} ({self.graph.source}) for backend "
                 f"{self.backend}: {s['regions']} subgraphs, {s['branches']} branches, "
                 f"{s['loops']} loops, {s['returns']} returns"
-                f"{chr(10) + 'optimizations:' + opts if opts else ''}\n\n{self.graph}")
+                f"{chr(10) + 'optimizations:' + opts if opts else ''}"
+                f"{_check_line(self.check)}\n\n{self.graph}")
 
     def save(self, path) -> Path:
         """Write the deployable artifact directory (backends 'onnx' and 'tvm'); returns
@@ -299,6 +305,11 @@ class CompiledModel:
                                  f"{arr.dtype}; expected {self.spec.describe()}")
             inputs.append(arr)
         return inputs, use_torch
+
+
+def _check_line(check) -> str:
+    """The self-check's coverage for `explain()`; empty when it did not run."""
+    return "" if check is None else f"\ncheck: {check.summary()}"
 
 
 def load(path, threads: int = 2) -> CompiledModel:

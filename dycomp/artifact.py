@@ -82,6 +82,8 @@ def package(cm: CompiledModel) -> tuple[dict, dict[str, bytes]]:
         manifest["tvm"] = _jsonable(vars(executor.report))
     if cm.optimizations:
         manifest["optimizations"] = list(cm.optimizations)
+    if getattr(cm, "check", None) is not None:
+        manifest["check"] = cm.check.to_json()
     return manifest, files
 
 

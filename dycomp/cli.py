@@ -518,10 +518,10 @@ def compile_command(cfg: CompileConfig, out: Console) -> None:
             inputs = [a for a, _ in variants(examples, {}, n=31)]
             checked = dycomp.compare(fn, cm, inputs)
     elif cfg.check:
-        from dycomp.check import differential_check
+        from dycomp.check_paths import path_check
 
-        with stage("check against eager PyTorch"):
-            checked = differential_check(fn, cm, examples, {})
+        with stage("check against eager PyTorch, every decision arm forced"):
+            checked = cm.check = path_check(fn, cm, examples, {}, more=6)
     if cfg.output is not None:
         with stage(f"save {cfg.output}"):
             cm.save(cfg.output)
@@ -618,6 +618,8 @@ def _compile_summary(cfg: CompileConfig, cm, examples: tuple, checked: int | Non
              + ("" if cfg.explain_opts else " (--explain-opts: what and how much)"))
     _row(table, "check", "skipped" if checked is None else
          f"matched eager on {checked} inputs" if isinstance(checked, int) else
+         f"matched eager on {checked.inputs} inputs; {checked.summary()}"
+         if hasattr(checked, "arms") else
          f"vs eager on {checked.n} inputs: same path {checked.path_agreement:.0%}"
          f"{' (host decisions)' if checked.fused else ''}, argmax agreement "
          f"{checked.output_agreement:.0%}, max |diff| {checked.output_max_abs_diff:.3g}")

@@ -88,6 +88,7 @@ def lower_onnx(graph, threads: int = 2, opset: int = DEFAULT_OPSET, fuse: bool =
     if quantize is not None:
         quantize(graph)
     folded = sum(_simplify(r.onnx) for r in graph.regions.values())
+    unfused = _unfused(graph) if fuse else None
     n = fuse_branches(graph) if fuse else None
     if n:
         log.info("lowered %d host branches and %d loops into ONNX If / Loop nodes: %d "
@@ -99,9 +100,20 @@ def lower_onnx(graph, threads: int = 2, opset: int = DEFAULT_OPSET, fuse: bool =
     traced = {name: (r.traced.SerializeToString(), r.ran)
               for name, r in graph.regions.items() if r.traced is not None}
     try:
-        return OnnxExecutor(models, threads=threads, traced=traced)
+        executor = OnnxExecutor(models, threads=threads, traced=traced)
+        if n:
+            executor.unfused = unfused
+        return executor
     except ArtifactError as e:  # a fresh export ONNX Runtime cannot load: a backend gap
         raise _unloadable(graph, getattr(e, "failed", {}), e) from e
+
+
+def _unfused(graph) -> tuple:
+    """(host source, region models, region lines) before branches are fused: what the
+    path-covering self-check forces (`dycomp/check_paths.py`)."""
+    return (graph.host_source(), {n: r.onnx.SerializeToString() for n, r in
+                                  graph.regions.items()},
+            {n: ", ".join(r.lines[:2]) for n, r in graph.regions.items()})
 
 
 def _simplify(model: onnx.ModelProto) -> int:
