@@ -17,8 +17,10 @@ from examples.zoo import ZOO
 N, H = 8, 12
 
 
-def _block(act="Relu", trans=(1, 1), bias2=True, x_rows=1, reuse=False) -> onnx.ModelProto:
-    """y = x + Gemm(act(Gemm(h, w1, b1)), w2, b2) on h, x: float[1, 8] (x: [x_rows, 8])."""
+def _block(act="Relu", trans=(1, 1), bias2=True, x_rows=1, reuse=False, norm=True
+           ) -> onnx.ModelProto:
+    """y = x + Gemm(act(Gemm(LayerNorm(h), w1, b1)), w2, b2) on h, x: float[1, 8] (x:
+    [x_rows, 8]; `norm=False`: no LayerNorm, fc1 reads h itself)."""
     rng = np.random.default_rng(0)
     w1 = rng.standard_normal((H, N) if trans[0] else (N, H)).astype(np.float32)
     w2 = rng.standard_normal((N, H) if trans[1] else (H, N)).astype(np.float32)
@@ -26,7 +28,10 @@ def _block(act="Relu", trans=(1, 1), bias2=True, x_rows=1, reuse=False) -> onnx.
              numpy_helper.from_array(rng.standard_normal(H).astype(np.float32), "b1"),
              numpy_helper.from_array(rng.standard_normal(N).astype(np.float32), "b2")]
     mid = "a" if act else "g1"
-    nodes = [oh.make_node("Gemm", ["h", "w1", "b1"], ["g1"], transB=trans[0])]
+    inits += [numpy_helper.from_array(np.ones(N, np.float32), "ln_s"),
+              numpy_helper.from_array(np.zeros(N, np.float32), "ln_b")]
+    nodes = [oh.make_node("LayerNormalization", ["h", "ln_s", "ln_b"], ["hn"])] if norm else []
+    nodes += [oh.make_node("Gemm", ["hn" if norm else "h", "w1", "b1"], ["g1"], transB=trans[0])]
     nodes += [oh.make_node(act, ["g1"], ["a"])] if act else []
     nodes += [oh.make_node("Gemm", [mid, "w2"] + (["b2"] if bias2 else []), ["g2"],
                            transB=trans[1]),
@@ -65,6 +70,9 @@ CASES = {  # case -> (model, folds expected)
     "fc2 without bias": (_block(bias2=False), 1),
     "in an If arm": (_in_if(_block()), 1),
     "tanh: tanh(1) != 1": (_block(act="Tanh"), 0),
+    "fc1 reads a value that may be infinite": (_block(norm=False), 0),
+    "fc1 reads a value that may be infinite, fc2 without bias": (
+        _block(bias2=False, norm=False), 1),
     "the sum broadcasts the Gemm's result": (_block(x_rows=3), 0),
     "the Gemm's result read twice": (_block(reuse=True), 0),
 }
