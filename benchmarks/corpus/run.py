@@ -19,7 +19,9 @@ import json
 import logging
 import math
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -242,6 +244,28 @@ def geomean(xs) -> float | None:
     return math.exp(sum(map(math.log, xs)) / len(xs)) if xs else None
 
 
+def _run_isolated(mod, argv: list[str], names: list[str]) -> dict:
+    """Run one adapter in a fresh Python process (each repository imports its own
+    `models` / `transformers` packages) and read its result back."""
+    stem = mod.__name__.rsplit(".", 1)[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        rest, skip = [], False
+        for x in argv:  # the options, without the model names and --json
+            if skip:
+                skip = False
+            elif x == "--json":
+                skip = True
+            elif not x.startswith("--json=") and x not in names:
+                rest.append(x)
+        proc = subprocess.run([sys.executable, __file__, *rest, "--quiet", "--json", str(out),
+                               stem], check=False)
+        if proc.returncode or not out.exists():
+            return {"model": getattr(mod, "NAME", stem),
+                    "error": f"its process exited with status {proc.returncode}"}
+        return json.loads(out.read_text())[0]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--src", type=Path, required=True, help="folder holding the repositories")
@@ -251,6 +275,7 @@ def main(argv=None) -> int:
     p.add_argument("--time-inputs", type=int, default=10, help="inputs timed")
     p.add_argument("--reps", type=int, default=3, help="timing rounds over those inputs")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--quiet", action="store_true", help="no table (one model per process)")
     p.add_argument("models", nargs="*")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -258,11 +283,15 @@ def main(argv=None) -> int:
     console = Console(width=200)
     backends = [b for b in a.backends.split(",") if b]
     peers = [x for x in a.peers.split(",") if x]
-    results = []
-    for mod in select(discover(), a.models):
-        results.append(run_model(mod, a.src, backends, peers, a.inputs,
-                                 (a.time_inputs, a.reps), console))
-    console.print(table(results, backends))
+    mods = select(discover(), a.models)
+    if len(mods) > 1:  # repositories reuse package names (`models`, `transformers`)
+        results = [_run_isolated(m, argv if argv is not None else sys.argv[1:], a.models)
+                   for m in mods]
+    else:
+        results = [run_model(m, a.src, backends, peers, a.inputs, (a.time_inputs, a.reps),
+                             console) for m in mods]
+    if not a.quiet:
+        console.print(table(results, backends))
     if a.json:
         a.json.write_text(json.dumps(results, indent=2, default=str))
     return 0
