@@ -17,7 +17,8 @@ modules). The policy acts as `inference.py` calls it
 (`training=False`): the action is the policy's mean, so the path is deterministic; the
 `dist.sample()` it draws on the way is unused. Shims: `torch._six`, `.cuda()`,
 torchvision's pure-Python parts (installed with `pip install --no-deps --target SIDE
-torchvision==0.28.0`; SIDE from `$DYCOMP_CORPUS_SIDE`, else `SRC/_side`).
+torchvision==0.28.0`; SIDE from `$DYCOMP_CORPUS_SIDE`, else `SRC/_site/torchvision028`,
+the folder the ViT adapters use).
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ class GFNetDriver(nn.Module):
 
 
 def _side(src: Path) -> Path:
-    return Path(os.environ.get("DYCOMP_CORPUS_SIDE", Path(src) / "_side"))
+    return Path(os.environ.get("DYCOMP_CORPUS_SIDE", Path(src) / "_site" / "torchvision028"))
 
 
 def _confidences(driver: GFNetDriver, x: torch.Tensor) -> list[float]:
