@@ -476,13 +476,16 @@ def while_(cond_fn, body_fn, get, set_, loc="", src="", can_exit=False):
 def _while_host(t, cond_fn, body_fn, get, set_, loc, src, peel=True):
     """A data-dependent while loop; its first iteration is peeled (peel.py) when a
     carried value is a Python value before it and a tensor after it."""
-    def host():
-        return _host_loop(t, get, set_, loc, src, cond_fn=cond_fn, body_fn=lambda _: body_fn(),
-                          peel=peel)
-    if not peel:
-        return host()
-    return _peel.host_or_peeled(
-        t, host, lambda: _peeled_while(t, cond_fn, body_fn, get, set_, loc, src), get, set_)
+    return _maybe_peeled(
+        t, lambda: _host_loop(t, get, set_, loc, src, cond_fn=cond_fn,
+                              body_fn=lambda _: body_fn(), peel=peel),
+        lambda: _peeled_while(t, cond_fn, body_fn, get, set_, loc, src), get, set_, peel)
+
+
+def _maybe_peeled(t, host, peeled, get, set_, peel: bool):
+    """`host()`, or with `peel`, `peeled()` when the host loop needs its first iteration
+    on its own (peel.py)."""
+    return _peel.host_or_peeled(t, host, peeled, get, set_) if peel else host()
 
 
 def _peeled_while(t, cond_fn, body_fn, get, set_, loc, src):
@@ -520,13 +523,10 @@ def for_(iterable, body_fn, get, set_, loc="", src="", can_exit=False):
 def _for_host(t, iterable, body_fn, get, set_, loc, src, peel=True):
     """A host loop over a data-dependent (or long, leavable) iterable; its first
     iteration is peeled like a while loop's (peel.py)."""
-    def host():
-        return _host_loop(t, get, set_, loc, src, iterable=iterable, body_fn=body_fn,
-                          peel=peel)
-    if not peel:
-        return host()
-    return _peel.host_or_peeled(
-        t, host, lambda: _peeled_for(t, iterable, body_fn, get, set_, loc, src), get, set_)
+    return _maybe_peeled(
+        t, lambda: _host_loop(t, get, set_, loc, src, iterable=iterable, body_fn=body_fn,
+                              peel=peel),
+        lambda: _peeled_for(t, iterable, body_fn, get, set_, loc, src), get, set_, peel)
 
 
 def _peeled_for(t, iterable, body_fn, get, set_, loc, src):
