@@ -139,3 +139,29 @@ def test_weight_equal_to_the_example_is_not_frozen():
     cm = dycomp.compile(model, (x,), backend="onnx")
     other = torch.randn(2, 3)
     torch.testing.assert_close(cm(other), model(other).detach())
+
+
+class SignalTypeAs(nn.Module):
+    """Universal Transformer's ACT step: a plain tensor attribute (not a buffer) sliced and
+    cast `type_as(inputs.data)` in a halting loop. The cast's value does not depend on the
+    input: a constant equal to it is not a frozen traced value."""
+
+    def __init__(self):
+        super().__init__()
+        self.signal = torch.randn(1, 8, 4)
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        state, steps = x, 0
+        while steps < 4 and state.sum() < 3.0:
+            state = torch.tanh(self.fc(state + self.signal[:, :x.shape[1], :].type_as(x.data)))
+            steps += 1
+        return state, steps
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_type_as_of_a_constant_is_not_frozen(backend):
+    torch.manual_seed(0)
+    model = SignalTypeAs().eval()
+    inputs = randn_inputs((1, 5, 4), 12, seed=3)
+    assert_matches_eager(model, inputs, cm=dycomp.compile(model, (inputs[0],), backend=backend))

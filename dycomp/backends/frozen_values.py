@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 _SHAPE_ONLY = {"size", "dim", "numel", "zeros_like", "ones_like", "empty_like", "full_like",
                "new_zeros", "new_ones", "new_empty", "new_full", "new_tensor", "type",
                "shape", "dtype", "device"}
+# ops whose arguments after the first give only a dtype or device (`t.type_as(x)`, `t.to(x)`)
+_TYPE_ONLY_REST = {"type_as", "to"}
 
 
 def check_region(region, model: onnx.ModelProto) -> None:
@@ -114,6 +116,8 @@ def _depends(node: fx.Node, dependent: set) -> bool:
     inputs = node.all_input_nodes
     if _target_name(node) in _SHAPE_ONLY and node.args and isinstance(node.args[0], fx.Node):
         inputs = [a for a in inputs if a is not node.args[0]]
+    elif _target_name(node) in _TYPE_ONLY_REST and node.args:
+        inputs = [a for a in inputs if a is node.args[0]]
     return any(a in dependent for a in inputs)
 
 
