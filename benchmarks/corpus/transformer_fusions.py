@@ -101,26 +101,63 @@ def guard_outputs(model):
     return model
 
 
-def measure_region(model: bytes, feed: dict, kind: str, heads: int, hidden: int) -> dict:
+def mask_in_region(model: bytes, feed: dict, seq: int = 128) -> tuple[bytes, dict] | None:
+    """The region with its extended attention mask input (1, 1, 1, seq), all zeros on
+    these inputs, recomputed inside from a 2-d 0/1 mask as BERT does it:
+    `(1 - float(mask[:, None, None])) * -10000`, the pattern ORT's Attention fusion
+    matches. None if the region has no such input, or it is not all zeros."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper
+
+    m = onnx.load_from_string(model)
+    g = m.graph
+    found = [i for i in g.input
+             if [d.dim_value for d in i.type.tensor_type.shape.dim] == [1, 1, 1, seq]]
+    if not found or np.any(feed[found[0].name]):
+        return None
+    old = found[0].name
+    g.input.remove(found[0])
+    g.input.append(helper.make_tensor_value_info("mask2d", TensorProto.INT64, [1, seq]))
+    g.initializer.extend([helper.make_tensor("ax1", TensorProto.INT64, [1], [1]),
+                          helper.make_tensor("ax2", TensorProto.INT64, [1], [2]),
+                          helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]),
+                          helper.make_tensor("big", TensorProto.FLOAT, [], [-10000.0])])
+    pre = [helper.make_node("Unsqueeze", ["mask2d", "ax1"], ["u1"]),
+           helper.make_node("Unsqueeze", ["u1", "ax2"], ["u2"]),
+           helper.make_node("Cast", ["u2"], ["c"], to=TensorProto.FLOAT),
+           helper.make_node("Sub", ["one", "c"], ["s"]),
+           helper.make_node("Mul", ["s", "big"], [old])]
+    nodes = pre + list(g.node)
+    del g.node[:]
+    g.node.extend(nodes)
+    return m.SerializeToString(), {**feed, "mask2d": np.ones((1, seq), np.int64)}
+
+
+def measure_region(model: bytes, feed: dict, kind: str, heads: int, hidden: int,
+                   rewired: tuple[bytes, dict] | None = None) -> dict:
+    """Fused op counts, max abs difference and latencies; `rewired`: optimize this
+    (model, feed) instead, and compare it with the unfused `model` on `feed`."""
     import numpy as np
     import onnx
     from onnxruntime.transformers.optimizer import optimize_model
 
-    opt = optimize_model(guard_outputs(onnx.load_from_string(model)), model_type=kind,
+    src, feed2 = rewired or (model, feed)
+    opt = optimize_model(guard_outputs(onnx.load_from_string(src)), model_type=kind,
                          num_heads=heads, hidden_size=hidden, opt_level=0)
     stats = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
     fused = opt.model.SerializeToString()
     base, new = session(model), session(fused)
     want = base.run(None, {i.name: feed[i.name] for i in base.get_inputs()})
-    got = new.run(None, {i.name: feed[i.name] for i in new.get_inputs()})
+    got = new.run(None, {i.name: feed2[i.name] for i in new.get_inputs()})
     diff = max((float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
                 for a, b in zip(want, got) if np.asarray(a).size), default=0.0)
-    ms = interleaved([base, new], feed, REPS)
+    ms = interleaved([base, new], {**feed, **feed2}, REPS)
     return {"fused": stats, "max_abs_diff": diff, "unfused_ms": ms[0] * 1e3,
             "fused_ms": ms[1] * 1e3, "nodes": len(onnx.load_from_string(model).graph.node)}
 
 
-def run_one(name: str, src: Path) -> dict:
+def run_one(name: str, src: Path, mask: bool = False) -> dict:
     """Build, compile and measure one adapter's regions (in this process)."""
     import importlib
 
@@ -137,7 +174,10 @@ def run_one(name: str, src: Path) -> dict:
         if region not in feeds:
             out[region] = {"skipped": "not run on the first 5 inputs"}
             continue
-        out[region] = measure_region(model, feeds[region], kind, heads, hidden)
+        rewired = mask_in_region(model, feeds[region]) if mask else None
+        if mask and rewired is None:
+            continue
+        out[region] = measure_region(model, feeds[region], kind, heads, hidden, rewired)
     return out
 
 
@@ -145,14 +185,17 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--src", type=Path, default=Path("/work/corpus"))
     p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--mask-in-region", action="store_true",
+                   help="BERT layer regions only, their attention mask recomputed inside")
     p.add_argument("--one", help=argparse.SUPPRESS)
     a = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if a.one:
-        print("RESULT " + json.dumps(run_one(a.one, a.src)))
+        print("RESULT " + json.dumps(run_one(a.one, a.src, a.mask_in_region)))
         return
     for name in a.models.split(","):
-        r = subprocess.run([sys.executable, __file__, "--src", str(a.src), "--one", name],
+        flag = ["--mask-in-region"] if a.mask_in_region else []
+        r = subprocess.run([sys.executable, __file__, "--src", str(a.src), "--one", name, *flag],
                            capture_output=True, text=True)
         lines = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
         if not lines:
