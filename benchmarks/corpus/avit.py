@@ -21,8 +21,16 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.corpus.common import Case, on_path, repo_dir, seed_all, shim_cuda, shim_six
-from benchmarks.corpus.dynamicvit import image, shim_torchvision
+from benchmarks.corpus.common import (
+    Case,
+    on_path,
+    repo_dir,
+    seed_all,
+    shim_cuda,
+    shim_six,
+    shim_torchvision,
+)
+from benchmarks.corpus.dynamicvit import image
 
 NAME = "a-vit"
 REPO = "NVlabs/A-ViT"

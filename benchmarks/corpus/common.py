@@ -21,6 +21,7 @@ from __future__ import annotations
 import collections.abc
 import contextlib
 import math
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -104,3 +105,37 @@ def shim_cuda() -> None:
     """Hard-coded `.cuda()` calls: tensors and modules stay on the CPU."""
     torch.Tensor.cuda = _cpu_self
     nn.Module.cuda = _cpu_self
+
+
+def site_dir(src: Path, name: str) -> Path:
+    """The side-package folder `SRC/_site/<name>` (installed as the adapter's docstring
+    says, `pip install --no-deps --target SRC/_site/<name> ...`)."""
+    path = Path(src) / "_site" / name
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} not found: install the side packages as the adapter's "
+                                "docstring says")
+    return path
+
+
+_LIBS: list = []  # keeps the torchvision schema library alive
+
+
+def shim_torchvision(src: Path) -> Path:
+    """torchvision 0.28.0's `_C` does not load beside torch +cpu: define the two op
+    schemas its meta registrations need, so that its pure-Python parts import. Returns
+    the folder holding it (`$DYCOMP_CORPUS_SIDE`, else `SRC/_site/torchvision028`)."""
+    if "torchvision" not in sys.modules and not _defined("torchvision::nms"):
+        lib = torch.library.Library("torchvision", "DEF")
+        lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
+        _LIBS.append(lib)
+    side = os.environ.get("DYCOMP_CORPUS_SIDE")
+    return Path(side) if side else site_dir(src, "torchvision028")
+
+
+def _defined(op: str) -> bool:
+    try:
+        torch._C._dispatch_find_schema_or_throw(op, "")
+        return True
+    except RuntimeError:
+        return False

@@ -23,8 +23,15 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.corpus.common import Case, on_path, repo_dir, seed_all, shim_six
-from benchmarks.corpus.pabee_bert import site_dir
+from benchmarks.corpus.common import (
+    Case,
+    on_path,
+    repo_dir,
+    seed_all,
+    shim_six,
+    shim_torchvision,
+    site_dir,
+)
 
 NAME = "dynamicvit"
 REPO = "raoyongming/DynamicViT"
@@ -58,28 +65,6 @@ def kept_tokens(model) -> callable:
         seen.clear()
         return sets
     return path_of
-
-
-def shim_torchvision(src: Path) -> Path:
-    """torchvision 0.28.0's `_C` does not load beside torch +cpu: define the two op
-    schemas its meta registrations need, so that its pure-Python parts import."""
-    if "torchvision" not in sys.modules and not _defined("torchvision::nms"):
-        lib = torch.library.Library("torchvision", "DEF")
-        lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        _LIBS.append(lib)
-    return site_dir(src, "torchvision028")
-
-
-_LIBS: list = []  # keeps the schema library alive
-
-
-def _defined(op: str) -> bool:
-    try:
-        torch._C._dispatch_find_schema_or_throw(op, "")
-        return True
-    except RuntimeError:
-        return False
 
 
 def build(src: Path) -> Case:

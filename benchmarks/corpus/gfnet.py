@@ -24,7 +24,6 @@ the folder the ViT adapters use).
 from __future__ import annotations
 
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -33,7 +32,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.corpus.common import Case, on_path, repo_dir, seed_all, shim_cuda, shim_six
+from benchmarks.corpus.common import (
+    Case,
+    on_path,
+    repo_dir,
+    seed_all,
+    shim_cuda,
+    shim_six,
+    shim_torchvision,
+)
 
 NAME = "gfnet"
 REPO = "blackfeather-wang/GFNet-Pytorch"
@@ -45,19 +52,6 @@ PATCH = 96
 STEPS = 5
 PERCENTILE = 60
 N_CALIB = 20
-
-
-def shim_torchvision(side: Path) -> None:
-    """torchvision 0.28.0's pure-Python parts beside torch +cpu (its `_C` does not load)."""
-    if "torchvision" in sys.modules:
-        return
-    if str(side) not in sys.path:
-        sys.path.append(str(side))
-    lib = torch.library.Library("torchvision", "DEF")
-    lib.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    lib.define("qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    shim_torchvision.lib = lib  # keep the schemas registered
-    import torchvision  # noqa: F401
 
 
 class GFNetDriver(nn.Module):
@@ -96,10 +90,6 @@ class GFNetDriver(nn.Module):
         return max_preds[0].item()
 
 
-def _side(src: Path) -> Path:
-    return Path(os.environ.get("DYCOMP_CORPUS_SIDE", Path(src) / "_site" / "torchvision028"))
-
-
 def _confidences(driver: GFNetDriver, x: torch.Tensor) -> list[float]:
     """Each step's confidence on `x`, running all the steps (thresholds off)."""
     saved, driver.thresholds = driver.thresholds, [math.inf] * (STEPS - 1)
@@ -129,7 +119,9 @@ def build(src: Path) -> Case:
     root = repo_dir(src, DIR)
     shim_six()
     shim_cuda()
-    shim_torchvision(_side(src))
+    side = str(shim_torchvision(src))
+    if side not in sys.path:
+        sys.path.append(side)  # torchvision's pure-Python parts, for the repo's imports
     with on_path(root):
         import models.resnet as resnet
         import network

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.corpus.common import Case, on_path, repo_dir, seed_all
-from benchmarks.corpus.pabee_bert import SITE, input_ids, layers_counter, site_dir
+from benchmarks.corpus.common import Case, on_path, repo_dir, seed_all, site_dir
+from benchmarks.corpus.pabee_bert import SITE, input_ids, layers_counter
 
 NAME = "pabee-albert"
 REPO = "JetRunner/PABEE"

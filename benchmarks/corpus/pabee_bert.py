@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.corpus.common import Case, on_path, repo_dir, seed_all
+from benchmarks.corpus.common import Case, on_path, repo_dir, seed_all, site_dir
 
 NAME = "pabee-bert"
 REPO = "JetRunner/PABEE"
@@ -26,15 +26,6 @@ COMMIT = "6080b3ee425e905f70a0bc47d4ddffa497851bf3"
 DIR = "PABEE"
 N_INPUTS = 30
 SITE = "transformers211"
-
-
-def site_dir(src: Path, name: str) -> Path:
-    """The side-package folder `SRC/_site/<name>` (see the module docstring)."""
-    path = Path(src) / "_site" / name
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path} not found: install the side packages as the adapter's "
-                                "docstring says")
-    return path
 
 
 def input_ids(i: int) -> tuple[tuple, dict]:
