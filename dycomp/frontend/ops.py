@@ -696,17 +696,11 @@ def _trace_body(t, header, init, get, set_, loc, src, body_fn, cond_fn, iterable
     return loop
 
 
-# A trial host loop (`unroll.host_or_unrolled`) is also unrolled when its body selects a
-# module or a non-host list element by the counter (`self.layer[i]`, PABEE's `head_mask[i]`
-# of `[None] * n`): each iteration then runs different weights, and a host loop would
-# switch among all n options on every iteration.
-class _UnrollInstead(Exception):
-    """Raised while probing a loop body that selects a module by the loop counter."""
-
-
 def _probe_unroll(index) -> None:
+    """A trial host loop (`unroll.host_or_unrolled`) is unrolled when its body selects a
+    non-host list element by the counter (PABEE's `head_mask[i]` of `[None] * n`)."""
     if getattr(index, "_unroll_probe", False):
-        raise _UnrollInstead
+        raise _unroll.NotUniform("the body selects a list element by the loop counter")
 
 
 def _back_edge(t, scope, values):

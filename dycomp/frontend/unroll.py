@@ -20,7 +20,8 @@ MAX_UNROLL = 64  # iterations; longer non-uniform loops keep the host loop's err
 
 
 class NotUniform(Exception):
-    """Raised inside a trial host loop whose loop-carried values change type."""
+    """Raised inside a trial host loop whose body is not uniform (carried values change
+    type, or it selects a list element by the counter)."""
 
 
 @dataclass
