@@ -444,3 +444,32 @@ def test_gru_cell_fusion_on_a_nan_input():
                [oh.make_tensor_value_info("y", F, [1, 1])], inits)
     feed = {"x": np.array([[np.nan]], np.float32), "h": np.array([[1.0]], np.float32)}
     assert _check(m, lambda r: fuse_gru_cells(r.graph), [feed], exact=False) == 1
+
+
+# --- lower_adaptive_pools (before export): allclose (means over windows, summed in another order)
+@st.composite
+def adaptive_pools(draw):
+    rank = draw(st.sampled_from([1, 2]))
+    dims = [draw(st.integers(1, 9)) for _ in range(rank)]
+    out = [draw(st.integers(1, d)) for d in dims]
+    return rank, dims, out, draw(SEEDS)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(adaptive_pools())
+def test_adaptive_pool_lowering_matches(case):
+    import torch
+    from torch import fx, nn
+
+    from dycomp.backends.onnx_pools import lower_adaptive_pools
+
+    rank, dims, out, seed = case
+    pool = (nn.AdaptiveAvgPool1d if rank == 1 else nn.AdaptiveAvgPool2d)(out[0] if rank == 1
+                                                                          else tuple(out))
+    x = torch.from_numpy(_values(np.random.default_rng(seed), [1, 3, *dims]))
+    gm = fx.symbolic_trace(nn.Sequential(pool))
+    next(iter(gm.graph.nodes)).meta["example"] = x
+    lowered = lower_adaptive_pools(gm)
+    divides = all(d % o == 0 for d, o in zip(dims, out))
+    assert (lowered is gm) == divides  # only non-dividing pools are rewritten
+    _same([lowered(x).numpy()], [pool(x).numpy()], exact=False)
