@@ -171,7 +171,7 @@ def _check_path(root: Path, rel, field: str) -> Path:
     """The file `rel` names inside `root`: a plain relative POSIX path (no absolute path,
     '..', '.', empty part, backslash or drive) that, with every symlink resolved, stays
     inside the artifact. ArtifactError naming the manifest field otherwise."""
-    where = f"{root / MANIFEST}: {field}"
+    where = f"{root / rel}" if field == rel else f"{root / MANIFEST}: {field}"
     if not isinstance(rel, str) or not _PLAIN_PATH.match(rel) or any(
             part in (".", "..") for part in rel.split("/")):
         raise ArtifactError(f"{where}: file path {rel!r} leaves the artifact or is not a "
