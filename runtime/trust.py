@@ -77,13 +77,15 @@ def load_private_key(path):
 
 
 def load_public_key(key):
-    """An Ed25519 public key from a key object, PEM bytes or the path of a PEM
+    """An Ed25519 public key from a key object, PEM bytes or text, or the path of a PEM
     (SubjectPublicKeyInfo) file; ArtifactError if it is none of these."""
     ed25519, serialization = _crypto()
     if isinstance(key, ed25519.Ed25519PublicKey):
         return key
     if isinstance(key, ed25519.Ed25519PrivateKey):
         raise ArtifactError("public_key is a private key; give the public key (KEY.pub)")
+    if isinstance(key, str) and key.lstrip().startswith("-----BEGIN"):
+        key = key.encode("ascii", "replace")  # PEM text rather than a file name
     where = "public_key (PEM bytes)" if isinstance(key, bytes) else f"public key {str(key)!r}"
     data = key if isinstance(key, bytes) else _read_key_file(key, "public key")
     try:

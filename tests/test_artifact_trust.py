@@ -179,6 +179,7 @@ def test_signed_onnx_artifact_verifies(art, keys):
     _assert_matches_eager(rt.load(art, public_key=keys / "signer.pub"))
     pem = (keys / "signer.pub").read_bytes()
     _assert_matches_eager(rt.load(art, public_key=pem))  # PEM bytes work too
+    _assert_matches_eager(rt.load(art, public_key=pem.decode()))  # and PEM text
     assert dycomp.load(art, public_key=str(keys / "signer.pub")).backend == "onnx"
     _assert_matches_eager(rt.load(art))  # without a public key the signature is not needed
 
