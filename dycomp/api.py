@@ -312,11 +312,15 @@ def _check_line(check) -> str:
     return "" if check is None else f"\ncheck: {check.summary()}"
 
 
-def load(path, threads: int = 2) -> CompiledModel:
-    """Load a saved artifact as a CompiledModel: torch tensors in and out, same structure."""
+def load(path, threads: int = 2, *, trust_native: bool = False,
+         public_key=None) -> CompiledModel:
+    """Load a saved artifact as a CompiledModel: torch tensors in and out, same structure.
+    An artifact with native code (TVM) needs `trust_native=True` or a `public_key` whose
+    signature it carries; a `public_key` is checked for every artifact."""
     from dycomp.artifact import load as load_artifact
 
-    return load_artifact(path, threads=threads)
+    return load_artifact(path, threads=threads, trust_native=trust_native,
+                         public_key=public_key)
 
 
 def _manifest_subgraphs(subgraphs: dict) -> dict[str, dict]:

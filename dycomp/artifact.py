@@ -241,11 +241,13 @@ def _replace(tmp: Path, path: Path) -> None:
 
 
 # -- loading as a CompiledModel ------------------------------------------------------------
-def load(path, threads: int = 2) -> CompiledModel:
-    """Load an artifact as a torch-friendly CompiledModel (torch tensors in and out)."""
+def load(path, threads: int = 2, *, trust_native: bool = False,
+         public_key=None) -> CompiledModel:
+    """Load an artifact as a torch-friendly CompiledModel (torch tensors in and out);
+    `trust_native` and `public_key` as for `dycomp.runtime.load`."""
     from dycomp.api import CompiledModel
 
-    art = rt.load(path, threads=threads)
+    art = rt.load(path, threads=threads, trust_native=trust_native, public_key=public_key)
     cm = CompiledModel(art.program, input_spec(art.manifest), art.manifest["backend"],
                        graph=None, artifact=art)
     cm.optimizations = list(art.manifest.get("optimizations", []))

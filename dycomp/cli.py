@@ -186,6 +186,8 @@ class RunConfig:
     out: Path | None = None
     show_path: bool = False
     threads: int | None = None
+    trust_native: bool = False
+    public_key: Path | None = None
 
     def __post_init__(self):
         if not self.inputs:
@@ -278,7 +280,8 @@ Run an artifact on inputs stored as .npy files (one per tensor input, in order) 
 one .npz file (arrays named like the inputs, or arr_0, arr_1, ... in order).
 Prints every output (dtype, shape, a preview) or saves them with --out; nested
 outputs are flattened into keys out_0, out_1_0, ... Needs numpy and onnxruntime (and
-TVM's runtime for a tvm artifact) only.
+TVM's runtime for a tvm artifact) only. A tvm artifact holds native code and runs only
+with --trust-native or a signature verified with --public-key.
 """
 
 _RUN_EPILOG = """\
@@ -286,6 +289,8 @@ examples:
   dycomp run multi_exit.dyc --input x.npy --show-path
   dycomp run seq2seq.dyc --input src.npy --input mask.npy --out y.npz
   dycomp run multi_exit.dyc --input batch.npz --threads 1
+  dycomp run resnet_tvm.dyc --input x.npy --trust-native
+  dycomp run net.dyc --input x.npy --public-key release.key.pub
 """
 
 _INSPECT_HELP = """\
@@ -306,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     from dycomp.benchmark.cli import add_bench
 
     add_bench(sub, _FORMATTER)
+    from dycomp.cli_trust import add_trust_commands
+
+    add_trust_commands(sub, _FORMATTER)
     return parser
 
 
@@ -383,6 +391,13 @@ def _add_run(sub) -> None:
                    help="print the subgraphs executed, in order (the path taken)")
     p.add_argument("--threads", type=int, metavar="N",
                    help="onnxruntime threads per subgraph (default: 2)")
+    p.add_argument("--trust-native", action="store_true",
+                   help="allow native code (a TVM artifact's regions.so, which runs with "
+                        "your privileges when loaded); without it, or --public-key, a TVM "
+                        "artifact is refused")
+    p.add_argument("--public-key", type=Path, metavar="KEY.pub",
+                   help="require a valid signature.json by this Ed25519 public key (PEM), "
+                        "made with `dycomp sign`; a verified signature also allows native code")
     p.set_defaults(command_fn=run_command, make_config=_run_config)
 
 
@@ -408,7 +423,8 @@ def _compile_config(ns) -> CompileConfig:
 
 def _run_config(ns) -> RunConfig:
     return RunConfig(artifact=ns.artifact, inputs=tuple(ns.input), out=ns.out,
-                     show_path=ns.show_path, threads=ns.threads)
+                     show_path=ns.show_path, threads=ns.threads,
+                     trust_native=ns.trust_native, public_key=ns.public_key)
 
 
 def _inspect_config(ns) -> InspectConfig:
@@ -662,7 +678,8 @@ def run_command(cfg: RunConfig, out: Console) -> None:
     from dycomp import runtime
     from dycomp.runtime.artifact import check_inputs
 
-    art = runtime.load(cfg.artifact, **({} if cfg.threads is None else {"threads": cfg.threads}))
+    art = runtime.load(cfg.artifact, **({} if cfg.threads is None else {"threads": cfg.threads}),
+                       trust_native=cfg.trust_native, public_key=cfg.public_key)
     arrays = _read_inputs(cfg.inputs, art.signature)
     try:
         arrays = check_inputs(art.signature, tuple(arrays))

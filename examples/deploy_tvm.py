@@ -37,7 +37,9 @@ def main(argv=None):
     print(f"compiled in {time.perf_counter() - t0:.1f} s: {cm.executor.report.summary()}")
     path = cm.save(a.out)
 
-    art = dycomp.runtime.load(path)  # what a deployment does: numpy + TVM runtime only
+    # what a deployment does: numpy + TVM runtime only; regions.so is native code, so
+    # loading it needs consent (or a signature: dycomp sign / public_key=...)
+    art = dycomp.runtime.load(path, trust_native=True)
     for x, in multi_exit.sample_inputs(3, seed=1):
         (logits, exit_id, _), taken = art.run(x.numpy(), return_path=True)
         with torch.no_grad():

@@ -3,19 +3,23 @@
 An artifact is a directory: `manifest.json` (format, versions, entry signature, control-flow
 graph, subgraph table, sha256 of every other file), `subgraphs/<region>.onnx` (regions run
 by ONNX Runtime), `subgraphs/regions.so` (backend tvm: one library, a function per region)
-and `host.py` (the synthesized host program). `load()` verifies every file before anything
-runs.
+and `host.py` (the synthesized host program); optionally `signature.json` (an Ed25519
+signature over manifest.json, see `dycomp.runtime.trust`). `load()` verifies every file
+before anything runs, opens only the files the manifest lists (all inside the directory),
+and loads native code only with the caller's consent.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 
+from dycomp.runtime import trust
 from dycomp.runtime.errors import ArtifactError
 from dycomp.runtime.host import HostProgram, RoutingExecutor
 
@@ -55,23 +59,61 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def load(path, threads: int = 2) -> Artifact:
+def load(path, threads: int = 2, *, trust_native: bool = False, public_key=None) -> Artifact:
     """Verify and load the artifact directory at `path`; raises ArtifactError if anything
-    is missing, truncated, tampered with or of an unknown format version."""
+    is missing, truncated, tampered with or of an unknown format version.
+
+    `public_key` (an Ed25519 public key: PEM file path, PEM bytes or key object) requires a
+    valid `signature.json` by that key over the manifest. An artifact with native code (a
+    TVM `regions.so`) loads only with `trust_native=True` or a verified signature."""
     root = Path(path)
-    manifest = read_manifest(root)
+    raw = manifest_bytes(root)
+    if public_key is not None:
+        trust.verify(root, raw, read_optional(root, trust.SIGNATURE), public_key)
+    manifest = parse_manifest(root, raw)
+    trust.require_consent(root, manifest, trust_native or public_key is not None)
     files = verify_files(root, manifest)
     return Artifact(root, manifest, files, threads)
 
 
+def sign(path, private_key) -> dict:
+    """Check the artifact at `path` (format, every file's sha256, paths) and sign its
+    manifest with the Ed25519 private key in the PEM file `private_key`: writes
+    `signature.json` and returns its content."""
+    root = Path(path)
+    raw = manifest_bytes(root)
+    verify_files(root, parse_manifest(root, raw))
+    return trust.sign(root, private_key, raw)
+
+
 def read_manifest(root: Path) -> dict:
     """The parsed manifest, after checking its format name and version."""
+    return parse_manifest(root, manifest_bytes(root))
+
+
+def manifest_bytes(root: Path) -> bytes:
+    """The bytes of `root`'s manifest.json (what a signature covers)."""
     if not root.is_dir():
         raise ArtifactError(f"{root} is not a dycomp artifact directory (no such directory)")
+    data = read_optional(root, MANIFEST)
+    if data is None:
+        raise ArtifactError(f"{root}: {MANIFEST} is missing; not a dycomp artifact")
+    return data
+
+
+def read_optional(root: Path, rel: str) -> bytes | None:
+    """A file at a fixed name in the artifact (manifest.json, signature.json), or None if
+    there is none; it too must not lead outside the artifact."""
     try:
-        manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ArtifactError(f"{root}: {MANIFEST} is missing; not a dycomp artifact") from None
+        return _read(root, rel, rel)
+    except _Missing:
+        return None
+
+
+def parse_manifest(root: Path, raw: bytes) -> dict:
+    """The manifest parsed from `raw`, after checking its format name and version."""
+    try:
+        manifest = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ArtifactError(f"{root / MANIFEST} is not valid JSON ({e})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
@@ -95,29 +137,61 @@ def _require(manifest: dict, root: Path, **types) -> None:
 
 
 def verify_files(root: Path, manifest: dict) -> dict[str, bytes]:
-    """Contents of every file the manifest lists, each checked against its sha256."""
+    """Contents of every file the manifest lists, each checked against its sha256; the
+    loader opens no other file. Every path must stay inside the artifact."""
+    needed = {HOST: "host"}
+    for name, sub in manifest["subgraphs"].items():
+        needed[_subgraph_file(root, name, sub)] = f"subgraphs[{name!r}].file"
+    for rel, field in needed.items():
+        _check_path(root, rel, field)
     files = {}
     for rel, digest in manifest["files"].items():
-        data = _read(root, rel)
+        try:
+            data = _read(root, rel, f"files[{rel!r}]")
+        except _Missing:
+            raise ArtifactError(f"{root / rel}: file is missing") from None
         if sha256(data) != digest:
             raise ArtifactError(f"{root / rel}: sha256 mismatch ({len(data)} bytes; the file "
                                 f"was modified or truncated after saving)")
         files[rel] = data
-    needed = [HOST] + [_subgraph_file(root, n, s) for n, s in manifest["subgraphs"].items()]
     unlisted = [f for f in needed if f not in files]
     if unlisted:
         raise ArtifactError(f"{root}: {', '.join(unlisted)} not listed in the manifest's files")
     return files
 
 
-def _read(root: Path, rel: str) -> bytes:
-    p = PurePosixPath(rel)
-    if p.is_absolute() or ".." in p.parts or not p.parts:
-        raise ArtifactError(f"{root / MANIFEST}: file path {rel!r} leaves the artifact")
+class _Missing(Exception):
+    """A file the manifest names does not exist."""
+
+
+_PLAIN_PATH = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+
+
+def _check_path(root: Path, rel, field: str) -> Path:
+    """The file `rel` names inside `root`: a plain relative POSIX path (no absolute path,
+    '..', '.', empty part, backslash or drive) that, with every symlink resolved, stays
+    inside the artifact. ArtifactError naming the manifest field otherwise."""
+    where = f"{root / rel}" if field == rel else f"{root / MANIFEST}: {field}"
+    if not isinstance(rel, str) or not _PLAIN_PATH.match(rel) or any(
+            part in (".", "..") for part in rel.split("/")):
+        raise ArtifactError(f"{where}: file path {rel!r} leaves the artifact or is not a "
+                            "plain relative path (like subgraphs/r0.onnx)")
+    base = root.resolve()
+    target = (base / rel).resolve()
+    if not target.is_relative_to(base):
+        raise ArtifactError(f"{where}: {rel!r} is a symlink, or lies in a symlinked "
+                            f"directory, that leaves the artifact (it resolves to {target})")
+    return target
+
+
+def _read(root: Path, rel, field: str) -> bytes:
+    target = _check_path(root, rel, field)
+    if not target.exists():
+        raise _Missing(rel)
+    if not target.is_file():
+        raise ArtifactError(f"{root / rel}: not a regular file ({field})")
     try:
-        return (root / p).read_bytes()
-    except FileNotFoundError:
-        raise ArtifactError(f"{root / rel}: file is missing") from None
+        return target.read_bytes()
     except OSError as e:
         raise ArtifactError(f"{root / rel}: cannot be read ({e})") from None
 

@@ -229,7 +229,7 @@ def test_run_saves_npz_matching_eager(gate_artifact, tmp_path, capsys, sign):
     x_path, y_path = tmp_path / "x.npy", tmp_path / "y.npz"
     np.save(x_path, x)
     code, out, err = call(capsys, "run", gate_artifact, "--input", x_path, "--out", y_path,
-                          "--show-path")
+                          "--show-path", "--trust-native")
     assert code == 0 and err == ""
     expected, branch = eager_gate(x)
     with np.load(y_path) as saved:
@@ -242,12 +242,12 @@ def test_run_saves_npz_matching_eager(gate_artifact, tmp_path, capsys, sign):
 def test_run_prints_outputs_and_reads_npz(gate_artifact, tmp_path, capsys):
     x = np.ones((1, 4), np.float32)
     named, positional = tmp_path / "named.npz", tmp_path / "positional.npz"
-    name = dycomp.runtime.load(gate_artifact).signature.inputs[0].name
+    name = dycomp.runtime.load(gate_artifact, trust_native=True).signature.inputs[0].name
     np.savez(named, **{name: x})
     np.savez(positional, x)
     outs = []
     for path in (named, positional):
-        code, out, _ = call(capsys, "run", gate_artifact, "--input", path)
+        code, out, _ = call(capsys, "run", gate_artifact, "--input", path, "--trust-native")
         assert code == 0
         outs.append(out)
     assert outs[0] == outs[1]
@@ -258,12 +258,12 @@ def test_run_input_errors(gate_artifact, tmp_path, capsys):
     wrong_shape, wrong_names = tmp_path / "x.npy", tmp_path / "bad.npz"
     np.save(wrong_shape, np.zeros((2, 4), np.float32))
     np.savez(wrong_names, y=np.zeros((1, 4), np.float32))
-    code, _, err = call(capsys, "run", gate_artifact, "--input", wrong_shape)
+    code, _, err = call(capsys, "run", gate_artifact, "--trust-native", "--input", wrong_shape)
     assert code == 2 and "has shape [2, 4]; expected" in one_error_line(err)
-    code, _, err = call(capsys, "run", gate_artifact, "--input", wrong_names)
+    code, _, err = call(capsys, "run", gate_artifact, "--trust-native", "--input", wrong_names)
     assert code == 2 and "holds arrays y; name them" in one_error_line(err)
-    code, _, err = call(capsys, "run", gate_artifact, "--input", wrong_shape, "--input",
-                        wrong_shape)
+    code, _, err = call(capsys, "run", gate_artifact, "--trust-native", "--input", wrong_shape,
+                        "--input", wrong_shape)
     assert code == 2 and "got 2 inputs" in one_error_line(err)
 
 
@@ -303,7 +303,7 @@ def test_missing_and_tampered_artifacts_exit_1(gate_artifact, tmp_path, capsys):
             (tampered / f.relative_to(gate_artifact)).write_bytes(f.read_bytes())
     host = tampered / "host.py"
     host.write_text(host.read_text() + "\n# edited\n")
-    for argv in (["run", tampered, "--input", x], ["inspect", tampered]):
+    for argv in (["run", tampered, "--trust-native", "--input", x], ["inspect", tampered]):
         code, _, err = call(capsys, *argv)
         assert code == 1 and "sha256 mismatch" in one_error_line(err)
 
@@ -311,13 +311,13 @@ def test_missing_and_tampered_artifacts_exit_1(gate_artifact, tmp_path, capsys):
 def test_run_and_inspect_without_torch(gate_artifact, tmp_path):
     x = tmp_path / "x.npy"
     np.save(x, -np.ones((1, 4), np.float32))
-    r = torch_free("run", gate_artifact, "--input", x, "--show-path")
+    r = torch_free("run", gate_artifact, "--input", x, "--show-path", "--trust-native")
     assert r.returncode == 0, r.stderr
     assert "path: r0" in r.stdout
     r = torch_free("inspect", gate_artifact)
     assert r.returncode == 0, r.stderr
     assert "subgraphs" in r.stdout
-    r = torch_free("run", gate_artifact, "--input", tmp_path / "missing.npy")
+    r = torch_free("run", gate_artifact, "--trust-native", "--input", tmp_path / "missing.npy")
     assert r.returncode == 2 and "does not exist" in one_error_line(r.stderr)
 
 

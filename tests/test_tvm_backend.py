@@ -115,7 +115,7 @@ sys.modules["torch"] = None  # any `import torch` now fails
 import numpy as np
 from dycomp import runtime as rt
 from dycomp.runtime.artifact import TVM_LIBRARY
-art = rt.load(sys.argv[1])
+art = rt.load(sys.argv[1], trust_native=True)
 res = [art(x, return_path=True) for x in np.load(sys.argv[2])]
 assert not [m for m in sys.modules if m.split(".")[0] == "torch" and sys.modules[m] is not None]
 print(json.dumps([[out["logits"].tolist(), out["n_active"], list(path)] for out, path in res]))
@@ -140,7 +140,7 @@ def test_tvm_artifact_with_fallback_runs_without_torch(nested_tvm, tmp_path):
         np.testing.assert_allclose(logits, expected["logits"].numpy(), atol=1e-4, rtol=1e-4)
         assert n_active == expected["n_active"]
         assert tuple(run_path) == cm.run(x, return_path=True)[1]
-    assert_matches_eager(model, inputs, cm=dycomp.load(path))
+    assert_matches_eager(model, inputs, cm=dycomp.load(path, trust_native=True))
 
 
 def test_tampered_tvm_library_is_rejected(nested_tvm, tmp_path):
@@ -150,7 +150,7 @@ def test_tampered_tvm_library_is_rejected(nested_tvm, tmp_path):
     data[len(data) // 2] ^= 0xFF
     lib.write_bytes(bytes(data))
     with pytest.raises(dycomp.ArtifactError, match="sha256 mismatch"):
-        rt.load(path)
+        rt.load(path, trust_native=True)
 
 
 def test_runtime_imports_tvm_without_torch():
