@@ -1,0 +1,213 @@
+"""Differential property tests of three more ONNX graph rewrites (issue #22), in the style
+of tests/test_rewrite_properties.py: random graphs of the shapes each rewrite matches,
+run by ONNX Runtime before and after the rewrite on random inputs with NaN, infinities
+and signed zeros mixed in, compared exactly (`assert_array_equal`: NaN == NaN).
+
+- `gather_switches` (dycomp.backends.onnx_switch): switch chains of 2-5 alike options,
+  indices in and out of range, negative ones included;
+- `across_branches` (dycomp.runtime.onnx_layout): small conv graphs with `If`s, optimized
+  by ONNX Runtime for this CPU, run with and without the rewrite;
+- `drop_path` (dycomp.runtime.onnx_paths): nested `If` / `Loop` carrying a path output
+  beside the real outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto, numpy_helper
+from onnx import helper as oh
+
+from dycomp.backends.onnx_switch import SWITCH, gather_switches
+
+SETTINGS = settings(max_examples=200, deadline=None, derandomize=True)
+F, I64 = TensorProto.FLOAT, TensorProto.INT64
+SPECIALS = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0], np.float32)
+SEEDS = st.integers(0, 2**32 - 1)
+
+
+def _opts(optimize: bool = False) -> ort.SessionOptions:
+    o = ort.SessionOptions()
+    o.intra_op_num_threads = o.inter_op_num_threads = 1
+    o.log_severity_level = 3
+    if not optimize:
+        o.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return o
+
+
+def _session(m: onnx.ModelProto | bytes, optimize: bool = False) -> ort.InferenceSession:
+    data = m if isinstance(m, bytes) else m.SerializeToString()
+    return ort.InferenceSession(data, _opts(optimize), providers=["CPUExecutionProvider"])
+
+
+def _run(m, feed: dict, optimize: bool = False) -> list:
+    s = _session(m, optimize)
+    return s.run(None, {i.name: feed[i.name] for i in s.get_inputs()})
+
+
+def _model(nodes, inputs, outputs, inits=()) -> onnx.ModelProto:
+    g = oh.make_graph(nodes, "g", inputs, outputs, list(inits))
+    return oh.make_model(g, opset_imports=[oh.make_opsetid("", 17)])
+
+
+def _copy(m: onnx.ModelProto) -> onnx.ModelProto:
+    c = onnx.ModelProto()
+    c.CopyFrom(m)
+    return c
+
+
+def _values(rng: np.random.Generator, shape, special: float = 0.2) -> np.ndarray:
+    """float32 values of a few magnitudes, about `special` of them NaN, inf, -inf, +-0."""
+    x = rng.standard_normal(shape) * 10.0 ** rng.integers(-3, 3, shape)
+    x = np.where(rng.random(shape) < special, rng.choice(SPECIALS, shape), x)
+    return np.asarray(x, np.float32)
+
+
+def _same(got: list, expected: list) -> None:
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+
+
+def _const(name: str, value: np.ndarray) -> onnx.NodeProto:
+    return oh.make_node("Constant", [], [name], value=numpy_helper.from_array(value, name))
+
+
+# --- gather_switches: exact ------------------------------------------------------------
+
+W = 3  # the width of x and of every option's values
+UNARY = ["Relu", "Tanh", "Neg", "Abs"]
+
+
+@st.composite
+def switch_chains(draw):
+    """`options[i](x)` as the builder lowers it (`_switch_model`): 2-5 options with the
+    same nodes and different weights (initializers or `Constant`s, some equal in every
+    option, NaN and infinities among them), sometimes one option unlike the others.
+    Returns (model, options, the unlike option or None, index shape, rng)."""
+    rng = np.random.default_rng(draw(SEEDS))
+    n = draw(st.integers(2, 5))
+    # the option's structure: (op, unary op, weight shape, weight differs, as Constant)
+    steps = []
+    for _ in range(draw(st.integers(1, 4))):
+        op = draw(st.sampled_from(["MatMul", "Add", "Mul", "Max", "unary", "outer"]))
+        shape = {"MatMul": (W, W), "Add": draw(st.sampled_from([(W,), (1, W), ()]))}.get(
+            op, (W,))
+        steps.append((op, draw(st.sampled_from(UNARY)), shape, draw(st.booleans()),
+                      draw(st.booleans())))
+    weights = [[_values(rng, s[2], 0.1) for s in steps]]
+    for _ in range(n - 1):
+        weights.append([_values(rng, s[2], 0.1) if s[3] else w
+                        for s, w in zip(steps, weights[0])])
+    odd = draw(st.sampled_from([None] * 4 + list(range(n))))
+    shape = draw(st.sampled_from([(), (1,)]))  # the index: 0-d, or one element
+    m = _switch_model(steps, weights, two=draw(st.booleans()), odd=odd, shape=shape,
+                      const_k=draw(st.booleans()), flip=draw(st.sampled_from([1, -1])))
+    return m, n, odd, shape, rng
+
+
+def _switch_model(steps, weights, two=False, odd=None, shape=(), const_k=False, flip=1):
+    """`If(Equal(i, 0))` with option 0 as its then-arm and the rest of the chain
+    (`Equal(i, 1)`, `If`, `Identity`s) as its else-arm, down to the last option. Option k
+    applies `steps` with `weights[k]` to x and returns the value (and, with `two`, the
+    first step's value) and its path id [10 + k]; option `odd` adds a `Sigmoid` (unlike
+    the others). `const_k`: the first case's k a `Constant`, else an initializer; `flip`:
+    `Equal(i, k)` or `Equal(k, i)`."""
+    n = len(weights)
+
+    def option(k: int) -> onnx.GraphProto:
+        nodes, inits, cur = [], [], "x"
+        for j, ((op, unary, _, _, as_const), w) in enumerate(zip(steps, weights[k])):
+            out, wn = f"o{k}_{j}", f"o{k}_w{j}"
+            if op == "unary":
+                nodes.append(oh.make_node(unary, [cur], [out]))
+            elif op == "outer":  # reads x, the same in every option
+                nodes.append(oh.make_node("Add", [cur, "x"], [out]))
+            else:
+                if as_const:
+                    nodes.append(_const(wn, w))
+                else:
+                    inits.append(numpy_helper.from_array(w, wn))
+                nodes.append(oh.make_node(op, [cur, wn], [out]))
+            cur = out
+        if k == odd:
+            nodes.append(oh.make_node("Sigmoid", [cur], [f"o{k}_odd"]))
+            cur = f"o{k}_odd"
+        nodes.append(_const(f"o{k}_path", np.array([10 + k], np.int64)))
+        outs = [cur] + ([f"o{k}_0"] if two else []) + [f"o{k}_path"]
+        ids = [oh.make_node("Identity", [o], [f"o{k}_out{m}"]) for m, o in enumerate(outs)]
+        return oh.make_graph(nodes + ids, f"option{k}", [], [
+            oh.make_tensor_value_info(f"o{k}_out{m}", I64 if o.endswith("path") else F, None)
+            for m, o in enumerate(outs)], inits)
+
+    def arm_else(k: int) -> onnx.GraphProto:  # from the inside out: the last is an option
+        if k == n - 1:
+            return option(k)
+        inner = [f"r{k}_{m}" for m in range(2 + two)]
+        nodes = [_const(f"k{k}", np.array(k, np.int64)),
+                 oh.make_node("Equal", ["i", f"k{k}"][::flip], [f"eq{k}"]),
+                 oh.make_node("If", [f"eq{k}"], inner, name=f"{SWITCH}{k}",
+                              then_branch=option(k), else_branch=arm_else(k + 1))]
+        nodes += [oh.make_node("Identity", [r], [r + "_e"]) for r in inner]
+        return oh.make_graph(nodes, f"else{k}", [], [
+            oh.make_tensor_value_info(r + "_e", I64 if m == 1 + two else F, None)
+            for m, r in enumerate(inner)])
+
+    outs = ["y"] + (["y0"] if two else []) + ["path"]
+    nodes = [oh.make_node("Equal", ["i", "k0"][::flip], ["eq0"]),
+             oh.make_node("If", ["eq0"], outs, name=f"{SWITCH}0", then_branch=option(0),
+                          else_branch=arm_else(1))]
+    inits = [numpy_helper.from_array(np.array(0, np.int64), "k0")]
+    if const_k:
+        nodes.insert(0, _const("k0", np.array(0, np.int64)))
+        inits = []
+    return _model(nodes, [oh.make_tensor_value_info("x", F, [2, W]),
+                          oh.make_tensor_value_info("i", I64, shape)],
+                  [oh.make_tensor_value_info(o, I64 if o == "path" else F, None)
+                   for o in outs], inits)
+
+
+def _chain_index(i: int, n: int) -> int:
+    """The option the chain runs for index `i`: `i` when a case names it, else the last."""
+    return i if 0 <= i < n - 1 else n - 1
+
+
+@SETTINGS
+@given(switch_chains())
+def test_switch_gather_matches_the_chain(case):
+    """The chain of `If`s and the one gathered graph: the same outputs (exact) for every
+    index from -n-2 to n+2 (out of range and negative: the chain's last option), the
+    option's path id included; the chain is gathered whenever it is cheaper."""
+    m, n, odd, shape, rng = case
+    r = _copy(m)
+    assert gather_switches(r.graph) == (odd is None)
+    assert any(x.op_type == "If" for x in r.graph.node) == (odd is not None)
+    chain, gathered = _session(m), _session(r)
+    for i in range(-n - 2, n + 3):
+        feed = {"x": _values(rng, (2, W)), "i": np.full(shape, i, np.int64)}
+        want = chain.run(None, feed)
+        assert want[-1].tolist() == [10 + _chain_index(i, n)]
+        _same(gathered.run(None, feed), want)
+
+
+
+def test_switch_gather_runs_the_chains_option_out_of_range():
+    """The counterexamples: 3 options `x * w[k]`. The chain runs the last option for
+    i = -2 and i = 3; gathered by `i` itself, -2 took option 1 (a wrong value, no error)
+    and 3 failed in `Gather`. A one-element index of shape [1] gave every gathered
+    weight a leading 1 (y of shape [1, 2, 3])."""
+    weights = [[np.full(W, k + 1.0, np.float32)] for k in range(3)]
+    x = np.ones((2, W), np.float32)
+    for shape in ((), (1,)):
+        m = _switch_model([("Mul", None, (W,), True, False)], weights, shape=shape)
+        r = _copy(m)
+        assert gather_switches(r.graph) == 1
+        for i in (-2, 3, 1):
+            feed = {"x": x, "i": np.full(shape, i, np.int64)}
+            y, path = _session(r).run(None, feed)
+            assert y.shape == (2, W) and path.tolist() == [10 + _chain_index(i, 3)]
+            np.testing.assert_array_equal(y, x * (_chain_index(i, 3) + 1))
+            _same([y, path], _run(m, feed))
