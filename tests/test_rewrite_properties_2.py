@@ -211,3 +211,202 @@ def test_switch_gather_runs_the_chains_option_out_of_range():
             assert y.shape == (2, W) and path.tolist() == [10 + _chain_index(i, 3)]
             np.testing.assert_array_equal(y, x * (_chain_index(i, 3) + 1))
             _same([y, path], _run(m, feed))
+
+
+# --- drop_path: exact ------------------------------------------------------------------
+# Every node and value that only the path output needs is named "p_..."; drop_path must
+# remove exactly those: nothing else (the real outputs' nodes), all of them.
+
+REAL_UNARY, REAL_BINARY = ["Tanh", "Relu", "Neg", "Sqrt"], ["Add", "Mul", "Sub", "Max"]
+
+
+class _Traced:
+    """Builds a traced program: real values [2, 3] (float), path pieces (int64 lists)."""
+
+    def __init__(self, draw):
+        self.draw, self.count, self.inputs, self.ids = draw, 0, [], 0
+
+    def fresh(self, tag: str) -> str:
+        self.count += 1
+        return f"{tag}{self.count}"
+
+    def block(self, v: str, depth: int, ctx: str) -> tuple[list, str, list]:
+        """Nodes computing a new real value from `v` (regions, `If`s, `Loop`s in a random
+        order); returns (nodes, the value, its path pieces)."""
+        nodes, pieces = [], []
+        for _ in range(self.draw(st.integers(1, 3 if depth < 2 else 1))):
+            kind = self.draw(st.sampled_from(["region"] * 2 + (["if", "loop"] if depth < 2
+                                                                 else [])))
+            made, v, piece = {"region": self.region, "if": self.if_,
+                              "loop": self.loop}[kind](v, depth, ctx)
+            nodes += made
+            pieces += piece
+        return nodes, v, pieces
+
+    def region(self, v, depth, ctx):
+        out = self.fresh("r")
+        if self.draw(st.booleans()):
+            node = oh.make_node(self.draw(st.sampled_from(REAL_UNARY)), [v], [out], name=out)
+        else:
+            other = self.draw(st.sampled_from([v, "x", "x2"] + ([ctx] if ctx else [])))
+            node = oh.make_node(self.draw(st.sampled_from(REAL_BINARY)), [v, other], [out],
+                                name=out)
+        pid = self.fresh("p_id")
+        self.ids += 1
+        return [node, _const(pid, np.array([self.ids], np.int64))], out, [pid]
+
+    def joined(self, pieces: list) -> tuple[list, str]:
+        """The pieces as one id list (a `Concat`, or an empty list)."""
+        if not pieces:
+            p = self.fresh("p_empty")
+            return [_const(p, np.zeros(0, np.int64))], p
+        if len(pieces) == 1:
+            return [], pieces[0]
+        p = self.fresh("p_cat")
+        return [oh.make_node("Concat", pieces, [p], name=p, axis=0)], p
+
+    def condition(self, v):
+        """A bool input, or `ReduceSum(v) > 0` (NaN: False)."""
+        if self.draw(st.booleans()):
+            c = self.fresh("c")
+            self.inputs.append(oh.make_tensor_value_info(c, TensorProto.BOOL, []))
+            return [], c
+        s, c = self.fresh("sum"), self.fresh("gt")
+        return [oh.make_node("ReduceSum", [v], [s], name=s, keepdims=0),
+                oh.make_node("Greater", [s, "zero"], [c], name=c)], c
+
+    def arm(self, v, depth, ctx, name):
+        nodes, out, pieces = self.block(v, depth + 1, ctx)
+        more, path = self.joined(pieces)
+        ro, po = self.fresh("ro"), self.fresh("p_o")
+        nodes += more + [oh.make_node("Identity", [out], [ro], name=ro),
+                         oh.make_node("Identity", [path], [po], name=po)]
+        return oh.make_graph(nodes, self.fresh(name), [], [
+            oh.make_tensor_value_info(ro, F, None), oh.make_tensor_value_info(po, I64, [None])])
+
+    def if_(self, v, depth, ctx):
+        nodes, c = self.condition(v)
+        out, path = self.fresh("y"), self.fresh("p_if")
+        then, other = self.arm(v, depth, ctx, "then"), self.arm(v, depth, ctx, "else")
+        name = self.fresh("if")
+        nodes.append(oh.make_node("If", [c], [out, path], name=name, then_branch=then,
+                                  else_branch=other))
+        return nodes, out, [path]
+
+    def loop(self, v, depth, ctx):
+        """`Loop(trips, True, v, [counter,] path)`: the body reads v (and the iteration
+        counter, as a float: real), a dead counter (`p_`) feeds only itself, the body's
+        condition `ReduceSum(v) < 100` or true."""
+        trips = self.fresh("n")
+        self.inputs.append(oh.make_tensor_value_info(trips, I64, []))
+        it, cin, vin, pin = (self.fresh(t) for t in ("it", "cin", "v", "p_in"))
+        dead = self.draw(st.booleans())
+        k = self.fresh("k")
+        body, out, pieces = self.block(vin, depth + 1, k)
+        more, path = self.joined([pin] + pieces)
+        nodes = [oh.make_node("Cast", [it], [k], name=k, to=F)] if k in _reads(body) else []
+        nodes += body + more
+        vo, po, co = self.fresh("vo"), self.fresh("p_out"), self.fresh("co")
+        nodes += [oh.make_node("Identity", [out], [vo], name=vo),
+                  oh.make_node("Identity", [path], [po], name=po)]
+        if self.draw(st.booleans()):
+            s = self.fresh("sum")
+            nodes += [oh.make_node("ReduceSum", [out], [s], name=s, keepdims=0),
+                      oh.make_node("Less", [s, "hundred"], [co], name=co)]
+        else:
+            nodes.append(oh.make_node("Identity", [cin], [co], name=co))
+        ins = [oh.make_tensor_value_info(it, I64, []),
+               oh.make_tensor_value_info(cin, TensorProto.BOOL, []),
+               oh.make_tensor_value_info(vin, F, [2, W])]
+        outs = [oh.make_tensor_value_info(co, TensorProto.BOOL, []),
+                oh.make_tensor_value_info(vo, F, [2, W])]
+        carried_in, carried_out = [v], [self.fresh("y")]
+        if dead:  # a counter only its own next value reads
+            cnt, cnt2 = self.fresh("p_cnt"), self.fresh("p_cnt")
+            nodes.append(oh.make_node("Add", [cnt, "one"], [cnt2], name=cnt2))
+            ins.append(oh.make_tensor_value_info(cnt, I64, []))
+            outs.append(oh.make_tensor_value_info(cnt2, I64, []))
+            carried_in.append("zero_i")
+            carried_out.append(self.fresh("p_cnt_final"))
+        ins.append(oh.make_tensor_value_info(pin, I64, [None]))
+        outs.append(oh.make_tensor_value_info(po, I64, [None]))
+        start, p0 = self.joined([])
+        name = self.fresh("loop")
+        loop_out_path = self.fresh("p_loop")
+        nodes_out = start + [oh.make_node(
+            "Loop", [trips, "true"] + carried_in + [p0], carried_out + [loop_out_path],
+            name=name, body=oh.make_graph(nodes, self.fresh("body"), ins, outs))]
+        return nodes_out, carried_out[0], [loop_out_path]
+
+
+@st.composite
+def traced_programs(draw):
+    """A traced model: x, x2 [2, 3] -> a random nest of regions, `If`s and `Loop`s up to
+    3 deep, its real output(s) and the path output."""
+    from dycomp.runtime.onnx_paths import PATH_OUTPUT
+
+    t = _Traced(draw)
+    nodes, out, pieces = t.block("x", 0, "")
+    more, path = t.joined(pieces)
+    nodes += more + [oh.make_node("Identity", [path], [PATH_OUTPUT], name="p_path")]
+    outs = [out] + (["x2"] if draw(st.booleans()) else [])  # an input as an output too
+    inits = [numpy_helper.from_array(np.array(v, d), name) for name, v, d in (
+        ("zero", 0.0, np.float32), ("hundred", 100.0, np.float32), ("one", 1, np.int64),
+        ("zero_i", 0, np.int64), ("true", True, np.bool_))]
+    position = draw(st.integers(0, len(outs)))  # where the path output is among them
+    values = [oh.make_tensor_value_info(o, F, [2, W]) for o in outs]
+    values.insert(position, oh.make_tensor_value_info(PATH_OUTPUT, I64, [None]))
+    m = _model(nodes, [oh.make_tensor_value_info(x, F, [2, W]) for x in ("x", "x2")]
+               + t.inputs, values, inits)
+    return m, position, np.random.default_rng(draw(SEEDS))
+
+
+def _reads(nodes) -> set:
+    """Every name `nodes` and their subgraphs read."""
+    names = set()
+    for n in nodes:
+        names |= set(n.input)
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                names |= _reads(a.g.node) | {o.name for o in a.g.output}
+    return names
+
+
+def _names(g: onnx.GraphProto) -> set:
+    """Every node name and value name of `g` and its subgraphs, but initializers (an
+    unread one goes too)."""
+    names = {v.name for v in list(g.input) + list(g.output)}
+    for n in g.node:
+        names |= {n.name, *n.output}
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                names |= _names(a.g)
+    return names - {""}
+
+
+@SETTINGS
+@given(traced_programs())
+def test_drop_path_keeps_the_real_outputs(case):
+    """The traced model without its path output: the real outputs identical (exact) on
+    random inputs, NaN and infinities included, every loop trip count 0-3 and both
+    values of every condition input; exactly the path's nodes, `If` outputs and `Loop`
+    carried values gone (their names start with "p_"), nothing else."""
+    from dycomp.runtime.onnx_paths import PATH_OUTPUT, drop_path
+
+    m, position, rng = case
+    r = drop_path(m)
+    onnx.checker.check_model(r)
+    before, after = _names(m.graph), _names(r.graph)
+    assert after == {x for x in before if not x.startswith("p_")} - {PATH_OUTPUT}
+    traced, plain = _session(m), _session(r)
+    for _ in range(4):
+        feed = {}
+        for v in m.graph.input:
+            elem = v.type.tensor_type.elem_type
+            feed[v.name] = (_values(rng, (2, W)) if elem == F else
+                            np.array(rng.integers(0, 4), np.int64) if elem == I64 else
+                            np.array(rng.random() < 0.5))
+        want = traced.run(None, feed)
+        del want[position]
+        _same(plain.run(None, {k: feed[k] for k in (i.name for i in plain.get_inputs())}),
+              want)
