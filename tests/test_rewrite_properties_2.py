@@ -410,3 +410,239 @@ def test_drop_path_keeps_the_real_outputs(case):
         del want[position]
         _same(plain.run(None, {k: feed[k] for k in (i.name for i in plain.get_inputs())}),
               want)
+
+
+# --- across_branches: on ONNX Runtime's optimized graph ----------------------------------
+
+class _Convs:
+    """Builds small conv graphs with `If`s: every value [1, C, H, W] (C fixed per graph)."""
+
+    def __init__(self, draw, rng, channels: int):
+        self.draw, self.rng, self.c, self.count, self.inits = draw, rng, channels, 0, []
+        self.extra: list = []  # more graph outputs: an `If`'s second outputs
+
+    def fresh(self, tag: str) -> str:
+        self.count += 1
+        return f"{tag}{self.count}"
+
+    def conv(self, x: str, cin: int, relu: bool) -> tuple[list, str]:
+        k = self.draw(st.sampled_from([1, 3]))
+        w, b, out = self.fresh("w"), self.fresh("b"), self.fresh("conv")
+        self.inits += [numpy_helper.from_array(
+            (self.rng.standard_normal((self.c, cin, k, k)) / np.sqrt(cin * k * k)).astype(
+                np.float32), w),
+            numpy_helper.from_array(self.rng.standard_normal(self.c).astype(np.float32), b)]
+        bias = [b] if self.draw(st.booleans()) else []
+        nodes = [oh.make_node("Conv", [x, w] + bias, [out], name=out, pads=[k // 2] * 4)]
+        if relu:
+            r = self.fresh("relu")
+            nodes.append(oh.make_node("Relu", [out], [r], name=r))
+            out = r
+        return nodes, out
+
+    def block(self, x: str, depth: int) -> tuple[list, str]:
+        kind = self.draw(st.sampled_from(["conv", "residual", "identity", "pool_add"]
+                                         + (["if", "loop"] if depth < 2 else [])))
+        if kind == "loop":
+            return self.loop(x, depth)
+        if kind == "conv":
+            return self.conv(x, self.c, self.draw(st.booleans()))
+        if kind == "identity":
+            out = self.fresh("id")
+            return [oh.make_node("Identity", [x], [out], name=out)], out
+        if kind == "pool_add":  # x + its channel means: a broadcast, not a residual
+            p, out = self.fresh("gap"), self.fresh("padd")
+            return [oh.make_node("GlobalAveragePool", [x], [p], name=p),
+                    oh.make_node("Add", [x, p], [out], name=out)], out
+        if kind == "residual":  # relu(conv(relu(conv(x))) + x), operands either way
+            a, h = self.conv(x, self.c, True)
+            b, h = self.conv(h, self.c, False)
+            out = self.fresh("res")
+            nodes = a + b + [oh.make_node("Add", [h, x] if self.draw(st.booleans()) else
+                                          [x, h], [out], name=out)]
+            if self.draw(st.booleans()):
+                r = self.fresh("relu")
+                nodes.append(oh.make_node("Relu", [out], [r], name=r))
+                out = r
+            return nodes, out
+        return self.if_(x, depth)
+
+    def arm(self, x: str, depth: int, second: str | None) -> onnx.GraphProto:
+        """An arm: 1-2 blocks on x, their weights its own initializers (as the builder
+        makes them: ONNX Runtime blocks only convolutions whose weights are local). With
+        `second`, a second output: x itself ("outer") or the first block's value."""
+        nodes, out, outer, self.inits = [], x, self.inits, []
+        values = []
+        for _ in range(self.draw(st.integers(1, 2))):
+            more, out = self.block(out, depth + 1)
+            nodes += more
+            values.append(out)
+        outs = [out] + ([] if second is None else [x if second == "outer" else values[0]])
+        names = [self.fresh("arm_out") for _ in outs]
+        nodes += [oh.make_node("Identity", [v], [o], name=o) for v, o in zip(outs, names)]
+        inits, self.inits = self.inits, outer
+        return oh.make_graph(nodes, self.fresh("arm"), [],
+                             [oh.make_tensor_value_info(o, F, None) for o in names], inits)
+
+    def if_(self, x: str, depth: int) -> tuple[list, str]:
+        """`If(mean(x) > 0)` or `If(max(x) > 1)` over two arms built on x, sometimes with
+        a second output (a graph output)."""
+        op, t = self.draw(st.sampled_from([("ReduceMean", "zero"), ("ReduceMax", "one")]))
+        r, c, out = self.fresh("red"), self.fresh("cond"), self.fresh("if")
+        second = self.draw(st.sampled_from([None, None, "outer", "first"])) if not depth \
+            else None
+        outs = [out] + ([] if second is None else [self.fresh("if2_")])
+        self.extra += outs[1:]
+        return [oh.make_node(op, [x], [r], name=r, keepdims=0),
+                oh.make_node("Greater", [r, t], [c], name=c),
+                oh.make_node("If", [c], outs, name=out,
+                             then_branch=self.arm(x, depth, second),
+                             else_branch=self.arm(x, depth, second))], out
+
+    def loop(self, x: str, depth: int) -> tuple[list, str]:
+        """`Loop` twice: v = conv(v) (+ relu), sometimes + x (an outer value) after it."""
+        v, it, cin, cout = (self.fresh(t) for t in ("lv", "it", "cin", "cout"))
+        outer, self.inits = self.inits, []
+        nodes, h = self.conv(v, self.c, self.draw(st.booleans()))
+        if self.draw(st.booleans()):
+            out = self.fresh("ladd")
+            nodes.append(oh.make_node("Add", [h, x], [out], name=out))
+            h = out
+        vo = self.fresh("lvo")
+        nodes += [oh.make_node("Identity", [h], [vo], name=vo),
+                  oh.make_node("Identity", [cin], [cout], name=cout)]
+        inits, self.inits = self.inits, outer
+        body = oh.make_graph(nodes, self.fresh("body"), [
+            oh.make_tensor_value_info(it, I64, []),
+            oh.make_tensor_value_info(cin, TensorProto.BOOL, []),
+            oh.make_tensor_value_info(v, F, None)], [
+            oh.make_tensor_value_info(cout, TensorProto.BOOL, []),
+            oh.make_tensor_value_info(vo, F, None)], inits)
+        out = self.fresh("loop")
+        return [oh.make_node("Loop", ["trips", "true", x], [out], name=out, body=body)], out
+
+    def heads(self, y: str) -> tuple[list, list]:
+        """Outputs read from the If's result y: y itself, its channel means (pooled,
+        ReduceMean over H, W kept or dropped, axes either way), a conv of y, a residual
+        sum of a conv of y and y."""
+        nodes, outs = [], []
+        for kind in self.draw(st.lists(st.sampled_from(
+                ["gap", "mean", "mean", "mean_neg", "mean_keep", "conv", "residual"]),
+                max_size=3)):
+            out = self.fresh(kind)
+            if kind == "gap":
+                nodes.append(oh.make_node("GlobalAveragePool", [y], [out], name=out))
+            elif kind.startswith("mean"):
+                axes = [-2, -1] if kind == "mean_neg" else [2, 3]
+                nodes.append(oh.make_node("ReduceMean", [y], [out], name=out, axes=axes,
+                                          keepdims=int(kind == "mean_keep")))
+            else:
+                more, h = self.conv(y, self.c, kind == "conv")
+                nodes += more
+                if kind == "residual":
+                    nodes.append(oh.make_node("Add", [h, y], [out], name=out))
+                else:
+                    nodes.append(oh.make_node("Identity", [h], [out], name=out))
+            outs.append(out)
+        return nodes, outs
+
+
+@st.composite
+def gated_convs(draw):
+    """x [1, Cin, H, W] -> conv (+ relu) -> `If`s (nested up to 2 deep) whose arms hold
+    convs, residual blocks (Add + Relu), pools added back, `Loop`s of convs; after them
+    pools, ReduceMeans over H, W, convs and residual sums. C in {4, 8, 12, 16, 24, 32}:
+    multiples of the blocks (8, 16) and not."""
+    rng = np.random.default_rng(draw(SEEDS))
+    cin = draw(st.sampled_from([3, 8, 16]))
+    c = draw(st.sampled_from([4, 8, 12, 16, 16, 24, 32, 32]))
+    hw = draw(st.sampled_from([(4, 4), (5, 7), (8, 8)]))
+    b = _Convs(draw, rng, c)
+    nodes, r0 = b.conv("x", cin, draw(st.booleans()))
+    more, y = b.if_(r0, 0)
+    nodes += more
+    for _ in range(draw(st.integers(0, 1))):  # a second gate in a row
+        more, y = b.block(y, 1) if draw(st.booleans()) else b.if_(y, 0)
+        nodes += more
+    more, outs = b.heads(y)
+    nodes += more
+    inits = b.inits + [numpy_helper.from_array(np.array(v, np.float32), name)
+                       for name, v in (("zero", 0.0), ("one", 1.0))] + [
+        numpy_helper.from_array(np.array(2, np.int64), "trips"),
+        numpy_helper.from_array(np.array(True), "true")]
+    m = _model(nodes, [oh.make_tensor_value_info("x", F, [1, cin, *hw])],
+               [oh.make_tensor_value_info(o, F, None) for o in [y] + outs + b.extra], inits)
+    return m, rng
+
+
+def _conv_feeds(m: onnx.ModelProto, rng, count: int = 6) -> list:
+    """Inputs of `m` around 0 (shifted: both sides of every gate), some with a few NaN,
+    +-inf or +-0 among them."""
+    shape = [d.dim_value for d in m.graph.input[0].type.tensor_type.shape.dim]
+    feeds = []
+    for k in range(count):
+        x = rng.standard_normal(shape) + rng.choice([-1.0, 0.0, 1.0])
+        if k % 3 == 2:
+            x = np.where(rng.random(shape) < 0.02, rng.choice(SPECIALS, shape), x)
+        feeds.append({"x": np.asarray(x, np.float32)})
+    return feeds
+
+
+def _optimized(m: onnx.ModelProto) -> tuple[ort.InferenceSession, onnx.ModelProto]:
+    """A session of `m` as dycomp makes it (ONNX Runtime optimizes it for this CPU), and
+    the optimized model it runs (what `blocked_across_branches` rewrites)."""
+    import os
+    import tempfile
+
+    from dycomp.runtime.onnx_executor import session_options
+
+    with tempfile.TemporaryDirectory() as d:
+        o = session_options(1)
+        o.optimized_model_filepath = os.path.join(d, "m.onnx")
+        own = ort.InferenceSession(m.SerializeToString(), o,
+                                   providers=["CPUExecutionProvider"])
+        return own, onnx.load(o.optimized_model_filepath)
+
+
+def _reassociated(m: onnx.ModelProto) -> tuple[int, int]:
+    """How many blocked pools and convolutions with a fused sum `m` has: the kernels
+    that sum in another order than the plain nodes they replace."""
+    from dycomp.runtime.onnx_layout import NCHWC, all_nodes
+
+    nodes = [n for n in all_nodes(m.graph) if n.domain == NCHWC]
+    return (sum(n.op_type == "GlobalAveragePool" for n in nodes),
+            sum(n.op_type == "Conv" and len(n.input) == 4 for n in nodes))
+
+
+@SETTINGS
+@given(gated_convs())
+def test_blocked_layout_across_branches_matches(case):
+    """ONNX Runtime's optimized graph for this CPU, with and without blocked values
+    crossing `If` boundaries: the same outputs, bitwise, unless the rewrite pools a value
+    blocked that ONNX Runtime pooled plain or fuses a residual sum into a convolution
+    (as ONNX Runtime does within one graph: its NCHWc kernels then sum in another
+    order, 1 ulp apart here): then within 1e-5, NaN and infinities where they were."""
+    from dycomp.runtime.onnx_layout import across_branches, static_shapes
+
+    m, rng = case
+    own, optimized = _optimized(m)
+    relaid = _copy(optimized)
+    if not across_branches(relaid, static_shapes(m)):
+        return
+    exact = _reassociated(relaid) == _reassociated(optimized)
+    rewritten = _session(relaid)
+    for feed in _conv_feeds(m, rng):
+        got, want = rewritten.run(None, feed), own.run(None, feed)
+        if exact:
+            _same(got, want)
+        else:
+            _close(got, want)
+
+
+def _close(got: list, expected: list) -> None:
+    assert len(got) == len(expected)
+    for a, b in zip(got, expected):
+        assert a.shape == b.shape and a.dtype == b.dtype
+        np.testing.assert_array_equal(np.isfinite(a), np.isfinite(b))
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5, equal_nan=True)
+
