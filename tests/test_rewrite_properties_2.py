@@ -105,18 +105,22 @@ def switch_chains(draw):
                         for s, w in zip(steps, weights[0])])
     odd = draw(st.sampled_from([None] * 4 + list(range(n))))
     shape = draw(st.sampled_from([(), (1,)]))  # the index: 0-d, or one element
+    wrap = draw(st.booleans())
     m = _switch_model(steps, weights, two=draw(st.booleans()), odd=odd, shape=shape,
-                      const_k=draw(st.booleans()), flip=draw(st.sampled_from([1, -1])))
-    return m, n, odd, shape, rng
+                      const_k=draw(st.booleans()), flip=draw(st.sampled_from([1, -1])),
+                      wrap=wrap)
+    return m, n, odd, shape, wrap, rng
 
 
-def _switch_model(steps, weights, two=False, odd=None, shape=(), const_k=False, flip=1):
+def _switch_model(steps, weights, two=False, odd=None, shape=(), const_k=False, flip=1,
+                  wrap=False):
     """`If(Equal(i, 0))` with option 0 as its then-arm and the rest of the chain
     (`Equal(i, 1)`, `If`, `Identity`s) as its else-arm, down to the last option. Option k
     applies `steps` with `weights[k]` to x and returns the value (and, with `two`, the
     first step's value) and its path id [10 + k]; option `odd` adds a `Sigmoid` (unlike
     the others). `const_k`: the first case's k a `Constant`, else an initializer; `flip`:
-    `Equal(i, k)` or `Equal(k, i)`."""
+    `Equal(i, k)` or `Equal(k, i)`. `wrap`: the chain in the then-arm of an `If(c)`
+    (reading i and x from the outer graph) whose else-arm returns x (and x) and [99]."""
     n = len(weights)
 
     def option(k: int) -> onnx.GraphProto:
@@ -165,10 +169,22 @@ def _switch_model(steps, weights, two=False, odd=None, shape=(), const_k=False, 
     if const_k:
         nodes.insert(0, _const("k0", np.array(0, np.int64)))
         inits = []
-    return _model(nodes, [oh.make_tensor_value_info("x", F, [2, W]),
-                          oh.make_tensor_value_info("i", I64, shape)],
-                  [oh.make_tensor_value_info(o, I64 if o == "path" else F, None)
-                   for o in outs], inits)
+    values = [oh.make_tensor_value_info(o, I64 if o == "path" else F, None) for o in outs]
+    inputs = [oh.make_tensor_value_info("x", F, [2, W]),
+              oh.make_tensor_value_info("i", I64, shape)]
+    if wrap:
+        then = oh.make_graph(nodes, "chain", [], values, inits)
+        other = [oh.make_node("Identity", ["x"], [f"w_{o}"]) for o in outs[:-1]]
+        other.append(_const("w_path", np.array([99], np.int64)))
+        other = oh.make_graph(other, "other", [], [
+            oh.make_tensor_value_info(f"w_{o}", I64 if o == "path" else F, None)
+            for o in outs])
+        nodes, inits = [oh.make_node("If", ["c"], [f"{o}_" for o in outs],
+                                     then_branch=then, else_branch=other)], []
+        values = [oh.make_tensor_value_info(f"{o}_", I64 if o == "path" else F, None)
+                  for o in outs]
+        inputs.append(oh.make_tensor_value_info("c", TensorProto.BOOL, []))
+    return _model(nodes, inputs, values, inits)
 
 
 def _chain_index(i: int, n: int) -> int:
@@ -182,16 +198,20 @@ def test_switch_gather_matches_the_chain(case):
     """The chain of `If`s and the one gathered graph: the same outputs (exact) for every
     index from -n-2 to n+2 (out of range and negative: the chain's last option), the
     option's path id included; the chain is gathered whenever it is cheaper."""
-    m, n, odd, shape, rng = case
+    m, n, odd, shape, wrap, rng = case
     r = _copy(m)
     assert gather_switches(r.graph) == (odd is None)
-    assert any(x.op_type == "If" for x in r.graph.node) == (odd is not None)
+    g = oh.get_node_attr_value(r.graph.node[0], "then_branch") if wrap else r.graph
+    assert any(x.op_type == "If" for x in g.node) == (odd is not None)
     chain, gathered = _session(m), _session(r)
     for i in range(-n - 2, n + 3):
-        feed = {"x": _values(rng, (2, W)), "i": np.full(shape, i, np.int64)}
-        want = chain.run(None, feed)
-        assert want[-1].tolist() == [10 + _chain_index(i, n)]
-        _same(gathered.run(None, feed), want)
+        feed = {"x": _values(rng, (2, W)), "i": np.full(shape, i, np.int64),
+                "c": np.array(i % 4 != 0)}
+        want = chain.run(None, {k: feed[k] for k in (v.name for v in m.graph.input)})
+        taken = [10 + _chain_index(i, n)] if feed["c"] or not wrap else [99]
+        assert want[-1].tolist() == taken
+        _same(gathered.run(None, {k: feed[k] for k in (v.name for v in m.graph.input)}),
+              want)
 
 
 
