@@ -349,7 +349,8 @@ class _Traced:
     def loop(self, v, depth, ctx):
         """`Loop(trips, True, v, [counter,] path)`: the body reads v (and the iteration
         counter, as a float: real), a dead counter (`p_`) feeds only itself, the body's
-        condition `ReduceSum(v) < 100` or true."""
+        condition `ReduceSum(v) < 100` or true, sometimes a scan output of v (summed
+        after the loop, as the builder's appends come after the path)."""
         trips = self.fresh("n")
         self.inputs.append(oh.make_tensor_value_info(trips, I64, []))
         it, cin, vin, pin = (self.fresh(t) for t in ("it", "cin", "v", "p_in"))
@@ -383,13 +384,23 @@ class _Traced:
             carried_out.append(self.fresh("p_cnt_final"))
         ins.append(oh.make_tensor_value_info(pin, I64, [None]))
         outs.append(oh.make_tensor_value_info(po, I64, [None]))
+        scans, result, after = [], carried_out[0], []
+        if self.draw(st.booleans()):  # a scan output of v (an append), summed after
+            so, scan, total = self.fresh("so"), self.fresh("scan"), self.fresh("total")
+            nodes.append(oh.make_node("Identity", [vo], [so], name=so))
+            outs.append(oh.make_tensor_value_info(so, F, [2, W]))
+            scans, result = [scan], self.fresh("y")
+            after = [oh.make_node("ReduceSum", [scan, "axis0"], [total], name=total,
+                                  keepdims=0),
+                     oh.make_node("Add", [carried_out[0], total], [result], name=result)]
         start, p0 = self.joined([])
         name = self.fresh("loop")
         loop_out_path = self.fresh("p_loop")
         nodes_out = start + [oh.make_node(
-            "Loop", [trips, "true"] + carried_in + [p0], carried_out + [loop_out_path],
-            name=name, body=oh.make_graph(nodes, self.fresh("body"), ins, outs))]
-        return nodes_out, carried_out[0], [loop_out_path]
+            "Loop", [trips, "true"] + carried_in + [p0],
+            carried_out + [loop_out_path] + scans,
+            name=name, body=oh.make_graph(nodes, self.fresh("body"), ins, outs))] + after
+        return nodes_out, result, [loop_out_path]
 
 
 @st.composite
@@ -405,7 +416,7 @@ def traced_programs(draw):
     outs = [out] + (["x2"] if draw(st.booleans()) else [])  # an input as an output too
     inits = [numpy_helper.from_array(np.array(v, d), name) for name, v, d in (
         ("zero", 0.0, np.float32), ("hundred", 100.0, np.float32), ("one", 1, np.int64),
-        ("zero_i", 0, np.int64), ("true", True, np.bool_))]
+        ("zero_i", 0, np.int64), ("true", True, np.bool_), ("axis0", [0], np.int64))]
     position = draw(st.integers(0, len(outs)))  # where the path output is among them
     values = [oh.make_tensor_value_info(o, F, [2, W]) for o in outs]
     values.insert(position, oh.make_tensor_value_info(PATH_OUTPUT, I64, [None]))
