@@ -78,6 +78,7 @@ def _const(name: str, value: np.ndarray) -> onnx.NodeProto:
 # --- gather_switches: exact ------------------------------------------------------------
 
 W = 3  # the width of x and of every option's values
+RESHAPES = [[2, W], [-1, W], [2, -1], [0, W], [0, -1]]  # [2, 3] to [2, 3], written so
 UNARY = ["Relu", "Tanh", "Neg", "Abs"]
 
 
@@ -92,15 +93,21 @@ def switch_chains(draw):
     # the option's structure: (op, unary op, weight shape, weight differs, as Constant)
     steps = []
     for _ in range(draw(st.integers(1, 4))):
-        op = draw(st.sampled_from(["MatMul", "Add", "Mul", "Max", "unary", "outer"]))
-        shape = {"MatMul": (W, W), "Add": draw(st.sampled_from([(W,), (1, W), ()]))}.get(
-            op, (W,))
+        op = draw(st.sampled_from(["MatMul", "Add", "Mul", "Max", "unary", "outer",
+                                   "Reshape"]))
+        shape = {"MatMul": (W, W), "Add": draw(st.sampled_from([(W,), (1, W), ()])),
+                 "Reshape": (2,)}.get(op, (W,))
         steps.append((op, draw(st.sampled_from(UNARY)), shape, draw(st.booleans()),
                       draw(st.booleans())))
-    weights = [[_values(rng, s[2], 0.1) for s in steps]]
+
+    def weight(step):  # a Reshape's shape: [2, 3] written in one of its ways (int64)
+        if step[0] == "Reshape":
+            return np.array(RESHAPES[rng.integers(len(RESHAPES))], np.int64)
+        return _values(rng, step[2], 0.1)
+
+    weights = [[weight(s) for s in steps]]
     for _ in range(n - 1):
-        weights.append([_values(rng, s[2], 0.1) if s[3] else w
-                        for s, w in zip(steps, weights[0])])
+        weights.append([weight(s) if s[3] else w for s, w in zip(steps, weights[0])])
     odd = draw(st.sampled_from([None] * 4 + list(range(n))))
     shape = draw(st.sampled_from([(), (1,)]))  # the index: 0-d, or one element
     wrap = draw(st.booleans())
