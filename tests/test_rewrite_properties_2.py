@@ -353,15 +353,21 @@ class _Traced:
 
     def loop(self, v, depth, ctx):
         """`Loop(trips, True, v, [counter,] path)`: the body reads v (and the iteration
-        counter, as a float: real), a dead counter (`p_`) feeds only itself, the body's
+        counter, as a float: real), a dead counter (`p_`) feeds only itself (and maybe
+        the path: a carried value before the path that only the path reads), the body's
         condition `ReduceSum(v) < 100` or true, sometimes a scan output of v (summed
         after the loop, as the builder's appends come after the path)."""
         trips = self.fresh("n")
         self.inputs.append(oh.make_tensor_value_info(trips, I64, []))
         it, cin, vin, pin = (self.fresh(t) for t in ("it", "cin", "v", "p_in"))
-        dead = self.draw(st.booleans())
+        dead = self.draw(st.sampled_from([None, "dead", "traced"]))
+        cnt, cnt2 = self.fresh("p_cnt"), self.fresh("p_cnt")
         k = self.fresh("k")
         body, out, pieces = self.block(vin, depth + 1, k)
+        if dead == "traced":  # the counter is in the path too: [.., cnt, ..]
+            one = self.fresh("p_cnt1")
+            body.append(oh.make_node("Reshape", [cnt, "p_shape1"], [one], name=one))
+            pieces.append(one)
         more, path = self.joined([pin] + pieces)
         nodes = [oh.make_node("Cast", [it], [k], name=k, to=F)] if k in _reads(body) else []
         nodes += body + more
@@ -380,8 +386,7 @@ class _Traced:
         outs = [oh.make_tensor_value_info(co, TensorProto.BOOL, []),
                 oh.make_tensor_value_info(vo, F, [2, W])]
         carried_in, carried_out = [v], [self.fresh("y")]
-        if dead:  # a counter only its own next value reads
-            cnt, cnt2 = self.fresh("p_cnt"), self.fresh("p_cnt")
+        if dead:  # a counter only its own next value (and the path) reads
             nodes.append(oh.make_node("Add", [cnt, "one"], [cnt2], name=cnt2))
             ins.append(oh.make_tensor_value_info(cnt, I64, []))
             outs.append(oh.make_tensor_value_info(cnt2, I64, []))
@@ -421,7 +426,8 @@ def traced_programs(draw):
     outs = [out] + (["x2"] if draw(st.booleans()) else [])  # an input as an output too
     inits = [numpy_helper.from_array(np.array(v, d), name) for name, v, d in (
         ("zero", 0.0, np.float32), ("hundred", 100.0, np.float32), ("one", 1, np.int64),
-        ("zero_i", 0, np.int64), ("true", True, np.bool_), ("axis0", [0], np.int64))]
+        ("zero_i", 0, np.int64), ("true", True, np.bool_), ("axis0", [0], np.int64),
+        ("p_shape1", [1], np.int64))]
     position = draw(st.integers(0, len(outs)))  # where the path output is among them
     values = [oh.make_tensor_value_info(o, F, [2, W]) for o in outs]
     values.insert(position, oh.make_tensor_value_info(PATH_OUTPUT, I64, [None]))
