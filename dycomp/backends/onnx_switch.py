@@ -11,9 +11,13 @@ measured 1.45x the time of the chosen expert alone as a chain, 1.31x gathered
 (benchmarks/README.md). Gathering copies the weights on every call, so options with
 more than `GATHER_MAX_WEIGHTS` weights keep their `If`s.
 
-Out-of-range indices: the chain runs the last option for any `i` it does not name; the
-gathered graph, like Python's `options[i]`, takes negative indices from the end and
-fails on indices past it.
+Out-of-range indices: the chain runs the last option for any `i` it does not name
+(negative ones and those past the end included); the gathered graph does the same: it
+gathers by `Clip(i, -1, n - 1)`, -1 being the last option for `Gather` (without the
+`Clip`, a negative `i` picked another option than the chain's, silently, and an `i` past
+the end failed where the chain returned a value), a one-element index of rank 1 or more
+reshaped to 0-d first (else every gathered weight took its rank). Both found by
+tests/test_rewrite_properties_2.py.
 """
 
 from __future__ import annotations
@@ -44,7 +48,8 @@ def gather_switches(g: onnx.GraphProto, outer: dict | None = None) -> int:
                     done += gather_switches(a.g, scope)
             nodes.append(n)
             continue
-        nodes += _gathered(n, chain[0][0], chain[0][1], alike, g)
+        index = _option_index(n, chain[0][0], len(chain), scope, g)
+        nodes += index + _gathered(n, index[-1].output[0], chain[0][1], alike, g)
         done += 1
     del g.node[:]
     g.node.extend(nodes)
@@ -65,16 +70,17 @@ def _chain(n, scope) -> list | None:
     return None
 
 
-def _case(n, scope) -> tuple[str, int] | None:
-    """(index, k) when `n` is a switch's `If(Equal(index, k))` with a constant integer k
-    (an `if` / `elif` chain the user wrote means what its `else` says: never gathered)."""
+def _case(n, scope) -> tuple[str, int, np.dtype] | None:
+    """(index, k, k's dtype) when `n` is a switch's `If(Equal(index, k))` with a constant
+    integer k (an `if` / `elif` chain the user wrote means what its `else` says: never
+    gathered)."""
     eq = scope.get(n.input[0]) if n.op_type == "If" and n.name.startswith(SWITCH) else None
     if not isinstance(eq, onnx.NodeProto) or eq.op_type != "Equal":
         return None
     for index, k in (eq.input, eq.input[::-1]):
         k = constant(scope.get(k))
         if k is not None and k.size == 1 and k.dtype.kind == "i":
-            return index, int(k)
+            return index, int(k), k.dtype
     return None
 
 
@@ -126,13 +132,47 @@ def _alike(arms: list) -> list | None:
     n = len(arms)
     ifs = (n * (n - 1) // 2 + n - 1) / n  # entered on average, every option as likely
     weights = sum(vs[0].size for vs in values)
-    if weights > GATHER_MAX_WEIGHTS or gathers * OP_US >= ifs * IF_US + (n - 1) * OP_US:
+    cost = (gathers + 1) * OP_US  # the gathers and the index's `Clip`
+    if weights > GATHER_MAX_WEIGHTS or cost >= ifs * IF_US + (n - 1) * OP_US:
         return None
     return list(tensors.items())
 
 
 def _attributes(n) -> list:
     return sorted((a.name, a.SerializeToString()) for a in n.attribute)
+
+
+def _option_index(n, index: str, options: int, scope: dict, g) -> list:
+    """Nodes computing the option the chain runs, as `Gather` reads it: `Clip(index, -1,
+    options - 1)` (an index no case names, negative or past the end, runs the last
+    option), reshaped to 0-d unless `index` is known to be 0-d (`Equal` takes a
+    one-element index of any rank; `Gather` would give its rank to every weight)."""
+    out, nodes = f"{n.output[0]}__option", []
+    if not _zero_d(index, scope, g):
+        empty = numpy_helper.from_array(np.zeros(0, np.int64), f"{out}_scalar")
+        g.initializer.append(empty)
+        nodes.append(helper.make_node("Reshape", [index, empty.name], [out + "_0d"],
+                                      name=out + "_0d"))
+        index = out + "_0d"
+    dtype = _case(n, scope)[2]
+    bounds = [numpy_helper.from_array(np.array(b, dtype), f"{out}_{b}")
+              for b in (-1, options - 1)]
+    g.initializer.extend(bounds)
+    return nodes + [helper.make_node("Clip", [index] + [b.name for b in bounds], [out],
+                                     name=out)]
+
+
+def _zero_d(name: str, scope: dict, g) -> bool:
+    """`name` is a 0-d input of `g` or a `Reshape` to the constant shape []."""
+    if any(v.name == name for v in g.input):
+        v = next(v for v in g.input if v.name == name)
+        t = v.type.tensor_type
+        return t.HasField("shape") and not t.shape.dim
+    n = scope.get(name)
+    if not isinstance(n, onnx.NodeProto) or n.op_type != "Reshape" or n.domain:
+        return False
+    shape = constant(scope.get(n.input[1]))
+    return shape is not None and shape.size == 0
 
 
 def _gathered(n, index: str, first, tensors: list, g) -> list:
