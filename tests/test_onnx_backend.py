@@ -200,7 +200,7 @@ def test_loop_carried_value_that_changes_rank(fuse):
 # -- executor --------------------------------------------------------------------------------
 def test_threads_plan_reaches_the_executor():
     """Light subgraphs run on one thread; heavy ones (convolutions) get the budget. A
-    small recurrent step is light (act: one 32-wide GRU)."""
+    small recurrent step is light (act: one 32-wide GRU cell in a `Loop`)."""
     m = TwoLayer().eval()
     xs = randn_inputs((1, 8), 8)
     for threads in (1, 3):
@@ -211,8 +211,8 @@ def test_threads_plan_reaches_the_executor():
     assert set(lower(graph, "onnx", threads=3).threads.values()) == {3}
     model, example = ZOO["act"].make()
     cm = dycomp.compile(model, example, backend="onnx", threads=3, check=False)
-    assert {op for m in cm.graph.regions.values() for op in _op_types(m.onnx.graph)} >= {
-        "GRU", "Loop"} and set(cm.program.executor.threads.values()) == {1}
+    assert "Loop" in {op for m in cm.graph.regions.values() for op in _op_types(m.onnx.graph)} \
+        and set(cm.program.executor.threads.values()) == {1}
     with pytest.raises(ValueError, match="threads"):
         OnnxExecutor({"r": b""}, threads=0)
 

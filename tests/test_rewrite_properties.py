@@ -9,7 +9,6 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnxruntime as ort
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from onnx import TensorProto, numpy_helper
@@ -18,7 +17,6 @@ from onnx import helper as oh
 from dycomp.backends.onnx_build import dedupe
 from dycomp.backends.onnx_conditions import drop_condition_reshapes
 from dycomp.backends.onnx_gemm_sums import fold_sums_into_gemms
-from dycomp.backends.onnx_gru import fuse_gru_cells
 from dycomp.backends.onnx_thresholds import fold_thresholds
 
 SETTINGS = settings(max_examples=200, deadline=None, derandomize=True)
@@ -370,80 +368,6 @@ def test_residual_bias_unit_refused_where_h_may_be_infinite():
         feed = {"h": np.array([[-np.inf]], np.float32), "x": np.array([[2.0]], np.float32)}
         assert _check(m, fold_sums_into_gemms, [feed], exact=False) == norm
         assert np.isfinite(_run(m, feed)[0]).all() != norm  # LayerNorm(-inf) is NaN
-
-
-# --- fuse_gru_cells: allclose (ONNX Runtime's GRU kernel sums and squashes its own way) -
-
-@st.composite
-def gru_cells(draw):
-    """The exporter's 14-node GRU cell, commutative operands in either order, the split
-    sizes given or not."""
-    rng = np.random.default_rng(draw(SEEDS))
-    rows, size, hid = (draw(st.integers(1, 4)) for _ in range(3))
-    flip = [draw(st.booleans()) for _ in range(7)]
-    sizes = draw(st.booleans())
-
-    def pair(a, b, k):
-        return [b, a] if flip[k] else [a, b]
-
-    inits = [numpy_helper.from_array(_weights(rng, s), name) for name, s in (
-        ("w_ih", (3 * hid, size)), ("b_ih", (3 * hid,)), ("w_hh", (3 * hid, hid)),
-        ("b_hh", (3 * hid,)))]
-    inits.append(numpy_helper.from_array(np.full(3, hid, np.int64), "sizes"))
-    split = (lambda x: [x, "sizes"]) if sizes else (lambda x: [x])
-    nodes = [oh.make_node("Gemm", ["x", "w_ih", "b_ih"], ["gi"], transB=1),
-             oh.make_node("Gemm", ["h", "w_hh", "b_hh"], ["gh"], transB=1),
-             oh.make_node("Split", split("gi"), ["i_r", "i_z", "i_n"], axis=1),
-             oh.make_node("Split", split("gh"), ["h_r", "h_z", "h_n"], axis=1),
-             oh.make_node("Add", pair("i_r", "h_r", 0), ["ar"]),
-             oh.make_node("Add", pair("i_z", "h_z", 1), ["az"]),
-             oh.make_node("Sigmoid", ["ar"], ["r"]), oh.make_node("Sigmoid", ["az"], ["z"]),
-             oh.make_node("Mul", pair("h_n", "r", 2), ["hr"]),
-             oh.make_node("Add", pair("i_n", "hr", 3), ["an"]),
-             oh.make_node("Tanh", ["an"], ["n"]),
-             oh.make_node("Sub", ["h", "n"], ["d"]),
-             oh.make_node("Mul", pair("d", "z", 4), ["dz"]),
-             oh.make_node("Add", pair("dz", "n", 5), ["y"])]
-    m = _model(nodes, [oh.make_tensor_value_info("x", F, [rows, size]),
-                       oh.make_tensor_value_info("h", F, [rows, hid])],
-               [oh.make_tensor_value_info("y", F, [rows, hid])], inits)
-    return m, rng
-
-
-@SETTINGS
-@given(gru_cells())
-def test_gru_cell_fusion_matches(case):
-    """The cell as one `GRU` step: the same outputs on finite inputs (allclose: ONNX
-    Runtime's GRU kernel squashes with its own approximations, tanh up to 1 + 5e-7)."""
-    m, rng = case
-    feeds = _feeds(m, rng, special=0.0)
-    assert _check(m, lambda r: fuse_gru_cells(r.graph), feeds, exact=False) == 1
-
-
-@pytest.mark.xfail(strict=True, reason="ONNX Runtime's GRU kernel does not propagate NaN "
-                   "(issue #22: fuse_gru_cells is not exact on non-finite inputs)")
-def test_gru_cell_fusion_on_a_nan_input():
-    """The counterexample: a 1-unit cell, x = NaN: the exporter's nodes give NaN, the
-    fused `GRU` step gives h (here 1.0)."""
-    w = np.array([[0.0], [-0.13], [0.64]], np.float32)
-    inits = [numpy_helper.from_array(v, k) for k, v in (
-        ("w_ih", w), ("w_hh", w), ("b_ih", np.ones(3, np.float32)),
-        ("b_hh", np.ones(3, np.float32)))]
-    nodes = [oh.make_node("Gemm", ["x", "w_ih", "b_ih"], ["gi"], transB=1),
-             oh.make_node("Gemm", ["h", "w_hh", "b_hh"], ["gh"], transB=1),
-             oh.make_node("Split", ["gi"], ["i_r", "i_z", "i_n"], axis=1),
-             oh.make_node("Split", ["gh"], ["h_r", "h_z", "h_n"], axis=1),
-             oh.make_node("Add", ["i_r", "h_r"], ["ar"]),
-             oh.make_node("Add", ["i_z", "h_z"], ["az"]),
-             oh.make_node("Sigmoid", ["ar"], ["r"]), oh.make_node("Sigmoid", ["az"], ["z"]),
-             oh.make_node("Mul", ["h_n", "r"], ["hr"]),
-             oh.make_node("Add", ["i_n", "hr"], ["an"]),
-             oh.make_node("Tanh", ["an"], ["n"]), oh.make_node("Sub", ["h", "n"], ["d"]),
-             oh.make_node("Mul", ["d", "z"], ["dz"]), oh.make_node("Add", ["dz", "n"], ["y"])]
-    m = _model(nodes, [oh.make_tensor_value_info(v, F, [1, 1]) for v in ("x", "h")],
-               [oh.make_tensor_value_info("y", F, [1, 1])], inits)
-    feed = {"x": np.array([[np.nan]], np.float32), "h": np.array([[1.0]], np.float32)}
-    assert _check(m, lambda r: fuse_gru_cells(r.graph), [feed], exact=False) == 1
 
 
 # --- lower_adaptive_pools (before export): allclose (means over windows, summed in another order)

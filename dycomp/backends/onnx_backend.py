@@ -26,7 +26,6 @@ from torch.fx.node import _get_qualified_name
 
 from dycomp.backends.frozen_values import check_region
 from dycomp.backends.onnx_gemm_sums import fold_sums_into_gemms
-from dycomp.backends.onnx_gru import fuse_gru_cells
 from dycomp.backends.onnx_pools import lower_adaptive_pools
 from dycomp.backends.onnx_thresholds import fold_thresholds
 from dycomp.backends.torch_fastpath import no_fastpath
@@ -171,8 +170,6 @@ def export_region_model(region, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
               time.perf_counter() - start)
     check_region(region, model)
     _all_inputs(model, phs)
-    if fuse_gru_cells(model.graph):
-        drop_dead(model.graph)  # the cells' constants
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:
