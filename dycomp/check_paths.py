@@ -297,9 +297,30 @@ def _host_program(cm, report: CheckReport) -> HostProgram:
     from dycomp.runtime.onnx_executor import OnnxExecutor
 
     source, models, lines = unfused
+    fused = _fused_program(cm, source, lines, report)
+    if fused is not None:
+        return fused
     report.target = "unfused program of the same ONNX region models"
     program = HostProgram(forced_source(source), OnnxExecutor(models, threads=1), lines)
     program.unforced_source = source
+    return program
+
+
+def _fused_program(cm, source: str, lines: dict, report: CheckReport) -> HostProgram | None:
+    """The shipped fused program, its fused models' decisions forceable
+    (`check_fused`); None (logged) where the rebuilt models are not the shipped ones."""
+    from dycomp.check_fused import ForcingExecutor, NotForceable, marked_fusion
+
+    try:
+        fused_source, models, ran = marked_fusion(cm)
+        executor = ForcingExecutor(cm.executor, models, ran)
+    except NotForceable as e:
+        log.info("path check on the unfused program: %s", e)
+        return None
+    program = HostProgram(forced_source(fused_source), executor, lines)
+    executor.program = program
+    program.unforced_source = source
+    report.target = "fused ONNX model (decisions of its If / Loop nodes forced)"
     return program
 
 

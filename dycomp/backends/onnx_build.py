@@ -38,6 +38,7 @@ from dycomp.runtime.onnx_paths import PATH_OUTPUT, constant_tensor, drop_dead
 INT64, DOUBLE, BOOL = TensorProto.INT64, TensorProto.DOUBLE, TensorProto.BOOL
 FLOAT = TensorProto.FLOAT
 _IDS = helper.make_tensor_type_proto(INT64, [None])  # a list of region ids
+MARK = "dycomp_force"  # the name of a decision's marker node starts so (`Builder.mark`)
 _FLOATS = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
 
 
@@ -198,6 +199,10 @@ class Builder:
         # top-level loops
         self.appends: list = []
         self.k = 0
+        # check-only builds (`dycomp/check_fused.py`): decision variable -> its source
+        # line; each such decision's value goes through a marker node (`mark`)
+        self.marks: dict = {}
+        self.unmarked: dict = {}  # marker output -> the name it marks (for node names)
 
     # -- the model --------------------------------------------------------------------------
     def model(self, run, inputs, outputs) -> onnx.ModelProto:
@@ -358,7 +363,7 @@ class Builder:
             if isinstance(s, CallRegion):
                 self.inline(s)
             elif isinstance(s, HostOp):
-                self.env[s.out] = self.host_op(s)
+                self.env[s.out] = self.mark(s, self.host_op(s))
             elif isinstance(s, Assign):
                 srcs = [self.assigned(d, x) for d, x in zip(s.dsts, s.srcs)]
                 self.env.update(zip(s.dsts, srcs))
@@ -414,6 +419,21 @@ class Builder:
         if _NOT_ANY.match(fmt):
             return self.logic("Not", self.logic("Or", *(self.operand(a, BOOL) for a in args)))
         raise CannotFuse(f"host operation {fmt} at {s.line}")
+
+    def mark(self, s: HostOp, name: str) -> str:
+        """`name`, or in a check-only build, for a decision in `marks`, an `Identity` of
+        it named `MARK:<site>:<i>`: what the path check forces (`check_fused`)."""
+        if s.out not in self.marks:
+            return name
+        i = len(self.taken)  # grows with every name: unique
+        out = f"{self.name}_{MARK}{i}"
+        self.taken.add(out)
+        self.nodes.append(helper.make_node("Identity", [name], [out],
+                                           name=f"{MARK}:{self.marks[s.out]}:{i}"))
+        if name in self.types:
+            self.types[out] = self.types[name]
+        self.unmarked[out] = name
+        return out
 
     def float32_compare(self, op: str, args: list) -> str | None:
         """`x < c` for a float32 `x` read as a Python float and a number `c`, computed in
@@ -530,7 +550,8 @@ class Builder:
         returns its outputs."""
         branches = [helper.make_graph(nodes, self.fresh(f"{self.name}_{tag}"), [], o, inits)
                     for (nodes, inits, o), tag in zip(arms, ("then", "else"))]
-        self.nodes.append(helper.make_node("If", [cond], outs, name=self.fresh(f"{kind}_{cond}"),
+        tag = self.unmarked.get(cond, cond)  # the same name with or without a marker
+        self.nodes.append(helper.make_node("If", [cond], outs, name=self.fresh(f"{kind}_{tag}"),
                                            then_branch=branches[0], else_branch=branches[1]))
         self.types[outs[-1]] = _IDS
         return outs
