@@ -69,14 +69,61 @@ def marked_fusion(cm) -> tuple[str, dict, dict]:
         raise NotForceable("the rebuilt host program differs from the shipped one")
     models, ran = {}, {}
     for name, r in graph.regions.items():
+        shipped = cm.graph.regions.get(name)
         if r.traced is None:
             continue
-        shipped = cm.graph.regions.get(name)
-        if shipped is None or shipped.traced is None or \
-                strip_marks(r.traced).SerializeToString() != shipped.traced.SerializeToString():
-            raise NotForceable(f"the rebuilt fused model {name} differs from the shipped one")
-        models[name], ran[name] = r.traced, list(r.ran)
+        if shipped is None or shipped.traced is None:
+            raise NotForceable(f"no shipped fused model {name}")
+        models[name], ran[name] = transplant(r.traced, shipped.traced, name), list(r.ran)
     return source, models, ran
+
+
+def transplant(marked: onnx.ModelProto, shipped: onnx.ModelProto, name: str
+               ) -> onnx.ModelProto:
+    """A copy of the `shipped` model with `marked`'s markers: the shipped nodes, arms
+    and weights as they are (a fault in them stays), only the nodes that read a marked
+    decision in `marked` reading the marker. The two must pair node by node (same
+    names, graph by graph); else `NotForceable`."""
+    m = onnx.ModelProto()
+    m.CopyFrom(shipped)
+    _transplant(marked.graph, m.graph, {}, name)
+    return m
+
+
+def _transplant(mg: onnx.GraphProto, sg: onnx.GraphProto, marked: dict, name: str) -> None:
+    marks = [n for n in mg.node if _MARK.match(n.name)]
+    rest = [n for n in mg.node if not _MARK.match(n.name)]
+    if [n.name for n in rest] != [n.name for n in sg.node] or len(mg.output) != len(sg.output):
+        raise NotForceable(f"the fused model {name} does not pair with its marked rebuild")
+    marked = {**marked, **{n.output[0]: n.input[0] for n in marks}}
+    placed, after = [], {}
+    for n in mg.node:
+        if _MARK.match(n.name):
+            after.setdefault(placed[-1] if placed else None, []).append(n)
+        else:
+            placed.append(n.name)
+    nodes = list(after.get(None, []))
+    for a, b in zip(rest, sg.node):
+        for i, x in enumerate(a.input):
+            if x in marked and b.input[i] == _real(x, marked):
+                b.input[i] = x
+        subs = {s.name: s.g for s in b.attribute if s.type == _GRAPH}
+        for s in a.attribute:
+            if s.type == _GRAPH:
+                _transplant(s.g, subs[s.name], marked, name)
+        nodes.append(b)
+        nodes += after.get(a.name, [])
+    for a, b in zip(mg.output, sg.output):
+        if a.name in marked and b.name == _real(a.name, marked):
+            b.name = a.name
+    del sg.node[:]
+    sg.node.extend(nodes)
+
+
+def _real(x: str, marked: dict) -> str:
+    while x in marked:
+        x = marked[x]
+    return x
 
 
 def strip_marks(model: onnx.ModelProto) -> onnx.ModelProto:

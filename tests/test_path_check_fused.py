@@ -1,0 +1,117 @@
+"""The path check forces the decisions inside fused ONNX models (`dycomp/check_fused.py`):
+the `If` arms and `Loop` exits that run are the shipped ones, so a fault in an arm no
+natural input takes is named by its source line."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+from torch import nn
+
+import dycomp
+from dycomp.check_paths import path_check
+from dycomp.errors import MismatchError
+from dycomp.runtime.onnx_paths import drop_path
+
+FUSED = "fused ONNX model"
+
+
+class NestedRare(nn.Module):
+    """Nested ifs fused into `If` nodes (arms over 2048 weights: not speculated); the
+    outer `if` arm needs a sum no input reaches."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b, self.c = nn.Linear(8, 48), nn.Linear(48, 48), nn.Linear(48, 48)
+        self.d = nn.Linear(48, 4)
+
+    def forward(self, x):
+        h = self.a(x)
+        if h.sum() > 1e4:
+            h = torch.relu(self.b(h))  # the rare arm
+        else:
+            if h.mean() > 0:
+                h = self.c(h) * 2.0
+            else:
+                h = self.c(h) - 1.0
+        return self.d(h)
+
+
+class Halting(nn.Module):
+    """A loop with an exit no input takes (tanh sums stay under 48), fused into `Loop`."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b, self.c = nn.Linear(8, 48), nn.Linear(48, 48), nn.Linear(48, 4)
+
+    def forward(self, x):
+        h = self.a(x)
+        for _ in range(4):
+            h = torch.tanh(self.b(h))
+            if h.sum() > 100.0:
+                break
+        return self.c(h)
+
+
+def _site(cls, text: str) -> str:
+    lines, start = inspect.getsourcelines(cls.forward)
+    return f"test_path_check_fused.py:{start + next(i for i, s in enumerate(lines) if text in s)}"
+
+
+def _compile(cls):
+    x = torch.randn(1, 8, generator=torch.Generator().manual_seed(1))
+    model = cls().eval()
+    return model, x, dycomp.compile(model, (x,), backend="onnx", optimize=False)
+
+
+def _fused(cm):
+    (name,) = [n for n, r in cm.graph.regions.items() if r.traced is not None]
+    return cm.graph.regions[name]
+
+
+def test_nested_fused_ifs_fully_covered():
+    model, x, cm = _compile(NestedRare)
+    report = cm.check
+    assert any(n.op_type == "If" for n in _fused(cm).traced.graph.node)
+    assert FUSED in report.target, report.summary()
+    assert report.full and len(report.arms) == 4 and report.forced_runs >= 1, report.summary()
+    assert report.regions_run == report.regions
+    outer = _site(NestedRare, "1e4")
+    assert {(outer, 0, True), (outer, 0, False)} <= report.checked
+
+
+def _corrupt_rare_arm(region) -> None:
+    """The rare arm's `Relu` made a `Sigmoid`, in the fused model as shipped."""
+    def visit(g) -> bool:
+        for n in g.node:
+            if n.op_type == "Relu":
+                n.op_type = "Sigmoid"
+                return True
+            if any(visit(a.g) for a in n.attribute if a.type == a.GRAPH):
+                return True
+        return False
+
+    assert visit(region.traced.graph)
+    region.onnx = drop_path(region.traced)
+
+
+def test_corrupted_arm_inside_fused_if_is_named():
+    model, x, cm = _compile(NestedRare)
+    _corrupt_rare_arm(_fused(cm))
+    with pytest.raises(MismatchError) as e:
+        path_check(model.forward, cm, (x,), {})
+    assert f"true arm of the decision at {_site(NestedRare, '1e4')}" in str(e.value), e.value
+
+
+def test_fused_loop_exit_forced_at_every_trip():
+    """The exit is forced at each iteration: the loop runs 1, 2, 3 and 4 trips."""
+    model, x, cm = _compile(Halting)
+    assert any(n.op_type == "Loop" for n in _fused(cm).traced.graph.node)
+    report = cm.check
+    site = _site(Halting, "100.0")
+    assert FUSED in report.target and report.full, report.summary()
+    assert report.checked == {(site, k, v) for k in range(4) for v in (True, False)}
