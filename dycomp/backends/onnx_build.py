@@ -26,6 +26,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from dycomp.backends.onnx_conditions import (
+    MARK,
     carry_unsqueezed,
     drop_condition_reshapes,
     drop_noop_reshapes,
@@ -38,7 +39,6 @@ from dycomp.runtime.onnx_paths import PATH_OUTPUT, constant_tensor, drop_dead
 INT64, DOUBLE, BOOL = TensorProto.INT64, TensorProto.DOUBLE, TensorProto.BOOL
 FLOAT = TensorProto.FLOAT
 _IDS = helper.make_tensor_type_proto(INT64, [None])  # a list of region ids
-MARK = "dycomp_force"  # the name of a decision's marker node starts so (`Builder.mark`)
 _FLOATS = {TensorProto.FLOAT, TensorProto.DOUBLE, TensorProto.FLOAT16, TensorProto.BFLOAT16}
 
 
