@@ -15,9 +15,10 @@ an arm that cannot be forced (eager reads no decision there) is listed with the 
 and checked only if a natural input takes it.
 
 Arms are counted on the program the host dispatches; for an ONNX model whose branches
-were fused into `If` nodes, that is the check-only unfused program of the same exported
-region models (`executor.unfused`), the fused model itself being checked on the
-example and random inputs (see README).
+were fused into `If` / `Loop` nodes, on the shipped fused models with their decisions
+made forceable (`dycomp/check_fused.py`), or where that cannot be done (a switch whose
+cases were gathered into one graph), on the check-only unfused program of the same
+exported region models (`executor.unfused`), the reason in `CheckReport.target`.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ class CheckReport:
     regions_run: set = field(default_factory=set)
     selected: set = field(default_factory=set)  # sites whose arms a region computes
     target: str = "compiled program"
+    fused_aside: str = ""  # why the fused model's own decisions were not forced
 
     @property
     def full(self) -> bool:
@@ -300,7 +302,8 @@ def _host_program(cm, report: CheckReport) -> HostProgram:
     fused = _fused_program(cm, source, lines, report)
     if fused is not None:
         return fused
-    report.target = "unfused program of the same ONNX region models"
+    report.target = "unfused program of the same ONNX region models" + (
+        f" ({report.fused_aside})" if report.fused_aside else "")
     program = HostProgram(forced_source(source), OnnxExecutor(models, threads=1), lines)
     program.unforced_source = source
     return program
@@ -316,6 +319,7 @@ def _fused_program(cm, source: str, lines: dict, report: CheckReport) -> HostPro
         executor = ForcingExecutor(cm.executor, models, ran)
     except NotForceable as e:
         log.info("path check on the unfused program: %s", e)
+        report.fused_aside = str(e)
         return None
     program = HostProgram(forced_source(fused_source), executor, lines)
     executor.program = program
