@@ -20,6 +20,7 @@ decisions in the order the unfused program would read them.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 
@@ -27,7 +28,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from dycomp.backends.onnx_build import MARK
+from dycomp.backends.onnx_conditions import GUARDS, MARK
 from dycomp.check_forcing import _DECISION, _scalar_compares
 from dycomp.ir.program import Var
 
@@ -87,6 +88,7 @@ def transplant(marked: onnx.ModelProto, shipped: onnx.ModelProto, name: str
     m = onnx.ModelProto()
     m.CopyFrom(shipped)
     _transplant(marked.graph, m.graph, {}, name)
+    m.metadata_props.extend(p for p in marked.metadata_props if p.key == GUARDS)
     return m
 
 
@@ -187,6 +189,7 @@ def forcing_model(marked: onnx.ModelProto, sites: list[str]) -> onnx.ModelProto:
     m.CopyFrom(marked)
     g = m.graph
     t = _Threader(sites)
+    t.guards = json.loads(next((p.value for p in m.metadata_props if p.key == GUARDS), "{}"))
     g.input.extend([helper.make_tensor_value_info(PLAN, _INT64, [len(sites), None]),
                     helper.make_tensor_value_info(COUNTS, _INT64, [len(sites)])])
     empty = t.const(np.zeros(0, np.int64))
@@ -206,6 +209,7 @@ class _Threader:
         self.n = len(sites)
         self.k = 0
         self.pending: list = []  # nodes made, not yet placed
+        self.guards: dict = {}  # marker node -> [(condition, arm)] (`Builder.guard`)
 
     def name(self, tag: str) -> str:
         self.k += 1
@@ -227,7 +231,8 @@ class _Threader:
         for n in nodes:
             m = _MARK.match(n.name)
             if m is not None:
-                state = self.decide(n, self.index[m.group(1)], state)
+                state = self.decide(n, self.index[m.group(1)], state,
+                                    self.guards.get(n.name, ()))
             elif _holds_marks(n):
                 state = self.nested(n, state)
             g.node.extend(self.pending)
@@ -236,8 +241,10 @@ class _Threader:
                 g.node.append(n)
         return state
 
-    def decide(self, mark: onnx.NodeProto, j: int, state: tuple) -> tuple:
-        """The marker's output: the plan's answer for this occurrence, or the value."""
+    def decide(self, mark: onnx.NodeProto, j: int, state: tuple, guards=()) -> tuple:
+        """The marker's output: the plan's answer for this occurrence, or the value. A
+        marker in speculated arms (`guards`: their conditions) counts and is logged only
+        where those arms are the ones taken."""
         counts, taken = state
         x, y = mark.input[0], mark.output[0]
         jj = self.const(np.array(j, np.int64))
@@ -254,12 +261,28 @@ class _Threader:
                 "Shape", [x])], [y], name=self.name("decided")))
         one = np.zeros(self.n, np.int64)
         one[j] = 1
-        counts = self.node("Add", [counts, self.const(one)])
+        step = self.const(one)
+        if guards:
+            read = self.read(guards)
+            step = self.node("Mul", [step, read])
         entry = self.node("Add", [self.node("Mul", [natural, self.const(np.array(2, np.int64))]),
                                   self.node("Add", [value, self.const(np.array(4 * j,
                                                                                np.int64))])])
-        entry = self.node("Reshape", [entry, self.const(np.array([1], np.int64))])
-        return counts, self.node("Concat", [taken, entry], axis=0)
+        one_d = self.const(np.array([1], np.int64))
+        entry = self.node("Reshape", [entry, one_d])
+        if guards:
+            entry = self.node("Slice", [entry, self.const(np.array([0], np.int64)),
+                                        self.node("Reshape", [read, one_d])])
+        return self.node("Add", [counts, step]), self.node("Concat", [taken, entry], axis=0)
+
+    def read(self, guards: list) -> str:
+        """1 where every (condition, arm) of `guards` is the arm taken, else 0 (int64)."""
+        taken = None
+        for cond, arm in guards:
+            c = self.node("Reshape", [cond, self.const(np.zeros(0, np.int64))])
+            c = c if arm else self.node("Not", [c])
+            taken = c if taken is None else self.node("And", [taken, c])
+        return self.node("Cast", [taken], to=_INT64)
 
     def nested(self, n: onnx.NodeProto, state: tuple) -> tuple:
         """An `If` or `Loop` holding markers: the state through its subgraphs."""

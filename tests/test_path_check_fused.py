@@ -115,3 +115,54 @@ def test_fused_loop_exit_forced_at_every_trip():
     site = _site(Halting, "100.0")
     assert FUSED in report.target and report.full, report.summary()
     assert report.checked == {(site, k, v) for k in range(4) for v in (True, False)}
+
+
+class Speculated(nn.Module):
+    """Small arms (under 2048 weights) are both computed and selected (`Where`): the inner
+    decision runs in the fused model whichever arm is taken, but counts only where the
+    outer decision takes its arm."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b, self.c = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 8)
+
+    def forward(self, x):
+        h = self.a(x)
+        if h.sum() > 50.0:
+            g = self.b(h)
+            if g.mean() > 0:
+                k = 1
+            else:
+                k = 2
+        else:
+            g = self.c(h)
+            k = 3
+        return g, k
+
+
+def _forced_fused_run(cm, x, plan: dict) -> list:
+    """The decisions the fused program read, answered by `plan` ((site, k) -> bool)."""
+    from dycomp.check_forcing import Forcer, forced_source
+    from dycomp.check_fused import ForcingExecutor, marked_fusion
+    from dycomp.runtime.host import HostProgram
+
+    source, models, ran = marked_fusion(cm)
+    executor = ForcingExecutor(cm.executor, models, ran)
+    executor.program = HostProgram(forced_source(source), executor)
+    forcer = Forcer(plan)
+    executor.program.fn.__globals__["_F"] = forcer
+    executor.program.run_path(x.numpy())
+    return forcer.taken
+
+
+def test_speculated_arm_decision_counts_only_where_taken():
+    model, x, cm = _compile(Speculated)
+    assert not any(n.op_type == "If" and "switch" not in n.name and len(n.output) > 1
+                   for n in _fused(cm).traced.graph.node)  # the arms are selected
+    outer, inner = _site(Speculated, "50.0"), _site(Speculated, "g.mean()")
+    assert _forced_fused_run(cm, x, {}) == [(outer, 0, False)]
+    assert _forced_fused_run(cm, x, {(outer, 0): True, (inner, 0): False}) == [
+        (outer, 0, True), (inner, 0, False)]
+    report = cm.check
+    assert FUSED in report.target and report.full and len(report.arms) == 4, report.summary()

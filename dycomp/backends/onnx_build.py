@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import json
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from dycomp.backends.onnx_conditions import (
+    GUARDS,
     MARK,
     carry_unsqueezed,
     drop_condition_reshapes,
@@ -203,6 +205,7 @@ class Builder:
         # line; each such decision's value goes through a marker node (`mark`)
         self.marks: dict = {}
         self.unmarked: dict = {}  # marker output -> the name it marks (for node names)
+        self.guards: dict = {}  # marker node -> [(condition, arm)] of speculated arms
 
     # -- the model --------------------------------------------------------------------------
     def model(self, run, inputs, outputs) -> onnx.ModelProto:
@@ -236,6 +239,8 @@ class Builder:
         first = self.graph.regions[next(s.region for s in walk(run)
                                         if isinstance(s, CallRegion))].onnx
         m = helper.make_model(g, opset_imports=list(first.opset_import))
+        if self.guards:
+            helper.set_model_props(m, {GUARDS: json.dumps(self.guards)})
         m.ir_version = first.ir_version
         if drop_noop_reshapes(m):
             drop_dead(m.graph)
@@ -435,6 +440,13 @@ class Builder:
         self.unmarked[out] = name
         return out
 
+    def guard(self, nodes: list, cond: str, taken: bool) -> None:
+        """Markers among the nodes of an arm computed whether or not taken (speculated):
+        their decision counts only where `cond` is `taken` (`GUARDS`)."""
+        for n in nodes:
+            if n.name.startswith(MARK):
+                self.guards.setdefault(n.name, []).append([cond, taken])
+
     def float32_compare(self, op: str, args: list) -> str | None:
         """`x < c` for a float32 `x` read as a Python float and a number `c`, computed in
         float32 without casting `x` (`float32_bound`); two such reads compare as their
@@ -530,7 +542,8 @@ class Builder:
             return
         arms = [self.subgraph(arm, phis + [self.arm_path]) for arm in (s.then, s.orelse)]
         if _speculate(arms) and not s.switch_case:  # gather_switches may drop its `If`s
-            for nodes, inits, _ in arms:
+            for (nodes, inits, _), taken in zip(arms, (True, False)):
+                self.guard(nodes, cond, taken)
                 self.nodes += nodes
                 self.initializers += inits
             for d, a, b in zip(phis, arms[0][2], arms[1][2]):

@@ -35,6 +35,7 @@ _LOGIC = {"Not", "And", "Or", "Xor"}
 # the name of a decision's marker node (an `Identity` in check-only builds, read through
 # like logic: `onnx_build.Builder.mark`) starts so
 MARK = "dycomp_force"
+GUARDS = "dycomp_guards"  # model property: marker -> [(condition, arm)] (`Builder.guard`)
 
 def drop_condition_reshapes(g: onnx.GraphProto, outer: dict | None = None,
                             loop_body: bool = False) -> int:
