@@ -29,6 +29,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from dycomp.backends.onnx_conditions import GUARDS, MARK
+from dycomp.backends.onnx_switch import SWITCH
 from dycomp.check_forcing import _DECISION, _scalar_compares
 from dycomp.ir.program import Var
 
@@ -96,7 +97,8 @@ def _transplant(mg: onnx.GraphProto, sg: onnx.GraphProto, marked: dict, name: st
     marks = [n for n in mg.node if _MARK.match(n.name)]
     rest = [n for n in mg.node if not _MARK.match(n.name)]
     if [n.name for n in rest] != [n.name for n in sg.node] or len(mg.output) != len(sg.output):
-        raise NotForceable(f"the fused model {name} does not pair with its marked rebuild")
+        raise NotForceable(f"the fused model {name} does not pair with its marked rebuild"
+                           + _why_unpaired(mg, sg))
     marked = {**marked, **{n.output[0]: n.input[0] for n in marks}}
     placed, after = [], {}
     for n in mg.node:
@@ -120,6 +122,17 @@ def _transplant(mg: onnx.GraphProto, sg: onnx.GraphProto, marked: dict, name: st
             b.name = a.name
     del sg.node[:]
     sg.node.extend(nodes)
+
+
+def _why_unpaired(mg: onnx.GraphProto, sg: onnx.GraphProto) -> str:
+    """A known cause: a switch the shipped model gathered into one graph
+    (`onnx_switch.gather_switches`), which the markers on its cases kept as `If`s."""
+    def switches(g):
+        return sum(n.op_type == "If" and n.name.startswith(SWITCH) or
+                   sum(switches(a.g) for a in n.attribute if a.type == _GRAPH) > 0
+                   for n in g.node)
+    return ": its switch cases were gathered into one graph (`onnx_switch`), so it has " \
+        "no arms to force" if switches(mg) > switches(sg) else ""
 
 
 def _real(x: str, marked: dict) -> str:

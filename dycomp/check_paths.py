@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -41,6 +42,7 @@ from dycomp.check_forcing import (
     reused_sites,
 )
 from dycomp.errors import MismatchError
+from dycomp.ir.program import SWITCH_CASE
 from dycomp.runtime.host import HostProgram
 
 log = logging.getLogger(__name__)
@@ -113,6 +115,7 @@ class _Setup:
     gate_sites: set  # ... gates multiplied in that gate-to-branch made branches
     eager_read: set = field(default_factory=set)  # (site, k) eager read, last run
     aside: dict = field(default_factory=dict)  # site -> why it is answered naturally
+    switch_sites: set = field(default_factory=set)  # ... cases of a switch `options[i]`
 
 
 def path_check(fn, cm, args: tuple, kwargs: dict, n: int = 2, more: int = 0
@@ -203,8 +206,16 @@ def _setup(fn, cm, report: CheckReport) -> _Setup:
     applied = getattr(cm.graph, "applied", ())
     lines = {p: {a.line for a in applied if a.pass_name == p}
              for p in ("tensor-conditions", "gate-to-branch")}
-    return _Setup(fn, cm, program, sites, (lines["tensor-conditions"] | scalar) & sites,
-                  lines["gate-to-branch"] & sites, aside=dict.fromkeys(reused, _REUSED))
+    run = _Setup(fn, cm, program, sites, (lines["tensor-conditions"] | scalar) & sites,
+                 lines["gate-to-branch"] & sites, aside=dict.fromkeys(reused, _REUSED))
+    run.switch_sites = _switch_sites(program.unforced_source) & sites
+    return run
+
+
+def _switch_sites(source: str) -> set:
+    """Decision sites that are cases of a switch `options[i]` (`frontend.ops.switch`)."""
+    return set(re.findall(rf"^\s*\w+ = bool\(\w+\)  # (\S+:\d+)\n\s*# [^\n]*: "
+                          rf"{re.escape(SWITCH_CASE)}", source, re.M))
 
 
 def _random_check(run: _Setup, args: tuple, kwargs: dict, n: int, more: int,
@@ -401,6 +412,9 @@ def _compiled_run(run: _Setup, args, kwargs, plan: dict, target, expected,
     return [t for t in compiled.taken if t[0] not in run.aside]
 
 
+_SWITCH = ("a case of `options[i]`, `i` read out of a tensor (a switch index): eager indexes "
+           "with the int, reading no decision to force there, and the regions also read "
+           "the index tensor, which answering the host's case alone leaves unforced")
 _OPPOSITE = "eager and compiled answer the decision at that line unlike (a negation)"
 _REUSED = "the host also uses the tensor read there as a value (`t and k < 6`)"
 
@@ -411,6 +425,7 @@ def _unforced(run: _Setup, target: tuple, report: CheckReport) -> list:
     report.unforced[target] = run.aside[site] if site in run.aside else (
         "a gate multiplied in (gate-to-branch): eager reads no decision there"
         if site in run.gate_sites else
+        _SWITCH if site in run.switch_sites else
         "a decision on a scalar eager does not compare at that line (a switch index)"
         if site in run.scalar_sites else
         "eager reads no decision at that line after the same decisions")
