@@ -166,3 +166,18 @@ def test_speculated_arm_decision_counts_only_where_taken():
         (outer, 0, True), (inner, 0, False)]
     report = cm.check
     assert FUSED in report.target and report.full and len(report.arms) == 4, report.summary()
+
+
+def test_moe_switch_arms_checked_by_natural_inputs():
+    """moe's switch cases cannot be forced (eager indexes with the int; the regions also
+    read the index tensor): listed with that reason, they are all taken by the natural
+    inputs the check adds while such arms are left."""
+    from examples.zoo import ZOO
+
+    model, example = ZOO["moe"].make()
+    cm = dycomp.compile(model, example, backend="onnx", check=False)
+    few = path_check(model.forward, cm, example, {}, more=0)
+    assert few.unchecked and all("switch index" in why for why in few.unchecked.values())
+    report = path_check(model.forward, cm, example, {}, more=14)
+    assert report.full and report.regions_run == report.regions, report.summary()
+    assert "no arms to force" in report.target  # the shipped model gathers the switch
