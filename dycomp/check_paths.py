@@ -332,6 +332,11 @@ def _fused_program(cm, source: str, lines: dict, report: CheckReport) -> HostPro
         log.info("path check on the unfused program: %s", e)
         report.fused_aside = str(e)
         return None
+    except Exception as e:  # a forcing copy ONNX Runtime cannot load, say: not forced
+        log.warning("path check on the unfused program: the fused models' decisions "
+                    "could not be made forceable: %s", e)
+        report.fused_aside = f"its decisions could not be made forceable: {e}"[:300]
+        return None
     program = HostProgram(forced_source(fused_source), executor, lines)
     executor.program = program
     program.unforced_source = source

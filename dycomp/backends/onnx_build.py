@@ -774,7 +774,7 @@ def dedupe(g: onnx.GraphProto, known: dict | None = None, renamed: dict | None =
         for sub in subs:
             removed += dedupe(sub, known, renamed)
         exposed = outputs.intersection(n.output)
-        key = None if subs or n.op_type in RANDOM_OPS else (
+        key = None if subs or n.op_type in RANDOM_OPS or n.name.startswith(MARK) else (
             n.domain, n.op_type, tuple(n.input), len(n.output), _attributes(n))
         if key in known and (not exposed or inner and made.issuperset(known[key])
                              and not outputs.intersection(known[key])):
