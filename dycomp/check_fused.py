@@ -4,9 +4,12 @@ With backend onnx, host branches and loops are fused into ONNX `If` / `Loop` nod
 (`backends/onnx_fuse.py`): their decisions are no longer host reads to force. Here the
 fusion is rebuilt on a copy of the graph as it was before fusion, with each decision's
 value passed through a marker node (`Builder.mark`: `Identity`, named `MARK:<site>:<i>`).
-The rebuilt models, markers removed, must be the shipped models byte for byte (and the
-host program the shipped one), so the arms that run are the shipped arms; where they
-are not, the check falls back to the unfused program (`None` and the reason).
+The markers are then moved into a copy of the shipped model, whose nodes must pair
+with the rebuilt ones name by name, graph by graph (`transplant`): the nodes, arms and
+weights that run are the shipped ones (a fault in them stays), only the readers of a
+decision read its marker. Where they do not pair (moe: the shipped model gathered a
+switch's cases into one graph, `onnx_switch`, which the markers on the cases prevent),
+the check falls back to the unfused program (`NotForceable`, the reason).
 
 For the forced runs each marker becomes a lookup in a plan fed as inputs: `PLAN` (int64
 [sites, K]: per site, the answer of its next occurrences, -1 for "as computed") and
@@ -15,7 +18,9 @@ and the log of decisions taken) is threaded through the graph in node order, thr
 `If` arms (two more outputs) and `Loop` bodies (two more carried values), so a decision
 in a loop is counted per iteration, as the host program counts it. The log comes back
 as outputs and is replayed into the host's forcer (`Forcer`), which thus sees the
-decisions in the order the unfused program would read them.
+decisions in the order the unfused program would read them. A marker in arms computed
+whether taken or not (speculated, `Where`-selected) counts only where the conditions of
+those arms take it (`GUARDS`, `Builder.guard`).
 """
 
 from __future__ import annotations
@@ -100,36 +105,48 @@ def _transplant(mg: onnx.GraphProto, sg: onnx.GraphProto, marked: dict, name: st
         raise NotForceable(f"the fused model {name} does not pair with its marked rebuild"
                            + _why_unpaired(mg, sg))
     marked = {**marked, **{n.output[0]: n.input[0] for n in marks}}
-    placed, after = [], {}
+    after: dict = {}  # index of the node before (-1: none) -> the markers that follow it
+    placed = -1
     for n in mg.node:
         if _MARK.match(n.name):
-            after.setdefault(placed[-1] if placed else None, []).append(n)
+            after.setdefault(placed, []).append(n)
         else:
-            placed.append(n.name)
-    nodes = list(after.get(None, []))
-    for a, b in zip(rest, sg.node):
-        for i, x in enumerate(a.input):
-            if x in marked and b.input[i] == _real(x, marked):
-                b.input[i] = x
+            placed += 1
+    nodes = list(after.get(-1, []))
+    for i, (a, b) in enumerate(zip(rest, sg.node)):
+        _rewire(a.input, b.input, marked, name)
         subs = {s.name: s.g for s in b.attribute if s.type == _GRAPH}
         for s in a.attribute:
             if s.type == _GRAPH:
                 _transplant(s.g, subs[s.name], marked, name)
         nodes.append(b)
-        nodes += after.get(a.name, [])
-    for a, b in zip(mg.output, sg.output):
-        if a.name in marked and b.name == _real(a.name, marked):
-            b.name = a.name
+        nodes += after.get(i, [])
+    names = [o.name for o in sg.output]
+    _rewire([o.name for o in mg.output], names, marked, name)
+    for o, n in zip(sg.output, names):
+        o.name = n
     del sg.node[:]
     sg.node.extend(nodes)
+
+
+def _rewire(marked_reads, shipped_reads, marked: dict, name: str) -> None:
+    """The shipped reads of what the marked ones read through a marker, read from it."""
+    if len(marked_reads) != len(shipped_reads):
+        raise NotForceable(f"the fused model {name} does not pair with its marked rebuild")
+    for i, x in enumerate(marked_reads):
+        if x in marked:
+            if shipped_reads[i] != _real(x, marked):
+                raise NotForceable(f"a decision of the fused model {name} is read elsewhere "
+                                   "in the marked rebuild")
+            shipped_reads[i] = x
 
 
 def _why_unpaired(mg: onnx.GraphProto, sg: onnx.GraphProto) -> str:
     """A known cause: a switch the shipped model gathered into one graph
     (`onnx_switch.gather_switches`), which the markers on its cases kept as `If`s."""
     def switches(g):
-        return sum(n.op_type == "If" and n.name.startswith(SWITCH) or
-                   sum(switches(a.g) for a in n.attribute if a.type == _GRAPH) > 0
+        return sum((n.op_type == "If" and n.name.startswith(SWITCH))
+                   + sum(switches(a.g) for a in n.attribute if a.type == _GRAPH)
                    for n in g.node)
     return ": its switch cases were gathered into one graph (`onnx_switch`), so it has " \
         "no arms to force" if switches(mg) > switches(sg) else ""
@@ -139,44 +156,6 @@ def _real(x: str, marked: dict) -> str:
     while x in marked:
         x = marked[x]
     return x
-
-
-def strip_marks(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of `model` without marker nodes, their readers reading the marked value."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    rename: dict = {}
-    _collect_marks(m.graph, rename)
-    _strip(m.graph, rename)
-    return m
-
-
-def _collect_marks(g: onnx.GraphProto, rename: dict) -> None:
-    for n in g.node:
-        if _MARK.match(n.name):
-            rename[n.output[0]] = n.input[0]
-        for a in n.attribute:
-            if a.type == _GRAPH:
-                _collect_marks(a.g, rename)
-
-
-def _strip(g: onnx.GraphProto, rename: dict) -> None:
-    def real(x):
-        while x in rename:
-            x = rename[x]
-        return x
-
-    kept = [n for n in g.node if not _MARK.match(n.name)]
-    for n in kept:
-        for i, x in enumerate(n.input):
-            n.input[i] = real(x)
-        for a in n.attribute:
-            if a.type == _GRAPH:
-                _strip(a.g, rename)
-    for o in g.output:
-        o.name = real(o.name)
-    del g.node[:]
-    g.node.extend(kept)
 
 
 def marked_sites(model: onnx.ModelProto) -> list[str]:
