@@ -181,3 +181,48 @@ def test_moe_switch_arms_checked_by_natural_inputs():
     report = path_check(model.forward, cm, example, {}, more=14)
     assert report.full and report.regions_run == report.regions, report.summary()
     assert "no arms to force" in report.target  # the shipped model gathers the switch
+
+
+class LoopRare(nn.Module):
+    """An `if` in a loop body fused into a `Loop` holding an `If`; its arm needs a sum no
+    input reaches (tanh keeps each of the 48 values under 1)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a, self.b, self.c = nn.Linear(8, 48), nn.Linear(48, 48), nn.Linear(48, 48)
+        self.d = nn.Linear(48, 4)
+
+    def forward(self, x):
+        h = self.a(x)
+        for _ in range(3):
+            h = torch.tanh(self.b(h))
+            if h.sum() > 100.0:
+                h = torch.relu(self.c(h))  # the rare arm
+        return self.d(h)
+
+
+def test_corrupted_arm_inside_fused_loop_is_named():
+    model, x, cm = _compile(LoopRare)
+    site = _site(LoopRare, "100.0")
+    report = cm.check
+    assert FUSED in report.target and report.full, report.summary()
+    assert report.checked == {(site, k, v) for k in range(3) for v in (True, False)}
+    _corrupt_rare_arm(_fused(cm))
+    with pytest.raises(MismatchError) as e:
+        path_check(model.forward, cm, (x,), {})
+    assert f"true arm of the decision at {site} (occurrence #0)" in str(e.value), e.value
+
+
+@pytest.mark.parametrize("name,site,trips", [("decoder", "decoder.py:72", 8),
+                                             ("act", "act.py:52", 8)])
+def test_zoo_loops_forced_in_the_fused_model(name, site, trips):
+    """The zoo's fused decoding and halting loops: each exit forced at every trip, on
+    the shipped fused model."""
+    from examples.zoo import ZOO
+
+    model, example = ZOO[name].make()
+    report = dycomp.compile(model, example, backend="onnx").check
+    assert FUSED in report.target and report.full, report.summary()
+    assert {(s, k, v) for s, k, v in report.checked if s == site} == {
+        (site, k, v) for k in range(trips) for v in (True, False)}
