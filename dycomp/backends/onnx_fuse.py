@@ -66,7 +66,7 @@ def fuse_branches(graph, marks: dict | None = None) -> Counter:
     kinds = scalar_kinds(srcs, types, tensors, _read_as_bool(readers))
     fed = fed_vars(srcs, readers, tensors, kinds, types)
     fuser = _Fuser(graph, types, tensors, kinds, fed, readers)
-    fuser.marks = marks or {}
+    fuser.marks = marks or {}  # what `Builder.mark` marks (check-only builds)
     fuser.block(graph.body)
     live = {s.region for s in walk(graph.body) if isinstance(s, CallRegion)}
     for name in [n for n in graph.regions if n not in live]:
@@ -219,6 +219,7 @@ class _Fuser:
         self.in_loop = 0
         self.lowered = Counter()
         self.count = 0
+        self.marks: dict = {}
 
     # -- which statements can go into one ONNX model ---------------------------------
     def ok(self, s) -> bool:
@@ -313,7 +314,7 @@ class _Fuser:
         self.count += 1
         name = f"f{self.count}"
         b = Builder(self.graph, name, self.types, self.kinds, self.uses, self.plans)
-        b.marks = getattr(self, "marks", {})
+        b.marks = self.marks
         try:
             traced = b.model(run, inputs, outputs)
         except CannotFuse as e:
