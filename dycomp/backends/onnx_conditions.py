@@ -37,6 +37,7 @@ _LOGIC = {"Not", "And", "Or", "Xor"}
 MARK = "dycomp_force"
 GUARDS = "dycomp_guards"  # model property: marker -> [(condition, arm)] (`Builder.guard`)
 
+
 def drop_condition_reshapes(g: onnx.GraphProto, outer: dict | None = None,
                             loop_body: bool = False) -> int:
     """Compare one-element values as they are where only conditions read the result, in
