@@ -42,7 +42,7 @@ def _parts(name: str, backend: str) -> None:
 
     t0, cm = timed(lambda: dycomp.compile(model, example, backend=backend, check=False))
     t1, _ = timed(lambda: differential_check(model.forward, cm, example, {}))
-    t2, report = timed(lambda: path_check(model.forward, cm, example, {}, more=6))
+    t2, report = timed(lambda: path_check(model.forward, cm, example, {}, more=14))
     print(f"{name:14} {t0:8.2f} {t1:10.2f} {t2:8.2f} {(t0 + t2) / t0:6.2f}  "
           f"{report.summary()}", flush=True)
 

@@ -96,7 +96,7 @@ def compile(model, example_inputs, *, example_kwargs: dict | None = None,
     elif check:
         from dycomp.check_paths import path_check
 
-        cm.check = path_check(fn, cm, args, kwargs, more=6)
+        cm.check = path_check(fn, cm, args, kwargs, more=14)
     return cm
 
 

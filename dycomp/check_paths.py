@@ -15,9 +15,10 @@ an arm that cannot be forced (eager reads no decision there) is listed with the 
 and checked only if a natural input takes it.
 
 Arms are counted on the program the host dispatches; for an ONNX model whose branches
-were fused into `If` nodes, that is the check-only unfused program of the same exported
-region models (`executor.unfused`), the fused model itself being checked on the
-example and random inputs (see README).
+were fused into `If` / `Loop` nodes, on the shipped fused models with their decisions
+made forceable (`dycomp/check_fused.py`), or where that cannot be done (a switch whose
+cases were gathered into one graph), on the check-only unfused program of the same
+exported region models (`executor.unfused`), the reason in `CheckReport.target`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import re
 from dataclasses import dataclass, field
 
 import torch
@@ -40,6 +42,7 @@ from dycomp.check_forcing import (
     reused_sites,
 )
 from dycomp.errors import MismatchError
+from dycomp.ir.program import SWITCH_CASE
 from dycomp.runtime.host import HostProgram
 
 log = logging.getLogger(__name__)
@@ -61,6 +64,7 @@ class CheckReport:
     regions_run: set = field(default_factory=set)
     selected: set = field(default_factory=set)  # sites whose arms a region computes
     target: str = "compiled program"
+    fused_aside: str = ""  # why the fused model's own decisions were not forced
 
     @property
     def full(self) -> bool:
@@ -111,6 +115,7 @@ class _Setup:
     gate_sites: set  # ... gates multiplied in that gate-to-branch made branches
     eager_read: set = field(default_factory=set)  # (site, k) eager read, last run
     aside: dict = field(default_factory=dict)  # site -> why it is answered naturally
+    switch_sites: set = field(default_factory=set)  # ... cases of a switch `options[i]`
 
 
 def path_check(fn, cm, args: tuple, kwargs: dict, n: int = 2, more: int = 0
@@ -201,8 +206,16 @@ def _setup(fn, cm, report: CheckReport) -> _Setup:
     applied = getattr(cm.graph, "applied", ())
     lines = {p: {a.line for a in applied if a.pass_name == p}
              for p in ("tensor-conditions", "gate-to-branch")}
-    return _Setup(fn, cm, program, sites, (lines["tensor-conditions"] | scalar) & sites,
-                  lines["gate-to-branch"] & sites, aside=dict.fromkeys(reused, _REUSED))
+    run = _Setup(fn, cm, program, sites, (lines["tensor-conditions"] | scalar) & sites,
+                 lines["gate-to-branch"] & sites, aside=dict.fromkeys(reused, _REUSED))
+    run.switch_sites = _switch_sites(program.unforced_source) & sites
+    return run
+
+
+def _switch_sites(source: str) -> set:
+    """Decision sites that are cases of a switch `options[i]` (`frontend.ops.switch`)."""
+    return set(re.findall(rf"^\s*\w+ = bool\(\w+\)  # (\S+:\d+)\n\s*# [^\n]*: "
+                          rf"{re.escape(SWITCH_CASE)}", source, re.M))
 
 
 def _random_check(run: _Setup, args: tuple, kwargs: dict, n: int, more: int,
@@ -297,9 +310,37 @@ def _host_program(cm, report: CheckReport) -> HostProgram:
     from dycomp.runtime.onnx_executor import OnnxExecutor
 
     source, models, lines = unfused
-    report.target = "unfused program of the same ONNX region models"
+    fused = _fused_program(cm, source, lines, report)
+    if fused is not None:
+        return fused
+    report.target = "unfused program of the same ONNX region models" + (
+        f" ({report.fused_aside})" if report.fused_aside else "")
     program = HostProgram(forced_source(source), OnnxExecutor(models, threads=1), lines)
     program.unforced_source = source
+    return program
+
+
+def _fused_program(cm, source: str, lines: dict, report: CheckReport) -> HostProgram | None:
+    """The shipped fused program, its fused models' decisions forceable
+    (`check_fused`); None (logged) where the rebuilt models are not the shipped ones."""
+    from dycomp.check_fused import ForcingExecutor, NotForceable, marked_fusion
+
+    try:
+        fused_source, models, ran = marked_fusion(cm)
+        executor = ForcingExecutor(cm.executor, models, ran)
+    except NotForceable as e:
+        log.info("path check on the unfused program: %s", e)
+        report.fused_aside = str(e)
+        return None
+    except Exception as e:  # a forcing copy ONNX Runtime cannot load, say: not forced
+        log.warning("path check on the unfused program: the fused models' decisions "
+                    "could not be made forceable: %s", e)
+        report.fused_aside = f"its decisions could not be made forceable: {e}"[:300]
+        return None
+    program = HostProgram(forced_source(fused_source), executor, lines)
+    executor.program = program
+    program.unforced_source = source
+    report.target = "fused ONNX model (decisions of its If / Loop nodes forced)"
     return program
 
 
@@ -376,6 +417,9 @@ def _compiled_run(run: _Setup, args, kwargs, plan: dict, target, expected,
     return [t for t in compiled.taken if t[0] not in run.aside]
 
 
+_SWITCH = ("a case of `options[i]`, `i` read out of a tensor (a switch index): eager indexes "
+           "with the int, reading no decision to force there, and the regions also read "
+           "the index tensor, which answering the host's case alone leaves unforced")
 _OPPOSITE = "eager and compiled answer the decision at that line unlike (a negation)"
 _REUSED = "the host also uses the tensor read there as a value (`t and k < 6`)"
 
@@ -386,6 +430,7 @@ def _unforced(run: _Setup, target: tuple, report: CheckReport) -> list:
     report.unforced[target] = run.aside[site] if site in run.aside else (
         "a gate multiplied in (gate-to-branch): eager reads no decision there"
         if site in run.gate_sites else
+        _SWITCH if site in run.switch_sites else
         "a decision on a scalar eager does not compare at that line (a switch index)"
         if site in run.scalar_sites else
         "eager reads no decision at that line after the same decisions")

@@ -537,7 +537,7 @@ def compile_command(cfg: CompileConfig, out: Console) -> None:
         from dycomp.check_paths import path_check
 
         with stage("check against eager PyTorch, every decision arm forced"):
-            checked = cm.check = path_check(fn, cm, examples, {}, more=6)
+            checked = cm.check = path_check(fn, cm, examples, {}, more=14)
     if cfg.output is not None:
         with stage(f"save {cfg.output}"):
             cm.save(cfg.output)

@@ -10,6 +10,7 @@ translate are reported all at once, each with its source line.
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
 import operator
@@ -88,6 +89,7 @@ def lower_onnx(graph, threads: int = 2, opset: int = DEFAULT_OPSET, fuse: bool =
         quantize(graph)
     folded = sum(_simplify(r.onnx) for r in graph.regions.values())
     unfused = _unfused(graph) if fuse else None
+    before = fusion_snapshot(graph) if fuse else None
     n = fuse_branches(graph) if fuse else None
     if n:
         log.info("lowered %d host branches and %d loops into ONNX If / Loop nodes: %d "
@@ -102,6 +104,7 @@ def lower_onnx(graph, threads: int = 2, opset: int = DEFAULT_OPSET, fuse: bool =
         executor = OnnxExecutor(models, threads=threads, traced=traced)
         if n:
             executor.unfused = unfused
+            executor.before_fusion = before  # the path check rebuilds it marked
         return executor
     except ArtifactError as e:  # a fresh export ONNX Runtime cannot load: a backend gap
         raise _unloadable(graph, getattr(e, "failed", {}), e) from e
@@ -113,6 +116,15 @@ def _unfused(graph) -> tuple:
     return (graph.host_source(), {n: r.onnx.SerializeToString() for n, r in
                                   graph.regions.items()},
             {n: ", ".join(r.lines[:2]) for n, r in graph.regions.items()})
+
+
+def fusion_snapshot(graph):
+    """What `fuse_branches` reads of `graph`, copied so that fusing the copy leaves the
+    graph alone: its host body (copied) and its regions (the same models)."""
+    snap = copy.copy(graph)
+    snap.body = copy.deepcopy(graph.body)
+    snap.regions = {name: copy.copy(r) for name, r in graph.regions.items()}
+    return snap
 
 
 def _simplify(model: onnx.ModelProto) -> int:

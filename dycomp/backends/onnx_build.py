@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import json
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -26,6 +27,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from dycomp.backends.onnx_conditions import (
+    GUARDS,
+    MARK,
     carry_unsqueezed,
     drop_condition_reshapes,
     drop_noop_reshapes,
@@ -198,6 +201,11 @@ class Builder:
         # top-level loops
         self.appends: list = []
         self.k = 0
+        # check-only builds (`dycomp/check_fused.py`): decision variable -> its source
+        # line; each such decision's value goes through a marker node (`mark`)
+        self.marks: dict = {}
+        self.unmarked: dict = {}  # marker output -> the name it marks (for node names)
+        self.guards: dict = {}  # marker node -> [(condition, arm)] of speculated arms
 
     # -- the model --------------------------------------------------------------------------
     def model(self, run, inputs, outputs) -> onnx.ModelProto:
@@ -231,6 +239,8 @@ class Builder:
         first = self.graph.regions[next(s.region for s in walk(run)
                                         if isinstance(s, CallRegion))].onnx
         m = helper.make_model(g, opset_imports=list(first.opset_import))
+        if self.guards:
+            helper.set_model_props(m, {GUARDS: json.dumps(self.guards)})
         m.ir_version = first.ir_version
         if drop_noop_reshapes(m):
             drop_dead(m.graph)
@@ -358,7 +368,7 @@ class Builder:
             if isinstance(s, CallRegion):
                 self.inline(s)
             elif isinstance(s, HostOp):
-                self.env[s.out] = self.host_op(s)
+                self.env[s.out] = self.mark(s, self.host_op(s))
             elif isinstance(s, Assign):
                 srcs = [self.assigned(d, x) for d, x in zip(s.dsts, s.srcs)]
                 self.env.update(zip(s.dsts, srcs))
@@ -414,6 +424,28 @@ class Builder:
         if _NOT_ANY.match(fmt):
             return self.logic("Not", self.logic("Or", *(self.operand(a, BOOL) for a in args)))
         raise CannotFuse(f"host operation {fmt} at {s.line}")
+
+    def mark(self, s: HostOp, name: str) -> str:
+        """`name`, or in a check-only build, for a decision in `marks`, an `Identity` of
+        it named `MARK:<site>:<i>`: what the path check forces (`check_fused`)."""
+        if s.out not in self.marks:
+            return name
+        i = len(self.taken)  # grows with every name: unique
+        out = f"{self.name}_{MARK}{i}"
+        self.taken.add(out)
+        self.nodes.append(helper.make_node("Identity", [name], [out],
+                                           name=f"{MARK}:{self.marks[s.out]}:{i}"))
+        if name in self.types:
+            self.types[out] = self.types[name]
+        self.unmarked[out] = name
+        return out
+
+    def guard(self, nodes: list, cond: str, taken: bool) -> None:
+        """Markers among the nodes of an arm computed whether or not taken (speculated):
+        their decision counts only where `cond` is `taken` (`GUARDS`)."""
+        for n in nodes:
+            if n.name.startswith(MARK):
+                self.guards.setdefault(n.name, []).append([cond, taken])
 
     def float32_compare(self, op: str, args: list) -> str | None:
         """`x < c` for a float32 `x` read as a Python float and a number `c`, computed in
@@ -510,7 +542,8 @@ class Builder:
             return
         arms = [self.subgraph(arm, phis + [self.arm_path]) for arm in (s.then, s.orelse)]
         if _speculate(arms) and not s.switch_case:  # gather_switches may drop its `If`s
-            for nodes, inits, _ in arms:
+            for (nodes, inits, _), taken in zip(arms, (True, False)):
+                self.guard(nodes, cond, taken)
                 self.nodes += nodes
                 self.initializers += inits
             for d, a, b in zip(phis, arms[0][2], arms[1][2]):
@@ -530,7 +563,8 @@ class Builder:
         returns its outputs."""
         branches = [helper.make_graph(nodes, self.fresh(f"{self.name}_{tag}"), [], o, inits)
                     for (nodes, inits, o), tag in zip(arms, ("then", "else"))]
-        self.nodes.append(helper.make_node("If", [cond], outs, name=self.fresh(f"{kind}_{cond}"),
+        tag = self.unmarked.get(cond, cond)  # the same name with or without a marker
+        self.nodes.append(helper.make_node("If", [cond], outs, name=self.fresh(f"{kind}_{tag}"),
                                            then_branch=branches[0], else_branch=branches[1]))
         self.types[outs[-1]] = _IDS
         return outs
@@ -740,7 +774,7 @@ def dedupe(g: onnx.GraphProto, known: dict | None = None, renamed: dict | None =
         for sub in subs:
             removed += dedupe(sub, known, renamed)
         exposed = outputs.intersection(n.output)
-        key = None if subs or n.op_type in RANDOM_OPS else (
+        key = None if subs or n.op_type in RANDOM_OPS or n.name.startswith(MARK) else (
             n.domain, n.op_type, tuple(n.input), len(n.output), _attributes(n))
         if key in known and (not exposed or inner and made.issuperset(known[key])
                              and not outputs.intersection(known[key])):

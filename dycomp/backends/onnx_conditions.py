@@ -32,6 +32,11 @@ _GRAPH = onnx.AttributeProto.GRAPH
 _COMPARE = {"Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Equal"}
 _LOGIC = {"Not", "And", "Or", "Xor"}
 
+# the name of a decision's marker node (an `Identity` in check-only builds, read through
+# like logic: `onnx_build.Builder.mark`) starts so
+MARK = "dycomp_force"
+GUARDS = "dycomp_guards"  # model property: marker -> [(condition, arm)] (`Builder.guard`)
+
 
 def drop_condition_reshapes(g: onnx.GraphProto, outer: dict | None = None,
                             loop_body: bool = False) -> int:
@@ -53,7 +58,7 @@ def drop_condition_reshapes(g: onnx.GraphProto, outer: dict | None = None,
         """Only conditions read `name` (or logic deciding only conditions)."""
         return name not in hidden and all(  # an If's condition, a Loop's first one
             (n.op_type, i) in (("If", 0), ("Loop", 1))
-            or (n.op_type in _LOGIC and decides(n.output[0]))
+            or ((n.op_type in _LOGIC or n.name.startswith(MARK)) and decides(n.output[0]))
             for n, i in readers.get(name, []))
 
     for r in g.node:

@@ -56,14 +56,17 @@ EXTEND = "{0}.extend([v for v, f in zip({1}.tolist(), {2}.tolist()) if f])"
 EXTEND_NEGATED = "{0}.extend([v for v, f in zip({1}.tolist(), {2}.tolist()) if not f])"
 
 
-def fuse_branches(graph) -> Counter:
+def fuse_branches(graph, marks: dict | None = None) -> Counter:
     """Rewrite fusable runs of `graph.body` into fused ONNX regions; counts the branches
-    and loops lowered into `If` / `Loop` nodes. Regions must carry `.onnx` models."""
+    and loops lowered into `If` / `Loop` nodes. Regions must carry `.onnx` models.
+    `marks` (check-only builds): decision variable -> source line, marked in the fused
+    models for the path check (`Builder.mark`)."""
     types, srcs, readers = var_types(graph), _sources(graph), _readers(graph)
     tensors = tensor_vars(graph)
     kinds = scalar_kinds(srcs, types, tensors, _read_as_bool(readers))
     fed = fed_vars(srcs, readers, tensors, kinds, types)
     fuser = _Fuser(graph, types, tensors, kinds, fed, readers)
+    fuser.marks = marks or {}  # what `Builder.mark` marks (check-only builds)
     fuser.block(graph.body)
     live = {s.region for s in walk(graph.body) if isinstance(s, CallRegion)}
     for name in [n for n in graph.regions if n not in live]:
@@ -216,6 +219,7 @@ class _Fuser:
         self.in_loop = 0
         self.lowered = Counter()
         self.count = 0
+        self.marks: dict = {}
 
     # -- which statements can go into one ONNX model ---------------------------------
     def ok(self, s) -> bool:
@@ -310,6 +314,7 @@ class _Fuser:
         self.count += 1
         name = f"f{self.count}"
         b = Builder(self.graph, name, self.types, self.kinds, self.uses, self.plans)
+        b.marks = self.marks
         try:
             traced = b.model(run, inputs, outputs)
         except CannotFuse as e:
