@@ -51,3 +51,43 @@ def test_largest_product_counts_macs_at_the_example():
     sizes = {n: largest_product(r.onnx, example_shapes(r)) for n, r in cm.graph.regions.items()}
     assert 3 * 512 * 1024 in sizes.values()  # an expert: (3 x 512) @ (512 x 1024)
     assert all(s is None or s < MATVEC_MACS for s in sizes.values())
+
+
+# -- spinning: long-running subgraphs' workers sleep between parallel sections ----------------
+class Wide(nn.Module):
+    """One 2048 x 2048 layer: LONG_RUN_WEIGHTS weights, a long run."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = nn.Linear(width, width, bias=False)
+
+    def forward(self, x):
+        h = self.fc(x)
+        if h.sum() > 0:
+            return torch.relu(h)
+        return h * 0.5
+
+
+def _spinning(cm) -> set:
+    def entry(session):
+        try:
+            return session.get_session_options().get_session_config_entry(
+                "session.intra_op.allow_spinning")
+        except Exception:  # not set: ONNX Runtime's default (spinning)
+            return "default"
+
+    return {entry(s) for s in cm.program.executor.sessions.values()}
+
+
+def test_long_running_subgraph_does_not_spin():
+    from dycomp.runtime.onnx_executor import LONG_RUN_WEIGHTS
+
+    assert 2048 * 2048 == LONG_RUN_WEIGHTS
+    g = torch.Generator().manual_seed(3)
+    xs = [(torch.randn(64, 2048, generator=g),) for _ in range(6)]
+    cm, paths = assert_matches_eager(Wide(2048).eval(), xs, backend="onnx", threads=2)
+    assert len(set(paths)) == 2 and _spinning(cm) == {"0"}
+    small = [(x[:, :1024],) for (x,) in xs]
+    cm, _ = assert_matches_eager(Wide(1024).eval(), small, backend="onnx", threads=2)
+    assert set(cm.program.executor.threads.values()) == {2} and _spinning(cm) == {"default"}

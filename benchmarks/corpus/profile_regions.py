@@ -96,6 +96,7 @@ VARIANTS = {
     "same": (None, None, False),  # the compiled executor again: the noise floor of A/B
     "t1": (1, None, False),
     "no_spin": (None, _opts_spin, False),
+    "spinning": (None, None, False),  # spinning allowed in every region (before 2026-12-07)
     "spin": (None, None, True),
     "extended": (None, _opts_basic, False),
     "no_mem_pattern": (None, _opts_nomem, False),
@@ -118,13 +119,18 @@ def variant_executor(base: OnnxExecutor, name: str) -> OnnxExecutor:
 
     ex.sessions = {}
     for region, model in ex.models.items():
-        so = _fresh_options(plan[region]) if fresh else session_options(plan[region])
+        spin = not oe.long_running(_proto(model)) or name == "spinning"
+        so = _fresh_options(plan[region]) if fresh else session_options(plan[region], spin)
         if change is not None:
             change(so)
         ex.sessions[region] = oe.new_session(model, plan[region], so)
     ex._calls = {r: oe._call_spec(s) for r, s in ex.sessions.items()}
     ex._bound = {r: oe._bind(c, r) for r, c in ex._calls.items()}
     return ex
+
+
+def _proto(model) -> onnx.ModelProto:
+    return onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(model)
 
 
 def _fresh_options(threads: int) -> ort.SessionOptions:

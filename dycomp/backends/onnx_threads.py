@@ -10,8 +10,8 @@ only costs: moe's expert region ran 9-15 % faster per call on one thread
 This rule estimates the largest single `MatMul` / `Gemm` of the region at its traced
 example's shapes (multiply-accumulates, dynamic dimensions at their example sizes) and
 keeps one thread when even that one is small (`MATVEC_MACS`). Regions it cannot size
-(fused regions, whose examples are gone; shapes ONNX inference cannot follow) keep the
-weights rule.
+(fused regions with dynamic inputs, whose examples are gone; shapes ONNX inference
+cannot follow) keep the weights rule.
 """
 
 from __future__ import annotations
@@ -68,9 +68,12 @@ def is_matvec(model: onnx.ModelProto, examples: list | None) -> bool:
 
 
 def example_shapes(region) -> list | None:
-    """The traced example shape of each input of a region's model, in order (None for
-    a fused region, or when an input has no tensor example)."""
-    if region.gm is None:
+    """The traced example shape of each input of a region's model, in order; a fused
+    region's static input shapes (None when some input has no example or static shape)."""
+    if region.gm is None:  # fused: its model's own input shapes, when all are static
+        dims = [i.type.tensor_type.shape.dim for i in region.onnx.graph.input]
+        if all(d.HasField("dim_value") for ds in dims for d in ds):
+            return [tuple(d.dim_value for d in ds) for ds in dims]
         return None
     shapes = []
     for ph in region.placeholders:
