@@ -96,7 +96,8 @@ VARIANTS = {
     "same": (None, None, False),  # the compiled executor again: the noise floor of A/B
     "t1": (1, None, False),
     "no_spin": (None, _opts_spin, False),
-    "spinning": (None, None, False),  # spinning allowed in every region (before 2026-12-07)
+    "spinning": (None, None, False),
+    "weights_plan": (None, None, False),  # spinning allowed in every region (before 2026-12-07)
     "spin": (None, None, True),
     "extended": (None, _opts_basic, False),
     "no_mem_pattern": (None, _opts_nomem, False),
@@ -112,6 +113,11 @@ def variant_executor(base: OnnxExecutor, name: str) -> OnnxExecutor:
     """An executor of the same region models with the variant's session options."""
     threads, change, fresh = VARIANTS[name]
     plan = dict(base.threads) if threads is None else dict.fromkeys(base.models, threads)
+    if name == "weights_plan":  # the thread plan by weights alone (before 2026-12-07)
+        from dycomp.backends.onnx_backend import model_threads
+
+        plan = {r: model_threads(_proto(m), THREADS)
+                for r, m in base.models.items()}
     ex = OnnxExecutor.__new__(OnnxExecutor)
     ex.models, ex.threads, ex.traced, ex._traced_calls = dict(base.models), plan, {}, {}
     ex._lock = base._lock
