@@ -205,8 +205,9 @@ def _session(model, options):
 
 # A subgraph holding this many weights runs long enough (a ViT, a BERT layer: 5-30 M
 # weights, 20-200 ms a run on 2 busy cores) that its worker threads are better asleep
-# than spinning between parallel sections: see `session_options`.
+# than spinning long between parallel sections: see `session_options`.
 LONG_RUN_WEIGHTS = 1 << 22
+SHORT_SPIN_US = 20
 
 
 def long_running(proto: onnx.ModelProto) -> bool:
@@ -222,13 +223,16 @@ def long_running(proto: onnx.ModelProto) -> bool:
 
 
 def session_options(threads: int, spin: bool = True) -> ort.SessionOptions:
-    """dycomp's session options; `spin=False`: workers sleep between parallel sections
-    (`session.intra_op.allow_spinning=0`), for long-running subgraphs on a CPU shared
-    with other work. There spinning workers hold cores the main thread and the workers
-    themselves need: in-process A/B (benchmarks/corpus/profile_regions.py, variant
-    `no_spin`, 2 cores under a load of 5-9) A-ViT 0.49-0.58x the time, DynamicViT
-    0.56-0.59x, PABEE-BERT 0.52x; outputs identical. Short runs lose by it (the
-    universal transformer's 0.5 ms loop 1.38x, moe's experts 1.14x), hence weights."""
+    """dycomp's session options; `spin=False`: workers spin at most `SHORT_SPIN_US`
+    between parallel sections, then sleep, for long-running subgraphs on a CPU shared
+    with other work, where spinning workers hold cores that the main thread and the
+    workers themselves need. In-process A/B against unbounded spinning
+    (benchmarks/corpus/profile_regions.py, variants `spinning`, `spin20`, `no_spin`; 2
+    cores; outputs identical): under a load of 5-8, A-ViT 0.45-0.57x the time,
+    DynamicViT 0.65x (no spinning at all: A-ViT 0.49-0.58x, DynamicViT 0.50-0.59x,
+    PABEE-BERT 0.52x, DeeBERT 0.68-0.76x); under a load of 2.5, A-ViT 1.09x (no spinning
+    at all 1.28x), DynamicViT 0.54x. Short runs lose by any bound (the universal
+    transformer's 0.5 ms loop: 1.06-1.26x with 20 us, 1.38x with none), hence weights."""
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
@@ -243,7 +247,8 @@ def session_options(threads: int, spin: bool = True) -> ort.SessionOptions:
         # workers costs ~40 us per run (multi_exit r0: 0.065 ms spinning, 0.107 stopped).
         so.add_session_config_entry("session.force_spinning_stop", "1")
         if not spin:
-            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            so.add_session_config_entry("session.intra_op.spin_duration_us",
+                                        str(SHORT_SPIN_US))
     return so
 
 

@@ -53,7 +53,7 @@ def test_largest_product_counts_macs_at_the_example():
     assert all(s is None or s < MATVEC_MACS for s in sizes.values())
 
 
-# -- spinning: long-running subgraphs' workers sleep between parallel sections ----------------
+# -- spinning: long-running subgraphs' workers spin briefly between parallel sections ---------
 class Wide(nn.Module):
     """One 2048 x 2048 layer: LONG_RUN_WEIGHTS weights, a long run."""
 
@@ -73,7 +73,7 @@ def _spinning(cm) -> set:
     def entry(session):
         try:
             return session.get_session_options().get_session_config_entry(
-                "session.intra_op.allow_spinning")
+                "session.intra_op.spin_duration_us")
         except Exception:  # not set: ONNX Runtime's default (spinning)
             return "default"
 
@@ -81,13 +81,13 @@ def _spinning(cm) -> set:
 
 
 def test_long_running_subgraph_does_not_spin():
-    from dycomp.runtime.onnx_executor import LONG_RUN_WEIGHTS
+    from dycomp.runtime.onnx_executor import LONG_RUN_WEIGHTS, SHORT_SPIN_US
 
     assert 2048 * 2048 == LONG_RUN_WEIGHTS
     g = torch.Generator().manual_seed(3)
     xs = [(torch.randn(64, 2048, generator=g),) for _ in range(6)]
     cm, paths = assert_matches_eager(Wide(2048).eval(), xs, backend="onnx", threads=2)
-    assert len(set(paths)) == 2 and _spinning(cm) == {"0"}
+    assert len(set(paths)) == 2 and _spinning(cm) == {str(SHORT_SPIN_US)}
     small = [(x[:, :1024],) for (x,) in xs]
     cm, _ = assert_matches_eager(Wide(1024).eval(), small, backend="onnx", threads=2)
     assert set(cm.program.executor.threads.values()) == {2} and _spinning(cm) == {"default"}

@@ -96,8 +96,8 @@ VARIANTS = {
     "same": (None, None, False),  # the compiled executor again: the noise floor of A/B
     "t1": (1, None, False),
     "no_spin": (None, _opts_spin, False),
-    "spinning": (None, None, False),
-    "weights_plan": (None, None, False),  # spinning allowed in every region (before 2026-12-07)
+    "spinning": (None, None, False),  # unbounded spinning everywhere (before 2026-12-07)
+    "weights_plan": (None, None, False),  # threads by weights alone (before 2026-12-07)
     "spin": (None, None, True),
     "extended": (None, _opts_basic, False),
     "no_mem_pattern": (None, _opts_nomem, False),
@@ -106,6 +106,7 @@ VARIANTS = {
     "spin20": (None, _spin_us(20), False),
     "spin100": (None, _spin_us(100), False),
     "spin500": (None, _spin_us(500), False),
+    "spin50": (None, _spin_us(50), False),
 }
 
 
@@ -125,7 +126,7 @@ def variant_executor(base: OnnxExecutor, name: str) -> OnnxExecutor:
 
     ex.sessions = {}
     for region, model in ex.models.items():
-        spin = not oe.long_running(_proto(model)) or name == "spinning"
+        spin = not oe.long_running(_proto(model)) or name.startswith("spin")
         so = _fresh_options(plan[region]) if fresh else session_options(plan[region], spin)
         if change is not None:
             change(so)
