@@ -159,7 +159,7 @@ def new_session(model: bytes | str | os.PathLike, threads: int,
     -> 1.03x the time of one static graph of the same path, multi_exit 1.13x -> 1.02x."""
     model = os.fspath(model) if isinstance(model, os.PathLike) else model
     proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(model)
-    options = options or session_options(threads, spin=not long_running(proto))
+    options = options or session_options(threads, long_run=long_running(proto))
     session, relaid = blocked_across_branches(model, options, proto)
     if relaid is None:
         return session
@@ -222,8 +222,8 @@ def long_running(proto: onnx.ModelProto) -> bool:
     return weights >= LONG_RUN_WEIGHTS
 
 
-def session_options(threads: int, spin: bool = True) -> ort.SessionOptions:
-    """dycomp's session options; `spin=False`: workers spin at most `SHORT_SPIN_US`
+def session_options(threads: int, long_run: bool = False) -> ort.SessionOptions:
+    """dycomp's session options; `long_run`: workers spin at most `SHORT_SPIN_US`
     between parallel sections, then sleep, for long-running subgraphs on a CPU shared
     with other work, where spinning workers hold cores that the main thread and the
     workers themselves need. In-process A/B against unbounded spinning
@@ -246,7 +246,7 @@ def session_options(threads: int, spin: bool = True) -> ort.SessionOptions:
         # 0.75 ms; eager convolutions run 3x slower beside a spinning session. Waking the
         # workers costs ~40 us per run (multi_exit r0: 0.065 ms spinning, 0.107 stopped).
         so.add_session_config_entry("session.force_spinning_stop", "1")
-        if not spin:
+        if long_run:
             so.add_session_config_entry("session.intra_op.spin_duration_us",
                                         str(SHORT_SPIN_US))
     return so

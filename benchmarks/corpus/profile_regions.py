@@ -126,8 +126,8 @@ def variant_executor(base: OnnxExecutor, name: str) -> OnnxExecutor:
 
     ex.sessions = {}
     for region, model in ex.models.items():
-        spin = not oe.long_running(_proto(model)) or name.startswith("spin")
-        so = _fresh_options(plan[region]) if fresh else session_options(plan[region], spin)
+        long_run = oe.long_running(_proto(model)) and not name.startswith("spin")
+        so = _fresh_options(plan[region]) if fresh else session_options(plan[region], long_run)
         if change is not None:
             change(so)
         ex.sessions[region] = oe.new_session(model, plan[region], so)
