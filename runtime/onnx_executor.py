@@ -157,8 +157,10 @@ def new_session(model: bytes | str | os.PathLike, threads: int,
     A model with `If`s whose arms ONNX Runtime computes in its blocked NCHWc layout runs
     as `blocked_across_branches` rewrites it: policy_net (8 gated residual blocks) 1.11x
     -> 1.03x the time of one static graph of the same path, multi_exit 1.13x -> 1.02x."""
-    options = options or session_options(threads)
-    session, relaid = blocked_across_branches(model, options)
+    model = os.fspath(model) if isinstance(model, os.PathLike) else model
+    proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(model)
+    options = options or session_options(threads, long_run=long_running(proto))
+    session, relaid = blocked_across_branches(model, options, proto)
     if relaid is None:
         return session
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -170,13 +172,16 @@ def new_session(model: bytes | str | os.PathLike, threads: int,
         return session
 
 
-def blocked_across_branches(model: bytes | str | os.PathLike, options: ort.SessionOptions
+def blocked_across_branches(model: bytes | str | os.PathLike, options: ort.SessionOptions,
+                            proto: onnx.ModelProto | None = None
                             ) -> tuple[ort.InferenceSession, onnx.ModelProto | None]:
-    """A session for `model`, and when it has `If`s and convolutions, the model ONNX
-    Runtime optimized for this CPU with blocked values crossing `If` boundaries
-    (`dycomp.runtime.onnx_layout`; None when that changes nothing)."""
+    """A session for `model` (`proto`: the same, parsed), and when it has `If`s and
+    convolutions, the model ONNX Runtime optimized for this CPU with blocked values
+    crossing `If` boundaries (`dycomp.runtime.onnx_layout`; None when that changes
+    nothing)."""
     model = os.fspath(model) if isinstance(model, os.PathLike) else model
-    proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(model)
+    if proto is None:
+        proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(model)
     ops = {n.op_type for n in all_nodes(proto.graph)}
     if not {"If", "Conv"} <= ops or os.environ.get("DYCOMP_NCHWC_ACROSS_BRANCHES") == "0":
         return _session(model, options), None
@@ -198,7 +203,36 @@ def _session(model, options):
     return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def session_options(threads: int) -> ort.SessionOptions:
+# A subgraph holding this many weights runs long enough (a ViT, a BERT layer: 5-30 M
+# weights, 20-200 ms a run on 2 busy cores) that its worker threads are better asleep
+# than spinning long between parallel sections: see `session_options`.
+LONG_RUN_WEIGHTS = 1 << 22
+SHORT_SPIN_US = 20
+
+
+def long_running(proto: onnx.ModelProto) -> bool:
+    """Whether a model's weights (initializers, subgraphs' included) reach
+    `LONG_RUN_WEIGHTS`."""
+    graphs = [proto.graph]
+    weights = 0
+    while graphs:
+        g = graphs.pop()
+        weights += sum(int(np.prod(t.dims)) for t in g.initializer)
+        graphs.extend(a.g for n in g.node for a in n.attribute if a.HasField("g"))
+    return weights >= LONG_RUN_WEIGHTS
+
+
+def session_options(threads: int, long_run: bool = False) -> ort.SessionOptions:
+    """dycomp's session options; `long_run`: workers spin at most `SHORT_SPIN_US`
+    between parallel sections, then sleep, for long-running subgraphs on a CPU shared
+    with other work, where spinning workers hold cores that the main thread and the
+    workers themselves need. In-process A/B against unbounded spinning
+    (benchmarks/corpus/profile_regions.py, variants `spinning`, `spin20`, `no_spin`; 2
+    cores; outputs identical): under a load of 5-8, A-ViT 0.45-0.57x the time,
+    DynamicViT 0.65x (no spinning at all: A-ViT 0.49-0.58x, DynamicViT 0.50-0.59x,
+    PABEE-BERT 0.52x, DeeBERT 0.68-0.76x); under a load of 2.5, A-ViT 1.09x (no spinning
+    at all 1.28x), DynamicViT 0.54x. Short runs lose by any bound (the universal
+    transformer's 0.5 ms loop: 1.06-1.26x with 20 us, 1.38x with none), hence weights."""
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
@@ -212,6 +246,9 @@ def session_options(threads: int) -> ort.SessionOptions:
         # 0.75 ms; eager convolutions run 3x slower beside a spinning session. Waking the
         # workers costs ~40 us per run (multi_exit r0: 0.065 ms spinning, 0.107 stopped).
         so.add_session_config_entry("session.force_spinning_stop", "1")
+        if long_run:
+            so.add_session_config_entry("session.intra_op.spin_duration_us",
+                                        str(SHORT_SPIN_US))
     return so
 
 

@@ -147,8 +147,21 @@ HEAVY_WEIGHTS = 1 << 18
 
 
 def thread_plan(graph, threads: int) -> dict[str, int]:
-    """Intra-op threads per lowered subgraph: `threads` for heavy ones, 1 for the rest."""
-    return {name: model_threads(region.onnx, threads) for name, region in graph.regions.items()}
+    """Intra-op threads per lowered subgraph: `threads` for heavy ones, 1 for the rest
+    (matrix-vector regions included: `onnx_threads`)."""
+    from dycomp.backends.onnx_threads import example_shapes, is_matvec
+
+    plan = {name: model_threads(region.onnx, threads) for name, region in graph.regions.items()}
+    for name, region in graph.regions.items():
+        if plan[name] > 1 and not _has_heavy_ops(region.onnx) and is_matvec(
+                region.onnx, example_shapes(region)):
+            log.info("subgraph %s: matrix-vector products only: one thread", name)
+            plan[name] = 1
+    return plan
+
+
+def _has_heavy_ops(model: onnx.ModelProto) -> bool:
+    return any(n.op_type in HEAVY_OPS for n in all_nodes(model.graph))
 
 
 def model_threads(model: onnx.ModelProto, threads: int) -> int:
