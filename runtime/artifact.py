@@ -164,8 +164,10 @@ class Artifact:
         self.path, self.manifest, self.files = root, manifest, files
         self.signature = signature_of(manifest)
         lines = {n: ", ".join(s.get("lines", [])[:2]) for n, s in self.subgraphs.items()}
-        self.program = HostProgram.from_data(manifest["host_program"], self._executor(threads),
-                                             lines, regions=self.subgraphs)
+        # checked and printed before any subgraph is loaded
+        self.program = HostProgram.from_data(manifest["host_program"], None, lines,
+                                             regions=self.subgraphs)
+        self.program.executor = self._executor(threads)
         self.host_source = self.program.source  # what runs; host.py is a copy for reading
 
     def _executor(self, threads: int):

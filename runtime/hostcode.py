@@ -62,6 +62,8 @@ class _Gen:
         self.regions = None if regions is None else set(regions)
         self.lines: list[str] = []
         self.depth = 0
+        self.defined: set[str] = set()
+        self.used: dict[str, str] = {}  # name -> the first field that reads it
 
     def program(self, p, name, header) -> str:
         _obj(p, "host", {"params", "body"})
@@ -70,7 +72,11 @@ class _Gen:
         self.lines = [header] if header else []
         self.lines += ["import math", "", "import numpy as np", "", ""]
         self.lines.append(f"def {name}({', '.join(['R'] + params)}):")
+        self.defined.update(params)
         self.block(p.get("body"), 1, "host.body")
+        undefined = [(path, v) for v, path in self.used.items() if v not in self.defined]
+        if undefined:
+            raise _Fail(undefined[0][0], f"variable {undefined[0][1]!r} is never assigned")
         return "\n".join(self.lines) + "\n"
 
     def block(self, body, depth, path) -> None:
@@ -84,7 +90,8 @@ class _Gen:
             self.stmt(s, depth, pad, f"{path}[{i}]")
 
     def stmt(self, s, depth, pad, path) -> None:  # noqa: C901 - one case per statement kind
-        if not isinstance(s, dict) or s.get("kind") not in _STMT_KEYS:
+        if not isinstance(s, dict) or not isinstance(s.get("kind"), str) or \
+                s["kind"] not in _STMT_KEYS:
             raise _Fail(f"{path}.kind", f"unknown statement {_short(s)}")
         kind = s["kind"]
         _obj(s, path, _STMT_KEYS[kind] | {"kind", "line"})
@@ -95,19 +102,19 @@ class _Gen:
             if not isinstance(region, str) or not _REGION.match(region) or (
                     self.regions is not None and region not in self.regions):
                 raise _Fail(f"{path}.region", f"no subgraph {_short(region)}")
-            outs = self.names(s.get("outs"), f"{path}.outs")
-            args = self.names(s.get("args"), f"{path}.args")
+            outs = self.names(s.get("outs"), f"{path}.outs", define=True)
+            args = self.names(s.get("args"), f"{path}.args", use=True)
             lhs = f"{outs[0]}, = " if len(outs) == 1 else (f"{', '.join(outs)} = " if outs
                                                             else "")
             self.lines.append(f"{pad}{lhs}R({', '.join([repr(region)] + args)}){tail}")
         elif kind == "op":
             out = s.get("out")
-            lhs = "" if out is None else self.name(out, f"{path}.out") + " = "
+            lhs = "" if out is None else self.name(out, f"{path}.out", define=True) + " = "
             _bool(s.get("pure", True), f"{path}.pure")
             expr = self.expr(s.get("expr"), f"{path}.expr", effect=out is None)
             self.lines.append(f"{pad}{lhs}{expr}{tail}")
         elif kind == "assign":
-            dsts = self.names(s.get("dsts"), f"{path}.dsts")
+            dsts = self.names(s.get("dsts"), f"{path}.dsts", define=True)
             srcs = [self.expr(x, f"{path}.srcs[{i}]")
                     for i, x in enumerate(_list(s.get("srcs"), f"{path}.srcs"))]
             if len(srcs) != len(dsts):
@@ -116,7 +123,7 @@ class _Gen:
                 self.lines.append(f"{pad}{', '.join(dsts)} = {', '.join(srcs)}{tail}")
         elif kind == "if":
             self.comment(s, pad, path, line)
-            self.lines.append(f"{pad}if {self.name(s.get('cond'), f'{path}.cond')}:")
+            self.lines.append(f"{pad}if {self.name(s.get('cond'), f'{path}.cond', use=True)}:")
             self.block(s.get("then"), depth + 1, f"{path}.then")
             if _list(s.get("orelse", []), f"{path}.orelse"):
                 self.lines.append(f"{pad}else:")
@@ -126,7 +133,7 @@ class _Gen:
             if s.get("iter") is None:
                 self.lines.append(f"{pad}while True:")
             else:
-                target = self.name(s.get("target"), f"{path}.target")
+                target = self.name(s.get("target"), f"{path}.target", define=True)
                 it = self.expr(s.get("iter"), f"{path}.iter")
                 self.lines.append(f"{pad}for {target} in {it}:")
             self.block(s.get("body"), depth + 1, f"{path}.body")
@@ -147,14 +154,18 @@ class _Gen:
         if source:
             self.lines.append(f"{pad}# {line}: {source}")
 
-    def names(self, vs, path) -> list[str]:
-        return [self.name(v, f"{path}[{i}]") for i, v in enumerate(_list(vs, path))]
+    def names(self, vs, path, **how) -> list[str]:
+        return [self.name(v, f"{path}[{i}]", **how) for i, v in enumerate(_list(vs, path))]
 
-    @staticmethod
-    def name(v, path) -> str:
+    def name(self, v, path, define=False, use=False) -> str:
+        """A variable name, checked; `define`: the statement assigns it, `use`: reads it."""
         if not isinstance(v, str) or not _NAME.match(v) or keyword.iskeyword(v) or \
                 v in GENERATOR_NAMES:
             raise _Fail(path, f"{_short(v)} is not an allowed variable name")
+        if define:
+            self.defined.add(v)
+        if use:
+            self.used.setdefault(v, path)
         return v
 
     def expr(self, e, path, effect=False) -> str:
@@ -170,7 +181,7 @@ class _Gen:
         if not isinstance(e, dict) or len(e) not in (1, 2):
             raise _Fail(path, f"not an expression: {_short(e)}")
         if "var" in e and len(e) == 1:
-            return self.name(e["var"], f"{path}.var")
+            return self.name(e["var"], f"{path}.var", use=True)
         if "lit" in e and len(e) == 1:
             return _render_literal(_literal_value(e["lit"], f"{path}.lit"))
         if "op" in e:
@@ -265,7 +276,7 @@ def _literal_value(v, path: str, scalar: bool = False, depth: int = 0):
         return v
     if not scalar and isinstance(v, dict) and len(v) == 1:
         (key, x), = v.items()
-        if key == "float" and x in _NONFINITE:
+        if key == "float" and isinstance(x, str) and x in _NONFINITE:
             return _NONFINITE[x]
         if key == "tuple" and isinstance(x, list):
             return tuple(_literal_value(a, f"{path}.tuple[{i}]", depth=depth + 1)
