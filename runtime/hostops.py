@@ -98,7 +98,8 @@ NUMPY_CALLS = tuple("np." + n for n in (
     "median", "min", "minimum", "multiply", "nonzero", "ones", "ones_like", "percentile",
     "prod", "quantile", "ravel", "reshape", "round", "searchsorted", "sign", "sin", "sort",
     "sqrt", "square", "squeeze", "stack", "std", "subtract", "sum", "take", "tanh", "tile",
-    "transpose", "unique", "var", "where", "zeros", "zeros_like"))
+    "transpose", "unique", "var", "where", "zeros", "zeros_like", "float32", "float64",
+    "int32", "int64", "bool_"))
 # methods of host values (lists, dicts, sets, strings, numpy arrays) the program may call
 METHODS = ("append", "extend", "insert", "pop", "remove", "clear", "update", "add",
            "setdefault", "discard", "sort", "reverse", "popitem", "index", "count", "copy",

@@ -48,6 +48,7 @@ from dycomp.frontend.values import (
 )
 from dycomp.frontend.wrappers import unwrap_grad_mode
 from dycomp.ir.program import SWITCH_CASE, Assign, Break, Continue, If, Lit, Loop
+from dycomp.runtime.hostcomp import CompError, comprehension_source
 from dycomp.runtime.hostops import call_name, method_op
 
 __all__ = ["BREAK", "CONTINUE", "Ret", "UNDEF", "assert_", "call", "for_", "getitem", "if_",
@@ -205,6 +206,11 @@ def comp(fn, src, env_fn, loc=""):
             raise
     t = tracer()
     names = list(env)
+    try:
+        comprehension_source(names, src)
+    except CompError as e:
+        t.fail(f"a comprehension over data-dependent values that the host program cannot "
+               f"run: {e}", "use numbers, containers, builtins, math. and np. functions in it")
     code = eval(f"lambda {', '.join(names)}: {src}", {"np": np, "math": math})
     return t.host_op("comprehension", (Lit(tuple(names)), Lit(src)) + tuple(
         env[n] for n in names), lambda _names, _src, *values: code(*values))
