@@ -17,7 +17,7 @@ carry `line` ("file.py:42", printed as a comment). Expressions: `{"var": name}`,
 `{"dict": [[key, expr], ...]}`. A literal value is a JSON scalar, or
 `{"float": "nan"|"inf"|"-inf"}`, `{"tuple": [values]}`, `{"range": [start, stop,
 step]}`, `{"complex": [re, im]}`. Variable names: a letter, then letters, digits and
-`_` (64 at most), never a keyword or a name the generated code uses (`R`, `np`,
+`_` (128 at most), never a keyword or a name the generated code uses (`R`, `np`,
 `math`, the builtins it calls).
 """
 
@@ -30,7 +30,7 @@ from dycomp.runtime.errors import ArtifactError
 from dycomp.runtime.hostcomp import CompError, comprehension_source
 from dycomp.runtime.hostops import GENERATOR_NAMES, OPS, render_op
 
-_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}\Z")
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,127}\Z")
 _REGION = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}\Z")
 _STMT_KEYS = {
     "call": {"region", "args", "outs"}, "op": {"out", "expr", "pure"},
@@ -259,7 +259,7 @@ def _text(v, path: str, required: bool = False) -> str:
     """A string printed into the source (a comment, a repr): one printable line."""
     if v is None and not required:
         return ""
-    if not isinstance(v, str) or not v.isprintable() or len(v) > 4096 or (required and not v):
+    if not isinstance(v, str) or not v.isprintable() or len(v) > 65536 or (required and not v):
         raise _Fail(path, f"expected one printable line of text, got {_short(v)}")
     return v
 

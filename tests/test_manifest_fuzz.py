@@ -21,7 +21,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -182,6 +182,7 @@ def test_mutated_manifest_is_refused_or_runs_generated_code(saved, data):
         body.insert(data.draw(st.integers(0, len(body))), data.draw(_statement(root)))
     case = _write(root, art, m)
     outcome = _outcome(case, m)
+    event(f"{how}: {outcome[0]}")  # pytest --hypothesis-show-statistics
     assert not _canary(root).exists()
     if outcome[0] == "ran" and m.get("host_program") is not None:
         try:
