@@ -119,11 +119,17 @@ GENERATOR_NAMES = frozenset({"R", "np", "math", "slice_start", "run", "_dyc_erro
                             | set(BUILTIN_CALLS) | {"slice"})
 
 
-def call_name(module: str, name: str) -> str | None:
-    """The operator for `module.name(...)` (module '' for a builtin), or None if the
-    host program may not call it."""
+_CALLABLE = frozenset(BUILTIN_CALLS + MATH_CALLS + NUMPY_CALLS)
+
+
+def call_name(module: str, name: str, nargs: int) -> str | None:
+    """The operator for `module.name(...)` with `nargs` arguments (module '' for a
+    builtin; `len`, `set`, `abs`, ... are operators of their own), or None if the host
+    program may not call it."""
     op = f"{module}.{name}" if module else name
-    return op if OPS.get(op, OpSpec(None, 0, 0, "")).kind == "call" else None
+    spec = OPS.get(op)
+    ok = op in _CALLABLE and spec is not None and spec.min_args <= nargs <= spec.max_args
+    return op if ok else None
 
 
 def method_op(name: str) -> str | None:

@@ -369,7 +369,7 @@ def _host_call(t, f, args):
         return t.host_op(op, (f.__self__,) + tuple(args),
                          lambda o, *a: getattr(o, f.__name__)(*a))
     module, _, name = _host_name(f).rpartition(".")
-    op = call_name(module, name)
+    op = call_name(module, name, len(args))
     if op is None:
         t.fail(f"host call of {_host_name(f)} with data-dependent arguments",
                "the host program calls the functions listed in runtime/hostops.py")
