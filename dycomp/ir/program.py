@@ -1,8 +1,10 @@
 """The host program: structured statements that call regions and take decisions.
 
 Values on the host are named variables (`Var`). Expressions are small trees of
-variables, Python literals, containers and formatted operations, so passes can
-rename variables and the emitter can print readable Python.
+variables, Python literals, containers and operations (`Op`) of the fixed host operator
+table (`runtime/hostops.py`), so passes can rename variables and match operators by
+name. `program_data` turns a program into JSON data (what an artifact stores) and the
+runtime's generator prints readable Python from it (`runtime/hostcode.py`).
 """
 
 from __future__ import annotations
