@@ -23,6 +23,7 @@ from dycomp.fastcall import build as build_entry
 from dycomp.frontend.capture import InputSpec, capture
 from dycomp.frontend.randomness import has_random
 from dycomp.ir.dyngraph import DynGraph
+from dycomp.ir.program import program_data
 from dycomp.logs import configure as configure_logging
 from dycomp.passes import run_passes
 from dycomp.runtime.errors import ModelError
@@ -209,7 +210,9 @@ class CompiledModel:
     @classmethod
     def from_graph(cls, graph: DynGraph, executor, spec: InputSpec, backend: str):
         lines = {n: ", ".join(r.lines[:2]) for n, r in graph.regions.items()}
-        return cls(HostProgram(graph.host_source(), executor, lines), spec, backend, graph)
+        program = HostProgram.from_data(program_data(graph.body, graph.params), executor, lines,
+                                        header=graph.host_header())
+        return cls(program, spec, backend, graph)
 
     @property
     def executor(self):

@@ -75,7 +75,7 @@ def package(cm: CompiledModel) -> tuple[dict, dict[str, bytes]]:
         "format": rt.FORMAT, "format_version": rt.FORMAT_VERSION, "versions": _versions(cm.backend),
         "backend": cm.backend, "method": graph.name, "source": graph.source,
         "inputs": _entry_inputs(cm.spec), "treespec": treespec_dumps(cm.spec.treespec),
-        "host": rt.HOST, "cfg": _cfg_data(graph),
+        "host": rt.HOST, "host_program": _host_data(cm), "cfg": _cfg_data(graph),
         "subgraphs": subgraphs, "stats": _jsonable(graph.stats()),
     }
     if cm.backend == "tvm":
@@ -85,6 +85,14 @@ def package(cm: CompiledModel) -> tuple[dict, dict[str, bytes]]:
     if getattr(cm, "check", None) is not None:
         manifest["check"] = cm.check.to_json()
     return manifest, files
+
+
+def _host_data(cm: CompiledModel) -> dict:
+    """The host program as data (what the runtime runs; host.py is its readable copy)."""
+    data = cm.program.data
+    if data is None:
+        raise ArtifactError("the compiled model's host program is not data; recompile it")
+    return data
 
 
 def _models(executor, regions) -> dict[str, bytes]:

@@ -65,9 +65,9 @@ def changes(s: HostOp):
     """The container a statement like `{0}.append({1})` or `{0}[{1}] = {2}` changes."""
     if s.out is not None or s.pure:
         return None
-    fmt = s.expr.fmt
-    method = fmt[4:fmt.find("(")] if fmt.startswith("{0}.") else None
-    return s.expr.args[0] if method in MUTATORS or fmt == "{0}[{1}] = {2}" else None
+    op = s.expr.name
+    method = op[1:] if op.startswith(".") else None
+    return s.expr.args[0] if method in MUTATORS or op == "setitem" else None
 
 
 def dead_containers(body) -> set:

@@ -177,7 +177,7 @@ def _cond_tensor(before: list, s: If):
     """The region output `t` of the `c = bool(t)` the `if` tests, or None."""
     for x in reversed(before):
         if isinstance(x, HostOp) and x.out == s.cond:
-            ok = x.expr.fmt == "bool({0})" and isinstance(x.expr.args[0], Var)
+            ok = x.expr.name == "bool" and isinstance(x.expr.args[0], Var)
             return x.expr.args[0] if ok else None
     return None
 

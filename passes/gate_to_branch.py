@@ -288,7 +288,7 @@ def _rewrite(graph, site, region, gate: Gate, pieces, pred, names: Names) -> Non
     pre, then, post = pieces
     stmts = [call_piece(pre, env, names, line, named)]
     cond = names.var()
-    stmts.append(HostOp(cond, Op("bool({0})", (env[pred],)), line=gate_line(gate)))
+    stmts.append(HostOp(cond, Op("bool", (env[pred],)), line=gate_line(gate)))
     y = named.pop(gate.out, None) or names.var()
     arm = call_piece(then, env, names, line)
     stmts.append(If(cond, [arm, Assign([y], [env[gate.out]])],

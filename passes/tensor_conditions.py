@@ -24,7 +24,6 @@ truncates, and `==` on floats stay on the host.
 from __future__ import annotations
 
 import operator
-import re
 
 import torch
 from torch import fx
@@ -37,9 +36,9 @@ from dycomp.passes.regions import rebuild, replace_stmt, var_examples
 
 COMPARE = {"==": operator.eq, "!=": operator.ne, "<": operator.lt, "<=": operator.le,
            ">": operator.gt, ">=": operator.ge}
-_CMP = re.compile(r"^\(\{0\} (==|!=|<=|>=|<|>) (\{1\}|-?\d+)\)$")
-_READS = {"{0}.item()", "int({0})", "int({0}.item())", "float({0})", "float({0}.item())"}
-_EXACT = {"{0}.item()", "float({0})", "float({0}.item())"}  # a float's value unchanged
+_CMP = {"eq": "==", "ne": "!=", "lt": "<", "le": "<=", "gt": ">", "ge": ">="}  # host operators
+_READS = {"item", "int", "int_item", "float", "float_item"}
+_EXACT = {"item", "float", "float_item"}  # a float's value unchanged
 
 
 class TensorConditions(Pass):
@@ -64,7 +63,7 @@ class TensorConditions(Pass):
         reading it first)."""
         roots, self.exact = {}, set()  # exact: float reads that keep the value
         for s in walk(self.graph.body):
-            if not (isinstance(s, HostOp) and s.out is not None and s.expr.fmt in _READS):
+            if not (isinstance(s, HostOp) and s.out is not None and s.expr.name in _READS):
                 continue
             (src,) = s.expr.args
             if src in roots:
@@ -73,32 +72,34 @@ class TensorConditions(Pass):
                 roots[s.out] = (src, s)
             else:
                 continue
-            if s.expr.fmt in _EXACT and (src in self.exact or src not in roots):
+            if s.expr.name in _EXACT and (src in self.exact or src not in roots):
                 self.exact.add(s.out)
         return roots
 
     def _condition(self, s: HostOp, roots: dict) -> bool:
         """`c = (idx == 2)` -> `c = bool(t)`, `t` computed right after idx is read."""
-        m = _CMP.match(s.expr.fmt)
+        symbol = _CMP.get(s.expr.name)
         args = s.expr.args
-        if m is None or not args or args[0] not in roots:
+        if symbol is None or not args or args[0] not in roots:
             return False
         tensor, read = roots[args[0]]
-        k = _operand(m.group(2), args)
+        k = _operand(args)
         dtype = self.examples[tensor].dtype
         if _integer(self.examples[tensor]):
             k = k if isinstance(k, int) else None
         elif args[0] in self.exact and dtype in (torch.float32, torch.float64):
-            k = float32_bound(m.group(1), k, float64=dtype == torch.float64)
+            k = float32_bound(symbol, k, float64=dtype == torch.float64)
         else:
             k = None
         if k is None:
             return False
         out = self._insert(read, tensor, lambda g, x: g.call_function(
-            COMPARE[m.group(1)], (g.call_method("reshape", (x, ())), k)), s.line)
-        s.expr = Op("bool({0})", (out,))
+            COMPARE[symbol], (g.call_method("reshape", (x, ())), k)), s.line)
+        shown = s.expr.fmt.replace("{1}", repr(args[1].value)) if isinstance(args[1], Lit) \
+            else s.expr.fmt
+        s.expr = Op("bool", (out,))
         self.graph.applied.append(Applied(
-            self.name, s.line or "?", f"host decision `{m.group(0)}` on a scalar read from "
+            self.name, s.line or "?", f"host decision `{shown}` on a scalar read from "
             f"{tensor.name} computed on the tensor", "lets the backend fuse the branch"))
         return True
 
@@ -140,10 +141,8 @@ class TensorConditions(Pass):
         return var
 
 
-def _operand(text: str, args: tuple):
-    """The literal a comparison's format holds (`({0} == 2)`), or its second argument."""
-    if text != "{1}":
-        return int(text)
+def _operand(args: tuple):
+    """The literal second argument of a comparison (`(idx == 2)`), or None."""
     return args[1].value if len(args) > 1 and isinstance(args[1], Lit) else None
 
 

@@ -3,10 +3,12 @@
 An artifact is a directory: `manifest.json` (format, versions, entry signature, control-flow
 graph, subgraph table, sha256 of every other file), `subgraphs/<region>.onnx` (regions run
 by ONNX Runtime), `subgraphs/regions.so` (backend tvm: one library, a function per region)
-and `host.py` (the synthesized host program); optionally `signature.json` (an Ed25519
-signature over manifest.json, see `dycomp.runtime.trust`). `load()` verifies every file
-before anything runs, opens only the files the manifest lists (all inside the directory),
-and loads native code only with the caller's consent.
+and `host.py` (the synthesized host program, a readable copy); optionally `signature.json`
+(an Ed25519 signature over manifest.json, see `dycomp.runtime.trust`). `load()` verifies
+every file before anything runs, opens only the files the manifest lists (all inside the
+directory), and loads native code only with the caller's consent. The host program that
+runs is the manifest's `host_program`: data that the runtime checks and prints Python from
+with its own generator (`runtime/hostcode.py`); `host.py` is never executed.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ from dycomp.runtime.errors import ArtifactError
 from dycomp.runtime.host import HostProgram, RoutingExecutor
 
 FORMAT = "dycomp-artifact"
-FORMAT_VERSION = 2  # 2: fused subgraphs saved traced ("ran": the regions their ids name)
-READS_VERSIONS = (1, 2)
+# 2: fused subgraphs saved traced ("ran": the regions their ids name); 3: the host program
+# is data (`host_program`), host.py a copy never run
+FORMAT_VERSION = 3
+READS_VERSIONS = (3,)
 MANIFEST = "manifest.json"
 HOST = "host.py"
 BACKENDS = ("onnx", "tvm")
@@ -114,15 +118,20 @@ def parse_manifest(root: Path, raw: bytes) -> dict:
     """The manifest parsed from `raw`, after checking its format name and version."""
     try:
         manifest = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise ArtifactError(f"{root / MANIFEST} is not valid JSON ({e})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ArtifactError(f"{root / MANIFEST}: not a {FORMAT} manifest")
     version = manifest.get("format_version")
+    if version in (1, 2):
+        raise ArtifactError(f"{root}: format_version {version} stores the host program as "
+                            "Python code, which this dycomp does not run; recompile the model "
+                            "and save it again")
     if version not in READS_VERSIONS:
         raise ArtifactError(f"{root}: unsupported format_version {version!r}; this dycomp "
                             f"reads format_version {', '.join(map(str, READS_VERSIONS))}")
-    _require(manifest, root, files=dict, subgraphs=dict, inputs=list, backend=str)
+    _require(manifest, root, files=dict, subgraphs=dict, inputs=list, backend=str,
+             host_program=dict)
     if manifest["backend"] not in BACKENDS:
         raise ArtifactError(f"{root}: backend {manifest['backend']!r} cannot be run here; "
                             f"this dycomp runs {', '.join(BACKENDS)} artifacts")
@@ -228,9 +237,12 @@ class Artifact:
     def __init__(self, root: Path, manifest: dict, files: dict[str, bytes], threads: int = 2):
         self.path, self.manifest, self.files = root, manifest, files
         self.signature = signature_of(manifest)
-        self.host_source = files[HOST].decode("utf-8")
         lines = {n: ", ".join(s.get("lines", [])[:2]) for n, s in self.subgraphs.items()}
-        self.program = HostProgram(self.host_source, self._executor(threads), lines)
+        # checked and printed before any subgraph is loaded
+        self.program = HostProgram.from_data(manifest["host_program"], None, lines,
+                                             regions=self.subgraphs)
+        self.program.executor = self._executor(threads)
+        self.host_source = self.program.source  # what runs; host.py is a copy for reading
 
     def _executor(self, threads: int):
         """One executor per backend the subgraphs use, behind one router if both are."""

@@ -1,4 +1,8 @@
-"""Loading and running a synthesized host program (numpy only, no torch)."""
+"""Loading and running a synthesized host program (numpy only, no torch).
+
+A host program arrives as data (`runtime/hostcode.py`): `HostProgram.from_data` prints
+its Python with the runtime's own generator and compiles that; an artifact's `host.py`
+is a readable copy, never executed."""
 
 from __future__ import annotations
 
@@ -10,8 +14,9 @@ from typing import Protocol
 
 import numpy as np
 
-from dycomp.runtime.errors import model_error
+from dycomp.runtime.errors import ArtifactError, model_error
 from dycomp.runtime.host_index import slice_start
+from dycomp.runtime.hostcode import generate
 
 
 class Executor(Protocol):
@@ -40,11 +45,27 @@ class HostProgram:
 
     run: Callable
 
+    data: dict | None = None  # the program as data, when it came as data
+
     def __init__(self, source: str, executor: Executor, region_lines: dict | None = None):
         self.source = source
         self.fn = load_host(source)
         self.region_lines = region_lines or {}
         self.executor = executor
+
+    @classmethod
+    def from_data(cls, data: dict, executor: Executor, region_lines: dict | None = None,
+                  regions=None, header: str = "") -> HostProgram:
+        """The program `data` describes, printed by `hostcode.generate` (which checks it:
+        ArtifactError naming the first bad field; `regions`, the subgraphs a call may
+        name) and compiled."""
+        source = generate(data, regions, header=header)
+        try:
+            program = cls(source, executor, region_lines)
+        except (SyntaxError, RecursionError, MemoryError, ValueError) as e:
+            raise ArtifactError(f"host program: cannot be compiled ({e})") from None
+        program.data = data
+        return program
 
     @property
     def executor(self) -> Executor:

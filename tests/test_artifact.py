@@ -57,7 +57,7 @@ def test_layout_and_manifest(multi_exit):
     assert files == sorted(["manifest.json", "host.py"] +
                            [f"subgraphs/{r}.onnx" for r in regions])
     m = json.loads((path / "manifest.json").read_text())
-    assert (m["format"], m["format_version"], m["backend"]) == ("dycomp-artifact", 2, "onnx")
+    assert (m["format"], m["format_version"], m["backend"]) == ("dycomp-artifact", 3, "onnx")
     assert set(m["versions"]) == {"dycomp", "onnx", "onnxruntime", "torch", "python"}
     assert m["method"] == "forward" and m["source"].startswith("multi_exit.py:")
     assert m["inputs"] == [{"name": "x", "dtype": "float32", "shape": [1, 3, 32, 32]}]
@@ -332,8 +332,8 @@ TAMPER = {
     "deleted subgraph": (lambda p: (p / "subgraphs/r6.onnx").unlink(), "r6.onnx: file is missing"),
     "modified host": (lambda p: (p / "host.py").write_text(
         (p / "host.py").read_text().replace("bool(", "not bool(", 1)), "host.py: sha256"),
-    "unknown version": (lambda p: _set_manifest(p, format_version=3),
-                        "unsupported format_version 3; this dycomp reads format_version 1, 2"),
+    "unknown version": (lambda p: _set_manifest(p, format_version=4),
+                        "unsupported format_version 4; this dycomp reads format_version 3"),
     "garbage manifest": (lambda p: (p / "manifest.json").write_bytes(b"\x00{garbage"),
                          "not valid JSON"),
     "deleted manifest": (lambda p: (p / "manifest.json").unlink(), "manifest.json is missing"),

@@ -135,7 +135,7 @@ def test_containers_only_changed_are_dead_with_their_changes():
 
 def test_a_container_read_inside_another_is_not_dead():
     v, w, u, x = Var("v"), Var("w"), Var("u"), Var("x")
-    append = lambda c: HostOp(None, Op("{0}.append({1})", (c, x)), pure=False)  # noqa: E731
+    append = lambda c: HostOp(None, Op(".append", (c, x)), pure=False)  # noqa: E731
     body = [Assign([v, u], [[], []]), append(v), append(u), Assign([w], [[v]]),
             Return((w,))]
     assert dead_containers(body) == {u}

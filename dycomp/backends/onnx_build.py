@@ -18,7 +18,6 @@ import dataclasses
 import functools
 import hashlib
 import json
-import re
 from collections import Counter
 from dataclasses import dataclass
 
@@ -51,17 +50,14 @@ class Tensor:
     elem: int
 
 
-_ARITH = {"({0} + {1})": "Add", "({0} - {1})": "Sub", "({0} * {1})": "Mul"}
-_COMPARE = {"({0} < {1})": "Less", "({0} <= {1})": "LessOrEqual", "({0} > {1})": "Greater",
-            "({0} >= {1})": "GreaterOrEqual", "({0} == {1})": "Equal", "({0} != {1})": "Equal"}
+_ARITH = {"add": "Add", "sub": "Sub", "mul": "Mul"}  # host operators (runtime/hostops.py)
+_COMPARE = {"lt": "Less", "le": "LessOrEqual", "gt": "Greater", "ge": "GreaterOrEqual",
+            "eq": "Equal", "ne": "Equal"}
 _MIRROR = {"Less": "Greater", "Greater": "Less", "LessOrEqual": "GreaterOrEqual",
            "GreaterOrEqual": "LessOrEqual"}  # `c < x` is `x > c`
 _SYMBOL = {"Less": "<", "LessOrEqual": "<=", "Greater": ">", "GreaterOrEqual": ">="}
-_CONVERT = {"int({0})": INT64, "float({0})": DOUBLE, "bool({0})": BOOL}
-_ITEM = {"{0}.item()": None, "int({0}.item())": INT64, "float({0}.item())": DOUBLE}
-_EQ_K = re.compile(r"\(\{0\} == (-?\d+)\)$")  # a switch case: `(index == 2)`
-_NOT_ANY = re.compile(r"\(not \(\{0\}( or \{\d+\})*\)\)$")  # `(not (a or b))`
-_SHAPE = re.compile(r"\{0\}\.shape\[(\d+)\]$")  # a dimension that varies: `seq.size(1)`
+_CONVERT = {"int": INT64, "float": DOUBLE, "bool": BOOL}
+_ITEM = {"item": None, "int_item": INT64, "float_item": DOUBLE}
 
 
 def item_kind(elem: int) -> int:
@@ -77,28 +73,31 @@ def literal_kind(value) -> int | None:
     return DOUBLE if type(value) is float else None
 
 
-def op_kind(fmt: str, operands: list) -> int | None:
-    """The Python scalar kind a host op yields, or None if it is not lowered to ONNX.
-    `operands`: scalar kinds, or `Tensor` for tensor operands."""
+def op_kind(op: str, operands: list) -> int | None:
+    """The Python scalar kind host operator `op` yields, or None if it is not lowered to
+    ONNX. `operands`: scalar kinds, or `Tensor` for tensor operands."""
+    fmt = op
     scalars = all(k in (INT64, DOUBLE, BOOL) for k in operands)
     numbers = all(k in (INT64, DOUBLE) for k in operands)
     if fmt in _ITEM:
         (a,) = operands
         return (_ITEM[fmt] or item_kind(a.elem)) if isinstance(a, Tensor) else None
-    if fmt == "bool({0})":
+    if fmt == "bool":
         return BOOL if operands[0] is not None else None
     if fmt in _CONVERT:
         return _CONVERT[fmt] if scalars else None
     if fmt in _ARITH and numbers:
         return DOUBLE if DOUBLE in operands else INT64
-    if fmt in _COMPARE and (numbers or (fmt.split()[1] in "==!=" and operands == [BOOL] * 2)):
+    if fmt in _COMPARE and (numbers or (fmt in ("eq", "ne") and operands == [BOOL] * 2)):
         return BOOL
-    if fmt == "(not {0})" or _EQ_K.match(fmt):
+    if fmt == "eq" and operands[1] == INT64 and operands[0] == BOOL:  # a switch case
+        return BOOL
+    if fmt == "not":
         return BOOL if scalars else None
-    if _NOT_ANY.match(fmt):
+    if fmt == "none_of":
         return BOOL if operands == [BOOL] * len(operands) else None
-    if _SHAPE.match(fmt):
-        return INT64 if isinstance(operands[0], Tensor) else None
+    if fmt == "shape":
+        return INT64 if isinstance(operands[0], Tensor) and operands[1] == INT64 else None
     return None
 
 
@@ -395,9 +394,9 @@ class Builder:
                                                    kind=INT64)
             return t if e.start == 0 else self.node("Add", [t, self.const(e.start, INT64)],
                                                     kind=INT64)
-        fmt, args = s.expr.fmt, s.expr.args
+        fmt, args = s.expr.name, s.expr.args
         kind = self.kinds.get(s.out, BOOL)
-        if fmt == "bool({0})" or fmt in _CONVERT:
+        if fmt in _CONVERT:
             return self.cast(self.lookup(args[0]), kind)
         if fmt in _ITEM:
             return self.cast(self.scalar(self.lookup(args[0]), "item"), kind)
@@ -409,19 +408,15 @@ class Builder:
             if k == DOUBLE and (narrow := self.float32_compare(_COMPARE[fmt], args)):
                 return narrow
             out = self.node(_COMPARE[fmt], [self.operand(a, k) for a in args], kind=BOOL)
-            return self.logic("Not", out) if "!=" in fmt else out
-        if _EQ_K.match(fmt):
-            k = int(_EQ_K.match(fmt).group(1))
-            return self.node("Equal", [self.operand(args[0], INT64), self.const(k, INT64)],
-                             kind=BOOL)
-        if fmt == "(not {0})":
+            return self.logic("Not", out) if fmt == "ne" else out
+        if fmt == "not":
             return self.logic("Not", self.operand(args[0], BOOL))
-        if _SHAPE.match(fmt):
-            d = int(_SHAPE.match(fmt).group(1))
+        if fmt == "shape" and isinstance(args[1], Lit):
+            d = args[1].value
             dim = self.node("Shape", [self.lookup(args[0])], "dim", start=d, end=d + 1)
             self.types[dim] = helper.make_tensor_type_proto(INT64, [1])
             return self.scalar(dim, "dim")
-        if _NOT_ANY.match(fmt):
+        if fmt == "none_of":
             return self.logic("Not", self.logic("Or", *(self.operand(a, BOOL) for a in args)))
         raise CannotFuse(f"host operation {fmt} at {s.line}")
 

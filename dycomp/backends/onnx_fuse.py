@@ -48,12 +48,12 @@ log = logging.getLogger(__name__)
 
 # a 0-d int64 / float64 / bool tensor back to the Python int / float / bool: `.item()`,
 # ~0.1 us cheaper than `int(t)` on the host's cold path after a session run
-BACK = "{0}.item()"
+BACK = "item"
 # the values of the iterations that appended (the flags say which, or which did not):
 # Python's own loop over the few values, ~2 us faster after a run than numpy's boolean
 # indexing (decoder, benchmarks/README.md)
-EXTEND = "{0}.extend([v for v, f in zip({1}.tolist(), {2}.tolist()) if f])"
-EXTEND_NEGATED = "{0}.extend([v for v, f in zip({1}.tolist(), {2}.tolist()) if not f])"
+EXTEND = "extend_where"  # {0}.extend([v for v, f in zip({1}.tolist(), {2}.tolist()) if f])
+EXTEND_NEGATED = "extend_where_not"
 
 
 def fuse_branches(graph, marks: dict | None = None) -> Counter:
@@ -130,8 +130,8 @@ def _read_as_bool(readers: dict) -> set:
     """Variables read only as truth values: `bool(v)`, `not v`, `if v:` (an `If` reads
     its condition only)."""
     return {v for v, ss in readers.items()
-            if all(isinstance(s, If) or (isinstance(s, HostOp) and s.expr.fmt in
-                                         ("bool({0})", "(not {0})")) for s in ss)}
+            if all(isinstance(s, If) or (isinstance(s, HostOp) and s.expr.name in
+                                         ("bool", "not")) for s in ss)}
 
 
 def scalar_kinds(srcs: dict, types: dict, tensors: set, as_bool: set = frozenset()) -> dict:
@@ -161,7 +161,7 @@ def scalar_kinds(srcs: dict, types: dict, tensors: set, as_bool: set = frozenset
                else kind(a, strict) for a in x.args]
         if "later" in ops:
             return "later"
-        return op_kind(x.fmt, ops)
+        return op_kind(x.name, ops)
 
     changed = True
     while changed:  # optimistic: a loop counter's kind comes from its first value
@@ -229,7 +229,7 @@ class _Fuser:
         if isinstance(s, HostOp):
             if s.out is None or not s.pure:
                 return False
-            if s.expr.fmt == "bool({0})" and s.uses() and s.uses()[0] in self.tensors:
+            if s.expr.name == "bool" and s.uses() and s.uses()[0] in self.tensors:
                 return len(s.uses()) == 1
             return self.in_loop > 0 and s.out in self.kinds
         if isinstance(s, Assign):

@@ -29,7 +29,7 @@ from onnx import TensorProto
 
 from dycomp.ir.program import Assign, Break, Continue, HostOp, If, Lit, Loop, Return, Var, walk
 
-APPEND = "{0}.append({1})"
+APPEND = ".append"  # the host operator of `lst.append(v)`
 
 
 class NotLowerable(Exception):
@@ -111,17 +111,17 @@ def counter(plan: LoopPlan) -> tuple[Var, int] | None:
     if len(ops) != len(plan.header) or not 1 <= len(ops) <= 2:
         return None
     test = ops[0]
-    fmt, args = test.expr.fmt, test.expr.args
-    bound = {"({0} < {1})": 0, "({0} <= {1})": 1}.get(fmt)
+    fmt, args = test.expr.name, test.expr.args
+    bound = {"lt": 0, "le": 1}.get(fmt)
     if bound is None or not (isinstance(args[0], Var) and isinstance(args[1], Lit)) or \
             type(args[1].value) is not int:
         return None
     goes_on = (plan.exit_var == test.out and not plan.exit_when) or (
-        len(ops) == 2 and ops[1].expr.fmt == "(not {0})" and ops[1].expr.args == (test.out,)
+        len(ops) == 2 and ops[1].expr.name == "not" and ops[1].expr.args == (test.out,)
         and plan.exit_var == ops[1].out and plan.exit_when)
     n = args[0]
     steps = {s.out for s in walk(plan.body) if isinstance(s, HostOp)
-             and s.expr.fmt == "({0} + {1})" and s.expr.args == (n, Lit(1))}
+             and s.expr.name == "add" and s.expr.args == (n, Lit(1))}
     if not goes_on or _counts(plan.body, n, steps, None) != (True, True):
         return None
     return n, args[1].value + bound
@@ -184,7 +184,7 @@ def _appends(body: list, plan: LoopPlan, names, kinds: dict) -> list:
     site_ids = {id(s) for s in sites}
     by_list: dict = {}
     for s in sites:
-        if s.expr.fmt != APPEND or s.expr.args[1] not in kinds:
+        if s.expr.name != APPEND or s.expr.args[1] not in kinds:
             raise NotLowerable(f"host side effect `{s.expr.fmt}` at {s.line}")
         lst, x = s.expr.args
         if lst in by_list:

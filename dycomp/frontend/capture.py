@@ -18,6 +18,7 @@ from dycomp.frontend.tracer import Tracer
 from dycomp.frontend.values import TVal
 from dycomp.ir.dyngraph import DynGraph, Region
 from dycomp.ir.program import Assign, Lit, Return, Var
+from dycomp.runtime.hostops import GENERATOR_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,9 @@ def _leaf_names(bound, n) -> list[str]:
         names += [pname] if k == 1 else [f"{pname}_{i}" for i in range(k)]
     if len(names) != n:  # *args / **kwargs: fall back to positional names
         names = [f"arg{i}" for i in range(n)]
-    return [f"{x}_" if x in ("R", "np", "math") else x for x in names]
+    # names the host program's generator keeps for itself, or that it does not accept
+    return ["p" + x if x.startswith("_") else f"{x}_" if x in GENERATOR_NAMES else x
+            for x in names]
 
 
 def _build_regions(tr: Tracer) -> dict[str, Region]:

@@ -58,11 +58,11 @@ def getitem(tr, t: TVal, index):
             tr.fail("a data-dependent slice of a dimension whose size changes across loop "
                     "iterations")
         if single:
-            pos = tr.host_op("range({0})[{1}]", (n, start), lambda a, b: range(a)[b])
+            pos = tr.host_op("range_index", (n, start), lambda a, b: range(a)[b])
             out = torch.narrow(out, d, pos, 1).squeeze(d)
             continue
         length = len(range(n)[_ex(start):_ex(stop)])
-        pos = tr.host_op("slice_start({0}, {1}, {2}, {3}, {4})",
+        pos = tr.host_op("slice_start",
                          (n, start, stop, length, where or "slice"), _slice_start)
         out = torch.narrow(out, d, pos, length)
     return out

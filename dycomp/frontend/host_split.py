@@ -33,15 +33,12 @@ def split_on_host(tr, x: TVal, sizes, args: tuple, kwargs: dict) -> tuple:
     if n is None:
         tr.fail("torch.split into a data-dependent number of pieces",
                 "split into a fixed number of pieces (sizes may depend on the data)")
-    lead = "(slice(None),) * %d + " % d
     pieces = []
     for i in range(n):
-        fmt = "{0}[" + lead + "(slice(sum({1}[:%d]), sum({1}[:%d])),)]" % (i, i + 1)
+        def cut(a, s, d, i, j):
+            return a[(slice(None),) * d + (slice(sum(s[:i]), sum(s[:j])),)]
 
-        def cut(a, s, i=i):
-            return a[(slice(None),) * d + (slice(sum(s[:i]), sum(s[:i + 1])),)]
-
-        piece = tr.host_op(fmt, (x, sizes), cut)
+        piece = tr.host_op("split_piece", (x, sizes, d, i, i + 1), cut)
         piece._sym = frozenset({d})
         pieces.append(piece)
     return tuple(pieces)

@@ -26,7 +26,7 @@ def host_join(tr, func, args, kwargs) -> TVal:
     if not isinstance(dim, int):
         tr.fail(f"{func.__name__} of a data-dependent list along a data-dependent dim")
     name = _JOINS[func]
-    out = tr.host_op("np." + name + "({0}, axis={1})", (args[0], dim),
+    out = tr.host_op("np." + name, (args[0], dim),
                      lambda a, d: getattr(np, name)([np.asarray(x) for x in a], axis=d))
     # every dimension varies: the joined one with the list's length, the others with
     # the elements' own sizes (a beam that shrinks)

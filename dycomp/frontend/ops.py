@@ -48,6 +48,8 @@ from dycomp.frontend.values import (
 )
 from dycomp.frontend.wrappers import unwrap_grad_mode
 from dycomp.ir.program import SWITCH_CASE, Assign, Break, Continue, If, Lit, Loop
+from dycomp.runtime.hostcomp import CompError, comprehension_source
+from dycomp.runtime.hostops import call_name, method_op
 
 __all__ = ["BREAK", "CONTINUE", "Ret", "UNDEF", "assert_", "call", "for_", "getitem", "if_",
            "raise_", "try_", "while_"]
@@ -77,7 +79,7 @@ def not_(v):
         return not v
     t = tracer()
     var = t.to_bool(v)
-    return t.host_op("(not {0})", (HVal(var, bool(to_example(v))),), lambda a: not a)
+    return t.host_op("not", (HVal(var, bool(to_example(v))),), lambda a: not a)
 
 
 def and_(*fns):
@@ -132,23 +134,23 @@ def _host_test(fmt, a, b, pyop):
 
 
 def is_(a, b):
-    return _host_test("({0} is {1})", a, b, lambda x, y: x is y)
+    return _host_test("is", a, b, lambda x, y: x is y)
 
 
 def is_not(a, b):
-    return _host_test("({0} is not {1})", a, b, lambda x, y: x is not y)
+    return _host_test("is_not", a, b, lambda x, y: x is not y)
 
 
 def in_(a, b):
     if isinstance(b, TVal) or (not is_sym(a) and not contains_sym(b)):
         return a in b
-    return tracer().host_op("({0} in {1})", (a, b), lambda x, y: x in y)
+    return tracer().host_op("in", (a, b), lambda x, y: x in y)
 
 
 def not_in(a, b):
     if isinstance(b, TVal) or (not is_sym(a) and not contains_sym(b)):
         return a not in b
-    return tracer().host_op("({0} not in {1})", (a, b), lambda x, y: x not in y)
+    return tracer().host_op("not_in", (a, b), lambda x, y: x not in y)
 
 
 # -- indexing ---------------------------------------------------------------------------------
@@ -163,7 +165,7 @@ def getitem(obj, index):
             return SymChoice(list(obj), index)
         if isinstance(obj, nn.ModuleDict):
             return SymChoice(list(obj.values()), index)
-        return tracer().host_op("{0}[{1}]", (obj, index), lambda a, b: a[b])
+        return tracer().host_op("getitem", (obj, index), lambda a, b: a[b])
     if isinstance(obj, SymChoice):
         return switch(obj.index, obj.options, lambda o: getitem(o, index))
     return obj[index]
@@ -185,7 +187,7 @@ def switch(index, options, fn):
         if k == len(options) - 1:
             return fn(options[k])
         t = tracer()
-        cond = t.host_op("({0} == %d)" % k, (index,), lambda a: a == k)
+        cond = t.host_op("eq", (index, k), lambda a, b: a == b)
         return sym_if(cond, lambda: fn(options[k]), lambda: arm(k + 1), "",
                       f"{SWITCH_CASE}{k}")
     return arm(0)
@@ -204,10 +206,14 @@ def comp(fn, src, env_fn, loc=""):
             raise
     t = tracer()
     names = list(env)
-    lam = f"(lambda {', '.join(names)}: {src})(" + ", ".join("{%d}" % i for i in
-                                                             range(len(names))) + ")"
+    try:
+        comprehension_source(names, src)
+    except CompError as e:
+        t.fail(f"a comprehension over data-dependent values that the host program cannot "
+               f"run: {e}", "use numbers, containers, builtins, math. and np. functions in it")
     code = eval(f"lambda {', '.join(names)}: {src}", {"np": np, "math": math})
-    return t.host_op(lam, tuple(env[n] for n in names), code)
+    return t.host_op("comprehension", (Lit(tuple(names)), Lit(src)) + tuple(
+        env[n] for n in names), lambda _names, _src, *values: code(*values))
 
 
 # -- calls -----------------------------------------------------------------------------------------
@@ -282,8 +288,8 @@ def _call_library(f, args, kwargs):
     if f is torch.autograd.Variable and len(args) == 1 and isinstance(args[0], TVal):
         return _legacy_variable(args[0])
     if f in (int, float) and isinstance(args[0], (TVal, HVal)):
-        fmt = f.__name__ + ("({0}.item())" if isinstance(args[0], TVal) else "({0})")
-        return t.host_op(fmt, args, lambda a: f(a.item() if hasattr(a, "item") else a))
+        op = f.__name__ + ("_item" if isinstance(args[0], TVal) else "")
+        return t.host_op(op, args, lambda a: f(a.item() if hasattr(a, "item") else a))
     if f is len:
         a = args[0]
         if isinstance(a, TVal) and a._sym and a._ex.dim() and 0 in a._sym:
@@ -292,10 +298,9 @@ def _call_library(f, args, kwargs):
             return len(a)
         if not isinstance(a, HVal):
             return len(a)
-        return t.host_op("len({0})", args, len)
+        return t.host_op("len", args, len)
     if f is range:
-        return t.host_op("range(" + ", ".join("{%d}" % i for i in range(len(args))) + ")",
-                         args, range)
+        return t.host_op("range", args, range)
     if f is isinstance:
         a = args[0]
         return isinstance(to_example(a) if isinstance(a, HVal) else a, args[1])
@@ -356,12 +361,19 @@ def _host_name(f) -> str:
 
 
 def _host_call(t, f, args):
-    ph = ", ".join("{%d}" % (i + 1) for i in range(len(args)))
     if _bound_builtin(f):
-        return t.host_op("{0}." + f.__name__ + "(" + ph + ")", (f.__self__,) + tuple(args),
+        op = method_op(f.__name__)
+        if op is None:
+            t.fail(f"host method .{f.__name__}() with data-dependent arguments",
+                   "the host program calls the methods listed in runtime/hostops.py")
+        return t.host_op(op, (f.__self__,) + tuple(args),
                          lambda o, *a: getattr(o, f.__name__)(*a))
-    ph = ", ".join("{%d}" % i for i in range(len(args)))
-    return t.host_op(_host_name(f) + "(" + ph + ")", tuple(args), f)
+    module, _, name = _host_name(f).rpartition(".")
+    op = call_name(module, name, len(args))
+    if op is None:
+        t.fail(f"host call of {_host_name(f)} with data-dependent arguments",
+               "the host program calls the functions listed in runtime/hostops.py")
+    return t.host_op(op, tuple(args), f)
 
 
 def _run_converted(fn, args, kwargs):
@@ -536,20 +548,20 @@ def _peeled_for(t, iterable, body_fn, get, set_, loc, src):
     elif isinstance(to_example(iterable), (range, list, tuple)):
         seq = iterable
     else:
-        seq = t.host_op("list({0})", (iterable,), list)
+        seq = t.host_op("list", (iterable,), list)
     scope = _static_scope(t, get)
 
     def first():
         if not isinstance(seq, HVal):
             return body_fn(seq[0]) if len(seq) else BREAK
-        some = t.host_op("(len({0}) > 0)", (seq,), lambda a: len(a) > 0)
-        item = lambda: body_fn(t.host_op("{0}[0]", (seq,), lambda a: a[0] if len(a) else 0))  # noqa: E731
+        some = t.host_op("nonempty", (seq,), lambda a: len(a) > 0)
+        item = lambda: body_fn(t.host_op("getitem", (seq, 0), lambda a, k: a[k] if len(a) else 0))  # noqa: E731
         return if_(some, item, lambda: BREAK, get, set_, loc, src)
 
     r = _static_iteration(t, scope, first, get, set_)
     if r is not None:
         return r if r is not BREAK else _end_static(t, scope, get, set_, live=False)
-    rest = seq[1:] if not isinstance(seq, HVal) else t.host_op("{0}[1:]", (seq,), lambda a: a[1:])
+    rest = seq[1:] if not isinstance(seq, HVal) else t.host_op("tail", (seq, 1), lambda a, k: a[k:])
     _for_host(t, rest, body_fn, get, set_, loc, src, peel=False)
     return _end_static(t, scope, get, set_, live=True)
 
@@ -669,7 +681,7 @@ def _trace_body(t, header, init, get, set_, loc, src, body_fn, cond_fn, iterable
         if cond_fn is not None:
             c = cond_fn()
             if is_sym(c):
-                nc = t.host_op("(not {0})", (HVal(t.to_bool(c), True),), lambda a: not a)
+                nc = t.host_op("not", (HVal(t.to_bool(c), True),), lambda a: not a)
                 t.close()
                 t.emit(If(nc._var, then=[Break()], line=loc, source=f"not ({src})"))
             elif not c:

@@ -331,7 +331,7 @@ def _sym_shape(tr, name, t, args, kwargs):
         d = d % ex.dim()
         if d not in t._sym:
             return ex.shape[d]
-        return tr.host_op("{0}.shape[%d]" % d, (t,), lambda a: a.shape[d])
+        return tr.host_op("shape", (t, d), lambda a, k: a.shape[k])
 
     if name == "size" and dim is not None:
         return size(dim)
@@ -340,16 +340,16 @@ def _sym_shape(tr, name, t, args, kwargs):
     if name == "__len__":
         return size(0)
     if name in ("numel", "nelement"):
-        return tr.host_op("{0}.size", (t,), lambda a: a.size)
+        return tr.host_op("numel", (t,), lambda a: a.size)
     tr.fail(f"{name}() of a tensor whose shape changes across loop iterations")
 
 
 def _to_host(tr, name, t):
     if name == "item":
-        return tr.host_op("{0}.item()", (t,), lambda a: a.item())
+        return tr.host_op("item", (t,), lambda a: a.item())
     if name == "tolist":
         n = t._ex.shape[0] if t._ex.dim() > 0 else None
-        return tr.host_op("{0}.tolist()", (t,), lambda a: a.tolist(), static_len=n)
+        return tr.host_op("tolist", (t,), lambda a: a.tolist(), static_len=n)
     return HVal(tr.export(t), t._ex.numpy())
 
 
@@ -365,8 +365,7 @@ def tensor_ctor(tr, func, args, kwargs):
     if isinstance(data, HVal) and isinstance(data._ex, (bool, int, float, np.generic)):
         dtype = dtype or torch.tensor(data._ex).dtype
         name = str(dtype).replace("torch.", "")
-        return tr.host_op("np.asarray({0}, dtype=np.%s)" % name, (data,),
-                          lambda a: np.asarray(a, dtype=name))
+        return tr.host_op("asarray", (data, name), lambda a, n: np.asarray(a, dtype=n))
     if not isinstance(data, TVal):
         tr.fail(f"torch.{func.__name__} of a list holding data-dependent values (it would "
                 "copy their example values)", "use torch.stack of tensors")

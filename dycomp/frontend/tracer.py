@@ -15,6 +15,7 @@ from dycomp.errors import UnsupportedError
 from dycomp.frontend.region import RegionBuilder
 from dycomp.frontend.values import UNDEF, HVal, TVal, _state, is_sym
 from dycomp.ir.program import Assign, CallRegion, HostOp, If, Lit, Op, Var
+from dycomp.runtime.hostops import method_op
 
 log = logging.getLogger(__name__)
 _LIB_DIRS = tuple(p for p in {os.path.dirname(os.__file__), *sys.path}
@@ -183,6 +184,8 @@ class Tracer:
             return self.export(v)
         if isinstance(v, HVal):
             return v._var
+        if isinstance(v, Lit):
+            return v
         if v is None or isinstance(v, (bool, int, float, str, range, complex)):
             return Lit(v)
         if isinstance(v, (np.generic,)):
@@ -196,10 +199,9 @@ class Tracer:
         if isinstance(v, dict):
             return {k: self.host_expr(x) for k, x in v.items()}
         if isinstance(v, (set, frozenset)):
-            return Op("set({0})", ([self.host_expr(x) for x in v],))
+            return Op("set", ([self.host_expr(x) for x in v],))
         if isinstance(v, slice):  # `del memory.hidden[:]` on a host list
-            return Op("slice({0}, {1}, {2})", tuple(self.host_expr(x)
-                                                      for x in (v.start, v.stop, v.step)))
+            return Op("slice", tuple(self.host_expr(x) for x in (v.start, v.stop, v.step)))
         if v is UNDEF:
             self.fail("use of a variable that is not defined on every path")
         from dycomp.frontend.values import SymChoice
@@ -221,39 +223,44 @@ class Tracer:
             return TVal(example, var=var)
         return HVal(var, example, static_len)
 
-    def host_op(self, fmt, args, example_fn, pure=True, static_len=None):
-        """Emit `v = fmt(args)` on the host; the example result types the new value."""
+    def host_op(self, op, args, example_fn, pure=True, static_len=None):
+        """Emit `v = op(args)` on the host (`op` names a host operator,
+        `runtime/hostops.py`); the example result types the new value."""
         exprs = tuple(self.host_expr(a) for a in args)
+        expr = Op(op, exprs)
         try:
             ex = example_fn(*(to_example(a) for a in args))
         except Exception as e:  # the user's own operation failed on example values
-            self.fail(f"host operation `{fmt.format(*map(str, exprs))}` failed: {e}")
+            self.fail(f"host operation `{expr.fmt.format(*map(str, exprs))}` failed: {e}")
         if ex is None and not pure:
-            self.emit(HostOp(None, Op(fmt, exprs), pure=False))
+            self.emit(HostOp(None, expr, pure=False))
             return None
         out = self.var()
-        self.emit(HostOp(out, Op(fmt, exprs), pure=pure))
+        self.emit(HostOp(out, expr, pure=pure))
         return self.host_value(out, ex, static_len)
 
-    def host_binop(self, fmt, pyop, args):
+    def host_binop(self, op, pyop, args):
         if any(isinstance(a, TVal) for a in args):
             return NotImplemented
-        return self.host_op(fmt, args, pyop)
+        return self.host_op(op, args, pyop)
 
     def host_method(self, obj, name, args, kwargs):
         if kwargs:
             self.fail(f"keyword arguments to host method .{name}()")
-        fmt = "{0}." + name + "(" + ", ".join("{%d}" % (i + 1) for i in range(len(args))) + ")"
+        op = method_op(name)
+        if op is None:
+            self.fail(f"host method .{name}() of a data-dependent value",
+                      "the host program calls the methods listed in runtime/hostops.py")
         from dycomp.frontend.convert import MUTATORS
 
-        return self.host_op(fmt, (obj,) + tuple(args),
+        return self.host_op(op, (obj,) + tuple(args),
                             lambda o, *a: getattr(o, name)(*a), pure=name not in MUTATORS)
 
     def to_bool(self, cond) -> Var:
         """Host variable holding the truth value of a symbolic condition."""
         if isinstance(cond, HVal) and isinstance(cond._ex, (bool, np.bool_)):
             return cond._var
-        v = self.host_op("bool({0})", (cond,), lambda c: bool(c))
+        v = self.host_op("bool", (cond,), lambda c: bool(c))
         return v._var
 
     def record_exit(self, exits: list, value, flag: Var) -> None:
@@ -291,9 +298,8 @@ class Tracer:
         foreign = list(dict.fromkeys(f for f in self.exit_log[since:]
                                      if f not in self.resolved))
         if foreign:
-            fmt = "(not (" + " or ".join("{%d}" % i for i in range(len(foreign))) + "))"
             go = self.var()
-            self.emit(HostOp(go, Op(fmt, tuple(foreign)), line=""))
+            self.emit(HostOp(go, Op("none_of", tuple(foreign)), line=""))
             guard = self.emit(If(go, line="", source="skip on paths that already left"))
             self.blocks = prefix + [guard.then]
         return value

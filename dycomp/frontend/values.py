@@ -154,40 +154,40 @@ class HVal:
     def __format__(self, spec):
         tracer().fail("formatting a data-dependent value into a string")
 
-    __getitem__ = _hop("{0}[{1}]", lambda a, b: a[b])
+    __getitem__ = _hop("getitem", lambda a, b: a[b])
 
     def __setitem__(self, key, value):  # a host dict or list changed in place
-        tracer().host_op("{0}[{1}] = {2}", (self, key, value),
+        tracer().host_op("setitem", (self, key, value),
                          lambda o, k, v: o.__setitem__(k, v), pure=False)
 
     def __delitem__(self, key):  # `del memory.hidden[:]` on a host list
-        tracer().host_op("{0}.__delitem__({1})", (self, key),
+        tracer().host_op("delitem", (self, key),
                          lambda o, k: o.__delitem__(k), pure=False)
 
-    __add__, __radd__ = _hop("({0} + {1})", lambda a, b: a + b), _hrop("({0} + {1})", lambda a,
+    __add__, __radd__ = _hop("add", lambda a, b: a + b), _hrop("add", lambda a,
                                                                           b: a + b)
-    __sub__, __rsub__ = _hop("({0} - {1})", lambda a, b: a - b), _hrop("({0} - {1})", lambda a,
+    __sub__, __rsub__ = _hop("sub", lambda a, b: a - b), _hrop("sub", lambda a,
                                                                           b: a - b)
-    __mul__, __rmul__ = _hop("({0} * {1})", lambda a, b: a * b), _hrop("({0} * {1})", lambda a,
+    __mul__, __rmul__ = _hop("mul", lambda a, b: a * b), _hrop("mul", lambda a,
                                                                           b: a * b)
-    __truediv__ = _hop("({0} / {1})", lambda a, b: a / b)
-    __rtruediv__ = _hrop("({0} / {1})", lambda a, b: a / b)
-    __floordiv__ = _hop("({0} // {1})", lambda a, b: a // b)
-    __rfloordiv__ = _hrop("({0} // {1})", lambda a, b: a // b)
-    __mod__ = _hop("({0} % {1})", lambda a, b: a % b)
-    __rmod__ = _hrop("({0} % {1})", lambda a, b: a % b)
-    __pow__ = _hop("({0} ** {1})", lambda a, b: a**b)
-    __lt__ = _hop("({0} < {1})", lambda a, b: a < b)
-    __le__ = _hop("({0} <= {1})", lambda a, b: a <= b)
-    __gt__ = _hop("({0} > {1})", lambda a, b: a > b)
-    __ge__ = _hop("({0} >= {1})", lambda a, b: a >= b)
-    __eq__ = _hop("({0} == {1})", lambda a, b: a == b)
-    __ne__ = _hop("({0} != {1})", lambda a, b: a != b)
-    __and__ = _hop("({0} & {1})", lambda a, b: a & b)
-    __or__ = _hop("({0} | {1})", lambda a, b: a | b)
-    __xor__ = _hop("({0} ^ {1})", lambda a, b: a ^ b)
-    __neg__ = _hop("(-{0})", lambda a: -a)
-    __abs__ = _hop("abs({0})", abs)
+    __truediv__ = _hop("truediv", lambda a, b: a / b)
+    __rtruediv__ = _hrop("truediv", lambda a, b: a / b)
+    __floordiv__ = _hop("floordiv", lambda a, b: a // b)
+    __rfloordiv__ = _hrop("floordiv", lambda a, b: a // b)
+    __mod__ = _hop("mod", lambda a, b: a % b)
+    __rmod__ = _hrop("mod", lambda a, b: a % b)
+    __pow__ = _hop("pow", lambda a, b: a**b)
+    __lt__ = _hop("lt", lambda a, b: a < b)
+    __le__ = _hop("le", lambda a, b: a <= b)
+    __gt__ = _hop("gt", lambda a, b: a > b)
+    __ge__ = _hop("ge", lambda a, b: a >= b)
+    __eq__ = _hop("eq", lambda a, b: a == b)
+    __ne__ = _hop("ne", lambda a, b: a != b)
+    __and__ = _hop("bitand", lambda a, b: a & b)
+    __or__ = _hop("bitor", lambda a, b: a | b)
+    __xor__ = _hop("bitxor", lambda a, b: a ^ b)
+    __neg__ = _hop("neg", lambda a: -a)
+    __abs__ = _hop("abs", abs)
 
 
 class HMethod:

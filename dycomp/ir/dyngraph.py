@@ -108,8 +108,10 @@ class DynGraph:
 
     # -- views -------------------------------------------------------------------
     def host_source(self) -> str:
-        header = f"# dycomp host program for {self.name} ({self.source})"
-        return emit_python(self.body, self.params, header=header)
+        return emit_python(self.body, self.params, header=self.host_header())
+
+    def host_header(self) -> str:
+        return f"# dycomp host program for {self.name} ({self.source})"
 
     def calls(self) -> list[CallRegion]:
         return [s for s in walk(self.body) if isinstance(s, CallRegion)]

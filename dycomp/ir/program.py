@@ -1,8 +1,10 @@
 """The host program: structured statements that call regions and take decisions.
 
 Values on the host are named variables (`Var`). Expressions are small trees of
-variables, Python literals, containers and formatted operations, so passes can
-rename variables and the emitter can print readable Python.
+variables, Python literals, containers and operations (`Op`) of the fixed host operator
+table (`runtime/hostops.py`), so passes can rename variables and match operators by
+name. `program_data` turns a program into JSON data (what an artifact stores) and the
+runtime's generator prints readable Python from it (`runtime/hostcode.py`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from dycomp.runtime.hostcode import generate
+from dycomp.runtime.hostops import OPS, op_format
 
 
 @dataclass(frozen=True)
@@ -24,10 +29,20 @@ class Var:
 
 @dataclass(frozen=True)
 class Op:
-    """An operation printed as `fmt.format(*rendered args)`, e.g. `bool({0})`."""
+    """Operator `name` of the host operator table (`runtime/hostops.py`) applied to
+    `args`, e.g. `Op("bool", (v,))`, printed `bool(v)`."""
 
-    fmt: str
+    name: str
     args: tuple = ()
+
+    def __post_init__(self):
+        if self.name not in OPS:
+            raise KeyError(f"{self.name!r} is not a host operator (runtime/hostops.py)")
+
+    @property
+    def fmt(self) -> str:
+        """Its `str.format` pattern over the rendered arguments (`({0} + {1})`)."""
+        return op_format(self.name, len(self.args))
 
 
 @dataclass(frozen=True)
@@ -78,7 +93,7 @@ def rename_expr(e, m: dict):
     if isinstance(e, Var):
         return m.get(e, e)
     if isinstance(e, Op):
-        return Op(e.fmt, tuple(rename_expr(a, m) for a in e.args))
+        return Op(e.name, tuple(rename_expr(a, m) for a in e.args))
     if isinstance(e, tuple):
         return tuple(rename_expr(a, m) for a in e)
     if isinstance(e, list):
@@ -89,27 +104,9 @@ def rename_expr(e, m: dict):
 
 
 def render(e) -> str:
-    """Python source for an expression."""
-    if isinstance(e, Var):
-        return e.name
-    if isinstance(e, Lit):
-        return _literal(e.value)
-    if isinstance(e, Op):
-        return e.fmt.format(*(render(a) for a in e.args))
-    if isinstance(e, tuple):
-        inner = ", ".join(render(a) for a in e)
-        return f"({inner},)" if len(e) == 1 else f"({inner})"
-    if isinstance(e, list):
-        return "[" + ", ".join(render(a) for a in e) + "]"
-    if isinstance(e, dict):
-        return "{" + ", ".join(f"{k!r}: {render(a)}" for k, a in e.items()) + "}"
-    return _literal(e)
-
-
-def _literal(v) -> str:
-    if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
-        return f"float({str(v)!r})"
-    return repr(v)
+    """Python source for an expression (the runtime's generator prints it)."""
+    return generate({"params": [], "body": [{"kind": "return", "value": expr_data(e)}]}
+                    ).splitlines()[-1].strip()[len("return "):]
 
 
 @dataclass
@@ -251,60 +248,83 @@ def walk(body: list[Stmt]):
 
 
 def emit_python(body: list[Stmt], params: list[Var], name: str = "run", header: str = "") -> str:
-    """The host program as Python source: `def run(R, params...)`, R calls a region."""
-    lines = [header] if header else []
-    lines += ["import math", "", "import numpy as np", "", ""]
-    sig = ", ".join(["R"] + [p.name for p in params])
-    lines.append(f"def {name}({sig}):")
-    _emit_block(body, 1, lines)
-    return "\n".join(lines) + "\n"
+    """The host program as Python source: `def run(R, params...)`, R calls a region.
+    Printed by the runtime's generator from `program_data`: the one code path from a
+    host program to the Python that runs, in memory and from an artifact."""
+    return generate(program_data(body, params), name=name, header=header)
 
 
-def _emit_block(body, depth, lines):
-    pad = "    " * depth
-    if not body:
-        lines.append(pad + "pass")
-    for s in body:
-        _emit_stmt(s, depth, pad, lines)
+def program_data(body: list[Stmt], params: list[Var]) -> dict:
+    """The host program as JSON data (the schema: `runtime/hostcode.py`)."""
+    return {"params": [p.name for p in params], "body": _body_data(body)}
 
 
-def _emit_stmt(s, depth, pad, lines):
-    tail = f"  # {s.line}" if s.line else ""
+def _body_data(body: list[Stmt]) -> list:
+    return [_stmt_data(s) for s in body]
+
+
+def _stmt_data(s: Stmt) -> dict:  # noqa: C901 - one case per statement kind
+    d: dict = {}
     if isinstance(s, CallRegion):
-        outs = ", ".join(v.name for v in s.outs)
-        args = ", ".join([repr(s.region)] + [v.name for v in s.args])
-        lhs = f"{outs}, = " if len(s.outs) == 1 else (f"{outs} = " if s.outs else "")
-        lines.append(f"{pad}{lhs}R({args}){tail}")
+        d = {"kind": "call", "region": s.region, "args": [v.name for v in s.args],
+             "outs": [v.name for v in s.outs]}
     elif isinstance(s, HostOp):
-        lhs = f"{s.out.name} = " if s.out is not None else ""
-        lines.append(f"{pad}{lhs}{render(s.expr)}{tail}")
+        d = {"kind": "op", "out": s.out.name if s.out is not None else None,
+             "expr": expr_data(s.expr), "pure": s.pure}
     elif isinstance(s, Assign):
-        if s.dsts:
-            d = ", ".join(v.name for v in s.dsts)
-            lines.append(f"{pad}{d} = {', '.join(render(x) for x in s.srcs)}{tail}")
+        d = {"kind": "assign", "dsts": [v.name for v in s.dsts],
+             "srcs": [expr_data(x) for x in s.srcs]}
     elif isinstance(s, If):
-        if s.source:
-            lines.append(f"{pad}# {s.line}: {s.source}")
-        lines.append(f"{pad}if {s.cond.name}:")
-        _emit_block(s.then, depth + 1, lines)
-        if s.orelse:
-            lines.append(f"{pad}else:")
-            _emit_block(s.orelse, depth + 1, lines)
+        d = {"kind": "if", "cond": s.cond.name, "then": _body_data(s.then),
+             "orelse": _body_data(s.orelse), "source": s.source}
     elif isinstance(s, Loop):
-        if s.source:
-            lines.append(f"{pad}# {s.line}: {s.source}")
-        if s.iter_expr is None:
-            lines.append(f"{pad}while True:")
-        else:
-            lines.append(f"{pad}for {s.target.name} in {render(s.iter_expr)}:")
-        _emit_block(s.body, depth + 1, lines)
-    elif isinstance(s, Break):
-        lines.append(f"{pad}break")
-    elif isinstance(s, Continue):
-        lines.append(f"{pad}continue")
+        d = {"kind": "loop", "body": _body_data(s.body), "source": s.source,
+             "target": s.target.name if s.target is not None else None,
+             "iter": expr_data(s.iter_expr) if s.iter_expr is not None else None}
+    elif isinstance(s, (Break, Continue)):
+        d = {"kind": type(s).__name__.lower()}
     elif isinstance(s, Raise):
-        lines.append(f"{pad}raise _dyc_error({s.module!r}, {s.qualname!r}, {s.args!r}){tail}")
+        d = {"kind": "raise", "module": s.module, "qualname": s.qualname,
+             "args": [_literal_data(a) for a in s.args]}
     elif isinstance(s, Return):
-        lines.append(f"{pad}return {render(s.value)}{tail}")
+        d = {"kind": "return", "value": expr_data(s.value)}
     else:  # pragma: no cover - every Stmt subclass is handled above
         raise TypeError(f"unknown statement {s!r}")
+    if s.line:
+        d["line"] = s.line
+    return d
+
+
+def expr_data(e) -> dict:
+    """An expression as JSON data: var, lit, op, tuple, list or dict."""
+    if isinstance(e, Var):
+        return {"var": e.name}
+    if isinstance(e, Lit):
+        return {"lit": _literal_data(e.value)}
+    if isinstance(e, Op):
+        return {"op": e.name, "args": [expr_data(a) for a in e.args]}
+    if isinstance(e, tuple):
+        return {"tuple": [expr_data(a) for a in e]}
+    if isinstance(e, list):
+        return {"list": [expr_data(a) for a in e]}
+    if isinstance(e, dict):
+        return {"dict": [[_literal_data(k), expr_data(a)] for k, a in e.items()]}
+    return {"lit": _literal_data(e)}
+
+
+def _literal_data(v):
+    """A literal value as JSON: scalars as they are, non-finite floats, tuples, ranges
+    and complex numbers tagged."""
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, float) and not math.isfinite(v):
+        return {"float": str(v)}
+    if isinstance(v, tuple):
+        return {"tuple": [_literal_data(x) for x in v]}
+    if isinstance(v, range):
+        return {"range": [v.start, v.stop, v.step]}
+    if isinstance(v, complex):
+        return {"complex": [v.real, v.imag]}
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    raise TypeError(f"{v!r} cannot be a host-program literal")

@@ -43,7 +43,8 @@ def _flows(s, dynamic, graph) -> set:
     elif isinstance(s, Assign):
         return {d for d, e in zip(s.dsts, s.srcs) if any(v in dynamic for v in expr_vars(e))}
     elif isinstance(s, HostOp) and s.out is not None:
-        if any(v in dynamic for v in s.uses()) or "stack" in s.expr.fmt or "[" in s.expr.fmt:
+        if any(v in dynamic for v in s.uses()) or "stack" in s.expr.fmt or "[" in s.expr.fmt \
+                or s.expr.name == "comprehension":
             return {s.out}
     elif isinstance(s, Loop) and s.target is not None:
         return {s.target}
