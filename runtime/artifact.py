@@ -70,6 +70,11 @@ def load(path, threads: int = 2, *, trust_native: bool = False, public_key=None)
     raw = manifest_bytes(root)
     if public_key is not None:
         trust.verify(root, raw, read_optional(root, trust.SIGNATURE), public_key)
+    from dycomp.runtime import selectors  # a model with selectors: many sub-networks
+
+    if selectors.is_selected(raw):
+        return selectors.load_selected(root, raw, threads,
+                                       consented=trust_native or public_key is not None)
     manifest = parse_manifest(root, raw)
     trust.require_consent(root, manifest, trust_native or public_key is not None)
     files = verify_files(root, manifest)
