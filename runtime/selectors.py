@@ -115,6 +115,30 @@ class Selected:
         """{selector name: declared value} of the sub-network `key`."""
         return {s["name"]: s["values"][j] for s, j in zip(self.selectors, key)}
 
+    def choose(self, texts: dict[str, str]) -> tuple:
+        """The key of the sub-network named by text values (`dycomp run --arg width=0.5`):
+        an argument's value as written in JSON or Python, a setter call by its position in
+        the declaration (from 0) or as written by `describe`. ValueError otherwise."""
+        unknown = set(texts) - {s["name"] for s in self.selectors}
+        if unknown:
+            raise ValueError(f"no selector named {', '.join(sorted(unknown))}; this model "
+                             f"declares {', '.join(s['name'] for s in self.selectors)}")
+        key = []
+        for i, s in enumerate(self.selectors):
+            if s["name"] not in texts:
+                raise ValueError(f"choose {s['name']}=...: one of {self.choices(i)}")
+            text = texts[s["name"]]
+            names = [[json.dumps(v), repr(v), str(j), describe(s, v)]
+                     for j, v in enumerate(s["values"])]
+            found = [j for j, alias in enumerate(names) if text in alias[:2]] or [
+                j for j, alias in enumerate(names)
+                if text in alias[2:] and s["kind"] == "method"]
+            if not found:
+                raise ValueError(f"{s['name']}={text} is not declared; one of "
+                                 f"{self.choices(i)}")
+            key.append(found[0])
+        return tuple(key)
+
     # -- running ----------------------------------------------------------------------------
     def __call__(self, *args, **kwargs):
         return self.subnets[self._pick(kwargs)](*args, **kwargs)

@@ -187,6 +187,7 @@ def test_save_load_shares_weights_and_runs_every_width(tmp_path):
             _same(rt(x.numpy(), width=w), ref)
             _same(loaded(x, width=w), ref)
     assert rt.select(budget_ms=0.25) == {"width": 0.5}  # the latency table was saved
+    _cli_runs_one_width(path, tmp_path, model)
     with pytest.raises(ValueError, match="no sub-network runs within 0.05 ms"):
         rt.select(budget_ms=0.05)
 
@@ -212,3 +213,16 @@ def test_measure_then_select_the_largest_that_fits(slim):
     table = cm.measure(repeat=3, warmup=1)
     assert set(table) == {f"width={w}" for w in WIDTHS} and all(v > 0 for v in table.values())
     assert cm.select(budget_ms=1e9) == {"width": 1.0}
+
+
+def _cli_runs_one_width(path, tmp_path, model):
+    from dycomp.cli import main
+
+    x = _inputs(1, seed=3)[0]
+    np.save(tmp_path / "x.npy", x.numpy())
+    argv = ["run", str(path), "--input", str(tmp_path / "x.npy"), "--out", str(tmp_path / "y.npz")]
+    assert main(argv + ["--arg", "width=0.5"]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "y.npz")["out_0"],
+                               model(x, width=0.5)[0].detach().numpy(), rtol=1e-4, atol=1e-4)
+    assert main(argv + ["--arg", "width=0.3"]) == 2
+    assert main(argv) == 2
