@@ -806,7 +806,12 @@ def preview(arr: np.ndarray, n: int = 6) -> str:
 def inspect_command(cfg: InspectConfig, out: Console) -> None:
     """Header, host program, control-flow nodes and subgraph table of an artifact."""
     from dycomp.runtime import artifact as rt
+    from dycomp.runtime import selectors
 
+    raw = rt.manifest_bytes(cfg.artifact)
+    if selectors.is_selected(raw):  # many sub-networks: a table of them
+        out.print(_selected_summary(cfg.artifact, raw))
+        return
     manifest = rt.read_manifest(cfg.artifact)
     files = rt.verify_files(cfg.artifact, manifest)
     out.print(_inspect_header(cfg.artifact, manifest, rt.signature_of(manifest)))
@@ -817,6 +822,26 @@ def inspect_command(cfg: InspectConfig, out: Console) -> None:
     if graph:
         out.print(_cfg_table(graph))
     out.print(_subgraph_table(manifest["subgraphs"]))
+
+
+def _selected_summary(path: Path, raw: bytes) -> str:
+    """Selectors, sub-networks and the shared weight store of a model with selectors."""
+    from dycomp.runtime.selectors import describe, verify_selected
+
+    manifest, _ = verify_selected(path, raw)
+    decl = [f"  {s['name']} ({s['kind']}): " + ", ".join(describe(s, v) for v in s["values"])
+            for s in manifest["selectors"]]
+    rows = []
+    for e in manifest["subnets"]:
+        ms = e.get("latency_ms")
+        rows.append(f"  {e['dir']}: {e.get('label')}  {e.get('params', '?')} params"
+                    + ("" if ms is None else f"  {ms:.3f} ms"))
+    w = manifest.get("weights", {})
+    return "\n".join([f"dycomp artifact {path}: {len(rows)} sub-networks chosen by selectors",
+                      *decl, "sub-networks (each an artifact: dycomp inspect DIR/<folder>):",
+                      *rows, f"shared weights: {w.get('tensors')} distinct tensors, "
+                      f"{w.get('bytes')} bytes, for {w.get('references')} references "
+                      f"({w.get('blocks')} blocks of a larger tensor)"])
 
 
 def _inspect_header(path: Path, manifest: dict, signature) -> str:

@@ -87,7 +87,12 @@ def sign(path, private_key) -> dict:
     `signature.json` and returns its content."""
     root = Path(path)
     raw = manifest_bytes(root)
-    verify_files(root, parse_manifest(root, raw))
+    from dycomp.runtime import selectors  # a model with selectors: its files checked too
+
+    if selectors.is_selected(raw):
+        selectors.verify_selected(root, raw)
+    else:
+        verify_files(root, parse_manifest(root, raw))
     return trust.sign(root, private_key, raw)
 
 

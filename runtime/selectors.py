@@ -208,23 +208,12 @@ def is_selected(raw: bytes) -> bool:
 def load_selected(root: Path, raw: bytes, threads: int = 2, *, consented: bool = False
                   ) -> Selected:
     """Load the artifact at `root` whose (already signature-checked) manifest is `raw`."""
-    manifest = json.loads(raw.decode("utf-8"))
-    for field, ty in (("selectors", list), ("subnets", list), ("files", dict)):
-        if not isinstance(manifest.get(field), ty):
-            raise ArtifactError(f"{root / MANIFEST}: field {field!r} is missing or not a "
-                                f"{ty.__name__}")
-    files = _verified(root, manifest["files"])
-    weights = files.get(WEIGHTS, b"")
+    manifest, parts = verify_selected(root, raw)
+    weights = parts.pop(WEIGHTS, b"")
     subnets, params, latency = {}, {}, {}
     for entry in manifest["subnets"]:
-        key, sub_dir = tuple(entry["key"]), entry["dir"]
-        sub_root = root / sub_dir
-        raw_sub = files.get(f"{sub_dir}/{MANIFEST}")
-        if raw_sub is None:
-            raise ArtifactError(f"{root / MANIFEST}: {sub_dir}/{MANIFEST} is not in its files")
-        sub = parse_manifest(sub_root, raw_sub)
+        key, (sub_root, sub, sub_files) = tuple(entry["key"]), parts[entry["dir"]]
         trust.require_consent(sub_root, sub, consented)
-        sub_files = verify_files(sub_root, sub)
         for s in sub["subgraphs"].values():
             if s.get("backend", "onnx") == "onnx":
                 sub_files[s["file"]] = inline(sub_files[s["file"]], weights,
@@ -234,6 +223,28 @@ def load_selected(root: Path, raw: bytes, threads: int = 2, *, consented: bool =
         if entry.get("latency_ms") is not None:
             latency[key] = entry["latency_ms"]
     return Selected(manifest["selectors"], subnets, params, latency)
+
+
+def verify_selected(root: Path, raw: bytes) -> tuple[dict, dict]:
+    """The top manifest and, checked against their sha256, the weight store (under
+    WEIGHTS) and per sub-network folder its (root, manifest, files)."""
+    manifest = json.loads(raw.decode("utf-8"))
+    for field, ty in (("selectors", list), ("subnets", list), ("files", dict)):
+        if not isinstance(manifest.get(field), ty):
+            raise ArtifactError(f"{root / MANIFEST}: field {field!r} is missing or not a "
+                                f"{ty.__name__}")
+    files = _verified(root, manifest["files"])
+    parts = {WEIGHTS: files.get(WEIGHTS, b"")}
+    for entry in manifest["subnets"]:
+        if not isinstance(entry, dict) or not isinstance(entry.get("dir"), str):
+            raise ArtifactError(f"{root / MANIFEST}: malformed sub-network entry {entry!r}")
+        sub_dir = entry["dir"]
+        raw_sub = files.get(f"{sub_dir}/{MANIFEST}")
+        if raw_sub is None:
+            raise ArtifactError(f"{root / MANIFEST}: {sub_dir}/{MANIFEST} is not in its files")
+        sub = parse_manifest(root / sub_dir, raw_sub)
+        parts[sub_dir] = root / sub_dir, sub, verify_files(root / sub_dir, sub)
+    return manifest, parts
 
 
 def _verified(root: Path, listed: dict) -> dict[str, bytes]:

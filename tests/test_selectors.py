@@ -201,6 +201,15 @@ def test_corrupted_shared_weights_refused(tmp_path):
     cm.set_active_subnet(d=3)
     x = torch.randn(2, 8)
     _same(rt(x.numpy()), cm(x))
+    from dycomp.runtime import trust
+
+    trust.keygen(tmp_path / "k", tmp_path / "k.pub")
+    dycomp.runtime.sign(path, tmp_path / "k")  # the top manifest: its hashes cover all
+    dycomp.runtime.load(path, public_key=tmp_path / "k.pub")
+    sub = path / "subnets" / "1" / "host.py"
+    sub.write_text(sub.read_text() + "# changed\n")
+    with pytest.raises(dycomp.runtime.ArtifactError, match="host.py: sha256 mismatch"):
+        dycomp.runtime.load(path, public_key=tmp_path / "k.pub")
     data = bytearray((path / WEIGHTS).read_bytes())
     data[10] ^= 1
     (path / WEIGHTS).write_bytes(bytes(data))
@@ -226,3 +235,4 @@ def _cli_runs_one_width(path, tmp_path, model):
                                model(x, width=0.5)[0].detach().numpy(), rtol=1e-4, atol=1e-4)
     assert main(argv + ["--arg", "width=0.3"]) == 2
     assert main(argv) == 2
+    assert main(["inspect", str(path)]) == 0
