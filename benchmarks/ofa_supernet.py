@@ -4,12 +4,14 @@
     python benchmarks/ofa_supernet.py --src SRC [--inputs 50] [--rounds 7] [--no-check]
 
 Builds `ofa_mbv3_d234_e346_k357_w1.0` with random weights (`pretrained=False`: nothing
-is downloaded; its module-level `import gdown` gets an empty module), declares 8
+is downloaded; its module-level `import gdown` gets an empty module; every BatchNorm's
+scale, shift and statistics randomized, since the package's init zeroes the last scale
+of each residual block, which makes the sub-networks compute nearly the same), declares 8
 sub-networks as `set_active_subnet(ks=..., e=..., d=...)` calls and compiles them with
 `dycomp.compile(..., selectors={"subnet": [...]}, backend="onnx")`. Prints, per
 sub-network: outputs against eager configured the same way on `--inputs` random inputs
 (max abs difference), median latency of eager and of the compiled sub-network through
-the selector model (interleaved rounds, 2 threads each) and the speedup; then the
+the selector model (alternating, `--rounds` each, 2 threads each) and the speedup; then the
 geomean speedup, the one artifact's size against the largest sub-network's own
 artifact and the sum of the 8 artifacts it replaces, and the weight store's counts.
 The torchvision shim of `benchmarks/corpus/common.py` is applied (`SRC/_site/
@@ -49,27 +51,37 @@ def build(src: Path):
     from ofa.model_zoo import ofa_net
 
     torch.manual_seed(0)
-    return ofa_net("ofa_mbv3_d234_e346_k357_w1.0", pretrained=False).eval()
+    net = ofa_net("ofa_mbv3_d234_e346_k357_w1.0", pretrained=False).eval()
+    with torch.no_grad():  # its init zeroes residual blocks' last BN scale: all depths alike
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_(0, 0.1)
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    return net
 
 
 def size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def median_ms(f, x, rounds: int) -> float:
-    times = []
+def interleaved_ms(f, g, x, rounds: int) -> tuple[float, float]:
+    """Median milliseconds of `f(x)` and `g(x)`, timed alternately (same machine load)."""
+    times: tuple[list, list] = ([], [])
     for _ in range(rounds):
-        t0 = time.perf_counter()
-        f(x)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+        for fn, out in ((f, times[0]), (g, times[1])):
+            t0 = time.perf_counter()
+            fn(x)
+            out.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--src", type=Path, required=True)
     ap.add_argument("--inputs", type=int, default=50)
-    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--no-check", dest="check", action="store_false")
     args = ap.parse_args()
     torch.set_num_threads(2)
@@ -82,17 +94,23 @@ def main() -> None:
     print(f"compiled {len(CONFIGS)} sub-networks in {time.perf_counter() - t0:.0f} s")
     g = torch.Generator().manual_seed(1)
     inputs = [torch.randn(1, 3, 224, 224, generator=g) for _ in range(args.inputs)]
-    speedups = []
-    print(f"{'sub-network':<34} {'max|diff|':>10} {'eager ms':>9} {'dycomp ms':>10} {'x':>6}")
+    speedups, firsts = [], []
+    print(f"{'sub-network':<34} {'max|eager|':>10} {'max|diff|':>10} {'eager ms':>9} "
+          f"{'dycomp ms':>10} {'x':>6}")
     for c in CONFIGS:
         net.set_active_subnet(**c)
         cm.set_active_subnet(**c)
         with torch.no_grad():
-            diff = max((cm(xi) - net(xi)).abs().max().item() for xi in inputs)
-            eager = median_ms(net, x, args.rounds)
-        ours = median_ms(cm, x, args.rounds)
+            refs = [net(xi) for xi in inputs]
+            diff = max((cm(xi) - r).abs().max().item() for xi, r in zip(inputs, refs))
+            scale = max(r.abs().max().item() for r in refs)
+            eager, ours = interleaved_ms(net, cm, x, args.rounds)
         speedups.append(eager / ours)
-        print(f"{str(c):<34} {diff:>10.2e} {eager:>9.2f} {ours:>10.2f} {eager / ours:>6.2f}")
+        firsts.append(refs[0])
+        print(f"{str(c):<34} {scale:>10.3g} {diff:>10.2e} {eager:>9.2f} {ours:>10.2f} "
+              f"{eager / ours:>6.2f}")
+    apart = min((a - b).abs().max().item() for i, a in enumerate(firsts) for b in firsts[:i])
+    print(f"the two closest sub-networks differ by {apart:.2e} on the first input (max abs)")
     print(f"geomean speedup over eager: "
           f"{math.exp(statistics.mean(map(math.log, speedups))):.2f}x")
     tmp = Path(tempfile.mkdtemp())

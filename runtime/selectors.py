@@ -74,8 +74,8 @@ class Selected:
         key = list(self._state)
         for i, name, index, values in self._args:
             if name not in kwargs:
-                raise ValueError(f"missing selector argument {name}=...; declared values: "
-                                 f"{values}")
+                raise ValueError(f"missing selector argument {name}=... (pass it by "
+                                 f"keyword); declared values: {values}")
             v = kwargs.pop(name)
             try:
                 j = index.get(v)

@@ -98,7 +98,7 @@ def test_undeclared_or_missing_width_is_a_clear_error(slim):
         cm(x, width=0.3)
     with pytest.raises(ValueError, match="width=1 is not a declared value"):
         cm(x, width=1)  # an int is not the declared float
-    with pytest.raises(ValueError, match=r"missing selector argument width=.*0.25"):
+    with pytest.raises(ValueError, match=r"missing selector argument width=.*keyword.*0.25"):
         cm(x)
 
 
