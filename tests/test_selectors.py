@@ -1,5 +1,10 @@
 """Selectors: one compiled model, many sub-networks chosen at call time (issue #26)."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -236,3 +241,19 @@ def _cli_runs_one_width(path, tmp_path, model):
     assert main(argv + ["--arg", "width=0.3"]) == 2
     assert main(argv) == 2
     assert main(["inspect", str(path)]) == 0
+    _runs_without_torch(path, x, model)
+
+
+def _runs_without_torch(path, x, model):
+    """The loaded artifact, in a fresh interpreter where `import torch` fails."""
+    root = Path(__file__).resolve().parents[1]
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import numpy as np, dycomp.runtime as rt\n"
+            f"m = rt.load({str(path)!r})\n"
+            f"y, exit_id = m(np.load({str(path.parent / 'x.npy')!r}), width=0.25)\n"
+            "np.save(sys.argv[1], y)")
+    out = path.parent / "y_free.npy"
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    subprocess.run([sys.executable, "-c", code, str(out)], env=env, check=True)
+    np.testing.assert_allclose(np.load(out), model(x, width=0.25)[0].detach().numpy(),
+                               rtol=1e-4, atol=1e-4)
