@@ -128,13 +128,26 @@ class _configured:
             raise UnsupportedError("setter selectors need an nn.Module (or a bound method of "
                                    "one) to call them on", hint="pass the model itself")
         self.state.save(self.owner)
+        try:
+            self._call_setters()
+        except BaseException:
+            self.state.restore()  # __exit__ does not run when __enter__ raises
+            raise
+        return self
+
+    def _call_setters(self) -> None:
         for method, args, kwargs in self.calls:
             setter = getattr(self.owner, method, None)
             if not callable(setter):
                 raise UnsupportedError(f"{type(self.owner).__name__} has no method {method!r}",
                                        hint="declare calls of the model's own setter")
-            setter(*args, **kwargs)
-        return self
+            try:
+                setter(*args, **kwargs)
+            except Exception as e:  # the user's setter refused the declared call
+                raise UnsupportedError(
+                    f"declared call {describe({'kind': 'method'}, (method, args, kwargs))} "
+                    f"raised {type(e).__name__}: {e}",
+                    hint="declare calls the setter accepts") from e
 
     def __exit__(self, *exc):
         self.state.restore()

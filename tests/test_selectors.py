@@ -131,6 +131,10 @@ def test_setter_selector_and_restored_state():
         cm.set_active_subnet(d=4)
     with pytest.raises(AttributeError):
         cm.reset_stitch_id(1)
+    with pytest.raises(UnsupportedError, match="raised TypeError"):  # the second call fails
+        dycomp.compile(model, (x,), selectors={"a": [("set_active_subnet", {"d": 1})],
+                                               "b": [("set_active_subnet", {"q": 1})]})
+    assert model.depth == 3  # the first call undone too
 
 
 def _eager_depth(model, x, d):
@@ -166,6 +170,8 @@ def test_argument_and_setter_selectors_combine():
     ({"width": [0.5, ("set_active_subnet", {"d": 1})]}, "mixes method calls"),
     ({"width": [float("nan")]}, "cannot be declared"),
     ({"2x": [1]}, "not an identifier"),
+    ({"s": [("set_subnet", {"d": 1})]}, "DepthNet has no method 'set_subnet'"),
+    ({"s": [("set_active_subnet", {"q": 1})]}, r"set_active_subnet\(q=1\) raised TypeError"),
 ])
 def test_bad_declarations_are_refused(selectors, match):
     with pytest.raises(UnsupportedError, match=match):
