@@ -65,7 +65,8 @@ def load(path, threads: int = 2, *, trust_native: bool = False, public_key=None)
 
     `public_key` (an Ed25519 public key: PEM file path, PEM bytes or key object) requires a
     valid `signature.json` by that key over the manifest. An artifact with native code (a
-    TVM `regions.so`) loads only with `trust_native=True` or a verified signature."""
+    TVM `regions.so`) loads only with `trust_native=True` or a verified signature.
+    A model compiled with selectors loads as a `dycomp.runtime.selectors.Selected`."""
     root = Path(path)
     raw = manifest_bytes(root)
     if public_key is not None:
