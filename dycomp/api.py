@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 def compile(model, example_inputs, *, example_kwargs: dict | None = None,
             method: str = "forward", backend: str = "torch", passes=(),
             check: bool = True, threads: int | None = None, optimize=True,
-            fuse_branches: bool = True, tune=None, strict: bool = False) -> CompiledModel:
+            fuse_branches: bool = True, tune=None, strict: bool = False,
+            selectors: dict | None = None) -> CompiledModel:
     """Compile `model.<method>` (or a bound method) into static regions + a host program.
 
     `passes`: `dycomp.passes.Prune` (prunes a copy of the model before capture; the
@@ -52,8 +53,19 @@ def compile(model, example_inputs, *, example_kwargs: dict | None = None,
     `Loop` nodes (backend 'onnx'); off, every region is dispatched by the host.
     `tune`: a `dycomp.TuneConfig` (backend 'tvm'): MetaSchedule tuning with a persistent
     database; without it TVM's code is untuned (slow). `strict` (backend 'tvm'): raise
-    instead of running regions TVM cannot compile on ONNX Runtime."""
+    instead of running regions TVM cannot compile on ONNX Runtime.
+    `selectors`: arguments or setter calls chosen at call time among declared values
+    (`{"width": [0.5, 1.0]}`, `{"subnet": [("set_active_subnet", {"d": 2}), ...]}`):
+    one sub-network compiled per combination, returned as a `dycomp.selectors.SelectorModel`
+    (`cm(x, width=0.5)`; saved as one artifact with the shared weights stored once)."""
     configure_logging()
+    if selectors is not None:
+        from dycomp.selectors import compile_selected
+
+        return compile_selected(model, example_inputs, selectors, dict(
+            example_kwargs=example_kwargs, method=method, backend=backend, passes=passes,
+            check=check, threads=threads, optimize=optimize, fuse_branches=fuse_branches,
+            tune=tune, strict=strict))
     fn = _resolve(model, method)
     args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (
         example_inputs,)
@@ -320,8 +332,12 @@ def load(path, threads: int = 2, *, trust_native: bool = False,
     """Load a saved artifact as a CompiledModel: torch tensors in and out, same structure.
     An artifact with native code (TVM) needs `trust_native=True` or a `public_key` whose
     signature it carries; a `public_key` is checked for every artifact."""
+    from dycomp import selectors
     from dycomp.artifact import load as load_artifact
 
+    if selectors.is_selected_artifact(path):  # many sub-networks: a SelectorModel
+        return selectors.load(path, threads=threads, trust_native=trust_native,
+                             public_key=public_key)
     return load_artifact(path, threads=threads, trust_native=trust_native,
                          public_key=public_key)
 

@@ -188,8 +188,11 @@ class RunConfig:
     threads: int | None = None
     trust_native: bool = False
     public_key: Path | None = None
+    selected: tuple[str, ...] = ()  # --arg NAME=VALUE: a sub-network of a model with selectors
 
     def __post_init__(self):
+        if any("=" not in a for a in self.selected):
+            raise UsageError(f"--arg takes NAME=VALUE, got {[a for a in self.selected]}")
         if not self.inputs:
             raise UsageError("give the inputs with --input x.npy (one per input) or "
                              "--input inputs.npz")
@@ -398,6 +401,9 @@ def _add_run(sub) -> None:
     p.add_argument("--public-key", type=Path, metavar="KEY.pub",
                    help="require a valid signature.json by this Ed25519 public key (PEM), "
                         "made with `dycomp sign`; a verified signature also allows native code")
+    p.add_argument("--arg", action="append", default=[], metavar="NAME=VALUE",
+                   help="a model compiled with selectors: the sub-network to run (an "
+                        "argument's value, or a setter call by its index), once per selector")
     p.set_defaults(command_fn=run_command, make_config=_run_config)
 
 
@@ -424,7 +430,8 @@ def _compile_config(ns) -> CompileConfig:
 def _run_config(ns) -> RunConfig:
     return RunConfig(artifact=ns.artifact, inputs=tuple(ns.input), out=ns.out,
                      show_path=ns.show_path, threads=ns.threads,
-                     trust_native=ns.trust_native, public_key=ns.public_key)
+                     trust_native=ns.trust_native, public_key=ns.public_key,
+                     selected=tuple(ns.arg))
 
 
 def _inspect_config(ns) -> InspectConfig:
@@ -680,6 +687,7 @@ def run_command(cfg: RunConfig, out: Console) -> None:
 
     art = runtime.load(cfg.artifact, **({} if cfg.threads is None else {"threads": cfg.threads}),
                        trust_native=cfg.trust_native, public_key=cfg.public_key)
+    art = _selected_subnet(art, cfg.selected)
     arrays = _read_inputs(cfg.inputs, art.signature)
     try:
         arrays = check_inputs(art.signature, tuple(arrays))
@@ -697,6 +705,21 @@ def run_command(cfg: RunConfig, out: Console) -> None:
     if cfg.show_path:
         n = len(path)  # fused subgraphs list the regions they ran inside
         out.print(f"path: {' -> '.join(path)} ({n} region{'s' * (n != 1)})", **_PLAIN)
+
+
+def _selected_subnet(art, selected: tuple[str, ...]):
+    """The sub-network `--arg NAME=VALUE` names in a model with selectors, else `art`."""
+    from dycomp.runtime.selectors import Selected
+
+    if not isinstance(art, Selected):
+        if selected:
+            raise UsageError("--arg chooses a sub-network, but this artifact was compiled "
+                             "without selectors")
+        return art
+    try:
+        return art.subnets[art.choose(dict(a.split("=", 1) for a in selected))]
+    except ValueError as e:
+        raise UsageError(f"{e} (give --arg NAME=VALUE)") from None
 
 
 def _input_names(paths) -> str:
@@ -783,7 +806,12 @@ def preview(arr: np.ndarray, n: int = 6) -> str:
 def inspect_command(cfg: InspectConfig, out: Console) -> None:
     """Header, host program, control-flow nodes and subgraph table of an artifact."""
     from dycomp.runtime import artifact as rt
+    from dycomp.runtime import selectors
 
+    raw = rt.manifest_bytes(cfg.artifact)
+    if selectors.is_selected(raw):  # many sub-networks: a table of them
+        out.print(_selected_summary(cfg.artifact, raw))
+        return
     manifest = rt.read_manifest(cfg.artifact)
     files = rt.verify_files(cfg.artifact, manifest)
     out.print(_inspect_header(cfg.artifact, manifest, rt.signature_of(manifest)))
@@ -794,6 +822,26 @@ def inspect_command(cfg: InspectConfig, out: Console) -> None:
     if graph:
         out.print(_cfg_table(graph))
     out.print(_subgraph_table(manifest["subgraphs"]))
+
+
+def _selected_summary(path: Path, raw: bytes) -> str:
+    """Selectors, sub-networks and the shared weight store of a model with selectors."""
+    from dycomp.runtime.selectors import describe, verify_selected
+
+    manifest, _ = verify_selected(path, raw)
+    decl = [f"  {s['name']} ({s['kind']}): " + ", ".join(describe(s, v) for v in s["values"])
+            for s in manifest["selectors"]]
+    rows = []
+    for e in manifest["subnets"]:
+        ms = e.get("latency_ms")
+        rows.append(f"  {e['dir']}: {e.get('label')}  {e.get('params', '?')} params"
+                    + ("" if ms is None else f"  {ms:.3f} ms"))
+    w = manifest.get("weights", {})
+    return "\n".join([f"dycomp artifact {path}: {len(rows)} sub-networks chosen by selectors",
+                      *decl, "sub-networks (each an artifact: dycomp inspect DIR/<folder>):",
+                      *rows, f"shared weights: {w.get('tensors')} distinct tensors, "
+                      f"{w.get('bytes')} bytes, for {w.get('references')} references "
+                      f"({w.get('blocks')} blocks of a larger tensor)"])
 
 
 def _inspect_header(path: Path, manifest: dict, signature) -> str:

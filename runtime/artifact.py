@@ -69,11 +69,17 @@ def load(path, threads: int = 2, *, trust_native: bool = False, public_key=None)
 
     `public_key` (an Ed25519 public key: PEM file path, PEM bytes or key object) requires a
     valid `signature.json` by that key over the manifest. An artifact with native code (a
-    TVM `regions.so`) loads only with `trust_native=True` or a verified signature."""
+    TVM `regions.so`) loads only with `trust_native=True` or a verified signature.
+    A model compiled with selectors loads as a `dycomp.runtime.selectors.Selected`."""
     root = Path(path)
     raw = manifest_bytes(root)
     if public_key is not None:
         trust.verify(root, raw, read_optional(root, trust.SIGNATURE), public_key)
+    from dycomp.runtime import selectors  # a model with selectors: many sub-networks
+
+    if selectors.is_selected(raw):
+        return selectors.load_selected(root, raw, threads,
+                                       consented=trust_native or public_key is not None)
     manifest = parse_manifest(root, raw)
     trust.require_consent(root, manifest, trust_native or public_key is not None)
     files = verify_files(root, manifest)
@@ -86,7 +92,12 @@ def sign(path, private_key) -> dict:
     `signature.json` and returns its content."""
     root = Path(path)
     raw = manifest_bytes(root)
-    verify_files(root, parse_manifest(root, raw))
+    from dycomp.runtime import selectors  # a model with selectors: its files checked too
+
+    if selectors.is_selected(raw):
+        selectors.verify_selected(root, raw)
+    else:
+        verify_files(root, parse_manifest(root, raw))
     return trust.sign(root, private_key, raw)
 
 
