@@ -37,6 +37,7 @@ class Runaway(Exception):
 _SCALAR = re.compile(r"^\s*(\w+) = \w+\.item\(\)  # ", re.M)
 _CAST = re.compile(r"^\s*(\w+) = (?:int|float)\((\w+)\)  # ", re.M)  # `v7 = int(v6)`
 _COMPARE = re.compile(r"^(\s*)(\w+) = (\(.*\))  # (\S+:\d+)$", re.M)
+_RANGE = re.compile(r"^\s*(\w+) = range\(\d+\)\[(\w+)\]  # ", re.M)  # a switch's index
 
 
 def _scalar_compares(source: str) -> list:
@@ -44,6 +45,7 @@ def _scalar_compares(source: str) -> list:
     tests (tensor-conditions off: `optimize=False`), as regex matches."""
     scalars = set(_SCALAR.findall(source))
     scalars |= {v for v, x in _CAST.findall(source) if x in scalars}
+    scalars |= {v for v, x in _RANGE.findall(source) if x in scalars}
     return [m for m in _COMPARE.finditer(source)
             if set(re.findall(r"\w+", m.group(3))) & scalars
             and re.search(rf"^\s*if {m.group(2)}:$", source, re.M)]

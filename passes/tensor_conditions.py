@@ -29,7 +29,18 @@ import torch
 from torch import fx
 
 from dycomp.ir.dyngraph import Applied, Region
-from dycomp.ir.program import CallRegion, HostOp, Lit, Op, Var, float32_bound, walk
+from dycomp.ir.program import (
+    Break,
+    CallRegion,
+    Continue,
+    HostOp,
+    Lit,
+    Op,
+    Return,
+    Var,
+    float32_bound,
+    walk,
+)
 from dycomp.passes.base import Pass, PassResult
 from dycomp.passes.carve import Names, fresh_name
 from dycomp.passes.regions import rebuild, replace_stmt, var_examples
@@ -62,7 +73,13 @@ class TensorConditions(Pass):
         """Host variable -> (the one-element tensor it was read from, the statement
         reading it first)."""
         roots, self.exact = {}, set()  # exact: float reads that keep the value
+        self.wrapped = {}  # `range(n)[i]` of an integer read (a switch's index) -> n
         for s in walk(self.graph.body):
+            if isinstance(s, HostOp) and s.expr.name == "range_index" and \
+                    s.expr.args[1] in roots and isinstance(s.expr.args[0], Lit):
+                roots[s.out] = roots[s.expr.args[1]]  # the same value where in range
+                self.wrapped[s.out] = s.expr.args[0].value
+                continue
             if not (isinstance(s, HostOp) and s.out is not None and s.expr.name in _READS):
                 continue
             (src,) = s.expr.args
@@ -93,8 +110,10 @@ class TensorConditions(Pass):
             k = None
         if k is None:
             return False
-        out = self._insert(read, tensor, lambda g, x: g.call_function(
-            COMPARE[symbol], (g.call_method("reshape", (x, ())), k)), s.line)
+        n = self.wrapped.get(args[0])
+        if n is not None and not (symbol == "==" and 0 <= k < n):
+            return False
+        out = self._insert(read, tensor, lambda g, x: _compare(g, x, symbol, k, n), s.line)
         shown = s.expr.fmt.replace("{1}", repr(args[1].value)) if isinstance(args[1], Lit) \
             else s.expr.fmt
         s.expr = Op("bool", (out,))
@@ -141,6 +160,17 @@ class TensorConditions(Pass):
         return var
 
 
+def _compare(g: fx.Graph, x, symbol: str, k, n: int | None):
+    """`x op k` on the tensor as a 0-d value; with `n` (`range(n)[x] == k`, `x` in range:
+    the host checks the range) `where(x < 0, x + n, x) == k`, the same index for every
+    case (so the switch's cases still compare one value: `gather_switches`)."""
+    x = g.call_method("reshape", (x, ()))
+    if n is not None:
+        x = g.call_function(torch.where, (g.call_function(operator.lt, (x, 0)),
+                                          g.call_function(operator.add, (x, n)), x))
+    return g.call_function(COMPARE[symbol], (x, k))
+
+
 def _operand(args: tuple):
     """The literal second argument of a comparison (`(idx == 2)`), or None."""
     return args[1].value if len(args) > 1 and isinstance(args[1], Lit) else None
@@ -179,9 +209,10 @@ def _sink_reads(body: list, reads: set) -> None:
     i = len(body) - 1
     while i >= 0:
         s = body[i]
-        if isinstance(s, HostOp) and s.out in reads and s.pure:
-            j = i
-            while j + 1 < len(body) and not _touches(body[j + 1], s):
+        if isinstance(s, HostOp) and s.out in reads and (s.pure or s.expr.name == "range_index"):
+            j = i  # a range check (`range(n)[i]`, raises) sinks, but runs before any exit
+            while j + 1 < len(body) and not _touches(body[j + 1], s) and (
+                    s.pure or not isinstance(body[j + 1], (Return, Break, Continue))):
                 j += 1
             body.insert(j, body.pop(i))
         i -= 1

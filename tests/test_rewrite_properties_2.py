@@ -240,37 +240,6 @@ def test_switch_gather_runs_the_chains_option_out_of_range():
 
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="the switch chain (frontend "
-                   "ops.switch) runs the last option for every index no case names: "
-                   "options[-2] and options[n] differ from Python's (gather_switches now "
-                   "agrees with the chain)")
-def test_switch_chain_index_semantics_are_pythons():
-    """`experts[j]` for j from -3 to 3 over 3 experts: Python takes -3 and -2 from the
-    end and raises IndexError for 3; the compiled chain runs the last expert for all
-    three (no error)."""
-    import torch
-    from torch import nn
-
-    import dycomp
-
-    class Experts(nn.Module):
-        def __init__(self):
-            super().__init__()
-            torch.manual_seed(0)
-            self.experts = nn.ModuleList([nn.Linear(4, 4) for _ in range(3)])
-
-        def forward(self, x, j):
-            return self.experts[int(j.item())](x)
-
-    model, x = Experts(), torch.randn(1, 4)
-    cm = dycomp.compile(model, (x, torch.tensor(0)), backend="onnx", check=False)
-    for j in range(-3, 4):
-        if j < 3:
-            torch.testing.assert_close(cm(x, torch.tensor(j)), model(x, torch.tensor(j)))
-        else:
-            with pytest.raises(IndexError):
-                cm(x, torch.tensor(j))
-
 # --- drop_path: exact ------------------------------------------------------------------
 # Every node and value that only the path output needs is named "p_..."; drop_path must
 # remove exactly those: nothing else (the real outputs' nodes), all of them.

@@ -98,6 +98,8 @@ def op_kind(op: str, operands: list) -> int | None:
         return BOOL if operands == [BOOL] * len(operands) else None
     if fmt == "shape":
         return INT64 if isinstance(operands[0], Tensor) and operands[1] == INT64 else None
+    if fmt == "range_index":  # a switch's index: Gather from arange(n)
+        return INT64 if operands == [INT64, INT64] else None
     return None
 
 
@@ -418,6 +420,10 @@ class Builder:
             return self.scalar(dim, "dim")
         if fmt == "none_of":
             return self.logic("Not", self.logic("Or", *(self.operand(a, BOOL) for a in args)))
+        if fmt == "range_index" and isinstance(args[0], Lit):  # out of range: Gather fails
+            table = numpy_helper.from_array(np.arange(args[0].value, dtype=np.int64))
+            return self.node("Gather", [self.node("Constant", [], "c", value=table),
+                                        self.operand(args[1], INT64)], kind=INT64)
         raise CannotFuse(f"host operation {fmt} at {s.line}")
 
     def mark(self, s: HostOp, name: str) -> str:

@@ -17,7 +17,8 @@ gathers by `Clip(i, -1, n - 1)`, -1 being the last option for `Gather` (without 
 `Clip`, a negative `i` picked another option than the chain's, silently, and an `i` past
 the end failed where the chain returned a value), a one-element index of rank 1 or more
 reshaped to 0-d first (else every gathered weight took its rank). Both found by
-tests/test_rewrite_properties_2.py.
+tests/test_rewrite_properties_2.py. The frontend (`ops.switch`) compares `range(n)[i]`,
+so the chain never sees an index out of range: the `Clip` then changes nothing.
 """
 
 from __future__ import annotations

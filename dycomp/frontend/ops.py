@@ -163,8 +163,10 @@ def getitem(obj, index):
             if not isinstance(obj, (nn.ModuleList, nn.Sequential)):
                 _probe_unroll(index)
             return SymChoice(list(obj), index)
-        if isinstance(obj, nn.ModuleDict):
-            return SymChoice(list(obj.values()), index)
+        if isinstance(obj, nn.ModuleDict):  # a key: its position, KeyError if none
+            pos = {k: i for i, k in enumerate(obj.keys())}
+            at = tracer().host_op("getitem", (pos, index), lambda a, b: a[b])
+            return SymChoice(list(obj.values()), at)
         return tracer().host_op("getitem", (obj, index), lambda a, b: a[b])
     if isinstance(obj, SymChoice):
         return switch(obj.index, obj.options, lambda o: getitem(o, index))
@@ -182,7 +184,13 @@ def _host_representable(v) -> bool:
 
 
 def switch(index, options, fn):
-    """Run `fn(options[index])` for a data-dependent index: one arm per option."""
+    """Run `fn(options[index])` for a data-dependent index: one arm per option. The index
+    is first taken as Python takes it (`range(n)[index]`: negative from the end, IndexError
+    past it), so the last arm runs for the last option only."""
+    t = tracer()  # kept even if unused (pure=False): it raises IndexError out of range
+    index = t.host_op("range_index", (len(options), index), lambda a, b: range(a)[b],
+                      pure=False)
+
     def arm(k):
         if k == len(options) - 1:
             return fn(options[k])
