@@ -80,9 +80,13 @@ def _spinning(cm) -> set:
     return {entry(s) for s in cm.program.executor.sessions.values()}
 
 
-def test_long_running_subgraph_does_not_spin():
-    from dycomp.runtime.onnx_executor import LONG_RUN_WEIGHTS, SHORT_SPIN_US
+def test_long_running_subgraph_does_not_spin(monkeypatch):
+    """With DYCOMP_SPIN_US set (off by default: unbounded spinning is faster when idle)."""
+    from dycomp.runtime import onnx_executor
+    from dycomp.runtime.onnx_executor import LONG_RUN_WEIGHTS
 
+    SHORT_SPIN_US = 20
+    monkeypatch.setattr(onnx_executor, "SHORT_SPIN_US", SHORT_SPIN_US)
     assert 2048 * 2048 == LONG_RUN_WEIGHTS
     g = torch.Generator().manual_seed(3)
     xs = [(torch.randn(64, 2048, generator=g),) for _ in range(6)]
