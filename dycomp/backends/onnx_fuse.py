@@ -38,10 +38,12 @@ from dycomp.backends.onnx_build import (
     op_kind,
 )
 from dycomp.backends.onnx_loops import NotLowerable, plan_loop
+from dycomp.ir import program as ir
 from dycomp.ir.dyngraph import Region
 from dycomp.ir.program import Assign, CallRegion, HostOp, If, Lit, Loop, Op, Var, expr_vars, walk
 from dycomp.passes.carve import Names
 from dycomp.passes.regions import tensor_vars
+from dycomp.runtime.controlflow import outline
 from dycomp.runtime.onnx_paths import drop_path
 
 log = logging.getLogger(__name__)
@@ -324,7 +326,8 @@ class _Fuser:
         lines = list(dict.fromkeys(ln for s in walk(run) if isinstance(s, CallRegion)
                                    for ln in self.graph.regions[s.region].lines))
         self.graph.regions[name] = Region(name, None, lines, onnx=drop_path(traced),
-                                          traced=traced, ran=b.ran)
+                                          traced=traced, ran=b.ran,
+                                          fused=self._outline(run))
         outs = [Var(f"{d.name}__t") if d in self.kinds else d for d in outputs]
         back = [HostOp(d, Op(BACK, (t,)), line=run[0].line)
                 for d, t in zip(outputs, outs) if d in self.kinds]
@@ -333,6 +336,13 @@ class _Fuser:
                                   (a.lst, a.value, a.taken)), pure=False, line=run[0].line)
                   for a, _, _, negated in b.appends]
         return [CallRegion(name, inputs, outs + scans, line=run[0].line)] + back + extend
+
+    def _outline(self, run: list) -> dict:
+        """What `run` was, for display: its branches, loops and region calls with their
+        source lines (`runtime/controlflow.py`)."""
+        regions = {s.region: list(self.graph.regions[s.region].lines[:3])
+                   for s in walk(run) if isinstance(s, CallRegion)}
+        return {"outline": outline(ir.program_data(run, [])["body"]), "regions": regions}
 
 
 def _split_literals(s: Assign, fusable) -> tuple[list, Assign]:
