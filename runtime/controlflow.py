@@ -93,6 +93,13 @@ class ControlView:
     branches: Counter = field(default_factory=Counter)  # where -> count ("host", "f1")
     loops: Counter = field(default_factory=Counter)
     regions: dict = field(default_factory=dict)  # region on a path -> its source lines
+    outline: list = field(default_factory=list)  # fused calls expanded (`pathlabels`)
+
+    def label(self, path: list) -> str:
+        """The decisions `path` (region names, as `return_path=True` gives) took."""
+        from dycomp.runtime.pathlabels import path_label
+
+        return path_label(self.outline, path)
 
     def counts(self) -> str:
         """'2 branches (2 fused into f1), 1 loop (host)'."""
@@ -122,8 +129,12 @@ def _count(where: Counter, noun: str, plural: str) -> str:
 def control_view(host_program: dict, fused: dict, region_lines: dict) -> ControlView:
     """The view of a host program (data) whose calls of fused subgraphs expand into the
     outlines they replaced; `region_lines`: subgraph -> its source lines."""
+    from dycomp.runtime.pathlabels import expand
+
     view = ControlView()
-    _walk(outline(host_program.get("body", [])), fused, region_lines, view, "host", 1)
+    nodes = outline(host_program.get("body", []))
+    _walk(nodes, fused, region_lines, view, "host", 1)
+    view.outline = expand(nodes, fused)
     return view
 
 
