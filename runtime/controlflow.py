@@ -70,7 +70,8 @@ def _check_nodes(nodes, at: str, depth: int) -> None:
         raise ArtifactError(f"{at}: must be a list (nested at most {MAX_DEPTH} deep)")
     for i, node in enumerate(nodes):
         here = f"{at}[{i}]"
-        if not isinstance(node, dict) or node.get("kind") not in _KINDS:
+        if not isinstance(node, dict) or not isinstance(node.get("kind"), str) \
+                or node["kind"] not in _KINDS:
             raise ArtifactError(f"{here}.kind: unknown control-flow node")
         extra = set(node) - _KEYS
         if extra:
