@@ -694,6 +694,8 @@ def run_command(cfg: RunConfig, out: Console) -> None:
         arrays = check_inputs(art.signature, tuple(arrays))
     except ValueError as e:
         raise UsageError(f"{_input_names(cfg.inputs)}: {e}") from None
+    from dycomp.runtime.controlflow import manifest_view
+
     result, path = art.run(*arrays, return_path=True)
     leaves = dict(flatten_outputs(result))
     if cfg.out is not None:
@@ -706,6 +708,7 @@ def run_command(cfg: RunConfig, out: Console) -> None:
     if cfg.show_path:
         n = len(path)  # fused subgraphs list the regions they ran inside
         out.print(f"path: {' -> '.join(path)} ({n} region{'s' * (n != 1)})", **_PLAIN)
+        out.print(f"decisions: {manifest_view(art.manifest).label(path)}", **_PLAIN)
 
 
 def _selected_subnet(art, selected: tuple[str, ...]):

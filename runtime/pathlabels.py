@@ -150,9 +150,21 @@ def _if_part(key, taken: list) -> str:
     if skip is not None and _chained(node, key, "then" if skip == "orelse" else "orelse"):
         return f"exit {len(taken)}" if taken[-1][1] == skip else "no early exit"
     if len(taken) > 1 and skip is not None:
-        idx = [str(i + 1) for i, (_, arm) in enumerate(taken) if arm == skip]
-        return f"skipped {','.join(idx) or 'none'} of {len(taken)} ({line})"
+        idx = [i + 1 for i, (_, arm) in enumerate(taken) if arm == skip]
+        return f"skipped {_ranges(idx) or 'none'} of {len(taken)} ({line})"
     return f"{source or line}: " + ",".join("yes" if arm == "then" else "no" for _, arm in taken)
+
+
+def _ranges(nums: list[int]) -> str:
+    """[1, 2, 3, 5, 7, 8] -> '1-3,5,7,8' (runs of three or more as a range)."""
+    out, i = [], 0
+    while i < len(nums):
+        j = i
+        while j + 1 < len(nums) and nums[j + 1] == nums[j] + 1:
+            j += 1
+        out += [f"{nums[i]}-{nums[j]}"] if j - i >= 2 else [str(n) for n in nums[i:j + 1]]
+        i = j + 1
+    return ",".join(out)
 
 
 def _chained(node: dict, key: tuple, arm: str) -> bool:

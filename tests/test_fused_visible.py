@@ -10,6 +10,7 @@ import json
 import re
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -85,7 +86,7 @@ def test_path_regions_are_listed_with_their_lines(compiled):
 
 
 EXPECTED = {"multi_exit": r"^exit \d$", "decoder": r"^\d+ steps?$",
-            "gated_resnet": r"^skipped ([\d,]+|none) of 18 ", "moe": r"^option \d,\d$",
+            "gated_resnet": r"^skipped ([\d,-]+|none) of 18 ", "moe": r"^option \d,\d$",
             "act": r"^halting.item\(\) > 1 - self.eps: (yes|no, \d+ steps?)$"}
 
 
@@ -155,3 +156,19 @@ def test_bench_chart_labels_fused_paths_by_decisions():
     labels = list(result.contenders[0].per_path)
     assert len(labels) > 1 and all(re.match(r"^\d+ steps?$", lb) for lb in labels), labels
     assert sum(result.paths.values()) == len(inputs)
+
+
+def test_run_show_path_names_the_decisions(decoder_artifact, tmp_path, capsys):
+    x = tmp_path / "x.npy"
+    model, ex = importlib.import_module("examples.zoo.decoder").make()
+    np.save(x, ex[0].numpy())
+    assert main(["run", str(decoder_artifact), "--input", str(x), "--show-path"]) == 0
+    out = capsys.readouterr().out
+    steps = re.search(r"path: .*\((\d+) regions?\)", out)
+    assert steps and re.search(rf"decisions: {int(steps[1]) - 1} steps?\b", out), out
+
+
+def test_skipped_blocks_read_as_ranges():
+    from dycomp.runtime.pathlabels import _ranges
+
+    assert _ranges([1, 2, 3, 5, 7, 8]) == "1-3,5,7,8" and _ranges([]) == ""
