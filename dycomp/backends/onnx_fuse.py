@@ -38,12 +38,11 @@ from dycomp.backends.onnx_build import (
     op_kind,
 )
 from dycomp.backends.onnx_loops import NotLowerable, plan_loop
-from dycomp.ir import program as ir
 from dycomp.ir.dyngraph import Region
+from dycomp.ir.outline import outline_of
 from dycomp.ir.program import Assign, CallRegion, HostOp, If, Lit, Loop, Op, Var, expr_vars, walk
 from dycomp.passes.carve import Names
 from dycomp.passes.regions import tensor_vars
-from dycomp.runtime.controlflow import outline
 from dycomp.runtime.onnx_paths import drop_path
 
 log = logging.getLogger(__name__)
@@ -342,7 +341,7 @@ class _Fuser:
         source lines (`runtime/controlflow.py`)."""
         regions = {s.region: list(self.graph.regions[s.region].lines[:3])
                    for s in walk(run) if isinstance(s, CallRegion)}
-        return {"outline": outline(ir.program_data(run, [])["body"]), "regions": regions}
+        return {"outline": outline_of(run), "regions": regions}
 
 
 def _split_literals(s: Assign, fusable) -> tuple[list, Assign]:
