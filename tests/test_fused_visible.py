@@ -172,3 +172,13 @@ def test_skipped_blocks_read_as_ranges():
     from dycomp.runtime.pathlabels import _ranges
 
     assert _ranges([1, 2, 3, 5, 7, 8]) == "1-3,5,7,8" and _ranges([]) == ""
+
+
+def test_chart_labels_keep_both_ends_and_stay_distinct():
+    from dycomp.benchmark.html import _middle, _unique
+
+    a = "s > self.cfg.upper: yes, h[0, 0] > 0: yes, x.std() > self.cfg.std_threshold: no"
+    b = a[:-2] + "yes"
+    assert len(_middle(a)) <= 64 and _middle(a) != _middle(b)
+    assert _middle(a).endswith("no") and _middle("5 steps") == "5 steps"
+    assert _unique("x", ["x", "x #2"]) == "x #3"
