@@ -248,13 +248,22 @@ class CompiledModel:
     def explain(self) -> str:
         if self.graph is None:
             return self.artifact.explain()
-        s = self.graph.stats()
+        s, view = self.graph.stats(), self.control_view()
         opts = "".join(f"\n  {o}" for o in self.optimizations)
         return (f"dycomp compiled {self.graph.name} ({self.graph.source}) for backend "
-                f"{self.backend}: {s['regions']} subgraphs, {s['branches']} branches, "
-                f"{s['loops']} loops, {s['returns']} returns"
+                f"{self.backend}: {s['regions']} subgraphs, {view.counts()}, "
+                f"{s['returns']} returns"
                 f"{chr(10) + 'optimizations:' + opts if opts else ''}"
-                f"{_check_line(self.check)}\n\n{self.graph}")
+                f"{_check_line(self.check)}\n\n{view.text()}\n\n{self.graph}")
+
+    def control_view(self):
+        """Every branch and loop of the source with where it runs (the host, or inside a
+        fused subgraph as ONNX `If` / `Loop`), and the regions paths name."""
+        from dycomp.runtime.controlflow import graph_view, manifest_view
+
+        if self.graph is None:
+            return manifest_view(self.artifact.manifest)
+        return graph_view(self.program.data or {}, self.graph.regions)
 
     def save(self, path) -> Path:
         """Write the deployable artifact directory (backends 'onnx' and 'tvm'); returns

@@ -80,6 +80,9 @@ def package(cm: CompiledModel) -> tuple[dict, dict[str, bytes]]:
     }
     if cm.backend == "tvm":
         manifest["tvm"] = _jsonable(vars(executor.report))
+    fused = {n: r.fused for n, r in graph.regions.items() if r.fused}
+    if fused:  # the control flow lowered into them, for display only (runtime/controlflow.py)
+        manifest["fused"] = fused
     if cm.optimizations:
         manifest["optimizations"] = list(cm.optimizations)
     if getattr(cm, "check", None) is not None:

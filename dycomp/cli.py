@@ -626,10 +626,11 @@ def _compile_summary(cfg: CompileConfig, cm, examples: tuple, checked: int | Non
         _row(table, "tvm", report.summary())
     calls = s["region_calls"]
     _row(table, "subgraphs", f"{s['regions']} ({calls} call site{'s' * (calls != 1)})")
+    view = cm.control_view()
     for key, op in (("branches", "If"), ("loops", "Loop")):
         fused = _fused_nodes(cm.graph, op)
-        _row(table, key, f"{s[key]}" + (f" on the host, {fused} inside the subgraphs "
-                                        f"(ONNX {op})" if fused else ""))
+        _row(table, key, view.count(key) + (f"; {fused} ONNX {op} nodes in the subgraphs"
+                                            if fused else ""))
     for key in ("returns", "ops"):
         _row(table, key, str(s[key]))
     applied = [str(a) for a in cm.graph.applied]
@@ -693,6 +694,8 @@ def run_command(cfg: RunConfig, out: Console) -> None:
         arrays = check_inputs(art.signature, tuple(arrays))
     except ValueError as e:
         raise UsageError(f"{_input_names(cfg.inputs)}: {e}") from None
+    from dycomp.runtime.controlflow import manifest_view
+
     result, path = art.run(*arrays, return_path=True)
     leaves = dict(flatten_outputs(result))
     if cfg.out is not None:
@@ -705,6 +708,7 @@ def run_command(cfg: RunConfig, out: Console) -> None:
     if cfg.show_path:
         n = len(path)  # fused subgraphs list the regions they ran inside
         out.print(f"path: {' -> '.join(path)} ({n} region{'s' * (n != 1)})", **_PLAIN)
+        out.print(f"decisions: {manifest_view(art.manifest).label(path)}", **_PLAIN)
 
 
 def _selected_subnet(art, selected: tuple[str, ...]):
@@ -807,6 +811,7 @@ def inspect_command(cfg: InspectConfig, out: Console) -> None:
     """Header, host program, control-flow nodes and subgraph table of an artifact."""
     from dycomp.runtime import artifact as rt
     from dycomp.runtime import selectors
+    from dycomp.runtime.controlflow import manifest_view
 
     raw = rt.manifest_bytes(cfg.artifact)
     if selectors.is_selected(raw):  # many sub-networks: a table of them
@@ -815,6 +820,7 @@ def inspect_command(cfg: InspectConfig, out: Console) -> None:
     manifest = rt.read_manifest(cfg.artifact)
     files = rt.verify_files(cfg.artifact, manifest)
     out.print(_inspect_header(cfg.artifact, manifest, rt.signature_of(manifest)))
+    out.print(Text("\n" + manifest_view(manifest).text()))
     out.print("\n[bold]host program[/] (host.py)")
     out.print(Syntax(files[rt.HOST].decode("utf-8"), "python", line_numbers=True,
                      theme="ansi_dark"))
@@ -845,6 +851,8 @@ def _selected_summary(path: Path, raw: bytes) -> str:
 
 
 def _inspect_header(path: Path, manifest: dict, signature) -> str:
+    from dycomp.runtime.controlflow import manifest_view
+
     s = manifest.get("stats", {})
     versions = manifest.get("versions", {})
     runtime = f"onnxruntime {versions.get('onnxruntime', '?')}"
@@ -856,7 +864,7 @@ def _inspect_header(path: Path, manifest: dict, signature) -> str:
             f"  backend   {manifest['backend']} (built with dycomp "
             f"{versions.get('dycomp', '?')}, {runtime})\n"
             f"  contents  {len(manifest['subgraphs'])} subgraphs, "
-            f"{s.get('branches', '?')} branches, {s.get('loops', '?')} loops, "
+            f"{manifest_view(manifest).counts()}, "
             f"{s.get('returns', '?')} returns, {s.get('ops', '?')} ops")
     tvm = manifest.get("tvm")
     if isinstance(tvm, dict):

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from dycomp.runtime import trust
+from dycomp.runtime.controlflow import check_fused, manifest_view
 from dycomp.runtime.errors import ArtifactError
 from dycomp.runtime.host import HostProgram, RoutingExecutor
 
@@ -143,6 +144,8 @@ def parse_manifest(root: Path, raw: bytes) -> dict:
                             f"reads format_version {', '.join(map(str, READS_VERSIONS))}")
     _require(manifest, root, files=dict, subgraphs=dict, inputs=list, backend=str,
              host_program=dict)
+    if "fused" in manifest:
+        check_fused(manifest["fused"], manifest["subgraphs"], str(root / MANIFEST))
     if manifest["backend"] not in BACKENDS:
         raise ArtifactError(f"{root}: backend {manifest['backend']!r} cannot be run here; "
                             f"this dycomp runs {', '.join(BACKENDS)} artifacts")
@@ -317,14 +320,14 @@ class Artifact:
     def explain(self) -> str:
         """Readable summary: entry point, subgraph table and host program."""
         m, s = self.manifest, self.manifest.get("stats", {})
+        view = manifest_view(m)
         head = (f"dycomp artifact {self.path}: {m.get('method')} ({m.get('source')}) for "
                 f"backend {m['backend']}: {len(self.subgraphs)} subgraphs, "
-                f"{s.get('branches', '?')} branches, {s.get('loops', '?')} loops, "
-                f"{s.get('returns', '?')} returns\nentry {self.signature}"
+                f"{view.counts()}, {s.get('returns', '?')} returns\nentry {self.signature}"
                 + "".join(f"\noptimized: {o}" for o in m.get("optimizations", [])))
         rows = [_region_row(n, sub) for n, sub in self.subgraphs.items()]
         body = ["  " + ln for ln in self.host_source.splitlines()]
-        return "\n".join([head, *rows, "host program:", *body])
+        return "\n".join([head, *rows, view.text(), "host program:", *body])
 
     def __repr__(self) -> str:
         return f"<dycomp Artifact {self.path} {self.signature}>"

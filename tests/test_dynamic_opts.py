@@ -199,7 +199,7 @@ def test_cli_explain_opts_and_no_opt(tmp_path, capsys):
                  "--explain-opts"]) == 0
     assert "no dynamic-aware optimization applied" in capsys.readouterr().out
     assert main(["compile", target, "--input", "1x16x8x8", "--backend", "onnx"]) == 0
-    assert "0 on the host, 3 inside the subgraphs (ONNX If)" in capsys.readouterr().out
+    assert "3 branches (3 fused into f1); 3 ONNX If nodes" in capsys.readouterr().out
     assert main(["compile", target, "--input", "1x16x8x8", "--no-opt", "nope"]) == 2
     assert "unknown optimization" in capsys.readouterr().err
 

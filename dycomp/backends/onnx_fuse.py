@@ -39,6 +39,7 @@ from dycomp.backends.onnx_build import (
 )
 from dycomp.backends.onnx_loops import NotLowerable, plan_loop
 from dycomp.ir.dyngraph import Region
+from dycomp.ir.outline import outline_of
 from dycomp.ir.program import Assign, CallRegion, HostOp, If, Lit, Loop, Op, Var, expr_vars, walk
 from dycomp.passes.carve import Names
 from dycomp.passes.regions import tensor_vars
@@ -324,7 +325,8 @@ class _Fuser:
         lines = list(dict.fromkeys(ln for s in walk(run) if isinstance(s, CallRegion)
                                    for ln in self.graph.regions[s.region].lines))
         self.graph.regions[name] = Region(name, None, lines, onnx=drop_path(traced),
-                                          traced=traced, ran=b.ran)
+                                          traced=traced, ran=b.ran,
+                                          fused=self._outline(run))
         outs = [Var(f"{d.name}__t") if d in self.kinds else d for d in outputs]
         back = [HostOp(d, Op(BACK, (t,)), line=run[0].line)
                 for d, t in zip(outputs, outs) if d in self.kinds]
@@ -333,6 +335,13 @@ class _Fuser:
                                   (a.lst, a.value, a.taken)), pure=False, line=run[0].line)
                   for a, _, _, negated in b.appends]
         return [CallRegion(name, inputs, outs + scans, line=run[0].line)] + back + extend
+
+    def _outline(self, run: list) -> dict:
+        """What `run` was, for display: its branches, loops and region calls with their
+        source lines (`runtime/controlflow.py`)."""
+        regions = {s.region: list(self.graph.regions[s.region].lines[:3])
+                   for s in walk(run) if isinstance(s, CallRegion)}
+        return {"outline": outline_of(run), "regions": regions}
 
 
 def _split_literals(s: Assign, fusable) -> tuple[list, Assign]:

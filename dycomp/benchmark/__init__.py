@@ -167,7 +167,7 @@ def _dycomp_views(r: ContenderResult, compiled, inputs, per_input: list) -> None
     dispatch) and the share of a call spent in the host program, from one more pass of
     the inputs."""
     program = compiled.program
-    executor, spent, calls, paths = program.executor, {}, {}, []
+    executor, spent, calls = program.executor, {}, {}
 
     def timed(region, *args):
         start = time.perf_counter()
@@ -179,8 +179,12 @@ def _dycomp_views(r: ContenderResult, compiled, inputs, per_input: list) -> None
     with program.using(timed):
         start = time.perf_counter()
         for x in inputs:
-            paths.append(" > ".join(compiled.run(*x, return_path=True)[1]))
+            compiled.run(*x, return_path=True)
         total = time.perf_counter() - start
+    # paths named by their decisions (`exit 2`, `5 steps`): a fused subgraph's path is
+    # the regions inside it, matched against the source's control flow
+    view = compiled.control_view()
+    paths = [view.label(compiled.run(*x, return_path=True)[1]) for x in inputs]
     groups: dict[str, list] = {}
     for path, ts in zip(paths, per_input):
         groups.setdefault(path, []).extend(ts)

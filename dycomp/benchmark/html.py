@@ -81,14 +81,27 @@ def _paths(result) -> str | None:
     for c in dy:
         top = sorted(c.per_path.items(), key=lambda kv: -kv[1]["n"])[:8]
         for path, st in top:
-            labels.append(f"{c.name}: {path[:50]} ({st['n'] // result.runs} inputs)")
+            labels.append(_unique(f"{c.name}: {_middle(path)} ({st['n'] // result.runs} "
+                                  "inputs)", labels))
             values.append(st["median"])
     fig, ax = _figure(0.6 + 0.35 * len(labels))
     ax.barh(labels, values, color="tab:green")
     ax.invert_yaxis()
-    ax.set_xlabel("median ms per call on this path (decisions fused into ONNX If "
-                  "nodes are inside one subgraph)")
+    ax.set_xlabel("median ms per call on this path (named by its decisions)")
     return _png(fig)
+
+
+def _middle(text: str, n: int = 64) -> str:
+    """`text` cut to `n` characters in the middle: decision labels differ at either end."""
+    return text if len(text) <= n else f"{text[:n // 2 - 1]}...{text[-(n // 2 - 2):]}"
+
+
+def _unique(label: str, taken: list) -> str:
+    """A bar label not yet used (bars with one label would be drawn as one)."""
+    k, out = 2, label
+    while out in taken:
+        out, k = f"{label} #{k}", k + 1
+    return out
 
 
 def _subgraphs(result) -> str | None:

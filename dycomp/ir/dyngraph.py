@@ -43,6 +43,8 @@ class Region:
     onnx: object = None  # onnx.ModelProto once lowered; the only form of fused regions
     traced: object = None  # fused: the model that also lists the regions it ran
     ran: list = field(default_factory=list)  # fused: the regions it can run, by id
+    # fused: {"outline": the control flow it replaced, "regions": region -> source lines}
+    fused: dict | None = None
 
     @property
     def placeholders(self) -> list[fx.Node]:
