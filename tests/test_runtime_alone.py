@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import venv
+import zipfile
 from importlib import metadata
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import dycomp
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPS = ("numpy", "onnx", "onnxruntime")
-ABSENT = ("torch", "tvm", "sklearn")
+ABSENT = ("torch", "tvm", "sklearn", "cryptography")
 UNREACHABLE = ("No matching distribution", "Could not find a version", "NewConnectionError",
                "Max retries exceeded", "Temporary failure in name resolution")
 
@@ -124,3 +125,44 @@ def test_saved_artifact_runs_in_runtime_only_venv(runtime_python, tmp_path, fuse
     assert Path(info["runtime"]).is_relative_to(venv_dir), info["runtime"]
     assert info["dycomp"] is None, "alone, dycomp is a namespace package (no compiler)"
     np.testing.assert_allclose(np.load(tmp_path / "ys.npy"), expected, rtol=1e-4, atol=1e-4)
+
+
+def build_compiler_wheel(out: Path) -> Path:
+    """The compiler's wheel, built from a copy of its sources (not `runtime/`)."""
+    src = out / "src"
+    skip = shutil.ignore_patterns("__pycache__", "runtime", "passes")  # dycomp/'s dev links
+    shutil.copytree(ROOT / "dycomp", src / "dycomp", ignore=skip)
+    shutil.copytree(ROOT / "passes", src / "passes", ignore=skip)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    r = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+              "-w", out / "dist", src])
+    assert r.returncode == 0, r.stdout + r.stderr
+    (wheel,) = (out / "dist").glob("dycomp-*.whl")
+    return wheel
+
+
+def test_compiler_wheel_finds_runtime_in_another_path_entry(runtime_python, tmp_path):
+    """The compiler's wheel ships no dycomp/runtime and requires dycomp-runtime; unpacked in
+    another sys.path entry than the runtime, `dycomp` is its regular package and
+    `dycomp.runtime` is still the runtime distribution's."""
+
+    wheel = build_compiler_wheel(tmp_path)
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "dycomp/__init__.py" in names and "dycomp/passes/__init__.py" in names
+    assert not [n for n in names if n.startswith("dycomp/runtime/")]
+    meta = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA")))
+    assert b"Requires-Dist: dycomp-runtime[sign]==0.1.0" in meta
+    r = _run([runtime_python, "-m", "pip", "install", "-q", "--no-deps", "--target",
+              tmp_path / "compiler", wheel])
+    assert r.returncode == 0, r.stdout + r.stderr
+    code = ("import dycomp, dycomp.runtime, dycomp.errors as e; "
+            "print(dycomp.__file__); print(dycomp.runtime.__file__); "
+            "assert e.ArtifactError is dycomp.runtime.ArtifactError")
+    env = {"PYTHONPATH": str(tmp_path / "compiler")}
+    r = subprocess.run([str(runtime_python), "-c", code], capture_output=True, text=True,
+                       env=env, cwd=tmp_path, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    compiler_init, runtime_init = r.stdout.split()
+    assert Path(compiler_init).is_relative_to(tmp_path / "compiler")
+    assert Path(runtime_init).is_relative_to(runtime_python.parent.parent)
