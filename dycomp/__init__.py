@@ -3,6 +3,13 @@
 Importing `dycomp` is cheap and does not import torch; `dycomp.runtime` never does.
 """
 
+import pkgutil
+
+# dycomp.runtime is a distribution of its own (runtime/pyproject.toml) that installs
+# dycomp/runtime/ without a dycomp/__init__.py, often in another sys.path entry than this
+# package (the editable installs' link trees, a checkout on PYTHONPATH): look there too.
+__path__ = pkgutil.extend_path(__path__, __name__)
+
 from dycomp.errors import ArtifactError, DycompError, MismatchError, PassError, UnsupportedError
 
 __version__ = "0.1.0"
