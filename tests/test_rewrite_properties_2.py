@@ -24,10 +24,10 @@ from onnx import TensorProto, numpy_helper
 from onnx import helper as oh
 
 from dycomp.backends.onnx_switch import SWITCH, gather_switches
+from tests.test_rewrite_properties import SPECIALS, _copy, _model, _values
 
 SETTINGS = settings(max_examples=200, deadline=None, derandomize=True)
 F, I64 = TensorProto.FLOAT, TensorProto.INT64
-SPECIALS = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0], np.float32)
 SEEDS = st.integers(0, 2**32 - 1)
 
 
@@ -45,22 +45,6 @@ def _run(m: onnx.ModelProto, feed: dict) -> list:
     return s.run(None, {i.name: feed[i.name] for i in s.get_inputs()})
 
 
-def _model(nodes, inputs, outputs, inits=()) -> onnx.ModelProto:
-    g = oh.make_graph(nodes, "g", inputs, outputs, list(inits))
-    return oh.make_model(g, opset_imports=[oh.make_opsetid("", 17)])
-
-
-def _copy(m: onnx.ModelProto) -> onnx.ModelProto:
-    c = onnx.ModelProto()
-    c.CopyFrom(m)
-    return c
-
-
-def _values(rng: np.random.Generator, shape, special: float = 0.2) -> np.ndarray:
-    """float32 values of a few magnitudes, about `special` of them NaN, inf, -inf, +-0."""
-    x = rng.standard_normal(shape) * 10.0 ** rng.integers(-3, 3, shape)
-    x = np.where(rng.random(shape) < special, rng.choice(SPECIALS, shape), x)
-    return np.asarray(x, np.float32)
 
 
 def _same(got: list, expected: list) -> None:
