@@ -162,22 +162,34 @@ def peer_compile(case, inputs) -> dict:
         return {"compiles": True, "compile_s": time.perf_counter() - t0, "fn": fn, "note": note}
 
 
+# --blocks: time each callable over the inputs as a block (rounds rotate the order)
+# instead of call by call: torch.compile's OpenMP workers spin after its kernels and slow
+# whatever runs next (universal-transformer, onnx: 0.64 ms alone, 5.5 ms interleaved).
+BLOCKS = False
+
+
 def time_interleaved(case, fns: dict, inputs, n_inputs: int, reps: int) -> dict:
-    """Median seconds per call of each callable, interleaved call by call."""
+    """Median seconds per call of each callable, interleaved call by call (or in blocks,
+    `BLOCKS`)."""
     samples = {k: [] for k in fns}
     sel = inputs[:n_inputs]
     for fn in fns.values():  # warm-up
         for i, (args, kwargs) in enumerate(sel[:2]):
             _call(case, fn, i, args, kwargs)
+    order = list(fns.items())
     for _ in range(reps):
-        for i, (args, kwargs) in enumerate(sel):
-            for k, fn in fns.items():
-                if case.reseed is not None:
-                    case.reseed(i)
-                with torch.no_grad():
-                    t0 = time.perf_counter()
-                    fn(*args, **kwargs)
-                    samples[k].append(time.perf_counter() - t0)
+        if BLOCKS:  # each callable over all inputs in turn, the order rotating per round
+            order = order[1:] + order[:1]
+            calls = [(i, a, k, fn) for k, fn in order for i, a in enumerate(sel)]
+        else:
+            calls = [(i, a, k, fn) for i, a in enumerate(sel) for k, fn in order]
+        for i, (args, kwargs), k, fn in calls:
+            if case.reseed is not None:
+                case.reseed(i)
+            with torch.no_grad():
+                t0 = time.perf_counter()
+                fn(*args, **kwargs)
+                samples[k].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
@@ -298,10 +310,15 @@ def main(argv=None) -> int:
     p.add_argument("--inputs", type=int, default=None, help="inputs compared (default: adapter)")
     p.add_argument("--time-inputs", type=int, default=10, help="inputs timed")
     p.add_argument("--reps", type=int, default=3, help="timing rounds over those inputs")
+    p.add_argument("--blocks", action="store_true",
+                   help="time each contender over the inputs as a block, rounds rotating the "
+                        "order (default: call by call)")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--quiet", action="store_true", help="no table (one model per process)")
     p.add_argument("models", nargs="*")
     a = p.parse_args(argv)
+    global BLOCKS
+    BLOCKS = a.blocks
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(THREADS)
     console = Console(width=200)
