@@ -162,15 +162,12 @@ def peer_compile(case, inputs) -> dict:
         return {"compiles": True, "compile_s": time.perf_counter() - t0, "fn": fn, "note": note}
 
 
-# --blocks: time each callable over the inputs as a block (rounds rotate the order)
-# instead of call by call: torch.compile's OpenMP workers spin after its kernels and slow
-# whatever runs next (universal-transformer, onnx: 0.64 ms alone, 5.5 ms interleaved).
-BLOCKS = False
-
-
-def time_interleaved(case, fns: dict, inputs, n_inputs: int, reps: int) -> dict:
-    """Median seconds per call of each callable, interleaved call by call (or in blocks,
-    `BLOCKS`)."""
+def time_interleaved(case, fns: dict, inputs, n_inputs: int, reps: int,
+                     blocks: bool = False) -> dict:
+    """Median seconds per call of each callable, interleaved call by call, or with
+    `blocks` each over the inputs in turn, the order rotating per round: torch.compile's
+    OpenMP workers spin after its kernels and slow whatever runs next call by call
+    (universal-transformer, onnx: 0.64 ms alone, 5.5 ms interleaved)."""
     samples = {k: [] for k in fns}
     sel = inputs[:n_inputs]
     for fn in fns.values():  # warm-up
@@ -178,7 +175,7 @@ def time_interleaved(case, fns: dict, inputs, n_inputs: int, reps: int) -> dict:
             _call(case, fn, i, args, kwargs)
     order = list(fns.items())
     for _ in range(reps):
-        if BLOCKS:  # each callable over all inputs in turn, the order rotating per round
+        if blocks:
             order = order[1:] + order[:1]
             calls = [(i, a, k, fn) for k, fn in order for i, a in enumerate(sel)]
         else:
@@ -194,7 +191,7 @@ def time_interleaved(case, fns: dict, inputs, n_inputs: int, reps: int) -> dict:
 
 
 def run_model(mod, src: Path, backends: list[str], peers: list[str], n: int | None,
-              timing: tuple[int, int], console: Console) -> dict:
+              timing: tuple[int, int, bool], console: Console) -> dict:
     name = getattr(mod, "NAME", mod.__name__)
     res = {"model": name, "repo": f"{mod.REPO}@{mod.COMMIT[:8]}"}
     if not (src / mod.DIR).is_dir():
@@ -317,8 +314,6 @@ def main(argv=None) -> int:
     p.add_argument("--quiet", action="store_true", help="no table (one model per process)")
     p.add_argument("models", nargs="*")
     a = p.parse_args(argv)
-    global BLOCKS
-    BLOCKS = a.blocks
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(THREADS)
     console = Console(width=200)
@@ -329,7 +324,8 @@ def main(argv=None) -> int:
         results = [_run_isolated(m, argv if argv is not None else sys.argv[1:], a.models)
                    for m in mods]
     else:
-        results = [run_model(m, a.src, backends, peers, a.inputs, (a.time_inputs, a.reps),
+        timing = (a.time_inputs, a.reps, a.blocks)
+        results = [run_model(m, a.src, backends, peers, a.inputs, timing,
                              console) for m in mods]
     if not a.quiet:
         console.print(table(results, backends))

@@ -76,29 +76,28 @@ def literal_kind(value) -> int | None:
 def op_kind(op: str, operands: list) -> int | None:
     """The Python scalar kind host operator `op` yields, or None if it is not lowered to
     ONNX. `operands`: scalar kinds, or `Tensor` for tensor operands."""
-    fmt = op
     scalars = all(k in (INT64, DOUBLE, BOOL) for k in operands)
     numbers = all(k in (INT64, DOUBLE) for k in operands)
-    if fmt in _ITEM:
+    if op in _ITEM:
         (a,) = operands
-        return (_ITEM[fmt] or item_kind(a.elem)) if isinstance(a, Tensor) else None
-    if fmt == "bool":
+        return (_ITEM[op] or item_kind(a.elem)) if isinstance(a, Tensor) else None
+    if op == "bool":
         return BOOL if operands[0] is not None else None
-    if fmt in _CONVERT:
-        return _CONVERT[fmt] if scalars else None
-    if fmt in _ARITH and numbers:
+    if op in _CONVERT:
+        return _CONVERT[op] if scalars else None
+    if op in _ARITH and numbers:
         return DOUBLE if DOUBLE in operands else INT64
-    if fmt in _COMPARE and (numbers or (fmt in ("eq", "ne") and operands == [BOOL] * 2)):
+    if op in _COMPARE and (numbers or (op in ("eq", "ne") and operands == [BOOL] * 2)):
         return BOOL
-    if fmt == "eq" and operands[1] == INT64 and operands[0] == BOOL:  # a switch case
+    if op == "eq" and operands[1] == INT64 and operands[0] == BOOL:  # a switch case
         return BOOL
-    if fmt == "not":
+    if op == "not":
         return BOOL if scalars else None
-    if fmt == "none_of":
+    if op == "none_of":
         return BOOL if operands == [BOOL] * len(operands) else None
-    if fmt == "shape":
+    if op == "shape":
         return INT64 if isinstance(operands[0], Tensor) and operands[1] == INT64 else None
-    if fmt == "range_index":  # a switch's index: Gather from arange(n)
+    if op == "range_index":  # a switch's index: Gather from arange(n)
         return INT64 if operands == [INT64, INT64] else None
     return None
 
