@@ -12,10 +12,10 @@ BACKENDS = ["torch", "onnx"]
 
 
 class Experts(nn.Module):
-    def __init__(self):
+    def __init__(self, n: int = 3):
         super().__init__()
         torch.manual_seed(0)
-        self.experts = nn.ModuleList([nn.Linear(4, 4) for _ in range(3)])
+        self.experts = nn.ModuleList([nn.Linear(4, 4) for _ in range(n)])
 
     def forward(self, x, j):
         return self.experts[int(j.item())](x)
@@ -33,13 +33,15 @@ class Named(nn.Module):
         return self.blocks[self.names[int(j.item())]](x)
 
 
+@pytest.mark.parametrize("n", [2, 3, 5])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_module_list_index_is_pythons(backend):
-    model, x = Experts(), torch.randn(1, 4)
+def test_module_list_index_is_pythons(backend, n):
+    """Every index from -n to n - 1 runs Python's option; -n - 1, n and beyond raise."""
+    model, x = Experts(n), torch.randn(1, 4)
     cm = dycomp.compile(model, (x, torch.tensor(0)), backend=backend)
-    for j in range(-3, 3):
+    for j in range(-n, n):
         torch.testing.assert_close(cm(x, torch.tensor(j)), model(x, torch.tensor(j)))
-    for j in (3, -4, 7):
+    for j in (n, -n - 1, n + 4):
         with pytest.raises(IndexError):
             model(x, torch.tensor(j))
         # the host program raises IndexError; a switch fused into ONNX fails in its Gather
