@@ -189,8 +189,12 @@ class RunConfig:
     trust_native: bool = False
     public_key: Path | None = None
     selected: tuple[str, ...] = ()  # --arg NAME=VALUE: a sub-network of a model with selectors
+    budget_ms: float | None = None  # --budget-ms: the sub-network `select` picks
 
     def __post_init__(self):
+        if self.budget_ms is not None and (self.selected or not self.budget_ms > 0):
+            raise UsageError("--budget-ms needs a positive number of milliseconds and no "
+                             f"--arg (got {self.budget_ms:g}{' and --arg' * bool(self.selected)})")
         if any("=" not in a for a in self.selected):
             raise UsageError(f"--arg takes NAME=VALUE, got {[a for a in self.selected]}")
         if not self.inputs:
@@ -294,6 +298,7 @@ examples:
   dycomp run multi_exit.dyc --input batch.npz --threads 1
   dycomp run resnet_tvm.dyc --input x.npy --trust-native
   dycomp run net.dyc --input x.npy --public-key release.key.pub
+  dycomp run slim.dyc --input x.npy --budget-ms 2.5   (selectors: largest that fits)
 """
 
 _INSPECT_HELP = """\
@@ -404,6 +409,10 @@ def _add_run(sub) -> None:
     p.add_argument("--arg", action="append", default=[], metavar="NAME=VALUE",
                    help="a model compiled with selectors: the sub-network to run (an "
                         "argument's value, or a setter call by its index), once per selector")
+    p.add_argument("--budget-ms", type=float, metavar="MS",
+                   help="a model compiled with selectors: run the largest sub-network whose "
+                        "stored median latency fits MS (measured with `dycomp bench "
+                        "--save-latency`); prints which one ran")
     p.set_defaults(command_fn=run_command, make_config=_run_config)
 
 
@@ -431,7 +440,7 @@ def _run_config(ns) -> RunConfig:
     return RunConfig(artifact=ns.artifact, inputs=tuple(ns.input), out=ns.out,
                      show_path=ns.show_path, threads=ns.threads,
                      trust_native=ns.trust_native, public_key=ns.public_key,
-                     selected=tuple(ns.arg))
+                     selected=tuple(ns.arg), budget_ms=ns.budget_ms)
 
 
 def _inspect_config(ns) -> InspectConfig:
@@ -688,7 +697,12 @@ def run_command(cfg: RunConfig, out: Console) -> None:
 
     art = runtime.load(cfg.artifact, **({} if cfg.threads is None else {"threads": cfg.threads}),
                        trust_native=cfg.trust_native, public_key=cfg.public_key)
-    art = _selected_subnet(art, cfg.selected)
+    if cfg.budget_ms is not None:
+        from dycomp.cli_selectors import budget_subnet
+
+        art = budget_subnet(art, cfg.budget_ms, out)
+    else:
+        art = _selected_subnet(art, cfg.selected)
     arrays = _read_inputs(cfg.inputs, art.signature)
     try:
         arrays = check_inputs(art.signature, tuple(arrays))

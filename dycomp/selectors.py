@@ -89,8 +89,10 @@ def _plain(name: str, value):
                            "cannot be declared", hint="use int, float, bool, str or None")
 
 
-def compile_selected(model, example_inputs, selectors: dict, options: dict) -> SelectorModel:
-    """Compile every declared combination with `dycomp.compile(**options)`."""
+def compile_selected(model, example_inputs, selectors: dict, options: dict,
+                     progress=None) -> SelectorModel:
+    """Compile every declared combination with `dycomp.compile(**options)`; `progress`
+    (optional) is called with each sub-network's label before it is compiled."""
     from dycomp.api import compile as compile_one
 
     decl = parse(selectors)
@@ -104,8 +106,10 @@ def compile_selected(model, example_inputs, selectors: dict, options: dict) -> S
                 kwargs[s["name"]] = s["values"][j]
             else:
                 calls.append(s["values"][j])
-        log.info("compiling sub-network %s", ", ".join(describe(s, s["values"][j])
-                                                       for s, j in zip(decl, key)))
+        label = ", ".join(describe(s, s["values"][j]) for s, j in zip(decl, key))
+        log.info("compiling sub-network %s", label)
+        if progress is not None:
+            progress(label)
         with _configured(owner, calls):
             subnets[key] = compile_one(model, example_inputs, example_kwargs=kwargs, **options)
     args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (

@@ -74,14 +74,23 @@ class BenchResult:
 
 def bench(model, inputs, *, backends=DEFAULT, method: str = "forward", threads: int = 2,
           runs: int = 5, report_dir=None, pass_sets: dict | None = None,
-          progress=None) -> BenchResult:
+          progress=None, selectors: dict | None = None, labels=None):
     """Benchmark `model.<method>` on `inputs` (a list of input tuples) for every
     contender in `backends`; write the reports to `report_dir` when given.
 
     `pass_sets` ({label: [Prune(...), Quantize(...)]}) adds, per dycomp backend, a
     contender "<backend>+<label>" compiled with those passes; its differences from eager
     are reported as expected ("optimized"), not as wrong answers. The marker "no-opt"
-    in a set compiles without the dynamic-aware optimizations (exact, so checked)."""
+    in a set compiles without the dynamic-aware optimizations (exact, so checked).
+
+    `selectors` (as for `dycomp.compile`): one row per sub-network instead, eager against
+    the one dycomp backend in `backends`, with top-1 accuracy given `labels` (one class
+    index, or one per batch row, per input); returns a `subnets.SubnetBenchResult`."""
+    if selectors is not None:
+        if pass_sets:
+            raise ValueError("pass_sets and selectors cannot be combined")
+        return _bench_selected(model, inputs, selectors, backends, method, threads, runs,
+                               report_dir, labels, progress)
     import torch
 
     from dycomp.api import _resolve
@@ -107,6 +116,28 @@ def bench(model, inputs, *, backends=DEFAULT, method: str = "forward", threads: 
     if report_dir is not None:
         result.write(report_dir)
     return result
+
+
+def _bench_selected(model, inputs, selectors, backends, method, threads, runs, report_dir,
+                    labels, progress):
+    from dycomp.benchmark.subnets import bench_subnets
+
+    ours = [b for b in backends if b in DYCOMP]
+    if len(ours) != 1 or _other_contenders(backends):
+        raise ValueError(f"with selectors, bench compares eager with one dycomp backend "
+                         f"(one of {', '.join(DYCOMP)}); got backends={list(backends)}")
+    result = bench_subnets(model, inputs, selectors, backend=ours[0], method=method,
+                           threads=threads, runs=runs, labels=labels, progress=progress)
+    if report_dir is not None:
+        result.write(report_dir)
+    return result
+
+
+def _other_contenders(backends) -> bool:
+    """Whether `backends` names contenders other than eager and dycomp's backends (the
+    defaults are ignored with selectors: they compare one model, not sub-networks)."""
+    return tuple(backends) != DEFAULT and any(
+        b not in DYCOMP and b != "eager" for b in backends)
 
 
 def _step(progress, items, what):

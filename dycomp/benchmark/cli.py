@@ -28,9 +28,17 @@ class BenchConfig:
     runs: int = 5
     report: Path | None = None
     passes: tuple[str, ...] = ()  # pass-set specs, e.g. "prune=0.5+int8"
+    selectors: dict | None = None  # --selector: one row per sub-network (subnet_cli)
+    labels: Path | None = None
+    plot: Path | None = None
+    save_latency: Path | None = None
+    sign_key: Path | None = None
 
     def __post_init__(self):
+        from dycomp.benchmark.subnet_cli import validate
         from dycomp.cli import UsageError
+
+        validate(self)
 
         unknown = [b for b in self.backends if b not in CONTENDERS]
         if unknown or not self.backends:
@@ -90,7 +98,9 @@ def add_bench(sub, formatter) -> None:
                     "wrong answers are flagged, build failures shown with their reason.",
         epilog="examples:\n  dycomp bench examples/zoo/multi_exit.py:make --report out/\n"
                "  dycomp bench model.py:Net --input 1x3x32x32 --samples 50 "
-               "--backends eager,onnx,tvm\n")
+               "--backends eager,onnx,tvm\n"
+               "  dycomp bench slim.py:make --selector width=0.25,0.5,1.0 --inputs val.npz "
+               "--labels val_labels.npy --plot pareto.png --save-latency slim.dyc\n")
     p.add_argument("target", metavar="TARGET", help="path/to/file.py:factory or pkg.mod:factory")
     p.add_argument("--method", default="forward", help="method to benchmark (default forward)")
     p.add_argument("--input", action="append", default=[], metavar="SHAPE[:DTYPE]",
@@ -99,9 +109,9 @@ def add_bench(sub, formatter) -> None:
                    help="benchmark inputs: one array per input, samples first")
     p.add_argument("--samples", type=int, default=20,
                    help="without --inputs: this many generated inputs (default 20)")
-    p.add_argument("--backends", default=",".join(DEFAULT),
+    p.add_argument("--backends",
                    help=f"comma-separated contenders from {','.join(CONTENDERS)} "
-                        f"(default: {','.join(DEFAULT)})")
+                        f"(default: {','.join(DEFAULT)}; with --selector: eager,onnx)")
     p.add_argument("--threads", type=int, default=2, help="threads for every contender")
     p.add_argument("--runs", type=int, default=5, help="interleaved timing rounds")
     p.add_argument("--passes", action="append", default=[], metavar="SET",
@@ -111,17 +121,25 @@ def add_bench(sub, formatter) -> None:
                         "e.g. --passes prune=0.5+int8 --passes no-opt")
     p.add_argument("--report", type=Path, metavar="DIR",
                    help="write report.html, report.md, results.json and results.csv here")
+    from dycomp.benchmark.subnet_cli import add_arguments
+
+    add_arguments(p)
     p.set_defaults(command_fn=bench_command, make_config=_config)
 
 
 def _config(ns: argparse.Namespace) -> BenchConfig:
+    from dycomp.benchmark.subnet_cli import SUBNET_DEFAULT
     from dycomp.cli import InputShape
+    from dycomp.cli_selectors import parse_selector_flags
     from dycomp.target import Target
 
+    selectors = parse_selector_flags(ns.selector) if ns.selector else None
+    backends = ns.backends or ",".join(DEFAULT if selectors is None else SUBNET_DEFAULT)
     return BenchConfig(Target.parse(ns.target), ns.method,
                        tuple(InputShape.parse(s) for s in ns.input), ns.data, ns.samples,
-                       tuple(b.strip() for b in ns.backends.split(",") if b.strip()),
-                       ns.threads, ns.runs, ns.report, tuple(ns.passes))
+                       tuple(b.strip() for b in backends.split(",") if b.strip()),
+                       ns.threads, ns.runs, ns.report, tuple(ns.passes), selectors,
+                       ns.labels, ns.plot, ns.save_latency, ns.sign_key)
 
 
 def bench_command(cfg: BenchConfig, out: Console) -> None:
@@ -136,6 +154,10 @@ def bench_command(cfg: BenchConfig, out: Console) -> None:
     examples = _examples(cfg, loaded)
     inputs = (_calibration(cfg.data, examples, "--inputs") if cfg.data is not None else
               [a for a, _ in variants(examples, {}, n=cfg.samples - 1)])
+    if cfg.selectors is not None:
+        from dycomp.benchmark.subnet_cli import subnet_bench
+
+        return subnet_bench(cfg, loaded.model, inputs, out)
     sets = cfg.pass_sets(inputs)
     steps = len(cfg.backends) + len(sets) * sum(b in DYCOMP for b in cfg.backends) + cfg.runs
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
