@@ -263,6 +263,8 @@ def test_python_api_setter_selector_configures_eager():
     assert [r.label for r in result.rows] == ["set_depth(d=1)", "set_depth(d=3)"]
     assert all(r.wrong == 0 for r in result.rows)  # eager ran with the same depth
     assert model.depth == 3  # the model's state restored
+    fast, slow = (r.dycomp_ms for r in result.rows)
+    assert result.compiled.select(max(fast, slow)) == {"depth": ["set_depth", [], {"d": 3}]}
     for r, d in zip(result.rows, (1, 3)):
         model.set_depth(d)
         with torch.no_grad():

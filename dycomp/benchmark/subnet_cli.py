@@ -144,7 +144,7 @@ def table(result) -> Table:
     from dycomp.benchmark.subnet_report import rows
 
     t = Table(title=f"{result.model}: {len(result.rows)} sub-networks, {result.inputs} inputs "
-                    f"x {result.runs} rounds, {result.threads} threads, dycomp "
+                    f"x {result.runs} rounds, {_threads(result.threads)}, dycomp "
                     f"{result.backend} (compiled in {result.compile_s:.1f} s)")
     data = rows(result)
     for col in data[0]:
@@ -153,6 +153,10 @@ def table(result) -> Table:
     for r in data:
         t.add_row(*(Text(_cell(k, v)) for k, v in r.items()))
     return t
+
+
+def _threads(n: int) -> str:
+    return f"{n} thread{'s' * (n != 1)}"
 
 
 def _cell(key: str, v) -> str:
@@ -192,9 +196,7 @@ def save_latency(result, path: Path, sign_key: Path | None = None) -> list[str]:
 
     if _exists(path):
         return store_latency(path, result.latency(), private_key=sign_key)
-    sm = result.compiled
-    sm.latency = {key: r.dycomp_ms for key, r in zip(sm.subnets, result.rows)}
-    sm.save(path)
+    result.compiled.save(path)  # its latency table: the dycomp medians
     notes = [f"saved the benchmarked model with its latency table to {path}"]
     if sign_key is not None:
         from dycomp.runtime.artifact import sign

@@ -39,7 +39,8 @@ def plot_png(result) -> bytes:
     accuracy = result.has_accuracy
     ys = [100 * r.dycomp_acc if accuracy else r.params / 1e6 for r in result.rows]
     xs = [r.dycomp_ms for r in result.rows]
-    ax.plot(xs, ys, "o-", color="tab:blue", label=f"dycomp ({result.backend})")
+    ax.plot(*zip(*sorted(zip(xs, ys))), "o-", color="tab:blue",
+            label=f"dycomp ({result.backend})")
     if accuracy:
         ax.plot([r.eager_ms for r in result.rows], [100 * r.eager_acc for r in result.rows],
                 "x", color="grey", label="eager PyTorch")
@@ -50,7 +51,8 @@ def plot_png(result) -> bytes:
         ax.set_xscale("log")
     ax.set_xlabel("median latency per call (ms)")
     ax.set_ylabel("top-1 accuracy (%)" if accuracy else "parameters (millions)")
-    ax.set_title(f"{result.model}: {len(result.rows)} sub-networks, {result.threads} threads")
+    ax.set_title(f"{result.model}: {len(result.rows)} sub-networks, {result.threads} "
+                 f"thread{'s' * (result.threads != 1)}")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     buf = io.BytesIO()

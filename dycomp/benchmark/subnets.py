@@ -107,6 +107,7 @@ def bench_subnets(model, inputs: list, selectors: dict, *, backend: str = "onnx"
         for key in sm.subnets:
             say(f"check + time {sm.label(key)}")
             rows.append(_bench_one(sm, key, fn, owner, inputs, runs, labels))
+            sm.latency[key] = rows[-1].dycomp_ms  # what sm.select(budget_ms) chooses from
     return SubnetBenchResult(type(owner).__name__, backend, threads, len(inputs), runs,
                              environment(threads), sm.selectors, rows, compile_s, sm)
 
