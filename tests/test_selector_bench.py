@@ -212,6 +212,23 @@ def test_resigned_table_verifies_and_missing_table_is_explained(known, benched, 
     assert code == 2 and "--save-latency" in one_error_line(err)
 
 
+def test_save_latency_into_an_existing_artifact_re_signed(known, capsys):
+    art, tmp = known
+    np.savez(tmp / "in.npz", _samples(2))
+    code, _, err = call(capsys, "bench", TARGET, "--selector", "width=0.25,2.0",
+                        "--save-latency", art)  # refused before compiling anything
+    assert code == 2 and "has no sub-network width=2.0" in one_error_line(err)
+    code, out, err = call(capsys, "bench", TARGET, "--selector", "width=0.5,1.0", "--inputs",
+                          tmp / "in.npz", "--backends", "eager,torch", "--runs", "1",
+                          "--save-latency", art, "--sign-key", tmp / "key")
+    assert code == 0, err
+    assert "stored the median latency of 2 of 3 sub-networks" in out and "re-signed" in out
+    rt = dycomp.runtime.load(art, public_key=tmp / "key.pub")
+    assert rt.latency[(0,)] == 1.0  # not benched: kept
+    assert rt.latency[(1,)] not in (2.0, 3.0) and rt.latency[(2,)] not in (2.0, 3.0)
+    assert rt.latency[(1,)] > 0 and rt.latency[(2,)] > 0
+
+
 @pytest.mark.parametrize("problem", ["float", "length", "garbage", "no-inputs", "no-selector"])
 def test_bad_labels_are_usage_errors(tmp_path, capsys, problem):
     np.savez(tmp_path / "in.npz", _samples(4))

@@ -3,6 +3,8 @@ their validation, the progress bar, the table, the plot and `--save-latency`."""
 
 from __future__ import annotations
 
+import itertools
+import json
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +84,11 @@ def _validate_files(cfg, backend: str) -> None:
         if not _is_selected(art):
             raise UsageError(f"--save-latency {str(art)!r} exists but is not a dycomp "
                              "artifact compiled with selectors")
+        missing = sorted(set(_labels(cfg.selectors)) - set(_stored_labels(art)))
+        if missing:
+            raise UsageError(f"--save-latency {str(art)!r} has no sub-network "
+                             f"{', '.join(missing)}; it holds "
+                             f"{', '.join(_stored_labels(art))}")
     elif art is not None and backend not in ("onnx", "tvm"):
         raise UsageError(f"--save-latency {str(art)!r} does not exist and the {backend} "
                          "backend cannot be saved: use --backends eager,onnx")
@@ -97,6 +104,23 @@ def _is_selected(path: Path) -> bool:
 
     raw = rt.read_optional(path, rt.MANIFEST) if path.is_dir() else None
     return raw is not None and is_selected(raw)
+
+
+def _labels(selectors: dict) -> list[str]:
+    """The label of every sub-network `selectors` declares (as `Selected.label`)."""
+    from dycomp.runtime.selectors import describe
+    from dycomp.selectors import parse
+
+    decl = parse(selectors)
+    return [", ".join(describe(s, v) for s, v in zip(decl, values))
+            for values in itertools.product(*(s["values"] for s in decl))]
+
+
+def _stored_labels(path: Path) -> list[str]:
+    from dycomp.runtime import artifact as rt
+
+    manifest = json.loads(rt.manifest_bytes(path).decode("utf-8"))
+    return [str(e.get("label")) for e in manifest.get("subnets", [])]
 
 
 def read_labels(path: Path, n: int) -> np.ndarray:
