@@ -29,7 +29,7 @@ def rows(result) -> list[dict]:
 
 def plot_png(result) -> bytes:
     """One labelled point per sub-network: dycomp's median latency against its top-1
-    accuracy (eager's as grey crosses), or against its parameters without labels."""
+    accuracy, or against its parameters without labels (eager's as grey crosses)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -37,20 +37,21 @@ def plot_png(result) -> bytes:
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     accuracy = result.has_accuracy
-    ys = [100 * r.dycomp_acc if accuracy else r.params / 1e6 for r in result.rows]
+    ys = [100 * r.dycomp_acc if accuracy else r.params for r in result.rows]
     xs = [r.dycomp_ms for r in result.rows]
     ax.plot(*zip(*sorted(zip(xs, ys))), "o-", color="tab:blue",
             label=f"dycomp ({result.backend})")
-    if accuracy:
-        ax.plot([r.eager_ms for r in result.rows], [100 * r.eager_acc for r in result.rows],
-                "x", color="grey", label="eager PyTorch")
+    ax.plot([r.eager_ms for r in result.rows],
+            [100 * r.eager_acc if accuracy else r.params for r in result.rows],
+            "x", color="grey", label="eager PyTorch")
     for x, y, r in zip(xs, ys, result.rows):
         ax.annotate(r.label, (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
-    spread = [x for x in xs + [r.eager_ms for r in result.rows] * accuracy if x > 0]
+    spread = [x for x in xs + [r.eager_ms for r in result.rows] if x > 0]
     if spread and max(spread) > 20 * min(spread):  # a noisy outlier squashes the rest
         ax.set_xscale("log")
     ax.set_xlabel("median latency per call (ms)")
-    ax.set_ylabel("top-1 accuracy (%)" if accuracy else "parameters (millions)")
+    ax.set_ylabel("top-1 accuracy (%)" if accuracy else "parameters")
+    ax.margins(x=0.15, y=0.1)  # room for the labels
     ax.set_title(f"{result.model}: {len(result.rows)} sub-networks, {result.threads} "
                  f"thread{'s' * (result.threads != 1)}")
     ax.grid(alpha=0.3)
