@@ -38,8 +38,6 @@ class BenchConfig:
         from dycomp.benchmark.subnet_cli import validate
         from dycomp.cli import UsageError
 
-        validate(self)
-
         unknown = [b for b in self.backends if b not in CONTENDERS]
         if unknown or not self.backends:
             raise UsageError(f"--backends: unknown {', '.join(unknown) or '(none given)'}; "
@@ -52,6 +50,7 @@ class BenchConfig:
             raise UsageError(f"--inputs {str(self.data)!r} must be an existing .npz file")
         for spec in self.passes:
             pass_set(spec, [])  # validates
+        validate(self)  # --selector and its flags
 
     def pass_sets(self, calibration: list) -> dict:
         return {spec: pass_set(spec, calibration) for spec in self.passes}
