@@ -12,7 +12,8 @@ feeding `Slice`, design b): one model for all widths, nothing to select. Per mod
 - a: `dycomp.compile(net, (x,), backend="onnx", selectors={"width": WIDTHS})`, saved and
   loaded with `dycomp.runtime` (numpy in, the deployed call `rt(x, width=w)`);
 - b: the one graph with bounds as inputs, built here with `onnx.helper`, in a session
-  with dycomp's own options (`dycomp.runtime.onnx_executor.new_session`, 2 threads);
+  with dycomp's own options (`dycomp.runtime.onnx_executor.new_session`, `--threads`,
+  default 2 as dycomp);
 - b_const: the same graph with the bounds of one width as constants (ONNX Runtime folds
   the slices and sees constant weights again): b minus the cost of dynamic bounds.
 
@@ -92,10 +93,11 @@ class SlimFFN(nn.Module):
 # -- design b: one ONNX graph, slice bounds as inputs ---------------------------------------
 class Builder:
     """An ONNX graph under construction. Bounds are 0-d int64 graph inputs, or constants
-    when `fixed` gives their values (design b_const)."""
+    when `fixed` gives their values (design b_const); with `fed` too, each sliced weight
+    is a graph input instead, sliced once here and put in `fed` (b_fed)."""
 
-    def __init__(self, fixed: dict[str, int] | None = None):
-        self.nodes, self.inits, self.inputs, self.fixed = [], [], [], fixed
+    def __init__(self, fixed: dict[str, int] | None = None, fed: dict | None = None):
+        self.nodes, self.inits, self.inputs, self.fixed, self.fed = [], [], [], fixed, fed
         self._n, self._bounds = 0, {}
 
     def name(self, stem: str) -> str:
@@ -125,6 +127,13 @@ class Builder:
 
     def sliced(self, arr: np.ndarray, ends: list[str | None]) -> str:
         """`arr[:ends[0], :ends[1], ...]` (None: the whole axis); `arr` stored whole."""
+        if self.fed is not None:
+            name = self.name("fed")
+            self.fed[name] = arr[tuple(slice(None if e is None else self.fixed[e])
+                                       for e in ends)].astype(np.float32)
+            self.inputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT,
+                                                             list(self.fed[name].shape)))
+            return name
         w = self.const(arr.astype(np.float32), "w")
         axes = [i for i, e in enumerate(ends) if e is not None]
         stops = self.op("Concat", [self.bound(ends[i]) for i in axes], axis=0) \
@@ -157,9 +166,9 @@ def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().numpy()
 
 
-def cnn_graph(net: SlimNet, x: np.ndarray, fixed=None) -> onnx.ModelProto:
+def cnn_graph(net: SlimNet, x: np.ndarray, fixed=None, fed=None) -> onnx.ModelProto:
     """SlimNet's forward with bounds c0, c1, ... (each conv's kept output channels)."""
-    g = Builder(fixed)
+    g = Builder(fixed, fed)
     h, c_in = "x", None
     for i, conv in enumerate(net.convs):
         w = g.sliced(_np(conv.weight), [f"c{i}", c_in, None, None])
@@ -181,10 +190,10 @@ def cnn_bounds(net: SlimNet, width: float) -> dict[str, int]:
     return {f"c{i}": int(conv.out_channels * width) for i, conv in enumerate(net.convs)}
 
 
-def ffn_graph(net: SlimFFN, x: np.ndarray, fixed=None) -> onnx.ModelProto:
+def ffn_graph(net: SlimFFN, x: np.ndarray, fixed=None, fed=None) -> onnx.ModelProto:
     """SlimFFN's forward with bound c (the hidden width); weights stored transposed for
     MatMul, sliced on their hidden axis."""
-    g = Builder(fixed)
+    g = Builder(fixed, fed)
     h = "x"
     for norm, up, down in zip(net.norms, net.ups, net.downs):
         n = g.op("LayerNormalization", [h, g.const(_np(norm.weight)), g.const(
@@ -218,14 +227,14 @@ def assert_same(got, ref: torch.Tensor, what: str) -> None:
                                err_msg=what)
 
 
-def optimized_ops(model: onnx.ModelProto) -> str:
+def optimized_ops(model: onnx.ModelProto, threads: int) -> str:
     """The operators ONNX Runtime runs after optimizing `model` (with dycomp's options,
     without dycomp's NCHWc rewrite across `If`s), nested `If` arms included, as `Op xN`
     sorted by count."""
     import onnxruntime as ort
 
     with tempfile.TemporaryDirectory() as d:
-        so = session_options(THREADS)
+        so = session_options(threads)
         so.optimized_model_filepath = os.path.join(d, "opt.onnx")
         ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
         opt = onnx.load(os.path.join(d, "opt.onnx"))
@@ -236,13 +245,13 @@ def optimized_ops(model: onnx.ModelProto) -> str:
     return ", ".join(f"{op} x{n}" for op, n in counts.most_common())
 
 
-def profile(model: onnx.ModelProto, feed: dict, runs: int = 50) -> str:
+def profile(model: onnx.ModelProto, feed: dict, threads: int, runs: int = 50) -> str:
     """Per operator type, b's share of the node time ONNX Runtime's profiler records."""
-    so = session_options(THREADS)
+    so = session_options(threads)
     with tempfile.TemporaryDirectory() as d:
         so.enable_profiling = True
         so.profile_file_prefix = os.path.join(d, "prof")
-        sess = new_session(model.SerializeToString(), THREADS, so)
+        sess = new_session(model.SerializeToString(), threads, so)
         for _ in range(runs):
             sess.run(None, feed)
         events = json.loads(Path(sess.end_profiling()).read_text())
@@ -255,60 +264,87 @@ def profile(model: onnx.ModelProto, feed: dict, runs: int = 50) -> str:
                      for op, us in per_op.most_common(6))
 
 
-def run_model(name: str, rounds: int, calls: int, tmp: Path) -> None:
+def run_model(name: str, rounds: int, calls: int, tmp: Path, threads: int) -> None:
     make, shape, build, bounds_of = MODELS[name]
     torch.manual_seed(0)
     net = make().eval()
     x = torch.randn(shape)
+    rt, sess = designs(name, net, x, tmp, threads)
+    xs = [torch.randn(shape, generator=torch.Generator().manual_seed(i)) * (1 + i)
+          for i in range(4)]
+    print(f"{'width':>6} {'a us':>9} {'b us':>9} {'b_fed us':>9} {'b_const us':>11} "
+          f"{'b/a':>6} {'b_fed/a':>8} {'b_const/a':>10}")
+    for w in WIDTHS:
+        width_row(name, net, w, (x, xs), (rt, sess), (rounds, calls), threads)
+    explain(net, x.numpy(), build, bounds_of(net, 1.0), threads)
+
+
+def width_row(name: str, net: nn.Module, w: float, inputs: tuple, run: tuple,
+              timing: tuple[int, int], threads: int) -> None:
+    """One width: a, b, b_fed and b_const equal eager on `inputs[1]` (asserted), timed
+    interleaved on `inputs[0]`."""
+    _, _, build, bounds_of = MODELS[name]
+    x, xs = inputs
+    rt, sess = run
+    bounds, fed = bounds_of(net, w), {}
+    fed_sess = new_session(build(net, x.numpy(), bounds, fed).SerializeToString(), threads)
+    const = new_session(build(net, x.numpy(), bounds).SerializeToString(), threads)
+    calls_of = {"a": lambda xn: rt(xn, width=w),
+                "b": lambda xn: sess.run(None, feeds(bounds, xn))[0],
+                "b_fed": lambda xn: fed_sess.run(None, {"x": xn, **fed})[0],
+                "b_const": lambda xn: const.run(None, {"x": xn})[0]}
+    for i, xi in enumerate(xs):
+        ref = net(xi, width=w)
+        for k, f in calls_of.items():
+            assert_same(f(xi.numpy()), ref, f"{name} {k} width={w} input {i}")
+    xn = x.numpy()
+    t = timed({k: lambda f=f: f(xn) for k, f in calls_of.items()}, *timing)
+    print(f"{w:>6} {t['a']:>9.1f} {t['b']:>9.1f} {t['b_fed']:>9.1f} {t['b_const']:>11.1f} "
+          f"{t['b'] / t['a']:>6.2f} {t['b_fed'] / t['a']:>8.2f} {t['b_const'] / t['a']:>10.2f}")
+
+
+def designs(name: str, net: nn.Module, x: torch.Tensor, tmp: Path, threads: int):
+    """Design a compiled, saved and loaded, and b's session; prints their bytes, the
+    weights they hold and their compile/export and load times."""
+    _, _, build, _ = MODELS[name]
     t0 = time.perf_counter()
     cm = dycomp.compile(net, (x,), backend="onnx", check=False, selectors={"width": WIDTHS})
     path = cm.save(tmp / f"{name}.dyc")
     t_a = time.perf_counter() - t0
     t0 = time.perf_counter()
-    rt = dycomp.runtime.load(path)
+    rt = dycomp.runtime.load(path, threads=threads)
     load_a = time.perf_counter() - t0
     t0 = time.perf_counter()
     one = build(net, x.numpy()).SerializeToString()
     t_b = time.perf_counter() - t0
     t0 = time.perf_counter()
-    sess = new_session(one, THREADS)
+    sess = new_session(one, threads)
     load_b = time.perf_counter() - t0
-    consts = {w: new_session(build(net, x.numpy(), bounds_of(net, w)).SerializeToString(),
-                             THREADS) for w in WIDTHS}
-    print(f"\n== {name}: {sum(p.numel() for p in net.parameters()):,} parameters, input "
-          f"{list(shape)}")
+    params = sum(p.numel() for p in net.parameters())
+    print(f"\n== {name}: {params:,} parameters, input {list(x.shape)}")
     print(f"bytes: a (one artifact, {len(WIDTHS)} sub-networks) {size(path):,}; b (one ONNX "
           f"model) {len(one):,}")
+    print(f"weights the loaded model holds: a {sum(cm.params.values()) * 4 / 2**20:.2f} MiB "
+          f"(each sub-network its slices), b {params * 4 / 2**20:.2f} MiB")
     print(f"compile/export: a {t_a:.2f} s (dycomp.compile check=False + save), b {t_b:.2f} s "
           f"(build); load: a {load_a:.2f} s, b {load_b:.2f} s (session)")
-    xs = [torch.randn(shape, generator=torch.Generator().manual_seed(i)) * (1 + i)
-          for i in range(4)]
-    print(f"{'width':>6} {'a us':>9} {'b us':>9} {'b_const us':>11} {'b/a':>6} "
-          f"{'b_const/a':>10}")
-    for w in WIDTHS:
-        bounds = bounds_of(net, w)
-        calls_of = {"a": lambda xn, w=w: rt(xn, width=w),
-                    "b": lambda xn, b=bounds: sess.run(None, feeds(b, xn))[0],
-                    "b_const": lambda xn, w=w: consts[w].run(None, {"x": xn})[0]}
-        for i, xi in enumerate(xs):
-            ref = net(xi, width=w)
-            for k, f in calls_of.items():
-                assert_same(f(xi.numpy()), ref, f"{name} {k} width={w} input {i}")
-        xn, feed = x.numpy(), feeds(bounds, x.numpy())
-        t = timed({"a": lambda xn=xn, w=w: rt(xn, width=w),
-                   "b": lambda feed=feed: sess.run(None, feed),
-                   "b_const": lambda xn=xn, w=w: consts[w].run(None, {"x": xn})},
-                  rounds, calls)
-        print(f"{w:>6} {t['a']:>9.1f} {t['b']:>9.1f} {t['b_const']:>11.1f} "
-              f"{t['b'] / t['a']:>6.2f} {t['b_const'] / t['a']:>10.2f}")
-    full = bounds_of(net, 1.0)
-    print(f"ONNX Runtime runs, b: {optimized_ops(build(net, x.numpy()))}")
-    print(f"ONNX Runtime runs, b_const (width 1.0): "
-          f"{optimized_ops(build(net, x.numpy(), full))}")
+    return rt, sess
+
+
+def explain(net: nn.Module, x: np.ndarray, build, full: dict, threads: int) -> None:
+    """At full width: the operators ONNX Runtime runs for b, b_fed and b_const, and b's
+    and b_const's time per operator."""
+    fed: dict = {}
+    fed_model = build(net, x, full, fed)
+    for label, model in (("b", build(net, x)), ("b_fed", fed_model),
+                         ("b_const", build(net, x, full))):
+        print(f"ONNX Runtime runs, {label} (width 1.0): {optimized_ops(model, threads)}")
     print(f"b profiled at width 1.0, per call: "
-          f"{profile(build(net, x.numpy()), feeds(full, x.numpy()))}")
+          f"{profile(build(net, x), feeds(full, x), threads)}")
+    print(f"b_fed profiled at width 1.0, per call: "
+          f"{profile(fed_model, {'x': x, **fed}, threads)}")
     print(f"b_const profiled at width 1.0, per call: "
-          f"{profile(build(net, x.numpy(), full), {'x': x.numpy()})}")
+          f"{profile(build(net, x, full), {'x': x}, threads)}")
 
 
 def main() -> None:
@@ -316,12 +352,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=31)
     ap.add_argument("--calls", type=int, default=10)
     ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--threads", type=int, default=THREADS,
+                    help="intra-op threads of every session (dycomp's default: 2)")
     args = ap.parse_args()
+    print(f"{args.threads} intra-op thread(s) per session")
     random.seed(0)
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(2)
     tmp = Path(tempfile.mkdtemp())
     for name in args.models.split(","):
-        run_model(name, args.rounds, args.calls, tmp)
+        run_model(name, args.rounds, args.calls, tmp, args.threads)
 
 
 if __name__ == "__main__":
