@@ -14,15 +14,18 @@ feeding `Slice`, design b): one model for all widths, nothing to select. Per mod
 - b: the one graph with bounds as inputs, built here with `onnx.helper`, in a session
   with dycomp's own options (`dycomp.runtime.onnx_executor.new_session`, `--threads`,
   default 2 as dycomp);
+- b_fed: b with every weight sliced once (here, for one width) and fed as a graph
+  input: no `Slice` per call, but weights ONNX Runtime cannot prepare at session creation;
 - b_const: the same graph with the bounds of one width as constants (ONNX Runtime folds
   the slices and sees constant weights again): b minus the cost of dynamic bounds.
 
-Per width it asserts that a, b and b_const equal eager PyTorch (rtol = atol = 1e-4 on
-several inputs), prints the median microseconds per call of a, b and b_const, timed
+Per width it asserts that a, b, b_fed and b_const equal eager PyTorch (rtol = atol =
+1e-4 on several inputs), prints the median microseconds per call of each, timed
 interleaved (each round runs each contender `--calls` times in a new random order), and
-b/a; per model the bytes and the compile/export (+ load) time of both designs, the
-operators ONNX Runtime runs after optimizing b and b_const at full width, and b's
-per-operator time from ONNX Runtime's profiler (where the difference goes).
+their ratios to a; per model the bytes, the weights held once loaded and the
+compile/export and load times of a and b, the operators ONNX Runtime runs after
+optimizing b, b_fed and b_const at full width, and their per-operator time from ONNX
+Runtime's profiler (where the difference goes).
 
 Models: `cnn`, the slimmable CNN of `subnet_selectors.py` (3 convs up to 256 channels,
 32x32, an early exit); `wide`, the same with 4 convs up to 512 channels; `ffn`, two
