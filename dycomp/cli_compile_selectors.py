@@ -131,9 +131,9 @@ def _summary(cfg: CompileConfig, sm, examples: tuple, times: tuple[float, float]
         check = "" if cm.check is None else f"; check: {cm.check.summary()}"
         _row(table, "sub-network", f"{sm.label(key)}: {sm.params.get(key, 0)} params, "
              f"{st['regions']} subgraphs, {st['ops']} ops{check}")
-    inputs = sum(getattr(cm.check, "inputs", 0) for cm in sm.subnets.values())
-    _row(table, "check", "skipped" if not cfg.check else
-         f"every sub-network matched eager ({inputs} inputs in all)")
+    counted = [getattr(cm.check, "inputs", None) for cm in sm.subnets.values()]
+    _row(table, "check", "skipped" if not cfg.check else "every sub-network matched eager"
+         + ("" if None in counted else f" ({sum(counted)} inputs in all)"))
     _row(table, "compile time", f"{times[0]:.2f} s (all stages {times[1]:.2f} s)")
     _row(table, "artifact", "not saved (no -o)" if cfg.output is None else
          f"{cfg.output} ({_human_size(_disk_size(cfg.output))}; one artifact, the weights "
