@@ -94,6 +94,7 @@ class CompileConfig:
     calib: Path | None = None
     no_opt: tuple[str, ...] = ()
     explain_opts: bool = False
+    selectors: tuple[str, ...] = ()  # --selector NAME=V1,V2,...: one sub-network per value
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -129,6 +130,8 @@ class CompileConfig:
             if self.calib.suffix != ".npz" or not self.calib.is_file():
                 raise UsageError(f"--calib {str(self.calib)!r} must be an existing .npz file")
         _check_threads(self.threads)
+        if self.selectors:
+            _check_selectors(self)
         from dycomp.passes import DYNAMIC_PASSES
 
         for name in self.no_opt:
@@ -156,6 +159,19 @@ class CompileConfig:
             calib = None if self.calib is None else _calibration(self.calib, examples)
             out.append(Quantize(self.quantize, calibration=calib))
         return out
+
+
+def _check_selectors(cfg: CompileConfig) -> None:
+    """--selector text parses, and no flag that compiles one model differently is given."""
+    from dycomp.cli_compile_selectors import parse_selectors
+
+    parse_selectors(cfg.selectors)
+    if cfg.prune is not None or cfg.quantize is not None:
+        raise UsageError("--selector does not combine with --prune or --quantize; use the "
+                         "Python API (dycomp.compile(..., selectors=..., passes=...))")
+    if cfg.explain_opts:
+        raise UsageError("--explain-opts shows one model's optimizations; drop it with "
+                         "--selector")
 
 
 def _calibration(path: Path, examples: tuple, flag: str = "--calib") -> list[tuple]:
@@ -280,6 +296,8 @@ examples:
   dycomp compile examples/zoo/static_resnet.py:make --backend tvm --tune-trials 64 -o r.dyc
   dycomp compile examples/zoo/static_resnet.py:make --prune 0.5 --quantize int8 \
       --calib calib.npz -o small.dyc
+  dycomp compile slim.py:make --selector width=0.25,0.5,1.0 -o slim.dyc
+      (then: dycomp run slim.dyc --input x.npy --arg width=0.5)
 """
 
 _RUN_HELP = """\
@@ -381,6 +399,12 @@ def _add_compile(sub) -> None:
     p.add_argument("--explain-opts", action="store_true",
                    help="list every optimization applied: pass, source line, what it did "
                         "and the estimated saving")
+    p.add_argument("--selector", action="append", default=[], metavar="NAME=V1,V2,...",
+                   help="compile one sub-network per value of the keyword argument NAME "
+                        "(values as JSON or Python literals: 0.5, 2, true, 'a'; other text "
+                        "is a string), saved as one artifact with the weights stored once; "
+                        "repeat per argument (one sub-network per combination). Run one with "
+                        "`dycomp run --arg NAME=VALUE`. Setter selectors need the Python API")
     p.add_argument("--no-check", dest="check", action="store_false",
                    help="skip the differential check against eager PyTorch (with --prune or "
                         "--quantize: the agreement report)")
@@ -433,7 +457,7 @@ def _compile_config(ns) -> CompileConfig:
                          prune_allocation=ns.prune_allocation,
                          prune_round_to=ns.prune_round_to, quantize=ns.quantize,
                          calib=ns.calib, no_opt=tuple(ns.no_opt),
-                         explain_opts=ns.explain_opts)
+                         explain_opts=ns.explain_opts, selectors=tuple(ns.selector))
 
 
 def _run_config(ns) -> RunConfig:
@@ -531,6 +555,10 @@ def compile_command(cfg: CompileConfig, out: Console) -> None:
             tg.load_checkpoint(loaded.model, cfg.checkpoint)
         fn = _method(loaded.model, cfg.method)
         examples = _examples(cfg, loaded)
+    if cfg.selectors:  # many sub-networks, one artifact
+        from dycomp.cli_compile_selectors import compile_selected
+
+        return compile_selected(cfg, loaded.model, examples, stage, out)
     compiling = f"capture + compile ({cfg.backend})"
     options = {}
     if cfg.backend == "tvm":
