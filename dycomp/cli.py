@@ -163,9 +163,9 @@ class CompileConfig:
 
 def _check_selectors(cfg: CompileConfig) -> None:
     """--selector text parses, and no flag that compiles one model differently is given."""
-    from dycomp.cli_compile_selectors import parse_selectors
+    from dycomp.cli_selectors import parse_selector_flags
 
-    parse_selectors(cfg.selectors)
+    parse_selector_flags(cfg.selectors)
     if cfg.prune is not None or cfg.quantize is not None:
         raise UsageError("--selector does not combine with --prune or --quantize; use the "
                          "Python API (dycomp.compile(..., selectors=..., passes=...))")

@@ -1,13 +1,10 @@
 """`dycomp compile --selector NAME=V1,V2,...`: a model with argument selectors from the
 command line (`dycomp.compile(..., selectors=...)`), one sub-network per declared value,
-saved as one artifact. Setter selectors (`net.set_active_subnet(...)`) need the Python
-API: a setter call is not a value a flag can spell unambiguously.
+saved as one artifact. The flags are read by `dycomp.cli_selectors` (shared with
+`dycomp bench`); a setter call is spelled as a JSON list, `["set_width", [0.5]]`.
 """
 
 from __future__ import annotations
-
-import ast
-import json
 
 from rich.console import Console
 from rich.table import Table
@@ -16,85 +13,19 @@ import dycomp
 from dycomp.cli import (
     CompileConfig,
     Stages,
-    UsageError,
     _describe_inputs,
     _disk_size,
     _human_size,
     _row,
 )
-
-
-def parse_selectors(texts: tuple[str, ...]) -> dict[str, list]:
-    """{name: values} from `--selector NAME=V1,V2,...` flags; UsageError (exit 2) for text
-    that declares nothing, twice, or values that are not int, float, bool, str or None."""
-    out: dict[str, list] = {}
-    for text in texts:
-        name, sep, rest = text.partition("=")
-        name = name.strip()
-        if not sep or not name.isidentifier():
-            raise UsageError(f"--selector takes NAME=V1,V2,... (NAME the keyword argument), "
-                             f"got {text!r}")
-        if name in out:
-            raise UsageError(f"--selector {name} is given twice; list all its values in one")
-        values = [_value(name, v.strip()) for v in _split(rest)]
-        if len({json.dumps(v) for v in values}) < len(values):
-            raise UsageError(f"--selector {text!r} declares a value twice")
-        out[name] = values
-    from dycomp.errors import UnsupportedError
-    from dycomp.selectors import parse
-
-    try:
-        parse(out)  # what dycomp.compile would refuse, refused as a usage error
-    except UnsupportedError as e:
-        raise UsageError(f"--selector: {e}") from None
-    return out
-
-
-def _split(text: str) -> list[str]:
-    """`0.5,'a,b',[1, 2]` -> ['0.5', "'a,b'", '[1, 2]']: commas inside quotes or
-    brackets do not split."""
-    parts, depth, quote, start = [], 0, "", 0
-    for i, c in enumerate(text):
-        if quote:
-            quote = "" if c == quote and text[i - 1] != "\\" else quote
-        elif c in "'\"":
-            quote = c
-        elif c in "([{":
-            depth += 1
-        elif c in ")]}":
-            depth -= 1
-        elif c == "," and depth == 0:
-            parts.append(text[start:i])
-            start = i + 1
-    return [*parts, text[start:]]
-
-
-def _value(name: str, text: str):
-    """One declared value: JSON (`0.5`, `true`, `null`), else a Python literal (`True`,
-    `'a'`), else the text itself as a string."""
-    if not text:
-        raise UsageError(f"--selector {name}: an empty value; give NAME=V1,V2,... with no "
-                         f"empty item")
-    for parse in (json.loads, ast.literal_eval):
-        try:
-            value = parse(text)
-            break
-        except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
-            continue
-    else:
-        value = text
-    if value is not None and not isinstance(value, (bool, int, float, str)) or (
-            isinstance(value, float) and (value != value or abs(value) == float("inf"))):
-        raise UsageError(f"--selector {name}: {text!r} is not an int, float, bool, str or "
-                         f"None (setter selectors need the Python API)")
-    return value
+from dycomp.cli_selectors import parse_selector_flags
 
 
 def compile_selected(cfg: CompileConfig, model, examples: tuple, stage: Stages,
                      out: Console) -> None:
     """Compile (and self-check) one sub-network per declared combination, save them as
     one artifact, print the summary."""
-    selectors = parse_selectors(cfg.selectors)
+    selectors = parse_selector_flags(cfg.selectors)
     n = 1
     for values in selectors.values():
         n *= len(values)

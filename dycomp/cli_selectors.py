@@ -1,8 +1,9 @@
 """Command-line pieces for models with selectors (torch-free: `dycomp run` uses them).
 
-`--selector NAME=V1,V2,...` declares a selector for `dycomp bench`: the values are
-split at top-level commas and each read as JSON (`0.5`, `true`, `"a,b"`), else as a
-plain string; a JSON list whose first item is a string is a setter call
+`--selector NAME=V1,V2,...` declares a selector for `dycomp compile` and `dycomp bench`:
+the values are split at top-level commas and each read as JSON (`0.5`, `true`, `"a,b"`),
+else as a Python literal, else as a plain string; a list whose first item is a string is
+a setter call
 `[method, args]`, `[method, kwargs]` or `[method, args, kwargs]`, as in
 `dycomp.compile(selectors=...)`. `dycomp run ART --budget-ms MS` runs the sub-network
 `select(budget_ms)` picks from the artifact's stored latency table.
@@ -10,7 +11,9 @@ plain string; a JSON list whose first item is a string is a setter call
 
 from __future__ import annotations
 
+import ast
 import json
+import math
 
 
 def _usage(message: str):
@@ -20,55 +23,60 @@ def _usage(message: str):
 
 
 def split_top_level(text: str) -> list[str]:
-    """`a,[b,c],{"d":1,"e":2}` -> ['a', '[b,c]', '{"d":1,"e":2}']: commas inside brackets,
-    braces or double quotes do not split."""
-    parts, depth, quoted, start, i = [], 0, False, 0, 0
-    while i < len(text):
-        c = text[i]
-        if quoted:
-            if c == "\\":
-                i += 1
-            elif c == '"':
-                quoted = False
-        elif c == '"':
-            quoted = True
-        elif c in "[{":
+    """`0.5,'a,b',[1, 2],{"d":1,"e":2}` -> ['0.5', "'a,b'", '[1, 2]', '{"d":1,"e":2}']:
+    commas inside quotes, brackets, braces or parentheses do not split."""
+    parts, depth, quote, start = [], 0, "", 0
+    for i, c in enumerate(text):
+        if quote:
+            quote = "" if c == quote and text[i - 1] != "\\" else quote
+        elif c in "'\"":
+            quote = c
+        elif c in "([{":
             depth += 1
-        elif c in "]}":
+        elif c in ")]}":
             depth -= 1
         elif c == "," and depth == 0:
             parts.append(text[start:i])
             start = i + 1
-        i += 1
-    parts.append(text[start:])
-    return parts
+    return [*parts, text[start:]]
 
 
-def _value(text: str):
-    text = text.strip()
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return text
+def _value(name: str, text: str):
+    """One declared value: JSON (`0.5`, `true`, `null`), else a Python literal (`True`,
+    `'a'`), else the text itself; a list whose first item is a string is a setter call."""
+    if not text:
+        raise _usage(f"--selector {name}: an empty value; give NAME=V1,V2,... with no "
+                     "empty item")
+    for parse in (json.loads, ast.literal_eval):
+        try:
+            value = parse(text)
+            break
+        except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError):
+            continue
+    else:
+        value = text
     if isinstance(value, list) and value and isinstance(value[0], str):
         return tuple(value)  # a setter call
+    if value is not None and not isinstance(value, (bool, int, float, str)) or (
+            isinstance(value, float) and not math.isfinite(value)):
+        raise _usage(f"--selector {name}: {text!r} is not an int, float, bool, str or None, "
+                     'nor a setter call ["method", args]')
     return value
 
 
 def parse_selector_flags(flags) -> dict:
-    """{name: [values]} from `--selector NAME=V1,V2,...` flags (UsageError if malformed)."""
+    """{name: [values]} from `--selector NAME=V1,V2,...` flags (UsageError if malformed;
+    what `dycomp.compile` would refuse is refused here)."""
     out: dict = {}
     for flag in flags:
         name, sep, values = flag.partition("=")
         name = name.strip()
-        if not sep or not name.isidentifier() or not values.strip():
-            raise _usage(f"--selector {flag!r}: write NAME=V1,V2,... (e.g. "
-                         "--selector width=0.25,0.5,1.0)")
+        if not sep or not name.isidentifier():
+            raise _usage(f"--selector takes NAME=V1,V2,... (NAME the keyword argument), got "
+                         f"{flag!r}")
         if name in out:
             raise _usage(f"--selector {name} is given twice; list all its values in one flag")
-        out[name] = [_value(v) for v in split_top_level(values)]
-        if any(v == "" for v in out[name]):
-            raise _usage(f"--selector {flag!r}: an empty value (two commas in a row?)")
+        out[name] = [_value(name, v.strip()) for v in split_top_level(values)]
     from dycomp.errors import UnsupportedError
     from dycomp.selectors import parse
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from dycomp.cli import main
-from dycomp.cli_compile_selectors import parse_selectors
+from dycomp.cli_selectors import parse_selector_flags as parse_selectors
 
 MODEL = '''
 import torch
