@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import io
 import json
+import signal
+import subprocess
 import sys
+import time
 import types
 import urllib.error
 import urllib.request
@@ -26,6 +29,7 @@ from dycomp.serve.protocol import RequestError, parse_request
 from dycomp.serve.runner import answer_batch
 
 JSON, NPZ = "application/json", "application/octet-stream"
+PORT = 18765
 
 
 class Gate(nn.Module):
@@ -225,15 +229,28 @@ def test_cli_serve_refuses_bad_flags_with_usage_errors(art, tmp_path, capsys):
 
 # -- end to end on Ray Serve (loopback) ----------------------------------------------------
 @pytest.fixture(scope="module")
-def server(art):
+def server(art, tmp_path_factory):
+    """`dycomp serve` in a subprocess (its own local Ray); stopped by SIGTERM, which must
+    shut it down gracefully: exit status 0 and `stopped` printed."""
     pytest.importorskip("ray.serve")
-    from dycomp.serve import app
-
-    url = app.start(ServeConfig(art.path, max_batch=4, batch_wait_ms=5, replica_cpus=0.5,
-                                max_body_bytes=1 << 16),
-                    app.HttpConfig(port=18765, num_cpus=2))
-    yield url
-    app.stop()
+    log = tmp_path_factory.mktemp("serve_log") / "out.txt"
+    argv = [sys.executable, "-m", "dycomp", "serve", str(art.path), "--port", str(PORT),
+            "--max-batch", "4", "--batch-wait-ms", "5", "--replica-cpus", "0.5",
+            "--max-body-mb", "0.0625"]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 180
+        while "serving" not in log.read_text() and proc.poll() is None:
+            assert time.time() < deadline, log.read_text()
+            time.sleep(0.5)
+        assert proc.poll() is None, log.read_text()
+        yield f"http://127.0.0.1:{PORT}/"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 0 and "stopped" in log.read_text(), log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
 
 
 def _post(url: str, body: bytes, ctype: str = JSON):

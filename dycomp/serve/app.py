@@ -60,18 +60,19 @@ def stop() -> None:
 
 
 def serve_forever(config: ServeConfig, http: HttpConfig = HttpConfig(), on_ready=None) -> None:
-    """start(), call `on_ready(url)`, block until SIGINT or SIGTERM, then stop()."""
+    """start(), call `on_ready(url)`, block until SIGINT or SIGTERM, then stop(). The
+    handlers are installed after Ray starts, which installs its own."""
+    url = start(config, http)
     done = threading.Event()
     previous = {s: signal.signal(s, lambda *_: done.set())
                 for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        url = start(config, http)
         if on_ready is not None:
             on_ready(url)
         while not done.wait(0.5):
             pass
         log.info("signal received: shutting down")
     finally:
-        stop()
         for s, handler in previous.items():
             signal.signal(s, handler)
+        stop()
