@@ -5,6 +5,7 @@ replicas without torch)."""
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import signal
@@ -15,6 +16,7 @@ import types
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -290,3 +292,16 @@ def test_served_answers_equal_the_artifact_and_errors_are_json(art, server):
     with urllib.request.urlopen(server + "-/info", timeout=30) as r:
         info = json.loads(r.read())
     assert info["torch"] is False and info["max_batch"] == 4  # the replica never imports torch
+
+
+def test_serving_modules_never_import_torch():
+    """What a replica imports (the deployment where Ray is installed) leaves torch out."""
+    mods = ["dycomp.serve", "dycomp.serve.protocol", "dycomp.serve.runner",
+            "dycomp.serve.app", "dycomp.serve.config"]
+    if importlib.util.find_spec("ray") is not None:
+        mods.append("dycomp.serve.deployment")
+    code = (f"import sys\nfor m in {mods!r}: __import__(m)\n"
+            "print('torch' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr
