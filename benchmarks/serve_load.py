@@ -212,21 +212,31 @@ def main() -> None:
     p.add_argument("--fault-requests", type=int, default=600)
     p.add_argument("--port", type=int, default=18777)
     p.add_argument("--cpus", type=int, default=2, help="the local Ray's CPUs")
+    p.add_argument("--max-ongoing", type=int, default=64,
+                   help="requests a replica accepts at once (Ray's default is 5)")
     p.add_argument("--skip-fault", action="store_true")
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         path = args.artifact or make_artifact(Path(tmp))
         art = runtime.load(path, threads=1)
         bodies, want = inputs_and_answers(art, 64)
-        print(f"artifact {path} {art.signature}; {len(bodies)} distinct requests")
+        t = time.perf_counter()
+        for _ in range(3):
+            for b in bodies:
+                art.run(*[v for v in protocol.read_npz_answer(b).values()])
+        per_call = (time.perf_counter() - t) / (3 * len(bodies)) * 1000
+        print(f"artifact {path} {art.signature}; {len(bodies)} distinct requests; "
+              f"in-process art.run (1 thread, .npz decode included): {per_call:.2f} ms/call")
         from dycomp.serve import app
 
         try:
             for replicas in (1, 2):
                 for batch in (1, 8):
                     cfg = ServeConfig(path, replicas=replicas, max_batch=batch,
-                                      batch_wait_ms=2.0, threads=1, replica_cpus=0.5)
+                                      batch_wait_ms=2.0, threads=1, replica_cpus=0.5,
+                                      max_ongoing_requests=args.max_ongoing)
                     url = deploy(cfg, args.port, args.cpus)
                     replica_pids(url, replicas)
                     for c in map(int, args.concurrency.split(",")):

@@ -212,8 +212,10 @@ def test_run_requests_uses_runtime_batching_when_present(art, monkeypatch):
 # -- configuration -------------------------------------------------------------------------
 def test_serve_config_validates(art, tmp_path):
     cfg = ServeConfig(art.path, replicas=2, max_batch=4)
-    assert cfg.max_ongoing() == 8 and cfg.artifact.is_absolute()
-    for bad in ({"replicas": 0}, {"max_batch": 0}, {"batch_wait_ms": -1}, {"threads": 0}):
+    assert cfg.max_ongoing() == 64 and cfg.artifact.is_absolute()
+    assert ServeConfig(art.path, max_batch=64, max_ongoing_requests=8).max_ongoing() == 128
+    for bad in ({"replicas": 0}, {"max_batch": 0}, {"batch_wait_ms": -1}, {"threads": 0},
+                {"max_ongoing_requests": 0}):
         with pytest.raises(ValueError):
             ServeConfig(art.path, **bad)
     with pytest.raises(ValueError, match="not a dycomp artifact"):

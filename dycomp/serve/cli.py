@@ -51,6 +51,9 @@ def add_serve(sub, formatter) -> None:
                    help="Ray CPUs reserved per replica (default 1)")
     p.add_argument("--max-body-mb", type=float, default=16.0, metavar="MB",
                    help="largest request body (and unpacked .npz) in MiB (default 16)")
+    p.add_argument("--max-ongoing", type=int, default=64, metavar="N",
+                   help="requests a replica accepts at once; more wait in Ray's router "
+                        "(default 64)")
     p.add_argument("--trust-native", action="store_true",
                    help="allow a TVM artifact's native code (see `dycomp run --help`)")
     p.add_argument("--public-key", type=Path, metavar="KEY.pub",
@@ -67,6 +70,7 @@ def _serve_config(ns: argparse.Namespace):
                             batch_wait_ms=ns.batch_wait_ms, threads=ns.threads,
                             replica_cpus=ns.replica_cpus,
                             max_body_bytes=int(ns.max_body_mb * (1 << 20)),
+                            max_ongoing_requests=ns.max_ongoing,
                             trust_native=ns.trust_native, public_key=ns.public_key),
                 HttpConfig(host=ns.host, port=ns.port, address=ns.address))
     except ValueError as e:

@@ -16,7 +16,10 @@ class ServeConfig:
     artifact: the artifact directory (on every node of a cluster). replicas: replica
     processes. max_batch: requests per batch (1: no batching); batch_wait_ms: how long a
     batch waits to fill. threads: ONNX Runtime threads per subgraph in each replica
-    (default: the runtime's). replica_cpus: Ray CPUs reserved per replica."""
+    (default: the runtime's). replica_cpus: Ray CPUs reserved per replica.
+    max_ongoing_requests: requests a replica accepts at once; more wait in Ray's router,
+    which backs off when every replica is full (64 closed-loop clients, one replica,
+    `benchmarks/serve_load.py`: Ray's default of 5 gave 6.6 req/s, 64 gave 86)."""
 
     artifact: Path
     replicas: int = 1
@@ -25,6 +28,7 @@ class ServeConfig:
     threads: int | None = None
     replica_cpus: float = 1.0
     max_body_bytes: int = MAX_BODY_BYTES
+    max_ongoing_requests: int = 64
     trust_native: bool = False
     public_key: Path | None = None
     name: str = "dycomp"
@@ -32,7 +36,8 @@ class ServeConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "artifact", Path(self.artifact).resolve())
-        for field, low in (("replicas", 1), ("max_batch", 1), ("max_body_bytes", 1)):
+        for field, low in (("replicas", 1), ("max_batch", 1), ("max_body_bytes", 1),
+                           ("max_ongoing_requests", 1)):
             value = getattr(self, field)
             if not isinstance(value, int) or value < low:
                 raise ValueError(f"{field} must be an int >= {low}; got {value!r}")
@@ -45,6 +50,6 @@ class ServeConfig:
             raise ValueError(f"{self.artifact}: not a dycomp artifact (no manifest.json)")
 
     def max_ongoing(self) -> int:
-        """Requests a replica accepts at once: two full batches (one running, one filling),
-        at least Ray's default of 5."""
-        return max(5, 2 * self.max_batch)
+        """Requests a replica accepts at once: `max_ongoing_requests`, and at least two full
+        batches (one running, one filling)."""
+        return max(self.max_ongoing_requests, 2 * self.max_batch)
