@@ -231,6 +231,63 @@ def test_cli_serve_refuses_bad_flags_with_usage_errors(art, tmp_path, capsys):
     assert "--max-batch" in capsys.readouterr().out
 
 
+# -- the replica's HTTP handler, called in-process (Ray installed, no cluster started) ------
+def _http(method: str, body: bytes = b"", ctype: str = JSON, query: bytes = b"",
+          path: str = "/", length: int | None = None):
+    from starlette.requests import Request
+
+    headers = [(b"content-type", ctype.encode())]
+    if length is not None:
+        headers.append((b"content-length", str(length).encode()))
+    scope = {"type": "http", "method": method, "path": path, "query_string": query,
+             "headers": headers}
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive():
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    return Request(scope, receive)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_handler_answers_and_refuses_with_status_codes(art, monkeypatch):
+    pytest.importorskip("ray.serve")
+    import asyncio
+
+    from dycomp.serve.deployment import DycompModel
+
+    model = DycompModel(ServeConfig(art.path, max_batch=1, max_body_bytes=1 << 14))
+    x, k = _inputs(4)
+    (y, flag), path = art.run(x, k, return_path=True)
+
+    def call(*a, **kw):
+        r = asyncio.run(model(_http(*a, **kw)))
+        return r.status_code, r.body
+
+    status, body = call("POST", json.dumps([x.tolist(), k.tolist()]).encode(), query=b"path=1")
+    doc = json.loads(body)
+    assert status == 200 and doc["path"] == list(path) and doc["outputs"][1] is flag
+    status, body = call("POST", _npz(x=x, k=k), "application/x-npz")
+    assert status == 200 and protocol.read_npz_answer(body)["out_0"].tobytes() == y.tobytes()
+    status, body = call("POST", b"[1]")
+    assert status == 400 and json.loads(body)["expected"] == str(art.signature)
+    assert call("POST", b"[]", length=1 << 20)[0] == 413  # refused before reading the body
+    assert call("GET")[0] == 405
+    info = json.loads(call("GET", path="/-/info")[1])
+    assert info["signature"] == str(art.signature) and info["max_batch"] == 1
+    assert np.array_equal(asyncio.run(model.infer(x, k))[0], y)
+    with pytest.raises(ValueError, match="expected"):
+        asyncio.run(model.infer(x))
+
+    def fail(*a, **kw):
+        raise runtime.ModelError("mymodel", "Refused", ("too dark",))
+
+    monkeypatch.setattr(model.art, "run", fail)
+    status, body = call("POST", json.dumps([x.tolist(), k.tolist()]).encode())
+    assert status == 422 and json.loads(body) == {
+        "error": "ModelError: mymodel.Refused: too dark"}
+
+
 # -- end to end on Ray Serve (loopback) ----------------------------------------------------
 @pytest.fixture(scope="module")
 def server(art, tmp_path_factory):
