@@ -32,15 +32,19 @@ class HttpConfig:
 
 def start(config: ServeConfig, http: HttpConfig = HttpConfig()) -> str:
     """Deploy `config` behind Serve's proxy and return the URL it answers on; the
-    application keeps running until `stop()`."""
+    application keeps running until `stop()`. Without an address, a new local Ray
+    (`address="local"`: never a cluster found in the environment)."""
     import ray
     from ray import serve
 
     from dycomp.serve.deployment import build
 
     if not ray.is_initialized():
-        kw = {"num_cpus": http.num_cpus} if http.address is None and http.num_cpus else {}
-        ray.init(address=http.address, include_dashboard=False, log_to_driver=False, **kw)
+        if http.address is None:
+            kw = {"num_cpus": http.num_cpus} if http.num_cpus else {}
+            ray.init(address="local", include_dashboard=False, log_to_driver=False, **kw)
+        else:
+            ray.init(address=http.address, log_to_driver=False)
     serve.start(http_options={"host": http.host, "port": http.port})
     serve.run(build(config), name=config.name, route_prefix=http.route_prefix)
     url = f"http://{http.host}:{http.port}{http.route_prefix.rstrip('/')}/"
@@ -48,13 +52,17 @@ def start(config: ServeConfig, http: HttpConfig = HttpConfig()) -> str:
     return url
 
 
-def stop() -> None:
-    """Shut Serve down (replicas finish their requests first), then a Ray this process
-    started."""
+def stop(name: str = "dycomp", shared: bool = False) -> None:
+    """Shut Serve down (replicas finish their requests first) and leave Ray. On a `shared`
+    cluster (joined with an address) only the application `name` is deleted: other
+    applications there keep running."""
     import ray
     from ray import serve
 
-    serve.shutdown()
+    if shared:
+        serve.delete(name)
+    else:
+        serve.shutdown()
     if ray.is_initialized():
         ray.shutdown()
 
@@ -75,4 +83,4 @@ def serve_forever(config: ServeConfig, http: HttpConfig = HttpConfig(), on_ready
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        stop()
+        stop(config.name, shared=http.address is not None)
