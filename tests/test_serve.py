@@ -208,6 +208,16 @@ def test_run_requests_uses_runtime_batching_when_present(art, monkeypatch):
     for a, b, r in zip(first, second, reqs):
         assert np.array_equal(a[0], art.run(*r)[0]) and np.array_equal(b[0], a[0])
 
+    def run_batch_errors(a, requests, return_path=False, errors="raise"):
+        calls.append(errors)
+        return [ValueError("bad") if r[0].shape[0] != 2 else a.run(*r) for r in requests]
+
+    fake.run_batch = run_batch_errors  # errors="return": exceptions in place, no fallback
+    bad = (np.zeros((3, 8), np.float32), reqs[0][1])
+    answers = run_requests(art, [reqs[0], bad, reqs[1]])
+    assert calls[-1] == "return" and isinstance(answers[1], ValueError)
+    assert np.array_equal(answers[2][0], art.run(*reqs[1])[0])
+
 
 # -- configuration -------------------------------------------------------------------------
 def test_serve_config_validates(art, tmp_path):

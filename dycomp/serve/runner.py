@@ -8,6 +8,7 @@ by path; without it each request runs on its own (exact by construction).
 
 from __future__ import annotations
 
+import inspect
 import logging
 
 from dycomp.runtime.controlflow import manifest_view
@@ -31,11 +32,21 @@ def run_requests(art, requests: list[tuple], return_path: bool = False) -> list:
     One failing request never fails the others."""
     run_batch = _run_batch()
     if run_batch is not None and len(requests) > 1:
+        kw = {"errors": "return"} if _takes_errors(run_batch) else {}
         try:
-            return list(run_batch(art, requests, return_path=return_path))
+            return list(run_batch(art, requests, return_path=return_path, **kw))
         except Exception as e:  # one bad request in the batch: answer each one alone
             log.debug("run_batch failed (%s: %s); answering one at a time", type(e).__name__, e)
     return [_run_one(art, req, return_path) for req in requests]
+
+
+def _takes_errors(fn) -> bool:
+    """Whether `run_batch` can put each failing request's exception in its place
+    (`errors="return"`) instead of raising the first."""
+    try:
+        return "errors" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def _run_one(art, req: tuple, return_path: bool):
