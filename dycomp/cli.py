@@ -340,6 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     from dycomp.cli_trust import add_trust_commands
 
     add_trust_commands(sub, _FORMATTER)
+    from dycomp.serve.cli import add_serve
+
+    add_serve(sub, _FORMATTER)
     return parser
 
 
