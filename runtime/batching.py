@@ -67,8 +67,8 @@ def _check_table(table, keys: dict, names, fail, field: str) -> None:
 
 
 def batching_of(art) -> dict:
-    """The artifact's batching data (`unbatchable` when it has none)."""
-    manifest = getattr(art, "manifest", None)
+    """The batching data of an artifact or manifest (`unbatchable` when it has none)."""
+    manifest = art if isinstance(art, dict) else getattr(art, "manifest", None)
     data = manifest.get("batching") if isinstance(manifest, dict) else None
     return data if isinstance(data, dict) else UNBATCHABLE
 
