@@ -88,10 +88,10 @@ class SplitRunner:
                 s.exit = "return"
         return group
 
-    def eval(self, e, sample: _Sample):
+    def eval(self, e, sample: _Sample, effect: bool = False):
         code = self.code.get(id(e))
         if code is None:
-            src = self.gen.expr(e, "expr")
+            src = self.gen.expr(e, "expr", effect=effect)
             code = self.code[id(e)] = compile(src, "<dycomp batch>", "eval")
         return eval(code, _GLOBALS, sample.env)  # noqa: S307 - the generator's own Python
 
@@ -133,7 +133,7 @@ class SplitRunner:
         out = s.get("out")
 
         def one(x):
-            v = self.eval(s["expr"], x)
+            v = self.eval(s["expr"], x, effect=out is None)
             if out is not None:
                 x.env[out] = v
         self.each(group, one)

@@ -20,7 +20,7 @@ _TMP = tempfile.TemporaryDirectory(prefix="dycomp-batching-")
 atexit.register(_TMP.cleanup)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def zoo_artifact(name: str, fuse: bool = True):
     """(CompiledModel, loaded runtime Artifact) of a zoo example, backend onnx."""
     mod = ZOO[name]
