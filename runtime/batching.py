@@ -43,6 +43,8 @@ def check_batching(data, subgraphs: dict, where: str) -> dict:
     if not isinstance(data.get("reasons", []), list) or not all(
             isinstance(r, str) for r in data.get("reasons", [])):
         fail("reasons", "expected a list of strings")
+    if not isinstance(data.get("decisions", []), list):
+        fail("decisions", "expected a list")
     for i, d in enumerate(data.get("decisions", [])):
         if not isinstance(d, dict) or any(not isinstance(d.get(k), t)
                                           for k, t in _DECISION_KEYS.items()):
