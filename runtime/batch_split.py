@@ -11,11 +11,12 @@ sample computes exactly what the batch-1 program computes: the answers equal
 one-request-at-a-time answers by construction.
 
 Region calls go through one seam, `call_group(program, region, rows, paths)`, which gets
-every sample of the group at once. Today it calls the region once per sample (regions
-are compiled at batch 1). With regions compiled for a dynamic batch dim, swap it (set
-`batch_split.CALL_GROUP`) for a batched call: concatenate the rows of the samples whose
-non-tensor arguments are equal, call once, split the outputs by rows; exact for the
-subgraphs whose manifest `batching.subgraphs` entry says `batched: true`.
+every sample of the group at once. `call_each` calls the region once per sample (regions
+compiled at batch 1: today's artifacts). `call_rows` is the batched form: the rows of the
+samples whose other arguments agree concatenated, one call, the outputs split by rows;
+`run_batch` uses it (`group_caller`) for the subgraphs whose manifest
+`batching.subgraphs` entry says `batched: true`, when the artifact's inputs have a
+dynamic dim 0, and `CALL_GROUP` (default `call_each`) for the rest.
 """
 
 from __future__ import annotations
@@ -70,11 +71,66 @@ def call_each(program, region: str, rows: list[tuple], paths: bool) -> list:
 CALL_GROUP: Callable = call_each
 
 
+def call_rows(program, region: str, rows: list[tuple], paths: bool) -> list:
+    """The seam's batched form, for a region compiled with a dynamic dim 0 that is
+    row-wise (manifest `batching.subgraphs[region].batched`): the samples whose
+    non-array arguments (and array trailing shapes) agree are concatenated along dim 0
+    and run in one call, its outputs split back by rows. A bucket of one sample, an
+    output that is not split by rows, or a failing call falls back to `call_each`, so
+    each sample still gets its own answer or its own error."""
+    buckets: dict = {}
+    for i, args in enumerate(rows):
+        buckets.setdefault(_bucket_key(args), []).append(i)
+    out: list = [None] * len(rows)
+    for members in buckets.values():
+        group = [rows[i] for i in members]
+        answers = _one_call(program, region, group, paths) if len(members) > 1 else None
+        if answers is None:
+            answers = call_each(program, region, group, paths)
+        for i, a in zip(members, answers):
+            out[i] = a
+    return out
+
+
+def _bucket_key(args: tuple):
+    return tuple(("rows", a.dtype.str, a.shape[1:]) if isinstance(a, np.ndarray) and a.ndim
+                 else ("value", type(a).__name__, repr(a)) for a in args)
+
+
+def _one_call(program, region: str, group: list[tuple], paths: bool) -> list | None:
+    sizes = [next((a.shape[0] for a in args if isinstance(a, np.ndarray) and a.ndim), 0)
+             for args in group]
+    if not all(sizes):
+        return None
+    joined = tuple(np.concatenate([args[k] for args in group]) if isinstance(a, np.ndarray)
+                   and a.ndim else a for k, a in enumerate(group[0]))
+    answer = call_each(program, region, [joined], paths)[0]
+    if isinstance(answer, BaseException):
+        return None
+    values, ran = answer
+    cuts = np.cumsum(sizes)[:-1]
+    if not all(isinstance(v, np.ndarray) and v.ndim and v.shape[0] == sum(sizes)
+               for v in values):
+        return None
+    split = [np.split(v, cuts) for v in values]
+    return [(tuple(col[j] for col in split), list(ran)) for j in range(len(group))]
+
+
+def group_caller(batched: set[str], fallback: Callable | None = None) -> Callable:
+    """A seam that calls the regions in `batched` with `call_rows` and the others with
+    `fallback` (default: `CALL_GROUP` at call time)."""
+    def call(program, region, rows, paths):
+        if region in batched:
+            return call_rows(program, region, rows, paths)
+        return (fallback or CALL_GROUP)(program, region, rows, paths)
+    return call
+
+
 class SplitRunner:
     """Runs the host program `data` of `program` over many samples at once."""
 
-    def __init__(self, program, data: dict):
-        self.program, self.data = program, data
+    def __init__(self, program, data: dict, call_group: Callable | None = None):
+        self.program, self.data, self.call_group = program, data, call_group
         self.gen = _Gen(None)
         self.code: dict[int, object] = {}
 
@@ -113,7 +169,8 @@ class SplitRunner:
     def s_call(self, s, group) -> None:
         rows = [tuple(x.env[a] for a in s["args"]) for x in group]
         outs = s["outs"]
-        for x, res in zip(group, CALL_GROUP(self.program, s["region"], rows, self.paths)):
+        call = self.call_group or CALL_GROUP
+        for x, res in zip(group, call(self.program, s["region"], rows, self.paths)):
             if isinstance(res, BaseException):
                 x.fail(res)
                 continue

@@ -7,6 +7,7 @@ import atexit
 import functools
 import random
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -50,15 +51,21 @@ def same(a, b, tol: float = 1e-4) -> bool:
     return type(a) is type(b) and (a == b or a != a and b != b)
 
 
-def batched_vs_single(art, reqs: list[tuple], seed: int = 0, max_batch: int = 8):
+def batched_vs_single(art, reqs: list[tuple], seed: int = 0, max_batch: int = 8,
+                      times: list | None = None):
     """Run `reqs` in random batches of 1..max_batch with `run_batch` (paths included) and
-    one at a time; returns (mismatching request indices, distinct paths, batch count)."""
+    one at a time; returns (mismatching request indices, distinct paths, batch count).
+    `times` gets the seconds of both ways (one at a time, batched)."""
+    t0 = time.perf_counter()
     single = [art.run(*r, return_path=True) for r in reqs]
+    t1 = time.perf_counter()
     rng, batched, i, batches = random.Random(seed), [], 0, 0
     while i < len(reqs):
         b = rng.randint(1, max_batch)
         batched += run_batch(art, reqs[i:i + b], return_path=True)
         i, batches = i + b, batches + 1
+    if times is not None:
+        times += [t1 - t0, time.perf_counter() - t1]
     bad = [k for k, (s, t) in enumerate(zip(single, batched))
            if not (same(s[0], t[0]) and s[1] == t[1])]
     return bad, len({p for _, p in single}), batches

@@ -144,3 +144,87 @@ def test_per_sample_concatenates_once():
     assert art.calls == 1
     for r, (value, path) in zip(reqs, out):
         assert same(value, art.run(*r)) and path == ("r0",)
+
+
+class _Executor:
+    """Regions in numpy, row-wise: r0 (2x, row sum > 0), r1 (x - 1,)."""
+
+    def __init__(self):
+        self.rows: list[int] = []
+
+    def __call__(self, region, x):
+        self.rows.append(x.shape[0])
+        if region == "r0":
+            return 2 * x, x.sum(1) > 0
+        return (x - 1,)
+
+
+def _dynamic_split_artifact():
+    """A stand-in for a path-split artifact compiled with a dynamic batch dim:
+    `y, c = r0(x); if bool(c): return y; (z,) = r1(y); return z`."""
+    from dycomp.runtime.host import HostProgram
+
+    data = {"params": ["x"], "body": [
+        {"kind": "call", "region": "r0", "args": ["x"], "outs": ["y", "c"]},
+        {"kind": "op", "out": "b", "expr": {"op": "bool", "args": [{"var": "c"}]}},
+        {"kind": "if", "cond": "b", "source": "c", "then": [
+            {"kind": "return", "value": {"var": "y"}}], "orelse": [
+            {"kind": "call", "region": "r1", "args": ["y"], "outs": ["z"]},
+            {"kind": "return", "value": {"var": "z"}}]}]}
+
+    class Art:
+        manifest = {"batching": {"class": "path-split", "reasons": [], "decisions": [],
+                                 "regions": {}, "subgraphs": {
+                                     "r0": {"batched": True, "reason": ""},
+                                     "r1": {"batched": True, "reason": ""}}}}
+        signature = Signature((TensorSpec("x", np.dtype("float32"), ("batch", 3)),))
+        program = HostProgram.from_data(data, _Executor())
+
+        def run(self, x, return_path=False):
+            return (self.program.run_path if return_path else self.program.run)(x)
+
+    return Art()
+
+
+def test_split_with_batched_region_calls():
+    """With a dynamic dim 0, each group's region call is one call over its rows."""
+    art = _dynamic_split_artifact()
+    g = np.random.default_rng(0)
+    reqs = [(g.normal(size=(1, 3)).astype(np.float32),) for _ in range(8)]
+    single = [art.run(*r, return_path=True) for r in reqs]
+    taken = sum(len(p) == 1 for _, p in single)
+    assert 0 < taken < 8  # both arms
+    art.program.executor.rows.clear()
+    batched = run_batch(art, reqs, return_path=True)
+    assert art.program.executor.rows == [8, 8 - taken]  # r0 once for all, r1 for the rest
+    for s, b in zip(single, batched):
+        assert same(s[0], b[0]) and s[1] == b[1]
+
+
+def test_call_rows_buckets_and_falls_back():
+    """Samples whose other arguments differ are not joined; an output that is not split
+    by rows, or a failing call, runs each sample alone."""
+    class Program:
+        executor = None
+        calls: list = []
+
+        def _call(self, region, x, k):
+            self.calls.append(x.shape[0])
+            if region == "sum":
+                return (x.sum(),)
+            if k < 0:
+                raise ValueError("negative")
+            return (x * k,)
+
+    p = Program()
+    rows = [(np.ones((1, 2), np.float32), 2.0), (np.ones((2, 2), np.float32), 2.0),
+            (np.ones((1, 2), np.float32), 3.0)]
+    out = batch_split.call_rows(p, "mul", rows, False)
+    assert sorted(p.calls) == [1, 3]
+    for (x, k), (values, ran) in zip(rows, out):
+        assert same(values[0], x * k) and ran == ["mul"]
+    p.calls.clear()
+    out = batch_split.call_rows(p, "sum", rows[:2], False)
+    assert p.calls == [3, 1, 2] and [v[0][0] for v in out] == [2.0, 4.0]
+    out = batch_split.call_rows(p, "mul", [(np.ones((1, 2), np.float32), -1.0)] * 2, False)
+    assert all(isinstance(e, ValueError) for e in out)
