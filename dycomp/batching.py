@@ -140,6 +140,7 @@ class _HostAnalysis:
         self.regions: dict[str, dict] = {}
         self.decisions: list[dict] = []
         self.reads: list[str] = []
+        self.lines: dict = {}  # host variable -> the line of the op that made it
 
     def run(self) -> None:
         for _ in range(8):
@@ -175,6 +176,8 @@ class _HostAnalysis:
             if isinstance(s, CallRegion):
                 self.call(s, ctx)
             elif isinstance(s, HostOp):
+                if s.out is not None and s.line:
+                    self.lines[s.out] = s.line
                 st = self.expr_state(s.expr, line)
                 if st.kind == REDUCED and st.origin.startswith(line):
                     self.reads.append(st.origin)
@@ -184,6 +187,7 @@ class _HostAnalysis:
                 for d, src in zip(s.dsts, s.srcs):
                     self.define(d, self.expr_state(src, line), ctx)
             elif isinstance(s, If):
+                line = s.line or self.lines.get(s.cond, line)  # a switch case: its index
                 arm_ctx = self.decision(s, "if", self.state(s.cond), line) or ctx
                 self.block(s.then, arm_ctx)
                 self.block(s.orelse, arm_ctx)

@@ -93,8 +93,14 @@ def _arg_state(a, env) -> State:
 
 
 def _where(node: fx.Node) -> str:
-    line = node.meta.get("line") or "?"
-    return f"{line}: {node.name} ({_op_name(node)})"
+    return f"{_line(node) or '?'}: {node.name} ({_op_name(node)})"
+
+
+def _line(node: fx.Node, depth: int = 0) -> str:
+    """The node's source line, or its nearest input's (an unpacking `getitem` has none)."""
+    if node.meta.get("line") or depth > 4:
+        return node.meta.get("line") or ""
+    return next((ln for a in node.all_input_nodes if (ln := _line(a, depth + 1))), "")
 
 
 def _op_name(node: fx.Node) -> str:
