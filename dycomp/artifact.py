@@ -264,10 +264,10 @@ def load(path, threads: int = 2, *, trust_native: bool = False,
     cm = CompiledModel(art.program, input_spec(art.manifest), art.manifest["backend"],
                        graph=None, artifact=art)
     cm.optimizations = list(art.manifest.get("optimizations", []))
-    if "batching" in art.manifest:
-        from dycomp.batching import Batching
+    from dycomp.batching import Batching
+    from dycomp.runtime.batching import batching_of
 
-        cm.batching = Batching.from_json(art.manifest["batching"])
+    cm.batching = Batching.from_json(batching_of(art.manifest))  # none saved: unbatchable
     return cm
 
 
