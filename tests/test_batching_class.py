@@ -50,6 +50,11 @@ def test_zoo_class(name):
     if kind == "path-split":
         assert all(r["rowwise"] for r in b.regions.values())
         assert plan(art)[0] == "split"
+    for d in coupled:  # where each decision runs: the host, or fused into a subgraph
+        assert d["where"] == "host" or not art.batching["subgraphs"][d["where"]]["batched"]
+    if name == "multi_exit":  # its exits are fused into f1's If nodes: no batched call
+        assert {d["where"] for d in coupled} == {"f1"}
+        assert "fused into it" in art.batching["subgraphs"]["f1"]["reason"]
 
 
 def test_gated_mul_as_written_is_per_sample():
