@@ -10,7 +10,9 @@ it count as `unbatchable`):
 - `per-sample` with a dynamic dim 0 on every input (a name string in the signature's
   shape): concatenate the requests, run once, split the outputs by rows;
 - `path-split`: the splitting executor (`runtime/batch_split.py`), which runs the host
-  program over the group and splits it at each decision by each sample's own outcome.
+  program over the group and splits it at each decision by each sample's own outcome;
+  one request at a time where every coupled decision is fused into a subgraph (an ONNX
+  `If` / `Loop` decides for its whole input) and no subgraph can take a batch.
 """
 
 from __future__ import annotations
@@ -106,6 +108,10 @@ def plan(art) -> tuple[str, str]:
             return "concat", "per-sample with a dynamic dim 0"
         return "one", "per-sample, but its inputs have a fixed shape"
     if kind == "path-split":
+        if not any(d["coupled"] and d["where"] == "host" for d in data.get("decisions", [])
+                   ) and not (dynamic_batch(art) and batched_subgraphs(art)):
+            return "one", ("path-split, but its coupled decisions are all fused into "
+                           "subgraphs, which run per sample: one request at a time")
         return "split", "batch-coupled decisions: split at each by each sample's outcome"
     return "one", f"{kind}: {'; '.join(data.get('reasons', [])[:1])}"
 

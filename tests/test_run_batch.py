@@ -42,9 +42,9 @@ def test_split_at_host_decisions(name, monkeypatch):
         return batch_split.call_each(program, region, rows, paths)
 
     monkeypatch.setattr(batch_split, "CALL_GROUP", spy)
-    reqs = requests(name, 64, seed=1)
+    reqs = requests(name, 200, seed=1)
     parts = 0
-    for i in range(0, len(reqs), 8):
+    for i in range(0, 64, 8):
         calls.clear()
         run_batch(art, reqs[i:i + 8])
         parts += any(1 < n < 8 for n in calls)  # a part of the batch, still a group
