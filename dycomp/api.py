@@ -18,6 +18,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 
 from dycomp.backends import lower
 from dycomp.backends.frozen_values import check_captured
+from dycomp.batching import classify_batching, for_artifact
 from dycomp.errors import DycompError, PassError, UnsupportedError
 from dycomp.fastcall import build as build_entry
 from dycomp.frontend.capture import InputSpec, capture
@@ -96,8 +97,10 @@ def compile(model, example_inputs, *, example_kwargs: dict | None = None,
     elif tune is not None or strict:
         raise UnsupportedError(f"tune= and strict= apply to backend 'tvm', not {backend!r}",
                                hint="pass backend='tvm'")
+    batching = classify_batching(graph)  # before lowering: fused If / Loop hide decisions
     executor = lower(graph, backend, **options)
     cm = CompiledModel.from_graph(graph, executor, spec, backend)
+    cm.batching = for_artifact(batching, graph)
     cm.optimizations = notes + [str(a) for a in graph.applied]
     cm.options = {"backend": backend, "fuse_branches": fuse_branches, "optimize": optimize}
     if check and quantize:
@@ -218,6 +221,7 @@ class CompiledModel:
         self.optimizations: list[str] = []  # what the passes did (source lines, savings)
         self.options: dict = {}  # how it was compiled (backend, fuse_branches, optimize)
         self.check = None  # the self-check's CheckReport (coverage), or its manifest dict
+        self.batching = None  # dycomp.batching.Batching: per-sample / path-split / unbatchable
 
     @classmethod
     def from_graph(cls, graph: DynGraph, executor, spec: InputSpec, backend: str):

@@ -87,6 +87,8 @@ def package(cm: CompiledModel) -> tuple[dict, dict[str, bytes]]:
         manifest["optimizations"] = list(cm.optimizations)
     if getattr(cm, "check", None) is not None:
         manifest["check"] = cm.check.to_json()
+    if getattr(cm, "batching", None) is not None:
+        manifest["batching"] = cm.batching.to_json()
     return manifest, files
 
 
@@ -262,6 +264,10 @@ def load(path, threads: int = 2, *, trust_native: bool = False,
     cm = CompiledModel(art.program, input_spec(art.manifest), art.manifest["backend"],
                        graph=None, artifact=art)
     cm.optimizations = list(art.manifest.get("optimizations", []))
+    from dycomp.batching import Batching
+    from dycomp.runtime.batching import batching_of
+
+    cm.batching = Batching.from_json(batching_of(art.manifest))  # none saved: unbatchable
     return cm
 
 

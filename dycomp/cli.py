@@ -856,6 +856,8 @@ def inspect_command(cfg: InspectConfig, out: Console) -> None:
     """Header, host program, control-flow nodes and subgraph table of an artifact."""
     from dycomp.runtime import artifact as rt
     from dycomp.runtime import selectors
+    from dycomp.runtime.batching import batching_of
+    from dycomp.runtime.batching import describe as describe_batching
     from dycomp.runtime.controlflow import manifest_view
 
     raw = rt.manifest_bytes(cfg.artifact)
@@ -866,6 +868,7 @@ def inspect_command(cfg: InspectConfig, out: Console) -> None:
     files = rt.verify_files(cfg.artifact, manifest)
     out.print(_inspect_header(cfg.artifact, manifest, rt.signature_of(manifest)))
     out.print(Text("\n" + manifest_view(manifest).text()))
+    out.print(Text("\n" + describe_batching(batching_of(manifest))))
     out.print("\n[bold]host program[/] (host.py)")
     out.print(Syntax(files[rt.HOST].decode("utf-8"), "python", line_numbers=True,
                      theme="ansi_dark"))

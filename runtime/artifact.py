@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from dycomp.runtime import trust
+from dycomp.runtime.batching import batching_of, check_batching
+from dycomp.runtime.batching import describe as describe_batching
 from dycomp.runtime.controlflow import check_fused, manifest_view
 from dycomp.runtime.errors import ArtifactError
 from dycomp.runtime.host import HostProgram, RoutingExecutor
@@ -146,6 +148,8 @@ def parse_manifest(root: Path, raw: bytes) -> dict:
              host_program=dict)
     if "fused" in manifest:
         check_fused(manifest["fused"], manifest["subgraphs"], str(root / MANIFEST))
+    if "batching" in manifest:
+        check_batching(manifest["batching"], manifest["subgraphs"], str(root / MANIFEST))
     if manifest["backend"] not in BACKENDS:
         raise ArtifactError(f"{root}: backend {manifest['backend']!r} cannot be run here; "
                             f"this dycomp runs {', '.join(BACKENDS)} artifacts")
@@ -302,6 +306,12 @@ class Artifact:
         return executors.pop() if len(executors) == 1 else RoutingExecutor(routes)
 
     @property
+    def batching(self) -> dict:
+        """The batching class and its reasons (`runtime/batching.py`; artifacts saved
+        without one: `unbatchable`)."""
+        return batching_of(self)
+
+    @property
     def subgraphs(self) -> dict[str, dict]:
         """Per region: file, typed inputs/outputs, source lines, op and parameter counts."""
         return self.manifest["subgraphs"]
@@ -327,7 +337,8 @@ class Artifact:
                 + "".join(f"\noptimized: {o}" for o in m.get("optimizations", [])))
         rows = [_region_row(n, sub) for n, sub in self.subgraphs.items()]
         body = ["  " + ln for ln in self.host_source.splitlines()]
-        return "\n".join([head, *rows, view.text(), "host program:", *body])
+        return "\n".join([head, *rows, view.text(), describe_batching(self.batching),
+                          "host program:", *body])
 
     def __repr__(self) -> str:
         return f"<dycomp Artifact {self.path} {self.signature}>"
