@@ -348,7 +348,7 @@ def _to_host(tr, name, t):
     if name == "item":
         return tr.host_op("item", (t,), lambda a: a.item())
     if name == "tolist":
-        n = t._ex.shape[0] if t._ex.dim() > 0 else None
+        n = t._ex.shape[0] if t._ex.dim() > 0 and 0 not in t._sym else None
         return tr.host_op("tolist", (t,), lambda a: a.tolist(), static_len=n)
     return HVal(tr.export(t), t._ex.numpy())
 
