@@ -185,7 +185,9 @@ def export_region_model(region, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     where = ", ".join(region.lines[:3]) or "?"
     start = time.perf_counter()
     try:
-        gm = region.gm if dynamic else lower_adaptive_pools(region.gm)  # static shapes
+        # static shapes, or dynamic ones whose varying dims the frontend traced (`sym`)
+        gm = region.gm if dynamic and not all(p.meta.get("sym") for p in dynamic) else \
+            lower_adaptive_pools(region.gm, dynamic=bool(dynamic))
         model = _export(gm, tuple(p.meta["example"] for p in phs), [p.name for p in phs],
                         outs, axes, opset)
     except Exception as e:
