@@ -3,7 +3,7 @@
 The path check (`check_paths`) runs at the example's sizes; a region or host program that
 baked one of them in (a shape read as a constant, a reshape to the example's size) would
 pass it and be wrong at every other size. Here eager and compiled run on inputs whose
-dynamic dims take other sizes (1 and the example's + 2): same outputs, or both raise.
+dynamic dims take other sizes (two besides the example's): same outputs, or both raise.
 """
 
 from __future__ import annotations
@@ -21,11 +21,12 @@ log = logging.getLogger(__name__)
 
 
 def other_sizes(example: dict[str, int]) -> list[dict[str, int]]:
-    """Sizes per dynamic dim name to check besides the example's: 1, and example + 2."""
+    """Two sizes per dynamic dim name to check besides the example's: 1 and example + 2,
+    or (an example of size 1) 3 and 6."""
     out = []
-    for pick in (lambda n: 1, lambda n: n + 2):
+    for pick in (lambda n: 1, lambda n: n + 2, lambda n: 2 * n + 4):
         sizes = {name: pick(n) for name, n in example.items()}
-        if sizes != example and sizes not in out:
+        if sizes != example and sizes not in out and len(out) < 2:
             out.append(sizes)
     return out
 
