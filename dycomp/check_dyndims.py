@@ -50,7 +50,7 @@ def example_sizes(args: tuple, kwargs: dict, spec) -> dict[str, int]:
             for d, name in dims.items()}
 
 
-def check_sizes(fn, cm, args: tuple, kwargs: dict, n: int = 4) -> int:
+def check_sizes(fn, cm, args: tuple, kwargs: dict, n: int = 3) -> int:
     """Compare eager and compiled at other sizes of the dynamic dims; MismatchError naming
     the sizes on a difference. Returns how many inputs ran."""
     count = 0
