@@ -179,9 +179,10 @@ def export_region_model(region, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     dynamic = [p for p in phs if _is_dynamic(p)]
     axes = {p.name: _input_axes(p) for p in dynamic}
     if dynamic:  # outputs of a region fed shape-varying values may vary too
-        axes.update({o: _axes(o, _example(n)) for o, n in zip(outs, region.output_nodes)})
+        traced = all(p.meta.get("sym") for p in dynamic)  # which dims: the frontend knows
+        axes.update({o: _output_axes(o, n, traced) for o, n in zip(outs, region.output_nodes)})
     axes.update({o: _axes(o, _example(n)) for o, n in zip(outs, region.output_nodes)
-                 if isinstance(n, fx.Node) and n.meta.get("sym")})  # x[mask], nonzero
+                 if isinstance(n, fx.Node) and n.meta.get("sym") and o not in axes})  # x[mask]
     where = ", ".join(region.lines[:3]) or "?"
     start = time.perf_counter()
     try:
@@ -259,6 +260,20 @@ def _redirect(fd: int, stream):
 
 def _axes(name: str, example) -> dict[int, str]:
     return {i: f"{name}_d{i}" for i in range(getattr(example, "dim", lambda: 0)())}
+
+
+def _output_axes(name: str, node, traced: bool) -> dict[int, str]:
+    """The dims of an output that may vary: when the frontend traced every varying input
+    of the region (`dynamic_dims`), those it traced as varying (a `[batch, 10]` output
+    keeps its 10, so that fused arms of other widths are not taken for one type); else,
+    or for a node a pass made (no `sym` record), all of them."""
+    axes = _axes(name, _example(node))
+    if not traced or not isinstance(node, fx.Node) or "sym" not in node.meta:
+        return axes
+    sym = node.meta["sym"]
+    if any(d >= len(axes) for d in sym):  # the rank varies
+        return axes
+    return {d: n for d, n in axes.items() if d in sym}
 
 
 def _input_axes(ph: fx.Node) -> dict[int, str]:

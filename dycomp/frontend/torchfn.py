@@ -255,18 +255,19 @@ def _trace_op(tr, fn, args, kwargs, what, add_node):
     if line and line not in region.lines:
         region.lines.append(line)
     res = wrap(tr, region, node, out, what)
-    if syms is not None:
-        _set_syms(res, syms)
+    _set_syms(res, syms)
     return res
 
 
 def _set_syms(res, syms) -> None:
     """Mark the varying dims of the op's tensor results (and of their nodes, so that a
-    region they leave exports them as dynamic)."""
+    region they leave exports them as dynamic; `[]` on a node: none vary)."""
     vals = [v for v in tree_flatten(res)[0] if isinstance(v, TVal)]
-    for v, sym in zip(vals, syms):
-        v._sym = sym
-        if sym and v._node is not None:
+    for i, v in enumerate(vals):
+        sym = syms[i] if syms is not None and i < len(syms) else frozenset()
+        if syms is not None:
+            v._sym = sym
+        if v._node is not None:
             v._node.meta["sym"] = sorted(sym)
 
 
