@@ -12,8 +12,8 @@ import numpy as np
 import torch
 
 from dycomp.errors import UnsupportedError
-from dycomp.frontend.region import RegionBuilder
 from dycomp.frontend.dyndims import check_scalar_read
+from dycomp.frontend.region import RegionBuilder
 from dycomp.frontend.values import UNDEF, HVal, TVal, _state, is_sym
 from dycomp.ir.program import Assign, CallRegion, HostOp, If, Lit, Op, Var
 from dycomp.runtime.hostops import method_op
