@@ -248,3 +248,31 @@ def test_cli_dynamic_flag(tmp_path):
     art = rt.load(out)
     assert art.signature.inputs[0].shape == ("batch", 4)
     assert art(np.ones((5, 4), np.float32))[0].shape[0] == 5
+
+
+class TinyGate(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.a(x))
+        if h.mean() > 0.3:  # one decision for the whole batch
+            h = h * 2
+        return self.b(h).view(x.size(0), -1)
+
+
+def test_tvm_symbolic_batch_or_fallback_with_reason():
+    """TVM imports the symbolic batch where it can (untuned build); a region it cannot
+    (a `Reshape` to a shape read at run time) runs on ONNX Runtime, with the reason."""
+    torch.manual_seed(0)
+    model = TinyGate()
+    cm = dycomp.compile(model, torch.randn(2, 4), backend="tvm", dynamic_dims=BATCH)
+    placement, report = cm.executor.placement, cm.executor.report
+    assert "tvm" in placement.values()
+    assert all(isinstance(why, str) and why for why in report.fallback.values())
+    g = torch.Generator().manual_seed(2)
+    for size in SIZES:
+        for i in range(PER_SIZE):
+            _assert_matches(model, cm, (torch.randn(size, 4, generator=g) * (1 + i),),
+                            f"tvm batch {size} #{i}")
