@@ -60,8 +60,8 @@ def _assert_matches(fn, cm, inputs: tuple, where: str) -> list:
     return path
 
 
-@pytest.mark.parametrize("backend", ["onnx", "torch"])
-@pytest.mark.parametrize("name", BATCHED)
+@pytest.mark.parametrize("name,backend", [(n, "onnx") for n in BATCHED] + [
+    (n, "torch") for n in BATCHED if n != "gated_mul"])  # gated_mul: 18 blocks, slow eager
 def test_zoo_dynamic_batch_matches_eager_at_1_3_8(name, backend, zoo_models):
     model, example = zoo_models(name)
     cm = dycomp.compile(model, example, backend=backend, dynamic_dims=BATCH,
@@ -253,24 +253,29 @@ def test_cli_dynamic_flag(tmp_path):
 class TinyGate(nn.Module):
     def __init__(self):
         super().__init__()
-        self.a, self.b = nn.Linear(4, 8), nn.Linear(8, 3)
+        self.a, self.b, self.flat = nn.Linear(4, 8), nn.Linear(8, 3), False
 
     def forward(self, x):
         h = torch.relu(self.a(x))
         if h.mean() > 0.3:  # one decision for the whole batch
             h = h * 2
-        return self.b(h).view(x.size(0), -1)
+        return self.b(h).view(x.size(0), -1) if self.flat else self.b(h)
 
 
-def test_tvm_symbolic_batch_or_fallback_with_reason():
-    """TVM imports the symbolic batch where it can (untuned build); a region it cannot
-    (a `Reshape` to a shape read at run time) runs on ONNX Runtime, with the reason."""
+@pytest.mark.parametrize("flat", [False, True])
+def test_tvm_symbolic_batch_or_fallback_with_reason(flat):
+    """TVM imports the symbolic batch (untuned build); a region it cannot import (a
+    `Reshape` to a shape read at run time) runs on ONNX Runtime, the reason recorded."""
     torch.manual_seed(0)
     model = TinyGate()
+    model.flat = flat
     cm = dycomp.compile(model, torch.randn(2, 4), backend="tvm", dynamic_dims=BATCH)
-    placement, report = cm.executor.placement, cm.executor.report
-    assert "tvm" in placement.values()
-    assert all(isinstance(why, str) and why for why in report.fallback.values())
+    placement, fallback = cm.executor.placement, cm.executor.report.fallback
+    if flat:
+        assert "onnx" in placement.values()
+        assert any("Reshape" in why for why in fallback.values())
+    else:
+        assert set(placement.values()) == {"tvm"} and not fallback
     g = torch.Generator().manual_seed(2)
     for size in SIZES:
         for i in range(PER_SIZE):
