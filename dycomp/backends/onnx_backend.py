@@ -202,8 +202,21 @@ def export_region_model(region, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:
         raise _ExportFailure(region.name, [("onnx.checker", where, _reason(e))]) from e
+    _check_symbolic(model, axes, region.name, where)
     _free_rank(model, {p.name for p in dynamic if _rank_varies(p)})
     return model
+
+
+def _check_symbolic(model: onnx.ModelProto, axes: dict, region: str, where: str) -> None:
+    """Every dim that varies (`axes`) is symbolic in the exported model's inputs and
+    outputs: one the exporter fixed would hold the example's size at every call."""
+    for value in list(model.graph.input) + list(model.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        for d in axes.get(value.name, {}):
+            if d < len(dims) and dims[d].HasField("dim_value"):
+                raise _ExportFailure(region, [(
+                    "torch.onnx.export", where, f"dim {d} of {value.name} varies between "
+                    f"calls but the exported model fixes it at {dims[d].dim_value}")])
 
 
 # -- torch.onnx.export ----------------------------------------------------------------------
