@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import re
 
-import torch
-
-from dycomp.errors import UnsupportedError
+from dycomp.errors import UnsupportedError  # no torch at import: the CLI parses --dynamic
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 SCALAR_READS = {"bool": "its truth value (`if t:`, `bool(t)`)", "item": "`.item()`",
@@ -22,6 +20,8 @@ SCALAR_READS = {"bool": "its truth value (`if t:`, `bool(t)`)", "item": "`.item(
 
 def leaf_dims(dynamic_dims: dict | None, names: list[str], leaves: list) -> list[dict]:
     """Per flat input leaf, `{dim: name}` of its dynamic dims (validated)."""
+    import torch
+
     out: list[dict] = [{} for _ in leaves]
     if not dynamic_dims:
         return out
@@ -46,7 +46,7 @@ def leaf_dims(dynamic_dims: dict | None, names: list[str], leaves: list) -> list
     return out
 
 
-def _add_dim(dims: dict, key: str, leaf: torch.Tensor, d, name, sizes: dict) -> None:
+def _add_dim(dims: dict, key: str, leaf, d, name, sizes: dict) -> None:
     if isinstance(d, bool) or not isinstance(d, int) or not -leaf.dim() <= d < leaf.dim():
         raise UnsupportedError(f"dynamic_dims[{key!r}]: dim {d!r} is out of range for an "
                                f"input of shape {list(leaf.shape)}",
