@@ -236,7 +236,7 @@ def test_dynamic_dims_validated(dims, match):
                        example_kwargs={"k": 2}, dynamic_dims=dims)
 
 
-def test_cli_dynamic_flag(tmp_path):
+def test_cli_dynamic_flag(tmp_path, capsys):
     from dycomp.cli import main
 
     assert parse_cli(["x:0=batch", "x:-1=seq", "y:0=batch"]) == {
@@ -248,6 +248,9 @@ def test_cli_dynamic_flag(tmp_path):
     art = rt.load(out)
     assert art.signature.inputs[0].shape == ("batch", 4)
     assert art(np.ones((5, 4), np.float32))[0].shape[0] == 5
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 0
+    assert "x: float32[batch, 4]" in capsys.readouterr().out
 
 
 class TinyGate(nn.Module):
