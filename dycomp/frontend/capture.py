@@ -37,7 +37,7 @@ class InputSpec:
 
     def shape(self, i: int) -> tuple:
         """Leaf `i`'s shape with each dynamic dim as its name (`("batch", 3, 32, 32)`)."""
-        dims = (self.dynamic or {})[i] if self.dynamic else {}
+        dims = self.dynamic[i] if self.dynamic else {}
         return tuple(dims.get(d, s) for d, s in enumerate(self.tensor[i][1]))
 
     def describe(self) -> str:
