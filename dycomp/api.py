@@ -22,6 +22,7 @@ from dycomp.batching import classify_batching, for_artifact
 from dycomp.errors import DycompError, PassError, UnsupportedError
 from dycomp.fastcall import build as build_entry
 from dycomp.frontend.capture import InputSpec, capture
+from dycomp.frontend.dyndims import same_sizes, shape_ok
 from dycomp.frontend.randomness import has_random
 from dycomp.ir.dyngraph import DynGraph
 from dycomp.ir.program import program_data
@@ -37,7 +38,8 @@ def compile(model, example_inputs, *, example_kwargs: dict | None = None,
             method: str = "forward", backend: str = "torch", passes=(),
             check: bool = True, threads: int | None = None, optimize=True,
             fuse_branches: bool = True, tune=None, strict: bool = False,
-            selectors: dict | None = None) -> CompiledModel:
+            selectors: dict | None = None,
+            dynamic_dims: dict | None = None) -> CompiledModel:
     """Compile `model.<method>` (or a bound method) into static regions + a host program.
 
     `passes`: `dycomp.passes.Prune` (prunes a copy of the model before capture; the
@@ -58,7 +60,12 @@ def compile(model, example_inputs, *, example_kwargs: dict | None = None,
     `selectors`: arguments or setter calls chosen at call time among declared values
     (`{"width": [0.5, 1.0]}`, `{"subnet": [("set_active_subnet", {"d": 2}), ...]}`):
     one sub-network compiled per combination, returned as a `dycomp.selectors.SelectorModel`
-    (`cm(x, width=0.5)`; saved as one artifact with the shared weights stored once)."""
+    (`cm(x, width=0.5)`; saved as one artifact with the shared weights stored once).
+    `dynamic_dims`: input dims whose size varies between calls, `{"x": {0: "batch"}}`
+    (one name on several inputs: the same size); the regions take any size there, calls
+    are checked against the signature (`cm.signature`), the self-check runs at several
+    sizes. Code that needs such a size as one scalar is refused (README, "Variable
+    dimensions")."""
     configure_logging()
     if selectors is not None:
         from dycomp.selectors import compile_selected
@@ -66,7 +73,7 @@ def compile(model, example_inputs, *, example_kwargs: dict | None = None,
         return compile_selected(model, example_inputs, selectors, dict(
             example_kwargs=example_kwargs, method=method, backend=backend, passes=passes,
             check=check, threads=threads, optimize=optimize, fuse_branches=fuse_branches,
-            tune=tune, strict=strict))
+            tune=tune, strict=strict, dynamic_dims=dynamic_dims))
     fn = _resolve(model, method)
     args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (
         example_inputs,)
@@ -76,7 +83,7 @@ def compile(model, example_inputs, *, example_kwargs: dict | None = None,
     for p in prune:
         fn, note = _prune(fn, p, args, kwargs)
         notes.append(note)
-    graph, spec = capture(fn, args, kwargs)
+    graph, spec = capture(fn, args, kwargs, dynamic_dims)
     check_captured(graph)  # no region holds a traced value as a constant
     graph.verify()
     random = has_random(graph)
@@ -113,6 +120,10 @@ def compile(model, example_inputs, *, example_kwargs: dict | None = None,
         from dycomp.check_paths import path_check
 
         cm.check = path_check(fn, cm, args, kwargs, more=14)
+        if spec.dynamic:
+            from dycomp.check_dyndims import check_sizes
+
+            check_sizes(fn, cm, args, kwargs)
     return cm
 
 
@@ -328,11 +339,30 @@ class CompiledModel:
                 raise ValueError(f"argument {name} must be a tensor or array, got "
                                  f"{type(leaf).__name__}; expected {self.spec.describe()}")
             dtype, shape = t
-            if tuple(arr.shape) != shape or str(arr.dtype) != str(dtype).replace("torch.", ""):
+            if not _shape_ok(arr.shape, shape, self.spec, len(inputs)) or str(
+                    arr.dtype) != str(dtype).replace("torch.", ""):
                 raise ValueError(f"argument {name} has shape {tuple(arr.shape)} and dtype "
                                  f"{arr.dtype}; expected {self.spec.describe()}")
             inputs.append(arr)
+        if self.spec.dynamic:
+            same_sizes(self.spec, inputs)
         return inputs, use_torch
+
+    @property
+    def signature(self) -> str:
+        """The tensor inputs it takes, dynamic dims by name: `(x: float32[batch, 3, 32, 32])`."""
+        return self.spec.describe()
+
+    def __repr__(self) -> str:
+        return f"<dycomp CompiledModel {self.backend} {self.signature}>"
+
+
+def _shape_ok(shape, fixed, spec: InputSpec, k: int) -> bool:
+    """`shape` fits input leaf `k`-th tensor's; dynamic dims take any size."""
+    if not spec.dynamic:
+        return tuple(shape) == fixed
+    i = [j for j, t in enumerate(spec.tensor) if t is not None][k]
+    return shape_ok(shape, spec.shape(i))
 
 
 def _check_line(check) -> str:

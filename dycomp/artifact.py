@@ -166,9 +166,9 @@ def _dynamic_inputs(region, ins: list) -> list[bool]:
 
 def _entry_inputs(spec: InputSpec) -> list[dict]:
     out = []
-    for name, t, static in zip(spec.names, spec.tensor, spec.static):
-        if t is not None:
-            out.append({"name": name, "dtype": _dtype_name(t[0]), "shape": list(t[1])})
+    for i, (name, t, static) in enumerate(zip(spec.names, spec.tensor, spec.static)):
+        if t is not None:  # a dynamic dim by its name (`["batch", 3, 32, 32]`)
+            out.append({"name": name, "dtype": _dtype_name(t[0]), "shape": list(spec.shape(i))})
         else:
             out.append({"name": name, "static": _static_value(name, static)})
     return out
@@ -277,19 +277,21 @@ def input_spec(manifest: dict) -> InputSpec:
         treespec = treespec_loads(manifest["treespec"])
     except (KeyError, TypeError, ValueError, NotImplementedError) as e:
         raise ArtifactError(f"manifest: cannot read the input structure (treespec): {e}") from None
-    names, tensor, static = [], [], []
+    names, tensor, static, dynamic = [], [], [], []
     for leaf in manifest["inputs"]:
         names.append(leaf["name"])
         if "dtype" in leaf:
             tensor.append((_torch_dtype(leaf["dtype"]), tuple(leaf["shape"])))
+            dynamic.append({d: s for d, s in enumerate(leaf["shape"]) if isinstance(s, str)})
             static.append(None)
         else:
             tensor.append(None)
+            dynamic.append({})
             static.append(leaf.get("static"))
     if treespec.num_leaves != len(names):
         raise ArtifactError(f"manifest: {len(names)} inputs but the treespec has "
                             f"{treespec.num_leaves} leaves")
-    return InputSpec(treespec, names, tensor, static)
+    return InputSpec(treespec, names, tensor, static, dynamic if any(dynamic) else None)
 
 
 def _torch_dtype(name: str) -> torch.dtype:

@@ -27,7 +27,8 @@ from rich.table import Table
 from rich.text import Text
 
 import dycomp
-from dycomp.errors import DycompError
+from dycomp.errors import DycompError, UnsupportedError
+from dycomp.frontend.dyndims import parse_cli
 from dycomp.logs import configure as configure_logging
 from dycomp.logs import debug_level
 from dycomp.target import DTYPES, Target, TargetError
@@ -95,6 +96,7 @@ class CompileConfig:
     no_opt: tuple[str, ...] = ()
     explain_opts: bool = False
     selectors: tuple[str, ...] = ()  # --selector NAME=V1,V2,...: one sub-network per value
+    dynamic: tuple[str, ...] = ()  # --dynamic x:0=batch
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -132,6 +134,10 @@ class CompileConfig:
         _check_threads(self.threads)
         if self.selectors:
             _check_selectors(self)
+        try:
+            parse_cli(list(self.dynamic))
+        except UnsupportedError as e:
+            raise UsageError(str(e)) from None
         from dycomp.passes import DYNAMIC_PASSES
 
         for name in self.no_opt:
@@ -362,6 +368,10 @@ def _add_compile(sub) -> None:
                         "per input, in order. Floats are seeded randn, ints in [0, 10). "
                         f"dtypes: {', '.join(DTYPES)} (default float32). Overrides the "
                         "factory's examples")
+    p.add_argument("--dynamic", action="append", default=[], metavar="INPUT:DIM=NAME",
+                   help="a dimension of an input whose size varies between calls, e.g. "
+                        "x:0=batch (the same NAME on several inputs: the same size); the "
+                        "artifact takes any size there and checks calls; repeatable")
     p.add_argument("--checkpoint", metavar="FILE", type=Path,
                    help="state_dict to load (torch.save file, read with weights_only=True; a "
                         "dict holding it under 'state_dict' or 'model' works too)")
@@ -460,7 +470,8 @@ def _compile_config(ns) -> CompileConfig:
                          prune_allocation=ns.prune_allocation,
                          prune_round_to=ns.prune_round_to, quantize=ns.quantize,
                          calib=ns.calib, no_opt=tuple(ns.no_opt),
-                         explain_opts=ns.explain_opts, selectors=tuple(ns.selector))
+                         explain_opts=ns.explain_opts, selectors=tuple(ns.selector),
+                         dynamic=tuple(ns.dynamic))
 
 
 def _run_config(ns) -> RunConfig:
@@ -572,7 +583,8 @@ def compile_command(cfg: CompileConfig, out: Console) -> None:
     with stage(compiling, spinner="tune" not in options):  # tuning shows its own bar
         cm = dycomp.compile(loaded.model, examples, method=cfg.method, backend=cfg.backend,
                             check=False, threads=cfg.threads, passes=passes,
-                            optimize=cfg.optimize, **options)
+                            optimize=cfg.optimize, dynamic_dims=parse_cli(list(cfg.dynamic)),
+                            **options)
     checked = None
     if cfg.check and passes:
         from dycomp.check import variants
@@ -585,6 +597,11 @@ def compile_command(cfg: CompileConfig, out: Console) -> None:
 
         with stage("check against eager PyTorch, every decision arm forced"):
             checked = cm.check = path_check(fn, cm, examples, {}, more=14)
+        if cm.spec.dynamic:
+            from dycomp.check_dyndims import check_sizes
+
+            with stage("check other sizes of the dynamic dims"):
+                check_sizes(fn, cm, examples, {})
     if cfg.output is not None:
         with stage(f"save {cfg.output}"):
             cm.save(cfg.output)
@@ -660,6 +677,8 @@ def _compile_summary(cfg: CompileConfig, cm, examples: tuple, checked: int | Non
     _row(table, "target", f"{cfg.target} ({cfg.method})")
     _row(table, "inputs", _describe_inputs(examples) + (
         " (from --input)" if cfg.inputs else " (from the factory)"))
+    if cm.spec.dynamic:
+        _row(table, "signature", f"{cm.signature} (dynamic dims by name)")
     _row(table, "backend", cfg.backend)
     report = getattr(cm.executor, "report", None)
     if report is not None:

@@ -19,6 +19,7 @@ from dycomp.cli import (
     _row,
 )
 from dycomp.cli_selectors import parse_selector_flags
+from dycomp.frontend.dyndims import parse_cli
 
 
 def compile_selected(cfg: CompileConfig, model, examples: tuple, stage: Stages,
@@ -39,7 +40,8 @@ def compile_selected(cfg: CompileConfig, model, examples: tuple, stage: Stages,
     with stage(compiling, spinner="tune" not in options):
         sm = dycomp.compile(model, examples, method=cfg.method, backend=cfg.backend,
                             check=cfg.check, threads=cfg.threads, optimize=cfg.optimize,
-                            selectors=selectors, **options)
+                            selectors=selectors, dynamic_dims=parse_cli(list(cfg.dynamic)),
+                            **options)
     if cfg.output is not None:
         with stage(f"save {cfg.output}"):
             sm.save(cfg.output)

@@ -33,6 +33,7 @@ def build(spec, run: Callable, slow: Callable) -> Callable:
                        "Tensor": torch.Tensor, "ndarray": np.ndarray}
     params = [f"a{i}" for i in range(n)]
     torch_checks, numpy_checks = [], []
+    sizes: dict = {}  # dynamic dim name -> `a0.shape[0]`, its first occurrence
     for i, (t, static) in enumerate(zip(spec.tensor, spec.static)):
         a = params[i]
         if t is None:  # a baked Python value: same type and value, not passed on
@@ -43,10 +44,10 @@ def build(spec, run: Callable, slow: Callable) -> Callable:
             continue
         dtype, shape = t
         env[f"d{i}"], env[f"n{i}"], env[f"sh{i}"] = dtype, _np_dtype(dtype), tuple(shape)
-        torch_checks.append(f"type({a}) is Tensor and {a}.dtype is d{i} and {a}.shape == sh{i}"
+        fits = _shape_test(a, i, spec, sizes) if spec.dynamic else f"{a}.shape == sh{i}"
+        torch_checks.append(f"type({a}) is Tensor and {a}.dtype is d{i} and {fits}"
                             f" and {a}.is_cpu and not {a}.requires_grad")
-        numpy_checks.append(f"type({a}) is ndarray and {a}.dtype is n{i} and "
-                            f"{a}.shape == sh{i}")
+        numpy_checks.append(f"type({a}) is ndarray and {a}.dtype is n{i} and {fits}")
         names.append(a)
     unpack = f"    {', '.join(params)}{',' if n == 1 else ''} = args\n" if n else ""
     torch_args = ", ".join(f"{a}.numpy()" for a in names)
@@ -63,6 +64,21 @@ def build(spec, run: Callable, slow: Callable) -> Callable:
     ]
     exec(compile("\n".join(lines), "<dycomp call entry>", "exec"), env)
     return env["call"]
+
+
+def _shape_test(a: str, i: int, spec, sizes: dict) -> str:
+    """Code testing argument `a`'s shape against leaf `i`'s: its rank, its fixed sizes,
+    and each dynamic dim equal to that name's first occurrence (`sizes`)."""
+    shape = spec.shape(i)
+    tests = [f"len({a}.shape) == {len(shape)}"]
+    for d, s in enumerate(shape):
+        if not isinstance(s, str):
+            tests.append(f"{a}.shape[{d}] == {int(s)}")
+        elif s in sizes:
+            tests.append(f"{a}.shape[{d}] == {sizes[s]}")
+        else:
+            sizes[s] = f"{a}.shape[{d}]"
+    return "(" + " and ".join(tests) + ")"
 
 
 def _positional_count(spec) -> int | None:

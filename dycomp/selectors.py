@@ -228,7 +228,8 @@ def _positional_spec(spec: InputSpec, names: set) -> InputSpec | None:
         return None
     n = args_spec.num_leaves
     _, treespec = tree_flatten((tree_unflatten([0] * n, args_spec), {}))
-    return InputSpec(treespec, spec.names[:n], spec.tensor[:n], spec.static[:n])
+    return InputSpec(treespec, spec.names[:n], spec.tensor[:n], spec.static[:n],
+                     spec.dynamic[:n] if spec.dynamic and any(spec.dynamic[:n]) else None)
 
 
 # -- artifact --------------------------------------------------------------------------------

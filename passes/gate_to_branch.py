@@ -245,7 +245,7 @@ def _predicate(g: fx.Graph, gate: Gate) -> fx.Node:
             on = _node(g, "ne", (m, 0), m.meta["example"].ne(0))
     with g.inserting_after(m if on is cond else on):
         ex = on.meta["example"]
-        if ex.numel() == 1:
+        if ex.numel() == 1 and not (on.meta.get("sym") or m.meta.get("sym")):
             pred = _node(g, "reshape", (on, ()), ex.reshape(()))
         else:
             pred = _node(g, "any", (on,), ex.any())

@@ -53,9 +53,16 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class Signature:
-    """The tensor inputs the artifact takes, in order (baked Python values are not inputs)."""
+    """The tensor inputs the artifact takes, in order (baked Python values are not inputs).
+    A dynamic dim is its name in place of the size (`x: float32[batch, 3, 32, 32]`); one
+    name on several inputs means one size."""
 
     inputs: tuple
+
+    @property
+    def dynamic(self) -> bool:
+        """Whether any dim takes any size."""
+        return any(isinstance(d, str) for s in self.inputs for d in s.shape)
 
     def __str__(self) -> str:
         return "(" + ", ".join(map(str, self.inputs)) + ")"
@@ -244,8 +251,17 @@ def signature_of(manifest: dict) -> Signature:
             raise ArtifactError(f"manifest: malformed input entry {leaf!r}")
         if "dtype" in leaf:
             dtype = _np_dtype(leaf["dtype"], f"input {leaf['name']}")
-            specs.append(TensorSpec(leaf["name"], dtype, tuple(leaf.get("shape", ()))))
+            specs.append(TensorSpec(leaf["name"], dtype, _shape(leaf)))
     return Signature(tuple(specs))
+
+
+def _shape(leaf: dict) -> tuple:
+    """An input's shape: sizes, and names of dynamic dims."""
+    shape = leaf.get("shape", ())
+    if not isinstance(shape, list) or not all(
+            isinstance(d, str) and d.isidentifier() or type(d) is int and d >= 0 for d in shape):
+        raise ArtifactError(f"manifest: input {leaf['name']} has a malformed shape {shape!r}")
+    return tuple(shape)
 
 
 class Artifact:
@@ -388,7 +404,29 @@ def check_inputs(sig: Signature, values: tuple) -> list[np.ndarray]:
     """Arrays matching `sig` exactly; ValueError naming the signature otherwise."""
     if len(values) != len(sig.inputs):
         raise ValueError(f"got {len(values)} inputs; expected {sig}")
-    return [_check_one(spec, v, sig) for spec, v in zip(sig.inputs, values)]
+    arrays = [_check_one(spec, v, sig) for spec, v in zip(sig.inputs, values)]
+    if sig.dynamic:
+        _same_sizes(sig, arrays)
+    return arrays
+
+
+def _fits(shape: tuple, spec: tuple) -> bool:
+    """`shape` has `spec`'s rank and fixed sizes (a named dim takes any size)."""
+    return shape == spec or len(shape) == len(spec) and all(
+        isinstance(s, str) or s == n for s, n in zip(spec, shape))
+
+
+def _same_sizes(sig: Signature, arrays: list) -> None:
+    """ValueError unless each dynamic dim's name has one size across the inputs."""
+    seen: dict = {}
+    for spec, arr in zip(sig.inputs, arrays):
+        for d, name in enumerate(spec.shape):
+            if isinstance(name, str):
+                where = f"{spec.name} dim {d}"
+                first = seen.setdefault(name, (where, arr.shape[d]))
+                if first[1] != arr.shape[d]:
+                    raise ValueError(f"dynamic dim {name!r} is {first[1]} on {first[0]} but "
+                                     f"{arr.shape[d]} on {where}; expected {sig}")
 
 
 def _check_one(spec: TensorSpec, value, sig: Signature) -> np.ndarray:
@@ -398,7 +436,7 @@ def _check_one(spec: TensorSpec, value, sig: Signature) -> np.ndarray:
             raise ValueError(f"input {spec.name} has dtype {arr.dtype}; expected {sig}")
     else:
         arr = _exact_array(value, spec, sig)
-    if arr.shape != spec.shape:
+    if not _fits(arr.shape, spec.shape):
         raise ValueError(f"input {spec.name} has shape {list(arr.shape)}; expected {sig}")
     return arr
 

@@ -179,13 +179,16 @@ def export_region_model(region, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     dynamic = [p for p in phs if _is_dynamic(p)]
     axes = {p.name: _input_axes(p) for p in dynamic}
     if dynamic:  # outputs of a region fed shape-varying values may vary too
-        axes.update({o: _axes(o, _example(n)) for o, n in zip(outs, region.output_nodes)})
+        traced = all(p.meta.get("sym") for p in dynamic)  # which dims: the frontend knows
+        axes.update({o: _output_axes(o, n, traced) for o, n in zip(outs, region.output_nodes)})
     axes.update({o: _axes(o, _example(n)) for o, n in zip(outs, region.output_nodes)
-                 if isinstance(n, fx.Node) and n.meta.get("sym")})  # x[mask], nonzero
+                 if isinstance(n, fx.Node) and n.meta.get("sym") and o not in axes})  # x[mask]
     where = ", ".join(region.lines[:3]) or "?"
     start = time.perf_counter()
     try:
-        gm = region.gm if dynamic else lower_adaptive_pools(region.gm)  # static shapes
+        # static shapes, or dynamic ones whose varying dims the frontend traced (`sym`)
+        gm = region.gm if dynamic and not all(p.meta.get("sym") for p in dynamic) else \
+            lower_adaptive_pools(region.gm, dynamic=bool(dynamic))
         model = _export(gm, tuple(p.meta["example"] for p in phs), [p.name for p in phs],
                         outs, axes, opset)
     except Exception as e:
@@ -199,8 +202,21 @@ def export_region_model(region, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:
         raise _ExportFailure(region.name, [("onnx.checker", where, _reason(e))]) from e
+    _check_symbolic(model, axes, region.name, where)
     _free_rank(model, {p.name for p in dynamic if _rank_varies(p)})
     return model
+
+
+def _check_symbolic(model: onnx.ModelProto, axes: dict, region: str, where: str) -> None:
+    """Every dim that varies (`axes`) is symbolic in the exported model's inputs and
+    outputs: one the exporter fixed would hold the example's size at every call."""
+    for value in list(model.graph.input) + list(model.graph.output):
+        dims = value.type.tensor_type.shape.dim
+        for d in axes.get(value.name, {}):
+            if d < len(dims) and dims[d].HasField("dim_value"):
+                raise _ExportFailure(region, [(
+                    "torch.onnx.export", where, f"dim {d} of {value.name} varies between "
+                    f"calls but the exported model fixes it at {dims[d].dim_value}")])
 
 
 # -- torch.onnx.export ----------------------------------------------------------------------
@@ -257,6 +273,20 @@ def _redirect(fd: int, stream):
 
 def _axes(name: str, example) -> dict[int, str]:
     return {i: f"{name}_d{i}" for i in range(getattr(example, "dim", lambda: 0)())}
+
+
+def _output_axes(name: str, node, traced: bool) -> dict[int, str]:
+    """The dims of an output that may vary: when the frontend traced every varying input
+    of the region (`dynamic_dims`), those it traced as varying (a `[batch, 10]` output
+    keeps its 10, so that fused arms of other widths are not taken for one type); else,
+    or for a node a pass made (no `sym` record), all of them."""
+    axes = _axes(name, _example(node))
+    if not traced or not isinstance(node, fx.Node) or "sym" not in node.meta:
+        return axes
+    sym = node.meta["sym"]
+    if any(d >= len(axes) for d in sym):  # the rank varies
+        return axes
+    return {d: n for d, n in axes.items() if d in sym}
 
 
 def _input_axes(ph: fx.Node) -> dict[int, str]:

@@ -32,10 +32,12 @@ def pool_bins(x: torch.Tensor, windows: tuple) -> torch.Tensor:
                       for s, e in windows[0]], d)
 
 
-def lower_adaptive_pools(gm: fx.GraphModule) -> fx.GraphModule:
+def lower_adaptive_pools(gm: fx.GraphModule, dynamic: bool = False) -> fx.GraphModule:
     """`gm`, or a copy (sharing its modules) whose non-dividing adaptive average pools on
-    static shapes are explicit per-bin means."""
-    todo = [n for n in gm.graph.nodes if _windows(gm, n) is not None]
+    static shapes are explicit per-bin means. `dynamic` (a region exported with dynamic
+    axes, where the exporter cannot read the pooled sizes): every pool whose pooled dims
+    do not vary (`meta["sym"]`) and whose output is not 1x1, dividing or not."""
+    todo = [n for n in gm.graph.nodes if _windows(gm, n, dynamic) is not None]
     if not todo:
         return gm
     graph = fx.Graph()
@@ -45,14 +47,14 @@ def lower_adaptive_pools(gm: fx.GraphModule) -> fx.GraphModule:
     for n in todo:
         new = env[n]
         with graph.inserting_before(new):
-            rep = graph.call_function(pool_bins, (new.args[0], _windows(gm, n)))
+            rep = graph.call_function(pool_bins, (new.args[0], _windows(gm, n, dynamic)))
         rep.meta = dict(new.meta)
         new.replace_all_uses_with(rep)
         graph.erase_node(new)
     return fx.GraphModule(gm, graph, class_name=type(gm).__name__)
 
 
-def _windows(gm: fx.GraphModule, node: fx.Node):
+def _windows(gm: fx.GraphModule, node: fx.Node, dynamic: bool = False):
     """Per pooled dimension, its windows, if `node` is a non-dividing adaptive average
     pool with a static input shape; else None."""
     if node.op == "call_module":
@@ -71,6 +73,10 @@ def _windows(gm: fx.GraphModule, node: fx.Node):
     dims = list(ex.shape[-rank:])
     sizes = [size] * rank if isinstance(size, int) else list(size)
     sizes = [d if s is None else s for s, d in zip(sizes, dims)]
-    if all(d % s == 0 for s, d in zip(sizes, dims)):
+    if dynamic:
+        pooled = set(range(ex.dim() - rank, ex.dim()))
+        if pooled & set(x.meta.get("sym", ())) or all(s == 1 for s in sizes):
+            return None
+    elif all(d % s == 0 for s, d in zip(sizes, dims)):
         return None
     return tuple(bins(d, s) for d, s in zip(dims, sizes))

@@ -13,6 +13,7 @@ from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from dycomp.errors import UnsupportedError
 from dycomp.frontend import ops
+from dycomp.frontend.dyndims import leaf_dims
 from dycomp.frontend.randomness import no_distribution_checks
 from dycomp.frontend.tracer import Tracer
 from dycomp.frontend.values import TVal
@@ -31,20 +32,29 @@ class InputSpec:
     names: list  # parameter name per leaf
     tensor: list  # per leaf: (dtype, shape) for tensors, else None
     static: list  # per leaf: the static value for non-tensor leaves
+    # per leaf: {dim: name} of the dims that vary between calls (`dynamic_dims=`)
+    dynamic: list | None = None
+
+    def shape(self, i: int) -> tuple:
+        """Leaf `i`'s shape with each dynamic dim as its name (`("batch", 3, 32, 32)`)."""
+        dims = self.dynamic[i] if self.dynamic else {}
+        return tuple(dims.get(d, s) for d, s in enumerate(self.tensor[i][1]))
 
     def describe(self) -> str:
         parts = []
-        for name, t, s in zip(self.names, self.tensor, self.static):
+        for i, (name, t, s) in enumerate(zip(self.names, self.tensor, self.static)):
             if t is not None:
                 parts.append(f"{name}: {str(t[0]).replace('torch.', '')}"
-                             f"[{', '.join(map(str, t[1]))}]")
+                             f"[{', '.join(map(str, self.shape(i)))}]")
             else:
                 parts.append(f"{name}={s!r}")
         return "(" + ", ".join(parts) + ")"
 
 
-def capture(fn, args: tuple, kwargs: dict) -> tuple[DynGraph, InputSpec]:
-    """Trace `fn(*args, **kwargs)` into a DynGraph of static regions and a host program."""
+def capture(fn, args: tuple, kwargs: dict,
+            dynamic_dims: dict | None = None) -> tuple[DynGraph, InputSpec]:
+    """Trace `fn(*args, **kwargs)` into a DynGraph of static regions and a host program.
+    `dynamic_dims` ({input: {dim: name}}): those dims are traced as varying (symbolic)."""
     root = getattr(fn, "__self__", None)
     root = root if isinstance(root, nn.Module) else None
     try:
@@ -53,15 +63,17 @@ def capture(fn, args: tuple, kwargs: dict) -> tuple[DynGraph, InputSpec]:
         raise UnsupportedError(f"example inputs do not match {_where(fn)}: {e}") from None
     leaves, spec = tree_flatten((args, kwargs))
     names = _leaf_names(bound, len(leaves))
+    dynamic = leaf_dims(dynamic_dims, names, leaves)
     tr = Tracer(root)
+    tr.dynamic_inputs = any(dynamic)
     tr.user_state.save((root, args, kwargs))
     tr.user_state.save_function(getattr(fn, "__func__", fn))
     try:
         with tr, torch.no_grad(), no_distribution_checks():
             targs = []
-            for leaf, name in zip(leaves, names):
+            for leaf, name, dims in zip(leaves, names, dynamic):
                 if isinstance(leaf, torch.Tensor):
-                    leaf = TVal(leaf.detach().clone(), var=Var(name))
+                    leaf = TVal(leaf.detach().clone(), var=Var(name), sym=set(dims))
                 targs.append(leaf)
             a, k = tree_unflatten(targs, spec)
             value = ops.call(fn, *a, **k)
@@ -79,7 +91,8 @@ def capture(fn, args: tuple, kwargs: dict) -> tuple[DynGraph, InputSpec]:
     ispec = InputSpec(spec, names,
                       [(x.dtype, tuple(x.shape)) if isinstance(x, torch.Tensor) else None
                        for x in leaves],
-                      [None if isinstance(x, torch.Tensor) else x for x in leaves])
+                      [None if isinstance(x, torch.Tensor) else x for x in leaves],
+                      dynamic if any(dynamic) else None)
     return graph, ispec
 
 

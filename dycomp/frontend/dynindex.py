@@ -56,7 +56,7 @@ def getitem(tr, t: TVal, index):
         n = out._ex.shape[d]
         if d in out._sym:
             tr.fail("a data-dependent slice of a dimension whose size changes across loop "
-                    "iterations")
+                    "iterations or between calls (a dynamic input dim)")
         if single:
             pos = tr.host_op("range_index", (n, start), lambda a, b: range(a)[b])
             out = torch.narrow(out, d, pos, 1).squeeze(d)

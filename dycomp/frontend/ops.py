@@ -324,6 +324,9 @@ def _call_library(f, args, kwargs):
         return _host_call(t, f, args)
     if _torch_factory(f, args, kwargs):
         return torchfn.record(t, f, args, kwargs)  # sizes read at run time
+    if _sized_method(f, args, kwargs):  # `x.new_zeros(n, 4)`, `n = x.size(0)`
+        return torchfn.record(t, getattr(torch.Tensor, f.__name__), (f.__self__,) + args,
+                              kwargs)
     return f(*args, **kwargs)
 
 
@@ -336,6 +339,14 @@ def _torch_factory(f, args, kwargs) -> bool:
     leaves = torch.utils._pytree.tree_flatten((args, kwargs))[0]
     return any(host_int(x) for x in leaves) and not any(
         isinstance(x, (TVal, HVal)) and not host_int(x) for x in leaves)
+
+
+def _sized_method(f, args, kwargs) -> bool:
+    """A traced tensor's method given a data-dependent int (a size read at run time) that
+    torch's argument parser would reject (`x.new_zeros(n, 4)`)."""
+    return isinstance(getattr(f, "__self__", None), TVal) and isinstance(
+        getattr(torch.Tensor, getattr(f, "__name__", ""), None), types.MethodDescriptorType
+    ) and any(host_int(x) for x in torch.utils._pytree.tree_flatten((args, kwargs))[0])
 
 
 def _legacy_variable(x: TVal) -> TVal:

@@ -147,8 +147,10 @@ def _propagate(fn, name, args, kwargs, leaves, syms) -> None:
             raise ValueError("another number of outputs")
     except Exception as e:  # sizes that broadcast only at the example's: assume the worst
         log.debug("%s on grown examples failed (%s): its dims of a varying size vary", name, e)
-        sizes = {t._ex.shape[d] for t in tree_flatten((args, kwargs))[0]
+        given = tree_flatten((args, kwargs))[0]
+        sizes = {t._ex.shape[d] for t in given
                  if isinstance(t, TVal) for d in t._sym if d < t._ex.dim()}
+        sizes |= {int(v._ex) for v in given if host_int(v)}  # `x.view(n * 2, -1)`
         for s, leaf in zip(syms, leaves):
             s |= {d for d in range(leaf.dim()) if leaf.shape[d] in sizes}
         return

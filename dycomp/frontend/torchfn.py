@@ -255,18 +255,19 @@ def _trace_op(tr, fn, args, kwargs, what, add_node):
     if line and line not in region.lines:
         region.lines.append(line)
     res = wrap(tr, region, node, out, what)
-    if syms is not None:
-        _set_syms(res, syms)
+    _set_syms(res, syms)
     return res
 
 
 def _set_syms(res, syms) -> None:
     """Mark the varying dims of the op's tensor results (and of their nodes, so that a
-    region they leave exports them as dynamic)."""
+    region they leave exports them as dynamic; `[]` on a node: none vary)."""
     vals = [v for v in tree_flatten(res)[0] if isinstance(v, TVal)]
-    for v, sym in zip(vals, syms):
-        v._sym = sym
-        if sym and v._node is not None:
+    for i, v in enumerate(vals):
+        sym = syms[i] if syms is not None and i < len(syms) else frozenset()
+        if syms is not None:
+            v._sym = sym
+        if v._node is not None:
             v._node.meta["sym"] = sorted(sym)
 
 
@@ -348,7 +349,7 @@ def _to_host(tr, name, t):
     if name == "item":
         return tr.host_op("item", (t,), lambda a: a.item())
     if name == "tolist":
-        n = t._ex.shape[0] if t._ex.dim() > 0 else None
+        n = t._ex.shape[0] if t._ex.dim() > 0 and 0 not in t._sym else None
         return tr.host_op("tolist", (t,), lambda a: a.tolist(), static_len=n)
     return HVal(tr.export(t), t._ex.numpy())
 

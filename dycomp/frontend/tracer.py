@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from dycomp.errors import UnsupportedError
+from dycomp.frontend.dyndims import check_scalar_read
 from dycomp.frontend.region import RegionBuilder
 from dycomp.frontend.values import UNDEF, HVal, TVal, _state, is_sym
 from dycomp.ir.program import Assign, CallRegion, HostOp, If, Lit, Op, Var
@@ -88,6 +89,7 @@ class Tracer:
         self.resolved: set[Var] = set()  # exit flags whose paths have been joined again
         self.journal: list = []  # (tensor, state before an in-place op), to undo per arm
         self.handling: list = []  # exceptions whose `except:` handler is being traced
+        self.dynamic_inputs = False  # inputs have dims that vary between calls (dyndims)
         from dycomp.frontend.user_state import UserState
 
         self.user_state = UserState()  # the user's objects as they were, restored after
@@ -226,6 +228,7 @@ class Tracer:
     def host_op(self, op, args, example_fn, pure=True, static_len=None):
         """Emit `v = op(args)` on the host (`op` names a host operator,
         `runtime/hostops.py`); the example result types the new value."""
+        check_scalar_read(self, op, args)
         exprs = tuple(self.host_expr(a) for a in args)
         expr = Op(op, exprs)
         try:
