@@ -156,13 +156,14 @@ def _finish(answers: list, errors: str) -> list:
 
 
 def _split(art, requests: list, return_path: bool) -> list:
-    from dycomp.runtime.artifact import exact_inputs
+    from dycomp.runtime.artifact import check_inputs, exact_inputs
     from dycomp.runtime.batch_split import SplitRunner, group_caller
 
     inputs, answers = [], [None] * len(requests)
     for i, r in enumerate(requests):
         try:
-            inputs.append((i, r if exact_inputs(art.signature, r) else _checked(art, r)))
+            inputs.append((i, r if exact_inputs(art.signature, r) else tuple(
+                check_inputs(art.signature, r))))
         except ValueError as e:
             answers[i] = _Failed(e)
     batched = batched_subgraphs(art) if dynamic_batch(art) else set()
@@ -174,27 +175,6 @@ def _split(art, requests: list, return_path: bool) -> list:
         else:
             answers[i] = (s.value, tuple(s.path)) if return_path else s.value
     return answers
-
-
-def _checked(art, request: tuple) -> tuple:
-    """The request's arrays as `art.run` checks them; a dimension named by a string (a
-    dynamic dim) takes any size."""
-    from dycomp.runtime.artifact import Signature, TensorSpec, check_inputs
-
-    sig = art.signature
-    if not any(isinstance(d, str) for spec in sig.inputs for d in spec.shape):
-        return tuple(check_inputs(sig, request))
-    shaped = []
-    for spec, a in zip(sig.inputs, request):
-        shape = getattr(a, "shape", None)
-        free = shape is not None and len(shape) == len(spec.shape)
-        shaped.append(TensorSpec(spec.name, spec.dtype, tuple(
-            n if free and isinstance(d, str) else d for d, n in zip(spec.shape, shape or ())))
-            if free else spec)
-    try:
-        return tuple(check_inputs(Signature(tuple(shaped)), request))
-    except ValueError as e:
-        raise ValueError(str(e).split("; expected")[0] + f"; expected {sig}") from None
 
 
 def _concat(art, requests: list, return_path: bool) -> list | None:
