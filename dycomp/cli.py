@@ -31,6 +31,7 @@ from dycomp.errors import DycompError, UnsupportedError
 from dycomp.frontend.dyndims import parse_cli
 from dycomp.logs import configure as configure_logging
 from dycomp.logs import debug_level
+from dycomp.runtime.outputs import flatten_outputs
 from dycomp.target import DTYPES, Target, TargetError
 
 log = logging.getLogger(__name__)
@@ -819,25 +820,6 @@ def _read_npz(path: Path, names: list[str]) -> list[np.ndarray]:
             return [arrays[k] for k in order]
     raise UsageError(f"{path} holds arrays {', '.join(arrays) or '(none)'}; name them "
                      f"{', '.join(names)} (the artifact's inputs) or arr_0, arr_1, ... in order")
-
-
-def flatten_outputs(value, key: str = "out") -> Iterator[tuple[str, object]]:
-    """(key, leaf) pairs of a nested output: tuples, lists and dicts add `_<index or key>`;
-    a list of Python numbers (or an empty list) stays one leaf, saved as one array."""
-    if isinstance(value, list) and all(_is_scalar(v) for v in value):
-        yield key, value
-    elif isinstance(value, (tuple, list)):
-        for i, v in enumerate(value):
-            yield from flatten_outputs(v, f"{key}_{i}")
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            yield from flatten_outputs(v, f"{key}_{k}")
-    else:
-        yield key, value
-
-
-def _is_scalar(v) -> bool:
-    return isinstance(v, (bool, int, float, np.generic))
 
 
 def save_outputs(path: Path, leaves: dict) -> list[str]:

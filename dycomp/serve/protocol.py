@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dycomp.runtime.artifact import Signature, check_inputs
+from dycomp.runtime.outputs import flatten_outputs
 
 NPZ_TYPES = ("application/octet-stream", "application/x-npz")
 MAX_BODY_BYTES = 16 << 20  # default limit on a request body (and an .npz's unpacked size)
@@ -142,22 +143,6 @@ def to_json(value):
     return value
 
 
-def flatten(value, key: str = "out"):
-    """(key, leaf) pairs of a nested output (`out_0`, `out_1_2`, `out_logits`), as
-    `dycomp run --out` names them; a list of Python numbers stays one leaf."""
-    if isinstance(value, list) and all(isinstance(v, (bool, int, float, np.generic))
-                                       for v in value):
-        yield key, value
-    elif isinstance(value, (tuple, list)):
-        for i, v in enumerate(value):
-            yield from flatten(v, f"{key}_{i}")
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            yield from flatten(v, f"{key}_{k}")
-    else:
-        yield key, value
-
-
 def answer_json(outputs, path: list | None = None, label: str | None = None) -> bytes:
     """The JSON answer: outputs and, when asked, the path (region names) and its label.
     NaN and infinities are written as Python's json does (NaN, Infinity)."""
@@ -172,7 +157,7 @@ def answer_json(outputs, path: list | None = None, label: str | None = None) -> 
 def answer_npz(outputs, path: list | None = None, label: str | None = None) -> bytes:
     """The `.npz` answer: each non-None output leaf as an array named like `dycomp run
     --out` names it, plus `path` (strings) and `decisions` when asked."""
-    arrays = {k: np.asarray(v) for k, v in flatten(outputs) if v is not None}
+    arrays = {k: np.asarray(v) for k, v in flatten_outputs(outputs) if v is not None}
     if path is not None:
         arrays["path"] = np.asarray(list(path), dtype=str)
         if label is not None:
