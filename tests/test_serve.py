@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-import types
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +25,7 @@ from torch import nn
 import dycomp
 from dycomp import runtime
 from dycomp.cli import main
-from dycomp.serve import ServeConfig, protocol, run_requests
+from dycomp.serve import ServeConfig, protocol, run_requests, runner
 from dycomp.serve.protocol import RequestError, parse_request
 from dycomp.serve.runner import answer_batch
 
@@ -190,32 +189,28 @@ def test_answer_batch_keeps_order_and_paths_per_request(art):
     assert len({tuple(a[1]) for a in answers[::3]}) == 2  # both arms, by path
 
 
-def test_run_requests_uses_runtime_batching_when_present(art, monkeypatch):
+def test_run_requests_uses_runtime_batching(art, monkeypatch):
+    reqs = [_inputs(s) for s in range(3)]
+    for a, r in zip(run_requests(art, reqs), reqs):  # the real run_batch
+        assert np.array_equal(a[0], art.run(*r)[0])
     calls = []
 
-    def run_batch(a, requests, return_path=False):
-        calls.append(len(requests))
-        if len(calls) == 2:
-            raise ValueError("batch refused")
-        return [a.run(*r, return_path=return_path) for r in requests]
+    def refuses(a, requests, return_path=False, errors="raise"):
+        calls.append(errors)
+        raise ValueError("batch refused")
 
-    fake = types.ModuleType("dycomp.runtime.batching")
-    fake.run_batch = run_batch
-    monkeypatch.setitem(sys.modules, "dycomp.runtime.batching", fake)
-    reqs = [_inputs(s) for s in range(3)]
-    first, second = run_requests(art, reqs), run_requests(art, reqs)
-    assert calls == [3, 3]  # the second raised: answered one at a time instead
-    for a, b, r in zip(first, second, reqs):
-        assert np.array_equal(a[0], art.run(*r)[0]) and np.array_equal(b[0], a[0])
+    monkeypatch.setattr(runner, "run_batch", refuses)
+    for a, r in zip(run_requests(art, reqs), reqs):  # answered one at a time instead
+        assert np.array_equal(a[0], art.run(*r)[0])
 
-    def run_batch_errors(a, requests, return_path=False, errors="raise"):
+    def errors_in_place(a, requests, return_path=False, errors="raise"):
         calls.append(errors)
         return [ValueError("bad") if r[0].shape[0] != 2 else a.run(*r) for r in requests]
 
-    fake.run_batch = run_batch_errors  # errors="return": exceptions in place, no fallback
+    monkeypatch.setattr(runner, "run_batch", errors_in_place)
     bad = (np.zeros((3, 8), np.float32), reqs[0][1])
     answers = run_requests(art, [reqs[0], bad, reqs[1]])
-    assert calls[-1] == "return" and isinstance(answers[1], ValueError)
+    assert calls == ["return", "return"] and isinstance(answers[1], ValueError)
     assert np.array_equal(answers[2][0], art.run(*reqs[1])[0])
 
 

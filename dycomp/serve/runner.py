@@ -1,52 +1,30 @@
 """Answer a batch of requests exactly: every answer equals the answer to that request alone.
 
 A dynamic network's decisions may be coupled across a batch (`if p.max() > t:` decides once
-for all rows), so requests are never concatenated here. `dycomp.runtime.batching.run_batch`,
-where it exists, knows which artifacts can run a batch as one call and how to split the rest
-by path; without it each request runs on its own (exact by construction).
+for all rows), so requests are never concatenated here: `dycomp.runtime.batching.run_batch`
+knows which artifacts can run a batch as one call and how to split the rest by path.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 
+from dycomp.runtime.batching import run_batch
 from dycomp.runtime.controlflow import manifest_view
 
 log = logging.getLogger(__name__)
-
-
-def _run_batch():
-    """`run_batch(art, requests, return_path=False) -> list`, or None where the runtime has
-    no exact batching."""
-    try:
-        from dycomp.runtime.batching import run_batch
-    except ImportError:
-        return None
-    return run_batch
 
 
 def run_requests(art, requests: list[tuple], return_path: bool = False) -> list:
     """The answers to `requests` (tuples of input arrays in signature order), in order: what
     `art.run(*req, return_path=return_path)` returns, or the exception that request raised.
     One failing request never fails the others."""
-    run_batch = _run_batch()
-    if run_batch is not None and len(requests) > 1:
-        kw = {"errors": "return"} if _takes_errors(run_batch) else {}
+    if len(requests) > 1:
         try:
-            return list(run_batch(art, requests, return_path=return_path, **kw))
+            return list(run_batch(art, requests, return_path=return_path, errors="return"))
         except Exception as e:  # one bad request in the batch: answer each one alone
             log.debug("run_batch failed (%s: %s); answering one at a time", type(e).__name__, e)
     return [_run_one(art, req, return_path) for req in requests]
-
-
-def _takes_errors(fn) -> bool:
-    """Whether `run_batch` can put each failing request's exception in its place
-    (`errors="return"`) instead of raising the first."""
-    try:
-        return "errors" in inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 def _run_one(art, req: tuple, return_path: bool):
