@@ -18,8 +18,6 @@ from dycomp.backends.tvm_rpc import LoopbackWorkers, RpcAddress, rpc_runner
 from dycomp.cli import main
 from tests.helpers import assert_matches_eager, randn_inputs
 
-pytest.importorskip("tornado", reason="TVM's RPC tracker needs tornado")
-
 
 class LinearReLU(nn.Module):
     """One region, one fused kernel."""
