@@ -39,6 +39,11 @@ from dycomp.runtime.tvm_executor import TvmExecutor, import_tvm
 
 log = logging.getLogger(__name__)
 
+#: Seconds a candidate's build may take. MetaSchedule's 30 s includes TVM's lazy imports
+#: in each fresh build worker: on a loaded 2-core machine every build timed out and the
+#: task was recorded as tuned with no valid schedule (measured 2026-12-07).
+BUILD_TIMEOUT = 120.0
+
 
 def default_db() -> Path:
     """The tuning database used when none is given: the user's cache directory."""
@@ -308,7 +313,8 @@ def _tune(mod, target, cfg: TuneConfig, report: TvmReport):
                 num_trials_per_iter=min(64, cfg.trials), database=database,
                 measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"),
                                    progress.callback()],
-                builder=ms.builder.LocalBuilder(max_workers=_num_threads(target)),
+                builder=ms.builder.LocalBuilder(max_workers=_num_threads(target),
+                                                timeout_sec=BUILD_TIMEOUT),
                 runner=runner)
     budgets.record([t.dispatched[0] for t in todo], cfg.trials)
     report.tuned_now = len(todo)
