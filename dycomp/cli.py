@@ -88,6 +88,7 @@ class CompileConfig:
     check: bool = True
     tune_trials: int | None = None
     tune_db: Path | None = None
+    tune_rpc: str | None = None
     strict: bool = False
     prune: float | None = None
     prune_allocation: str = "uniform"
@@ -107,7 +108,8 @@ class CompileConfig:
                              f"compiles in-process only and cannot be saved (drop -o to see "
                              f"the summary)")
         tvm_only = {"--tune-trials": self.tune_trials is not None,
-                    "--tune-db": self.tune_db is not None, "--strict": self.strict}
+                    "--tune-db": self.tune_db is not None,
+                    "--tune-rpc": self.tune_rpc is not None, "--strict": self.strict}
         used = [flag for flag, given in tvm_only.items() if given]
         if used and self.backend != "tvm":
             raise UsageError(f"{', '.join(used)} need{'s' * (len(used) == 1)} --backend tvm")
@@ -115,6 +117,8 @@ class CompileConfig:
             raise UsageError(f"--tune-trials must be >= 0, got {self.tune_trials}")
         if self.tune_db is not None and self.tune_db.exists() and not self.tune_db.is_dir():
             raise UsageError(f"--tune-db {str(self.tune_db)!r} is a file; give a directory")
+        if self.tune_rpc is not None:
+            _check_tune_rpc(self.tune_rpc, self.tune_trials)
         if not self.method.isidentifier():
             raise UsageError(f"--method {self.method!r} is not a method name")
         if self.checkpoint is not None and not self.checkpoint.is_file():
@@ -386,6 +390,10 @@ def _add_compile(sub) -> None:
     p.add_argument("--tune-db", type=Path, metavar="DIR",
                    help="tvm: tuning database directory (default: "
                         "$XDG_CACHE_HOME/dycomp/tvm-tuning, else ~/.cache/...)")
+    p.add_argument("--tune-rpc", metavar="HOST:PORT:KEY",
+                   help="tvm: measure tuning candidates on the TVM RPC servers registered "
+                        "under KEY with the tracker at HOST:PORT (python -m "
+                        "tvm.exec.rpc_tracker / rpc_server); built here, same database")
     p.add_argument("--strict", action="store_true",
                    help="tvm: fail, listing every region and op TVM cannot compile, instead "
                         "of running those regions on ONNX Runtime")
@@ -462,11 +470,24 @@ def _add_inspect(sub) -> None:
     p.set_defaults(command_fn=inspect_command, make_config=_inspect_config)
 
 
+def _check_tune_rpc(address: str, trials: int | None) -> None:
+    """--tune-rpc: HOST:PORT:KEY, and a trial budget to measure (it only affects tuning)."""
+    from dycomp.backends.tvm_rpc import RpcAddress
+
+    try:
+        RpcAddress.parse(address)
+    except ValueError as e:
+        raise UsageError(str(e).replace("TuneConfig.rpc / ", "")) from None
+    if trials is None:
+        raise UsageError("--tune-rpc needs --tune-trials N (it measures tuning candidates)")
+
+
 def _compile_config(ns) -> CompileConfig:
     return CompileConfig(target=Target.parse(ns.target), output=ns.output, method=ns.method,
                          inputs=tuple(InputShape.parse(s) for s in ns.input),
                          checkpoint=ns.checkpoint, backend=ns.backend, threads=ns.threads,
                          check=ns.check, tune_trials=ns.tune_trials, tune_db=ns.tune_db,
+                         tune_rpc=ns.tune_rpc,
                          strict=ns.strict, prune=ns.prune,
                          prune_allocation=ns.prune_allocation,
                          prune_round_to=ns.prune_round_to, quantize=ns.quantize,
@@ -579,7 +600,8 @@ def compile_command(cfg: CompileConfig, out: Console) -> None:
     if cfg.backend == "tvm":
         options["strict"] = cfg.strict
         if cfg.tune_trials is not None:
-            options["tune"] = dycomp.TuneConfig(trials=cfg.tune_trials, db=cfg.tune_db)
+            options["tune"] = dycomp.TuneConfig(trials=cfg.tune_trials, db=cfg.tune_db,
+                                                rpc=cfg.tune_rpc)
     passes = cfg.passes(examples)
     with stage(compiling, spinner="tune" not in options):  # tuning shows its own bar
         cm = dycomp.compile(loaded.model, examples, method=cfg.method, backend=cfg.backend,

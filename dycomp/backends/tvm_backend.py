@@ -31,12 +31,18 @@ from dycomp.backends.onnx_backend import (
     regions_error,
     thread_plan,
 )
+from dycomp.backends.tvm_rpc import RpcAddress, rpc_runner
 from dycomp.errors import DycompError, UnsupportedError
 from dycomp.runtime.host import RoutingExecutor
 from dycomp.runtime.onnx_executor import OnnxExecutor
 from dycomp.runtime.tvm_executor import TvmExecutor, import_tvm
 
 log = logging.getLogger(__name__)
+
+#: Seconds a candidate's build may take. MetaSchedule's 30 s includes TVM's lazy imports
+#: in each fresh build worker: on a loaded 2-core machine every build timed out and the
+#: task was recorded as tuned with no valid schedule (measured 2026-12-07).
+BUILD_TIMEOUT = 120.0
 
 
 def default_db() -> Path:
@@ -52,17 +58,22 @@ class TuneConfig:
     trials: measured candidates per tuning task (0: only reuse the database); a task the
     database holds from tuning with at least `trials` is reused, one tuned with fewer is
     tuned again, seeded with its records. db: the tuning database directory, shared by
-    every compile for the same CPU (default `default_db()`). seed: the search's seed."""
+    every compile for the same CPU (default `default_db()`). seed: the search's seed.
+    rpc: 'host:port:key' of a TVM RPC tracker: candidates are measured on the servers
+    registered under key (built here; same database), see `dycomp.backends.tvm_rpc`."""
 
     trials: int = 64
     db: str | os.PathLike | None = None
     seed: int = 0
+    rpc: str | None = None
 
     def __post_init__(self):
         if isinstance(self.trials, bool) or not isinstance(self.trials, int) or self.trials < 0:
             raise ValueError(f"TuneConfig.trials must be an int >= 0, got {self.trials!r}")
         if not isinstance(self.seed, int):
             raise ValueError(f"TuneConfig.seed must be an int, got {self.seed!r}")
+        if self.rpc is not None:
+            RpcAddress.parse(self.rpc)
 
     @property
     def path(self) -> Path:
@@ -291,6 +302,7 @@ def _tune(mod, target, cfg: TuneConfig, report: TvmReport):
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="dycomp-tune-") as work, _tuning_env():
         logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)  # its console
+        runner = rpc_runner(cfg.rpc) if cfg.rpc else ms.runner.LocalRunner()
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             todo, work, strategy=_search(cfg.trials), num_threads=_num_threads(target),
             seed=cfg.seed)
@@ -301,8 +313,9 @@ def _tune(mod, target, cfg: TuneConfig, report: TvmReport):
                 num_trials_per_iter=min(64, cfg.trials), database=database,
                 measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"),
                                    progress.callback()],
-                builder=ms.builder.LocalBuilder(max_workers=_num_threads(target)),
-                runner=ms.runner.LocalRunner())
+                builder=ms.builder.LocalBuilder(max_workers=_num_threads(target),
+                                                timeout_sec=BUILD_TIMEOUT),
+                runner=runner)
     budgets.record([t.dispatched[0] for t in todo], cfg.trials)
     report.tuned_now = len(todo)
     report.tune_seconds = time.perf_counter() - start
