@@ -1,7 +1,7 @@
 """Stitchable Neural Networks (ziplab/SN-Net) as one artifact with all stitch ids (issue #26).
 
     python benchmarks/snnet.py --src /work/corpus/SN-Net [--anchors tiny small base]
-        [--stitches 0 5 9] [--inputs 50] [--rounds 7] [--no-check]
+        [--stitches 0 5 9] [--inputs 50] [--rounds 7] [--threads 2] [--no-check]
 
 Builds the repository's stitched DeiT (`stitching_deit/snnet.py` `SNNet`, anchors from its
 `models.py` `deit_{tiny,small,base}_patch16_224`, `pretrained=False`, random weights,
@@ -16,7 +16,7 @@ Declares every stitch id (or `--stitches`) as a `reset_stitch_id(k)` setter call
 compiles them with `dycomp.compile(..., selectors={"stitch": [...]}, backend="onnx")`.
 Prints per stitch id: outputs against eager configured the same way on `--inputs` random
 inputs (max abs difference), median latency of eager and of the compiled sub-network
-through the selector model (alternating, `--rounds` each, 2 threads each) and the
+through the selector model (alternating, `--rounds` each, `--threads` each, default 2) and the
 speedup (eager's references are one batch of all inputs, computed with 1 thread, as is
 the compilation: on a shared machine a 2-thread team waits for its descheduled thread);
 then the geomean, the one artifact's size against the largest sub-network's
@@ -103,6 +103,7 @@ def main() -> None:
     ap.add_argument("--inputs", type=int, default=50)
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--ls-batch", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=2, help="threads of each timed contender")
     ap.add_argument("--no-check", dest="check", action="store_false")
     args = ap.parse_args()
     torch.set_num_threads(1)  # 2 only while timing: a shared machine stalls 2-thread teams
@@ -113,7 +114,7 @@ def main() -> None:
     calls = [("reset_stitch_id", (k,), {}) for k in ids]
     t0 = time.perf_counter()
     cm = dycomp.compile(net, (x,), backend="onnx", selectors={"stitch": calls},
-                        check=args.check)
+                        check=args.check, threads=args.threads)
     print(f"compiled {len(ids)} sub-networks in {time.perf_counter() - t0:.0f} s "
           f"(max RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.1f} GB)")
     report(net, cm, ids, args)
@@ -135,7 +136,7 @@ def report(net, cm, ids: list[int], args) -> None:
             refs = list(net(torch.cat(inputs)).split(1))  # one batch: the same per image
             diff = max((cm(xi) - r).abs().max().item() for xi, r in zip(inputs, refs))
             scale = max(r.abs().max().item() for r in refs)
-            torch.set_num_threads(2)
+            torch.set_num_threads(args.threads)
             eager, ours = interleaved_ms(net, cm, inputs[0], args.rounds)
             torch.set_num_threads(1)
         speedups.append(eager / ours)
