@@ -69,6 +69,8 @@ def build(src: Path, anchors: list[str], ls_batch: int):
     sys.modules["logger"] = types.SimpleNamespace(logger=logging.getLogger("snnet"))
     sys.path[:0] = [str(src / "stitching_deit"), str(site_dir(src.parent, "timm1031")),
                     str(side)]
+    for name in ("models", "snnet", "utils"):  # the repository's, not same-named others
+        sys.modules.pop(name, None)
     import models
     import snnet
 
