@@ -33,6 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dycomp import runtime  # noqa: E402
+from dycomp.runtime.outputs import flatten_outputs  # noqa: E402
 from dycomp.serve import ServeConfig, protocol  # noqa: E402
 
 log = logging.getLogger("serve_load")
@@ -59,28 +60,50 @@ class Cell:
                 f"  bitwise {self.bitwise}/{n}")
 
 
-def make_artifact(tmp: Path) -> Path:
-    """The zoo's multi_exit, compiled to ONNX (the only step that imports torch)."""
+def make_artifact(tmp: Path, model: str) -> Path:
+    """The zoo's multi_exit (batch-coupled exits), or `per-sample`: a small CNN whose only
+    decision is a per-row `torch.where`, compiled with a dynamic batch dim (so run_batch
+    concatenates requests into one call); ONNX. The only step that imports torch."""
+    import torch
+    from torch import nn
+
     import dycomp
     from examples.zoo import multi_exit
 
-    model, args = multi_exit.make()
-    path = tmp / "multi_exit.dyc"
-    dycomp.compile(model, args, backend="onnx").save(path)
+    class PerSample(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.f = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(),
+                                   nn.AdaptiveAvgPool2d(4), nn.Flatten(1), nn.Linear(512, 256),
+                                   nn.ReLU(), nn.Linear(256, 10))
+
+        def forward(self, x):
+            h = self.f(x)
+            return torch.where(h.amax(1, keepdim=True) > 0.1, h, -h)
+
+    torch.manual_seed(0)
+    if model == "multi_exit":
+        net, args, dims = *multi_exit.make(), None
+    else:
+        net, args, dims = PerSample().eval(), (torch.randn(1, 3, 32, 32),), {"x": {0: "batch"}}
+    path = tmp / f"{model}.dyc"
+    dycomp.compile(net, args, backend="onnx", dynamic_dims=dims).save(path)
     return path
 
 
 def inputs_and_answers(art, n: int, seed: int = 0):
     """`n` random requests, their .npz bodies, and their batch-1 answers."""
     rng = np.random.RandomState(seed)
-    reqs = [tuple((rng.randn(*s.shape) * rng.choice([0.5, 1, 3])).astype(s.dtype)
-                  for s in art.signature.inputs) for _ in range(n)]
+    shapes = [tuple(1 if isinstance(d, str) else d for d in s.shape)  # dynamic dims: 1
+              for s in art.signature.inputs]
+    reqs = [tuple((rng.randn(*shape) * rng.choice([0.5, 1, 3])).astype(s.dtype)
+                  for s, shape in zip(art.signature.inputs, shapes)) for _ in range(n)]
     bodies = []
     for r in reqs:
         buf = io.BytesIO()
         np.savez(buf, **{s.name: a for s, a in zip(art.signature.inputs, r)})
         bodies.append(buf.getvalue())
-    want = [dict(protocol.flatten(art.run(*r))) for r in reqs]
+    want = [dict(flatten_outputs(art.run(*r))) for r in reqs]
     return bodies, want
 
 
@@ -206,6 +229,9 @@ def fault_test(url: str, bodies, want, args) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--artifact", type=Path)
+    p.add_argument("--model", choices=("multi_exit", "per-sample"), default="multi_exit",
+                   help="without --artifact: what to compile (per-sample: a dynamic batch "
+                        "dim, requests concatenated by run_batch)")
     p.add_argument("--requests", type=int, default=200, help="requests per cell")
     p.add_argument("--cell-s", type=float, default=20.0, help="time limit per cell")
     p.add_argument("--concurrency", default="1,4,16,64")
@@ -219,7 +245,7 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
-        path = args.artifact or make_artifact(Path(tmp))
+        path = args.artifact or make_artifact(Path(tmp), args.model)
         art = runtime.load(path, threads=1)
         bodies, want = inputs_and_answers(art, 64)
         t = time.perf_counter()
