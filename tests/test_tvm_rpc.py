@@ -107,3 +107,24 @@ def test_cli_tune_rpc_usage_errors(capsys, argv, message):
     code = main(["compile", str(Path(__file__).parent / "cli_models.py") + ":make", *argv])
     assert code == 2
     assert message in capsys.readouterr().err
+
+
+def test_unnamed_handlers_are_detached_while_tuning_and_restored():
+    """MetaSchedule's dictConfig names every handler on its logger; pytest's capture
+    handler (no name) made the second tuning of a test session fail with `None.format`."""
+    import logging
+
+    from dycomp.backends.tvm_backend import MS_LOGGER, _unnamed_handlers_detached
+
+    logger = logging.getLogger(MS_LOGGER)
+    unnamed, named = logging.NullHandler(), logging.NullHandler()
+    named.set_name("mine")
+    logger.addHandler(unnamed)
+    logger.addHandler(named)
+    try:
+        with _unnamed_handlers_detached(MS_LOGGER):
+            assert unnamed not in logger.handlers and named in logger.handlers
+        assert unnamed in logger.handlers and named in logger.handlers
+    finally:
+        logger.removeHandler(unnamed)
+        logger.removeHandler(named)

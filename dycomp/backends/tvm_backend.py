@@ -300,8 +300,9 @@ def _tune(mod, target, cfg: TuneConfig, report: TvmReport):
     if not todo:
         return database
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="dycomp-tune-") as work, _tuning_env():
-        logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)  # its console
+    with (tempfile.TemporaryDirectory(prefix="dycomp-tune-") as work, _tuning_env(),
+          _unnamed_handlers_detached(MS_LOGGER)):
+        logging.getLogger(MS_LOGGER).setLevel(logging.WARNING)  # its console
         runner = rpc_runner(cfg.rpc) if cfg.rpc else ms.runner.LocalRunner()
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             todo, work, strategy=_search(cfg.trials), num_threads=_num_threads(target),
@@ -375,6 +376,26 @@ def _tuning_env():
                 os.environ.pop("PYTHONPATH", None)
             else:
                 os.environ["PYTHONPATH"] = old
+
+
+MS_LOGGER = "tvm.s_tir.meta_schedule"
+
+
+@contextlib.contextmanager
+def _unnamed_handlers_detached(name: str):
+    """MetaSchedule rebuilds its loggers with `logging.config.dictConfig`, naming every
+    handler already on its logger: one without a name (pytest's capture handler, a user's
+    `addHandler(StreamHandler())`) makes it fail (`None.format`). Detach those while
+    tuning, and put them back."""
+    logger = logging.getLogger(name)
+    unnamed = [h for h in logger.handlers if h.get_name() is None]
+    for h in unnamed:
+        logger.removeHandler(h)
+    try:
+        yield
+    finally:
+        for h in unnamed:
+            logger.addHandler(h)
 
 
 def _search(trials: int):
