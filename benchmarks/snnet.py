@@ -54,6 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks" / "corpus")]
 
 from common import shim_torchvision, site_dir  # noqa: E402
+from ofa_supernet import block_ms, interleaved_ms  # noqa: E402  (the same timing as OFA)
 
 import dycomp  # noqa: E402
 
@@ -85,17 +86,6 @@ def size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def interleaved_ms(f, g, x, rounds: int) -> tuple[float, float]:
-    """Median milliseconds of `f(x)` and `g(x)`, timed alternately (same machine load)."""
-    times: tuple[list, list] = ([], [])
-    for _ in range(rounds):
-        for fn, out in ((f, times[0]), (g, times[1])):
-            t0 = time.perf_counter()
-            fn(x)
-            out.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times[0]), statistics.median(times[1])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--src", type=Path, required=True, help="the SN-Net checkout")
@@ -107,6 +97,9 @@ def main() -> None:
     ap.add_argument("--ls-batch", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2, help="threads of each timed contender")
     ap.add_argument("--no-check", dest="check", action="store_false")
+    ap.add_argument("--blocks", type=int, default=0, metavar="CALLS",
+                    help="time each contender over CALLS calls in a row per round (default:"
+                         " call by call, alternating)")
     args = ap.parse_args()
     torch.set_num_threads(1)  # 2 only while timing: a shared machine stalls 2-thread teams
     net = build(args.src, args.anchors, args.ls_batch)
@@ -139,7 +132,8 @@ def report(net, cm, ids: list[int], args) -> None:
             diff = max((cm(xi) - r).abs().max().item() for xi, r in zip(inputs, refs))
             scale = max(r.abs().max().item() for r in refs)
             torch.set_num_threads(args.threads)
-            eager, ours = interleaved_ms(net, cm, inputs[0], args.rounds)
+            eager, ours = (block_ms(net, cm, inputs[0], args.rounds, args.blocks)
+                           if args.blocks else interleaved_ms(net, cm, inputs[0], args.rounds))
             torch.set_num_threads(1)
         speedups.append(eager / ours)
         firsts.append(refs[0])
