@@ -691,15 +691,21 @@ def _examples(cfg: CompileConfig, loaded) -> tuple:
     return loaded.example_inputs
 
 
-def _compile_summary(cfg: CompileConfig, cm, examples: tuple, checked: int | None,
-                     times: tuple[float, float]) -> Table:
-    s = cm.graph.stats()
+def summary_head(cfg: CompileConfig, examples: tuple) -> Table:
+    """The compile summary's table with its first rows: target and example inputs."""
     table = Table(show_header=False)
     table.add_column(style="bold")
     table.add_column()
     _row(table, "target", f"{cfg.target} ({cfg.method})")
     _row(table, "inputs", _describe_inputs(examples) + (
         " (from --input)" if cfg.inputs else " (from the factory)"))
+    return table
+
+
+def _compile_summary(cfg: CompileConfig, cm, examples: tuple, checked: int | None,
+                     times: tuple[float, float]) -> Table:
+    s = cm.graph.stats()
+    table = summary_head(cfg, examples)
     if cm.spec.dynamic:
         _row(table, "signature", f"{cm.signature} (dynamic dims by name)")
     _row(table, "backend", cfg.backend)

@@ -13,10 +13,10 @@ import dycomp
 from dycomp.cli import (
     CompileConfig,
     Stages,
-    _describe_inputs,
     _disk_size,
     _human_size,
     _row,
+    summary_head,
 )
 from dycomp.cli_selectors import parse_selector_flags
 from dycomp.frontend.dyndims import parse_cli
@@ -50,12 +50,7 @@ def compile_selected(cfg: CompileConfig, model, examples: tuple, stage: Stages,
 
 
 def _summary(cfg: CompileConfig, sm, examples: tuple, times: tuple[float, float]) -> Table:
-    table = Table(show_header=False)
-    table.add_column(style="bold")
-    table.add_column()
-    _row(table, "target", f"{cfg.target} ({cfg.method})")
-    _row(table, "inputs", _describe_inputs(examples) + (
-        " (from --input)" if cfg.inputs else " (from the factory)"))
+    table = summary_head(cfg, examples)
     _row(table, "backend", cfg.backend)
     for s in sm.selectors:
         _row(table, "selector", f"{s['name']} = {', '.join(map(repr, s['values']))}")

@@ -10,25 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 import dycomp
 from dycomp.backends.tvm_backend import TuneConfig
 from dycomp.backends.tvm_rpc import LoopbackWorkers, RpcAddress, rpc_runner
 from dycomp.cli import main
 from tests.helpers import assert_matches_eager, randn_inputs
-
-
-class LinearReLU(nn.Module):
-    """One region, one fused kernel."""
-
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.fc = nn.Linear(16, 16)
-
-    def forward(self, x):
-        return torch.relu(self.fc(x))
+from tests.test_tvm_backend import LinearReLU
 
 
 @pytest.fixture(scope="module")
