@@ -178,8 +178,8 @@ def export_region_model(region, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     outs = _output_names(phs, len(region.output_nodes))
     dynamic = [p for p in phs if _is_dynamic(p)]
     axes = {p.name: _input_axes(p) for p in dynamic}
+    traced = bool(dynamic) and all(p.meta.get("sym") for p in dynamic)  # the frontend knows
     if dynamic:  # outputs of a region fed shape-varying values may vary too
-        traced = all(p.meta.get("sym") for p in dynamic)  # which dims: the frontend knows
         axes.update({o: _output_axes(o, n, traced) for o, n in zip(outs, region.output_nodes)})
     axes.update({o: _axes(o, _example(n)) for o, n in zip(outs, region.output_nodes)
                  if isinstance(n, fx.Node) and n.meta.get("sym") and o not in axes})  # x[mask]
@@ -187,7 +187,7 @@ def export_region_model(region, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     start = time.perf_counter()
     try:
         # static shapes, or dynamic ones whose varying dims the frontend traced (`sym`)
-        gm = region.gm if dynamic and not all(p.meta.get("sym") for p in dynamic) else \
+        gm = region.gm if dynamic and not traced else \
             lower_adaptive_pools(region.gm, dynamic=bool(dynamic))
         model = _export(gm, tuple(p.meta["example"] for p in phs), [p.name for p in phs],
                         outs, axes, opset)
