@@ -277,9 +277,11 @@ def geomean(xs) -> float | None:
     return math.exp(sum(map(math.log, xs)) / len(xs)) if xs else None
 
 
-def _run_isolated(mod, argv: list[str], names: list[str]) -> dict:
+def _run_isolated(mod, argv: list[str], names: list[str], script: str = __file__) -> dict:
     """Run one adapter in a fresh Python process (each repository imports its own
-    `models` / `transformers` packages) and read its result back."""
+    `models` / `transformers` packages) and read its result back: `script` run with
+    `argv` less the model names, plus `--quiet --json FILE MODEL`, writes a list of one
+    result."""
     stem = mod.__name__.rsplit(".", 1)[1]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
@@ -291,7 +293,7 @@ def _run_isolated(mod, argv: list[str], names: list[str]) -> dict:
                 skip = True
             elif not x.startswith("--json=") and x not in names:
                 rest.append(x)
-        proc = subprocess.run([sys.executable, __file__, *rest, "--quiet", "--json", str(out),
+        proc = subprocess.run([sys.executable, script, *rest, "--quiet", "--json", str(out),
                                stem], check=False)
         if proc.returncode or not out.exists():
             return {"model": getattr(mod, "NAME", stem),
