@@ -241,9 +241,10 @@ class RunConfig:
 
 @dataclass(frozen=True)
 class InspectConfig:
-    """`dycomp inspect`: the artifact to show."""
+    """`dycomp inspect`: the artifact to show, and the key to check its signature with."""
 
     artifact: Path
+    public_key: Path | None = None
 
 
 def _check_threads(threads: int | None) -> None:
@@ -331,9 +332,11 @@ examples:
 """
 
 _INSPECT_HELP = """\
-Show an artifact: entry point and statistics, the host program (the control flow
-with the source lines it came from), the control-flow graph's nodes, and a table of
-the subgraphs (ops, parameters, typed inputs/outputs, source lines). Needs numpy only.
+Show an artifact: entry point and statistics, whether it is signed (checked with
+--public-key) and holds native code, the host program (the control flow with the
+source lines it came from), the control-flow graph's nodes, and a table of the
+subgraphs (ops, parameters, typed inputs/outputs, source lines). Loads nothing it
+shows: needs numpy only.
 """
 
 
@@ -467,6 +470,9 @@ def _add_inspect(sub) -> None:
                        description=_INSPECT_HELP, formatter_class=_FORMATTER,
                        epilog="example:\n  dycomp inspect multi_exit.dyc\n")
     p.add_argument("artifact", metavar="PATH", type=Path, help="artifact directory")
+    p.add_argument("--public-key", type=Path, metavar="KEY.pub",
+                   help="check signature.json against this Ed25519 public key (PEM); exit "
+                        "non-zero if it is missing or does not match")
     p.set_defaults(command_fn=inspect_command, make_config=_inspect_config)
 
 
@@ -504,7 +510,7 @@ def _run_config(ns) -> RunConfig:
 
 
 def _inspect_config(ns) -> InspectConfig:
-    return InspectConfig(artifact=ns.artifact)
+    return InspectConfig(artifact=ns.artifact, public_key=ns.public_key)
 
 
 # -- entry point ---------------------------------------------------------------------------
@@ -884,18 +890,24 @@ def preview(arr: np.ndarray, n: int = 6) -> str:
 def inspect_command(cfg: InspectConfig, out: Console) -> None:
     """Header, host program, control-flow nodes and subgraph table of an artifact."""
     from dycomp.runtime import artifact as rt
-    from dycomp.runtime import selectors
+    from dycomp.runtime import selectors, trust
     from dycomp.runtime.batching import batching_of
     from dycomp.runtime.batching import describe as describe_batching
     from dycomp.runtime.controlflow import manifest_view
 
     raw = rt.manifest_bytes(cfg.artifact)
+    signed = trust.describe(cfg.artifact, raw, cfg.public_key)
     if selectors.is_selected(raw):  # many sub-networks: a table of them
         out.print(_selected_summary(cfg.artifact, raw))
+        out.print(escape(f"  trust     {signed}"))
         return
     manifest = rt.read_manifest(cfg.artifact)
     files = rt.verify_files(cfg.artifact, manifest)
     out.print(_inspect_header(cfg.artifact, manifest, rt.signature_of(manifest)))
+    native = trust.native_code(manifest)
+    out.print(escape(f"  trust     {signed}; " + (
+        "native code: " + ", ".join(native) + " (loads only with --trust-native or a "
+        "verified signature)" if native else "no native code (ONNX only)")))
     out.print(Text("\n" + manifest_view(manifest).text()))
     out.print(Text("\n" + describe_batching(batching_of(manifest))))
     out.print("\n[bold]host program[/] (host.py)")

@@ -195,6 +195,21 @@ def _signature_record(root: Path, data: bytes) -> dict:
     return record
 
 
+def describe(root: Path, manifest_bytes: bytes, public_key=None) -> str:
+    """One line on the artifact's signature for `dycomp inspect`: unsigned, signed by a
+    key (not checked), or verified against `public_key` (ArtifactError if it fails)."""
+    from dycomp.runtime.artifact import read_optional  # it imports this module
+
+    data = read_optional(Path(root), SIGNATURE)
+    if public_key is not None:
+        return f"signature valid, by key {verify(root, manifest_bytes, data, public_key)}"
+    if data is None:
+        return "unsigned"
+    record = _signature_record(root, data)
+    return (f"signed by key {record['key']} (not verified: pass --public-key KEY.pub to "
+            "check it)")
+
+
 # -- consent to native code ------------------------------------------------------------------
 def native_code(manifest: dict) -> dict[str, list[str]]:
     """Native libraries the artifact would load: file -> the subgraphs in it (every subgraph

@@ -407,3 +407,23 @@ def test_cli_verifies_without_torch(saved, keys, tmp_path):
     assert r.returncode == 0 and "out_0" in r.stdout, r.stderr
     r = torch_free("run", art, "--input", x, "--public-key", keys / "other.pub")
     assert r.returncode == 1 and "not by the given public key" in one_error_line(r.stderr)
+
+
+def test_cli_inspect_says_whether_signed_and_checks_a_key(art, keys, capsys):
+    code, out, err = call(capsys, "inspect", art)
+    assert code == 0 and err == "" and "unsigned; no native code" in out
+    rt.sign(art, keys / "signer")
+    fp = trust.fingerprint(trust.load_public_key(keys / "signer.pub"))
+    code, out, _ = call(capsys, "inspect", art)
+    assert code == 0 and f"signed by key {fp} (not verified" in " ".join(out.split())
+    code, out, _ = call(capsys, "inspect", art, "--public-key", keys / "signer.pub")
+    assert code == 0 and f"signature valid, by key {fp}" in " ".join(out.split())
+    code, _, err = call(capsys, "inspect", art, "--public-key", keys / "other.pub")
+    assert code == 1 and "not by the given public key" in one_error_line(err)
+
+
+def test_cli_inspect_names_native_code_without_loading_it(fake_tvm, capsys):
+    path, _ = fake_tvm
+    code, out, _ = call(capsys, "inspect", path)
+    assert code == 0 and "native code: " in out and "--trust-native" in " ".join(out.split())
+    assert _RecordingTvm.built == []

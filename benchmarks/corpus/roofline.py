@@ -1,13 +1,13 @@
 """How fast could each corpus model be in fp32 here? A GEMM roofline per model.
 
-For each corpus model (the adapters of `run.py`): the multiply-adds its eager forward
+For each corpus model (the adapters of `run.py`): the floating-point operations its eager forward
 runs on the timed inputs (`torch.utils.flop_counter.FlopCounterMode`: matmuls,
 convolutions, attention; elementwise work not counted, so the bound is optimistic),
 the best fp32 GEMM throughput this machine reaches at 2 threads (ONNX Runtime and
 PyTorch, on the GEMM shapes these models run and a large square one), and from those
 the least time any fp32 implementation could take and the most it could gain over eager:
 
-    bound ms = median FLOPs per call / peak GFLOP/s      bound speedup = eager ms / bound ms
+    bound ms = mean FLOPs per call / peak GFLOP/s      bound speedup = eager ms / bound ms
 
 `--onnx` also compiles each model with dycomp (backend onnx) and reports its share of
 the bound (`of bound` = bound ms / dycomp ms). Every contender is timed over the same
@@ -94,7 +94,7 @@ def model_row(mod, src: Path, n: int, reps: int, peak: float, with_onnx: bool) -
             _call(case, case.fn, i, args, kwargs)
         flops.append(counter.get_total_flops())
     fns = {"eager": case.fn}
-    row = {"model": mod.NAME, "gflop": statistics.median(flops) / 1e9}
+    row = {"model": mod.NAME, "gflop": statistics.fmean(flops) / 1e9}  # block time is a mean
     if with_onnx:
         r = compile_backend(case, "onnx", inputs)
         if r["compiles"]:
