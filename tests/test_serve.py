@@ -293,6 +293,42 @@ def test_handler_answers_and_refuses_with_status_codes(art, monkeypatch):
         "error": "ModelError: mymodel.Refused: too dark"}
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_health_check_fails_while_a_model_call_is_stuck(art, monkeypatch):
+    pytest.importorskip("ray.serve")
+    import asyncio
+    import threading
+
+    from dycomp.serve.deployment import DycompModel
+
+    model = DycompModel(ServeConfig(art.path, max_batch=1, stuck_after_s=0.05))
+    model.check_health()  # idle: healthy
+    release, entered = threading.Event(), threading.Event()
+    run = model.art.run
+
+    def hang(*a, **kw):
+        entered.set()
+        release.wait(5)
+        return run(*a, **kw)
+
+    monkeypatch.setattr(model.art, "run", hang)
+
+    async def scenario():
+        task = asyncio.create_task(model.infer(*_inputs(4)))
+        await asyncio.to_thread(entered.wait, 5)
+        model.check_health()  # running, but not yet for 0.05 s
+        await asyncio.sleep(0.1)
+        with pytest.raises(RuntimeError, match="has run for"):
+            model.check_health()
+        release.set()
+        await task
+        model.check_health()  # answered: healthy again
+
+    asyncio.run(scenario())
+    with pytest.raises(ValueError, match="stuck_after_s"):
+        ServeConfig(art.path, stuck_after_s=0)
+
+
 # -- end to end on Ray Serve (loopback) ----------------------------------------------------
 @pytest.fixture(scope="module")
 def server(art, tmp_path_factory):

@@ -58,6 +58,9 @@ def add_serve(sub, formatter) -> None:
                    help="allow a TVM artifact's native code (see `dycomp run --help`)")
     p.add_argument("--public-key", type=Path, metavar="KEY.pub",
                    help="require a valid signature.json by this Ed25519 public key")
+    p.add_argument("--stuck-after-s", type=float, default=120.0, metavar="S",
+                   help="a replica whose model call has run longer than S seconds fails its "
+                        "health check and Ray restarts it (default 120)")
     p.set_defaults(command_fn=serve_command, make_config=_serve_config)
 
 
@@ -71,7 +74,8 @@ def _serve_config(ns: argparse.Namespace):
                             replica_cpus=ns.replica_cpus,
                             max_body_bytes=int(ns.max_body_mb * (1 << 20)),
                             max_ongoing_requests=ns.max_ongoing,
-                            trust_native=ns.trust_native, public_key=ns.public_key),
+                            trust_native=ns.trust_native, public_key=ns.public_key,
+                            stuck_after_s=ns.stuck_after_s),
                 HttpConfig(host=ns.host, port=ns.port, address=ns.address))
     except ValueError as e:
         raise UsageError(str(e)) from None

@@ -33,6 +33,7 @@ class ServeConfig:
     public_key: Path | None = None
     name: str = "dycomp"
     health_period_s: float = 10.0
+    stuck_after_s: float = 120.0  # a model call running longer fails the health check
 
     def __post_init__(self):
         object.__setattr__(self, "artifact", Path(self.artifact).resolve())
@@ -43,6 +44,8 @@ class ServeConfig:
                 raise ValueError(f"{field} must be an int >= {low}; got {value!r}")
         if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
             raise ValueError(f"threads must be an int >= 1; got {self.threads!r}")
+        if not self.stuck_after_s > 0:
+            raise ValueError(f"stuck_after_s must be > 0; got {self.stuck_after_s!r}")
         for field in ("batch_wait_ms", "replica_cpus", "health_period_s"):
             if getattr(self, field) < 0:
                 raise ValueError(f"{field} must be >= 0; got {getattr(self, field)!r}")

@@ -10,10 +10,12 @@ Python: a `DeploymentHandle` calls `infer(*arrays, return_path=False)`.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
 import sys
+import time
 
 from ray import serve
 from starlette.requests import Request
@@ -43,19 +45,30 @@ class DycompModel:
         if not hasattr(self.art, "signature"):
             raise runtime.ArtifactError(f"{config.artifact}: an artifact with selectors "
                                         "cannot be served yet; save one sub-network")
+        self._running: dict[int, float] = {}  # model calls in flight -> their start
+        self._ids = itertools.count()
         self._batched.set_max_batch_size(config.max_batch)
         self._batched.set_batch_wait_timeout_s(config.batch_wait_ms / 1000)
         log.info("replica %d serves %s %s", os.getpid(), config.artifact, self.art.signature)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
     async def _batched(self, items: list[tuple[tuple, bool]]) -> list:
-        return await asyncio.to_thread(answer_batch, self.art, items)
+        return await self._run(items)
 
     async def _answer(self, arrays: tuple, want_path: bool):
         if self.config.max_batch > 1:
             return await self._batched((arrays, want_path))
-        (answer,) = await asyncio.to_thread(answer_batch, self.art, [(arrays, want_path)])
+        (answer,) = await self._run([(arrays, want_path)])
         return answer
+
+    async def _run(self, items: list) -> list:
+        """`answer_batch` in a worker thread, timed for the health check."""
+        key = next(self._ids)
+        self._running[key] = time.monotonic()
+        try:
+            return await asyncio.to_thread(answer_batch, self.art, items)
+        finally:
+            del self._running[key]
 
     async def infer(self, *arrays, return_path: bool = False):
         """Outputs for numpy inputs (with the path if asked), batched like HTTP requests;
@@ -107,9 +120,16 @@ class DycompModel:
                 "pid": os.getpid(), "torch": "torch" in sys.modules}
 
     def check_health(self) -> None:
-        """Ray's periodic health check: the artifact is loaded and runnable."""
+        """Ray's periodic health check: the artifact is loaded, and no model call has run
+        longer than `stuck_after_s` (a hung call never answers: Ray restarts the replica,
+        and the requests it held are retried or fail with 5xx, never answered wrongly)."""
         if getattr(self.art, "program", None) is None:
             raise RuntimeError(f"{self.config.artifact}: artifact not loaded")
+        started = min(self._running.values(), default=None)
+        if started is not None and time.monotonic() - started > self.config.stuck_after_s:
+            raise RuntimeError(f"{self.config.artifact}: a model call has run for "
+                               f"{time.monotonic() - started:.0f} s (over --stuck-after-s "
+                               f"{self.config.stuck_after_s:g})")
 
 
 def build(config: ServeConfig):
