@@ -3,7 +3,9 @@
 The path check (`check_paths`) runs at the example's sizes; a region or host program that
 baked one of them in (a shape read as a constant, a reshape to the example's size) would
 pass it and be wrong at every other size. Here eager and compiled run on inputs whose
-dynamic dims take other sizes (two besides the example's): same outputs, or both raise.
+dynamic dims take other sizes (two besides the example's): same outputs, or both raise;
+and at each of those sizes every decision arm is forced on both sides (`path_check` on
+the resized example), so an arm random inputs do not reach is checked at every size.
 """
 
 from __future__ import annotations
@@ -51,11 +53,21 @@ def example_sizes(args: tuple, kwargs: dict, spec) -> dict[str, int]:
 
 
 def check_sizes(fn, cm, args: tuple, kwargs: dict, n: int = 3) -> int:
-    """Compare eager and compiled at other sizes of the dynamic dims; MismatchError naming
-    the sizes on a difference. Returns how many inputs ran."""
+    """Compare eager and compiled at other sizes of the dynamic dims, random inputs and
+    every decision arm forced; MismatchError naming the sizes on a difference. Returns
+    how many inputs ran."""
+    from dycomp.check_paths import path_check
+
     count = 0
     for sizes in other_sizes(example_sizes(args, kwargs, cm.spec)):
         a0, k0 = resized(args, kwargs, cm.spec, sizes)
+        if _eager_raises(fn, a0, k0):
+            log.info("dynamic dims: eager refuses %s; not forced there", _fmt(sizes))
+        else:
+            try:
+                path_check(fn, cm, a0, k0, n=0)
+            except MismatchError as e:
+                raise MismatchError(f"dynamic dims, at {_fmt(sizes)}: {e}") from None
         for i, (a, k) in enumerate(variants(a0, k0, n, seed=count + 1)):
             expected = _eager_outcome(fn, a, k)
             try:
@@ -66,6 +78,10 @@ def check_sizes(fn, cm, args: tuple, kwargs: dict, n: int = 3) -> int:
             count += 1
     log.info("dynamic dims checked on %d inputs at other sizes", count)
     return count
+
+
+def _eager_raises(fn, args: tuple, kwargs: dict) -> bool:
+    return isinstance(_eager_outcome(fn, args, kwargs), BaseException)
 
 
 def _verdict(expected, actual, where: str) -> None:

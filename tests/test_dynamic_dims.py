@@ -189,6 +189,24 @@ def test_size_baked_by_the_example_is_caught():
         dycomp.compile(FirstTwo(), torch.randn(3, 4), dynamic_dims=BATCH)
 
 
+class RareFirstTwo(nn.Module):
+    """FirstTwo in an arm random inputs never take: only forcing it checks it."""
+
+    def forward(self, x):
+        if x.abs().max() > 1e3:
+            y = x[:2]
+            return y.view(y.size(0), -1) * 2
+        return x * 3
+
+
+def test_size_baked_in_a_rare_arm_is_caught_by_forcing_it_at_other_sizes():
+    x = torch.randn(3, 4)
+    cm = dycomp.compile(RareFirstTwo(), x, dynamic_dims=BATCH, check=False)
+    assert torch.equal(cm(x), x * 3)  # the random arm is right: forcing is what finds it
+    with pytest.raises(MismatchError, match="batch=1"):
+        dycomp.compile(RareFirstTwo(), x, dynamic_dims=BATCH)
+
+
 class Pair(nn.Module):
     def forward(self, x, y):
         return x * 2 + y, x.sum(1)
