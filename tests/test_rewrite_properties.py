@@ -418,3 +418,52 @@ def test_adaptive_pool_lowering_in_dynamic_regions_matches(case):
     lowered = lower_adaptive_pools(gm, dynamic=True)
     assert (lowered is gm) == all(o == 1 for o in out)
     _same([lowered(x).numpy()], [pool(x).numpy()], exact=False)
+
+
+# --- lower_bicubic (before export): allclose (same taps, weights to float32 rounding) ---
+@st.composite
+def bicubic_calls(draw):
+    dims = [draw(st.integers(1, 12)) for _ in range(2)]
+    align = draw(st.booleans())
+    if draw(st.booleans()):
+        call = {"size": [draw(st.integers(1, 16)) for _ in range(2)]}
+    else:
+        call = {"scale_factor": [draw(st.sampled_from([0.5, 0.75, 1.0, 1.5, 2.0, 3.0]))
+                                 for _ in range(2)],
+                "recompute_scale_factor": draw(st.sampled_from([None, True]))}
+    return dims, align, call, draw(st.booleans()), draw(SEEDS)
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(bicubic_calls())
+def test_bicubic_lowering_matches(case):
+    """Every bicubic interpolation of a static input is rewritten (the taps match
+    PyTorch's operator), and reads the same inputs: NaN and inf land where they did."""
+    import torch
+    import torch.nn.functional as F
+    from torch import fx, nn
+
+    from dycomp.backends.onnx_resize import cubic_1d, lower_bicubic
+
+    dims, align, call, as_module, seed = case
+    kw = dict(call, mode="bicubic", align_corners=align)
+
+    class Interp(nn.Module):
+        def forward(self, x):
+            return F.interpolate(x, **kw)
+
+    model = nn.Sequential(nn.Upsample(**{k: v for k, v in kw.items()
+                                         if k != "recompute_scale_factor"}) if as_module
+                          and "recompute_scale_factor" not in call else Interp())
+    x = torch.from_numpy(_values(np.random.default_rng(seed), [1, 2, *dims]))
+    try:
+        expected = model(x)
+    except (RuntimeError, ValueError):  # an output size of 0: PyTorch refuses it
+        return
+    gm = fx.symbolic_trace(model)
+    nodes = list(gm.graph.nodes)
+    nodes[0].meta["example"], nodes[1].meta["example"] = x, expected
+    lowered = lower_bicubic(gm)
+    assert lowered is not gm
+    assert sum(n.target is cubic_1d for n in lowered.graph.nodes) == 2
+    _same([lowered(x).numpy()], [expected.numpy()], exact=False)

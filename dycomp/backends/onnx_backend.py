@@ -28,6 +28,7 @@ from torch.fx.node import _get_qualified_name
 from dycomp.backends.frozen_values import check_region
 from dycomp.backends.onnx_gemm_sums import fold_sums_into_gemms
 from dycomp.backends.onnx_pools import lower_adaptive_pools
+from dycomp.backends.onnx_resize import lower_bicubic
 from dycomp.backends.onnx_thresholds import fold_thresholds
 from dycomp.backends.torch_fastpath import no_fastpath
 from dycomp.errors import UnsupportedError
@@ -187,8 +188,8 @@ def export_region_model(region, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     start = time.perf_counter()
     try:
         # static shapes, or dynamic ones whose varying dims the frontend traced (`sym`)
-        gm = region.gm if dynamic and not traced else \
-            lower_adaptive_pools(region.gm, dynamic=bool(dynamic))
+        gm = region.gm if dynamic and not traced else lower_bicubic(
+            lower_adaptive_pools(region.gm, dynamic=bool(dynamic)), dynamic=bool(dynamic))
         model = _export(gm, tuple(p.meta["example"] for p in phs), [p.name for p in phs],
                         outs, axes, opset)
     except Exception as e:
