@@ -165,7 +165,7 @@ def new_session(model: bytes | str | os.PathLike, threads: int,
         return session
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        return _session(relaid.SerializeToString(), options)
+        return cpu_session(relaid.SerializeToString(), options)
     except Exception as e:  # a rewrite ONNX Runtime refuses is a dycomp bug: say, go on
         log.warning("dycomp: ONNX Runtime refused the NCHWc rewrite (%s); running its own "
                     "graph", str(e).strip().splitlines()[0][:300])
@@ -184,10 +184,10 @@ def blocked_across_branches(model: bytes | str | os.PathLike, options: ort.Sessi
         proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(model)
     ops = {n.op_type for n in all_nodes(proto.graph)}
     if not {"If", "Conv"} <= ops or os.environ.get("DYCOMP_NCHWC_ACROSS_BRANCHES") == "0":
-        return _session(model, options), None
+        return cpu_session(model, options), None
     with tempfile.TemporaryDirectory() as d:
         options.optimized_model_filepath = os.path.join(d, "optimized.onnx")
-        session = _session(model, options)
+        session = cpu_session(model, options)
         options.optimized_model_filepath = ""
         try:
             optimized = onnx.load(os.path.join(d, "optimized.onnx"))
@@ -199,8 +199,18 @@ def blocked_across_branches(model: bytes | str | os.PathLike, options: ort.Sessi
     return session, optimized if changed else None
 
 
-def _session(model, options):
-    return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
+# ONNX Runtime graph rewrites dycomp turns off. `SkipLayerNormFusion`: its CPU kernel
+# takes 450-480 us on a [1, 128, 768] BERT activation where the Add + LayerNormalization it
+# replaces take 42-72 us (1 and 2 threads); PABEE-BERT 0.90x, DeeBERT 0.88x the time
+# without it, outputs within 2e-6 (benchmarks/README.md, 2026-12-08).
+DISABLED_OPTIMIZERS = ["SkipLayerNormFusion"]
+
+
+def cpu_session(model, options: ort.SessionOptions) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session for `model` (bytes or a path) with `options`, less the
+    graph rewrites in `DISABLED_OPTIMIZERS`."""
+    return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"],
+                                disabled_optimizers=DISABLED_OPTIMIZERS)
 
 
 # A subgraph holding this many weights runs long enough (a ViT, a BERT layer: 5-30 M

@@ -78,16 +78,14 @@ class _Wrapper(torch.nn.Module):
 def _onnx_export(fn, example, threads: int):
     """The whole model through `torch.onnx.export` (one traced path), on ONNX Runtime; its
     outputs are the tensor leaves of the model's output, in order."""
-    import onnxruntime as ort
 
-    from dycomp.runtime.onnx_executor import session_options
+    from dycomp.runtime.onnx_executor import cpu_session, session_options
 
     buf = io.BytesIO()
     wrapper = _Wrapper(fn).train(fn.__self__.training)  # export restores this mode
     torch.onnx.export(wrapper, example, buf, dynamo=False, opset_version=17)
     # dycomp's own session settings (no worker spinning between runs): a fair contender
-    session = ort.InferenceSession(buf.getvalue(), session_options(threads),
-                                   providers=["CPUExecutionProvider"])
+    session = cpu_session(buf.getvalue(), session_options(threads))
     names = [i.name for i in session.get_inputs()]
 
     def run(*args):
