@@ -89,6 +89,7 @@ def package(cm: CompiledModel) -> tuple[dict, dict[str, bytes]]:
         manifest["check"] = cm.check.to_json()
     if getattr(cm, "batching", None) is not None:
         manifest["batching"] = cm.batching.to_json()
+        files.update(cm.batching.files)  # rows variants (dycomp/batching_attach.py)
     return manifest, files
 
 

@@ -116,12 +116,23 @@ def _one_call(program, region: str, group: list[tuple], paths: bool) -> list | N
     return [(tuple(col[j] for col in split), list(ran)) for j in range(len(group))]
 
 
-def group_caller(batched: set[str], fallback: Callable | None = None) -> Callable:
-    """A seam that calls the regions in `batched` with `call_rows` and the others with
-    `fallback` (default: `CALL_GROUP` at call time)."""
+def group_caller(batched: set[str], fallback: Callable | None = None,
+                 variants: dict | None = None, stats: dict | None = None) -> Callable:
+    """A seam that calls the regions in `batched` with `call_rows`, those with a rows
+    variant (`variants`, `runtime/batch_rows.py`) with `call_variant`, and the others
+    with `fallback` (default: `CALL_GROUP` at call time). `stats` counts the calls of
+    the variants: batched_calls, batched_samples, single_calls."""
+    from dycomp.runtime.batch_rows import call_variant
+
+    variants = variants or {}
+
     def call(program, region, rows, paths):
         if region in batched:
             return call_rows(program, region, rows, paths)
+        if region in variants:
+            return call_variant(variants[region], program, region, rows, paths, stats)
+        if stats is not None:
+            stats["single_calls"] = stats.get("single_calls", 0) + len(rows)
         return (fallback or CALL_GROUP)(program, region, rows, paths)
     return call
 
