@@ -111,7 +111,7 @@ def compile(model, example_inputs, *, example_kwargs: dict | None = None,
     if backend == "onnx" and not quantize:  # a float copy of a quantized region differs
         from dycomp.batching_attach import attach_rows_variants
 
-        attach_rows_variants(cm.batching, graph)
+        attach_rows_variants(cm.batching, graph, dynamic=any(spec.dynamic or []))
     cm.optimizations = notes + [str(a) for a in graph.applied]
     cm.options = {"backend": backend, "fuse_branches": fuse_branches, "optimize": optimize}
     if check and quantize:

@@ -19,20 +19,29 @@ import torch
 
 from dycomp.batching import Batching
 from dycomp.batching_variant import (
-    _CHECK_SIZES, NoVariant, build_variant, check_torch, compare, joined, references,
+    _CHECK_SIZES,
+    NoVariant,
+    build_variant,
+    check_torch,
+    compare,
+    joined,
+    references,
     sample_rows,
 )
 
 log = logging.getLogger(__name__)
 
 
-def attach_rows_variants(b: Batching, graph, opset: int | None = None) -> Batching:
-    """`b` with a rows variant per eligible region of the lowered `graph`."""
+def attach_rows_variants(b: Batching, graph, dynamic: bool = False,
+                         opset: int | None = None) -> Batching:
+    """`b` with a rows variant per eligible region of the lowered `graph` (`dynamic`: the
+    model takes a dynamic dim; then a `batched` region needs none)."""
     if b.kind == "unbatchable":
         return b
     for name, region in graph.regions.items():
         entry = b.subgraphs.get(name)
-        if entry is None or entry["batched"] or region.gm is None or region.fused:
+        if entry is None or (entry["batched"] and dynamic) or region.gm is None or (
+                region.fused):
             continue
         if not b.regions.get(name, {}).get("rowwise"):
             continue
@@ -75,8 +84,8 @@ def variant_model(gm, inputs: list, opset: int | None = None) -> tuple[bytes, di
     outs = [f"out{i}" for i in range(len(kinds["outputs"]))]
     axes = {n: {0: "batch"} for n, k in zip(phs, kinds["inputs"]) if k == "rows"}
     axes.update({n: {0: "batch"} for n, k in zip(outs, kinds["outputs"]) if k != "const"})
-    model = _export(lower_adaptive_pools(variant), joined(rows, kinds), phs, outs, axes,
-                    opset or DEFAULT_OPSET)
+    model = _export(lower_adaptive_pools(variant, dynamic=True), joined(rows, kinds), phs,
+                    outs, axes, opset or DEFAULT_OPSET)
     _keep_inputs(model, gm, kinds)
     onnx.checker.check_model(model)
     data = model.SerializeToString()

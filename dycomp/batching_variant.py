@@ -26,7 +26,14 @@ import torch
 from torch import fx, nn
 
 from dycomp.batching_rows import (
-    _ELEMENTWISE, CONST, REDUCED, ROWS, NotRowwise, _op_name, _where, node_states,
+    _ELEMENTWISE,
+    CONST,
+    REDUCED,
+    ROWS,
+    NotRowwise,
+    _op_name,
+    _where,
+    node_states,
 )
 
 log = logging.getLogger(__name__)
@@ -50,6 +57,8 @@ _SCALAR_OPS = _ELEMENTWISE - {
 _SCALAR_MODULES = (nn.ReLU, nn.ReLU6, nn.Sigmoid, nn.Tanh, nn.GELU, nn.SiLU, nn.LeakyReLU,
                    nn.ELU, nn.Softplus, nn.Hardswish, nn.Hardsigmoid, nn.Identity)
 _RESHAPES = {"view", "reshape"}
+_VIEWS_TO_SCALAR = {"view", "reshape", "flatten", "squeeze"}
+_NEW = {"new_zeros", "new_ones", "new_full", "new_empty"}
 _CHECK_SIZES = (5, 2)
 _TOL = 1e-4
 
@@ -115,12 +124,44 @@ def _rewrite(gm, old: fx.Node, env: dict, states: dict) -> None:
     if st is None or st.kind == CONST or old.op == "placeholder":
         return
     new = env[old]
+    name = _op_name(old)
     if st.kind == ROWS:
         _batch_free_shape(old, new, states)
+    elif name in _VIEWS_TO_SCALAR and old.op != "call_module":
+        _view_per_row(old, new)
     elif _origin_reduction(old, states):
         _per_row_reduction(old, new)
+    elif name in ("getitem", "__getitem__") and _src_kind(old, states) == ROWS:
+        _index_per_row(old, new)
     else:
         _check_scalar_op(gm, old, states)
+
+
+def _src_kind(old: fx.Node, states: dict) -> str:
+    src = old.args[0] if old.args else None
+    return states[src].kind if isinstance(src, fx.Node) and src in states else CONST
+
+
+def _view_per_row(old: fx.Node, new: fx.Node) -> None:
+    """A reshape to one sample's value (`g.reshape(())`, `h.view(-1)` of one row): the
+    same per row, `reshape(-1, *shape)` (each row holds that sample's elements)."""
+    ex, src = _example(old), _example(old.args[0]) if old.args else None
+    if not isinstance(ex, torch.Tensor) or not isinstance(src, torch.Tensor) or (
+            ex.numel() != src.numel()):
+        raise NoVariant(f"{_where(old)}: not a reshape of one sample's elements")
+    new.target, new.op = torch.reshape, "call_function"
+    new.args, new.kwargs = (new.args[0], (-1, *ex.shape)), {}
+
+
+def _index_per_row(old: fx.Node, new: fx.Node) -> None:
+    """`x[0]` / `x[0, i]` of one row: `x[:]` / `x[:, i]` per row."""
+    index = old.args[1] if len(old.args) > 1 else None
+    items = index if isinstance(index, tuple) else (index,)
+    if not items or items[0] not in (0, -1) or isinstance(items[0], bool) or any(
+            isinstance(i, fx.Node) for i in items):
+        raise NoVariant(f"{_where(old)}: an index of the batch dim not taken per row")
+    rest = (slice(None), *items[1:])
+    new.args = (new.args[0], rest if isinstance(index, tuple) else slice(None))
 
 
 def _batch_free_shape(old: fx.Node, new: fx.Node, states: dict) -> None:
@@ -130,10 +171,25 @@ def _batch_free_shape(old: fx.Node, new: fx.Node, states: dict) -> None:
     if name in _RESHAPES and isinstance(ex, torch.Tensor) and ex.dim() and all(
             not isinstance(a, fx.Node) for a in old.args[1:]) and "shape" not in old.kwargs:
         new.args = (new.args[0], *([-1] + list(ex.shape[1:])))
+    elif name in _NEW and old.op == "call_method" and len(old.args) > 1:
+        _new_per_row(old, new, states)
     elif name == "expand" and len(old.args) > 1:
         sizes = old.args[1] if isinstance(old.args[1], (tuple, list)) else old.args[1:]
         if not isinstance(sizes[0], fx.Node):
             new.args = (new.args[0], -1, *sizes[1:])
+
+
+def _new_per_row(old: fx.Node, new: fx.Node, states: dict) -> None:
+    """`t.new_zeros(1, 32)` of a rows `t`: `t.new_zeros(t.size(0), 32)`."""
+    sized = isinstance(old.args[1], (tuple, list))
+    sizes = list(old.args[1] if sized else old.args[1:])
+    if old.op != "call_method" or not sizes or sizes[0] != 1 or _src_kind(old, states) != ROWS:
+        return  # left as it is: `check_torch` refuses it if dim 0 is not the batch
+    g = new.graph
+    with g.inserting_before(new):
+        size = g.call_method("size", (new.args[0], 0))
+    sizes[0] = size
+    new.args = (new.args[0], tuple(sizes)) if sized else (new.args[0], *sizes)
 
 
 def _origin_reduction(old: fx.Node, states: dict) -> bool:
