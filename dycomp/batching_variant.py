@@ -4,7 +4,7 @@ A region whose inputs hold one row per sample (batch 1; `batching_rows` state `r
 exact per row, except where it makes a per-sample scalar: a reduction over the whole
 tensor (`p.max()`, state `reduced`), which at batch B would reduce over the batch. Its
 *rows variant* is the same FX graph with each such reduction taken over every dim but 0
-(`p.max()` -> `p.flatten(1).amax(1)`), the values computed from it kept per row, and
+(`p.max()` -> `p.reshape(-1, n).amax(1)`), the values computed from it kept per row, and
 literal batch-1 shapes (`view(1, -1)`) made batch-free: at batch B, row i of every
 output is what the region gives for sample i alone (a scalar output gains a leading
 batch dim). Built only where that holds by construction (whole-tensor reductions of a
@@ -170,7 +170,8 @@ def _batch_free_shape(old: fx.Node, new: fx.Node, states: dict) -> None:
     ex = _example(old)
     if name in _RESHAPES and isinstance(ex, torch.Tensor) and ex.dim() and all(
             not isinstance(a, fx.Node) for a in old.args[1:]) and "shape" not in old.kwargs:
-        new.args = (new.args[0], *([-1] + list(ex.shape[1:])))
+        shape = (-1, *ex.shape[1:])
+        new.args = (new.args[0], shape) if old.op == "call_function" else (new.args[0], *shape)
     elif name in _NEW and old.op == "call_method" and len(old.args) > 1:
         _new_per_row(old, new, states)
     elif name == "expand" and len(old.args) > 1:
@@ -205,12 +206,13 @@ def _per_row_reduction(old: fx.Node, new: fx.Node) -> None:
     if len(old.args) != 1 or set(old.kwargs) - keep:
         raise NoVariant(f"{_where(old)}: a {name} with arguments "
                         f"{list(old.args[1:]) + list(old.kwargs)} is not reduced per row here")
-    ex = _example(old)
-    if not isinstance(ex, torch.Tensor) or ex.dim() != 0:
+    ex, src = _example(old), _example(old.args[0])
+    if not isinstance(ex, torch.Tensor) or ex.dim() != 0 or not isinstance(
+            src, torch.Tensor) or not src.numel():
         raise NoVariant(f"{_where(old)}: not a reduction to one scalar")
     g = new.graph
-    with g.inserting_before(new):
-        flat = g.call_function(torch.flatten, (new.args[0], 1))
+    with g.inserting_before(new):  # one row per sample: its elements, row by row
+        flat = g.call_function(torch.reshape, (new.args[0], (-1, src.numel())))
         red = g.call_function(fn, (flat,), {"dim": 1, **dict(new.kwargs)})
     red.meta = dict(new.meta)
     new.replace_all_uses_with(red)

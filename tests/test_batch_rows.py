@@ -227,7 +227,8 @@ def test_no_variant_for_unclear_reductions(fn):
                                 lambda x: x.std(), lambda x: x.argmax(), lambda x: x.any(),
                                 lambda x: (x.sum() * 2 - 1).sigmoid(), lambda x: x[0, 1],
                                 lambda x: x.sum(1).reshape(()), lambda x: x.view(1, 3) + 1,
-                                lambda x: (x.abs().sum(), x * 3)])
+                                lambda x: (x.abs().sum(), x * 3), lambda x: x.sum(1).max(),
+                                lambda x: torch.reshape(x, (1, 3)).sum() * 2])
 def test_per_row_forms_equal_batch_1(fn):
     gm = _graph(fn, torch.randn(1, 3))
     variant, kinds = build_variant(gm, [State(ROWS)])
