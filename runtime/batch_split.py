@@ -140,10 +140,13 @@ def group_caller(batched: set[str], fallback: Callable | None = None,
 class SplitRunner:
     """Runs the host program `data` of `program` over many samples at once."""
 
-    def __init__(self, program, data: dict, call_group: Callable | None = None):
+    def __init__(self, program, data: dict, call_group: Callable | None = None,
+                 code: dict | None = None):
         self.program, self.data, self.call_group = program, data, call_group
         self.gen = _Gen(None)
-        self.code: dict[int, object] = {}
+        # expression id -> compiled code; `code` shares it between runs over the same
+        # `data` (which must outlive it: ids are the expressions' own)
+        self.code: dict[int, object] = {} if code is None else code
 
     def run(self, inputs: list[tuple], paths: bool) -> list[_Sample]:
         params = self.data["params"]
