@@ -6,7 +6,10 @@ BatchNorm in training mode, `x.sum(0)`) or put the batch elsewhere, which get no
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +21,7 @@ import dycomp.runtime as rt
 from dycomp.batching_rows import ROWS, State
 from dycomp.batching_variant import NoVariant, build_variant, check_torch, references, sample_rows
 from dycomp.runtime.batching import plan, run_batch
+from dycomp.runtime.errors import ArtifactError
 from tests.batching_zoo import same
 
 
@@ -235,3 +239,35 @@ def test_per_row_forms_equal_batch_1(fn):
     rows = sample_rows(gm, kinds, 5)
     check_torch(gm, variant, kinds, rows, references(gm, rows))  # raises if a row differs
     assert set(kinds["outputs"]) <= {"scalar", "rows"} and kinds["inputs"] == ["rows"]
+
+
+def _rewrite_manifest(path, edit) -> None:
+    m = json.loads((path / "manifest.json").read_text())
+    edit(m)
+    (path / "manifest.json").write_text(json.dumps(m))
+
+
+def test_manifest_rows_variant_checked_and_optional(tmp_path):
+    """An artifact without rows variants (older) loads and answers exactly, one sample at
+    a time; a malformed `rows_variant` is refused on load, a missing file on use."""
+    torch.manual_seed(1)
+    cm, art = _artifact(ItemGate(), torch.randn(1, 6), tmp_path, "gate")
+    reqs = _requests((1, 6), 16, seed=5)
+    single = [art.run(*r) for r in reqs]
+    old = Path(shutil.copytree(art.path, tmp_path / "old.dyc"))
+    _rewrite_manifest(old, lambda m: [e.pop("rows_variant", None)
+                                      for e in m["batching"]["subgraphs"].values()])
+    stats: dict = {}
+    got = run_batch(rt.load(old), reqs, stats=stats)
+    assert all(same(a, b) for a, b in zip(single, got)) and "batched_calls" not in stats
+    bad = Path(shutil.copytree(art.path, tmp_path / "bad.dyc"))
+    name = next(iter(_variants(art)))
+    _rewrite_manifest(bad, lambda m: m["batching"]["subgraphs"][name]["rows_variant"].update(
+        inputs=["columns"]))
+    with pytest.raises(ArtifactError, match="rows_variant"):
+        rt.load(bad)
+    gone = Path(shutil.copytree(art.path, tmp_path / "gone.dyc"))
+    _rewrite_manifest(gone, lambda m: m["batching"]["subgraphs"][name]["rows_variant"].update(
+        file="subgraphs/nowhere.onnx"))
+    with pytest.raises(ArtifactError, match="nowhere"):
+        run_batch(rt.load(gone), reqs[:4])
