@@ -4,7 +4,7 @@ A region whose inputs hold one row per sample (batch 1; `batching_rows` state `r
 exact per row, except where it makes a per-sample scalar: a reduction over the whole
 tensor (`p.max()`, state `reduced`), which at batch B would reduce over the batch. Its
 *rows variant* is the same FX graph with each such reduction taken over every dim but 0
-(`p.max()` -> `p.reshape(-1, n).amax(1)`), the values computed from it kept per row, and
+(`p.max()` -> `p.flatten(1).amax(1)`), the values computed from it kept per row, and
 literal batch-1 shapes (`view(1, -1)`) made batch-free: at batch B, row i of every
 output is what the region gives for sample i alone (a scalar output gains a leading
 batch dim). Built only where that holds by construction (whole-tensor reductions of a
@@ -14,7 +14,7 @@ and every output row must match the original region run on that row alone. Anyth
 else keeps the region one sample at a time, with the reason in the manifest.
 
 Exported with dim 0 dynamic as `subgraphs/<region>.rows.onnx`, recorded in the
-manifest's `batching.subgraphs[region].rows_variant` (`runtime/batch_split.py` calls it).
+manifest's `batching.subgraphs[region].rows_variant` (`runtime/batch_rows.py` calls it).
 """
 
 from __future__ import annotations
@@ -147,8 +147,9 @@ def _view_per_row(old: fx.Node, new: fx.Node) -> None:
     same per row, `reshape(-1, *shape)` (each row holds that sample's elements)."""
     ex, src = _example(old), _example(old.args[0]) if old.args else None
     if not isinstance(ex, torch.Tensor) or not isinstance(src, torch.Tensor) or (
-            ex.numel() != src.numel()):
-        raise NoVariant(f"{_where(old)}: not a reshape of one sample's elements")
+            ex.numel() != src.numel()) or _has_node(old.args[1:], old.kwargs):
+        raise NoVariant(f"{_where(old)}: not a reshape of one sample's elements to a "
+                        "shape of its own")
     new.target, new.op = torch.reshape, "call_function"
     new.args, new.kwargs = (new.args[0], (-1, *ex.shape)), {}
 
@@ -168,8 +169,8 @@ def _batch_free_shape(old: fx.Node, new: fx.Node, states: dict) -> None:
     """`x.view(1, 64)` on rows -> `x.view(-1, 64)`; `expand(1, ...)` -> `expand(-1, ...)`."""
     name = _op_name(old)
     ex = _example(old)
-    if name in _RESHAPES and isinstance(ex, torch.Tensor) and ex.dim() and all(
-            not isinstance(a, fx.Node) for a in old.args[1:]) and "shape" not in old.kwargs:
+    if name in _RESHAPES and isinstance(ex, torch.Tensor) and ex.dim() and not _has_node(
+            old.args[1:], old.kwargs) and "shape" not in old.kwargs:
         shape = (-1, *ex.shape[1:])
         new.args = (new.args[0], shape) if old.op == "call_function" else (new.args[0], *shape)
     elif name in _NEW and old.op == "call_method" and len(old.args) > 1:
@@ -178,6 +179,14 @@ def _batch_free_shape(old: fx.Node, new: fx.Node, states: dict) -> None:
         sizes = old.args[1] if isinstance(old.args[1], (tuple, list)) else old.args[1:]
         if not isinstance(sizes[0], fx.Node):
             new.args = (new.args[0], -1, *sizes[1:])
+
+
+def _has_node(*args) -> bool:
+    """Whether a value computed in the region (not a literal) is among `args`: a shape
+    that may differ between calls, never replaced by the example's."""
+    found: list = []
+    fx.node.map_arg(args, found.append)
+    return bool(found)
 
 
 def _new_per_row(old: fx.Node, new: fx.Node, states: dict) -> None:
@@ -212,7 +221,8 @@ def _per_row_reduction(old: fx.Node, new: fx.Node) -> None:
         raise NoVariant(f"{_where(old)}: not a reduction to one scalar")
     g = new.graph
     with g.inserting_before(new):  # one row per sample: its elements, row by row
-        flat = g.call_function(torch.reshape, (new.args[0], (-1, src.numel())))
+        flat = g.call_function(torch.flatten, (new.args[0], 1)) if src.dim() > 1 else \
+            g.call_function(torch.reshape, (new.args[0], (-1, 1)))
         red = g.call_function(fn, (flat,), {"dim": 1, **dict(new.kwargs)})
     red.meta = dict(new.meta)
     new.replace_all_uses_with(red)
