@@ -34,6 +34,15 @@ class RowsVariant:
         self.call, self.inputs, self.outputs = call, inputs, outputs
 
 
+def variant_files(manifest: dict) -> list[str]:
+    """The files of the rows variants a manifest names (sorted; none if it has none)."""
+    subs = manifest.get("batching", {}).get("subgraphs", {}) if isinstance(
+        manifest.get("batching"), dict) else {}
+    return sorted({e["rows_variant"]["file"] for e in subs.values()
+                   if isinstance(e, dict) and isinstance(e.get("rows_variant"), dict)
+                   and isinstance(e["rows_variant"].get("file"), str)})
+
+
 def rows_variants(art) -> dict[str, RowsVariant]:
     """The rows variants of a loaded artifact, loaded on first use (and kept on it)."""
     cached = getattr(art, "_dycomp_rows_variants", None)

@@ -271,3 +271,33 @@ def test_manifest_rows_variant_checked_and_optional(tmp_path):
         file="subgraphs/nowhere.onnx"))
     with pytest.raises(ArtifactError, match="nowhere"):
         run_batch(rt.load(gone), reqs[:4])
+
+
+class WidthGate(nn.Module):
+    """A selector (`width`) and a per-sample exit: sub-networks share their weights."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x, width=1.0):
+        h = torch.tanh(self.fc(x)) * width
+        if h.abs().mean() > 0.4:
+            return self.head(h)
+        return self.head(h * 2)
+
+
+def test_rows_variants_in_an_artifact_with_selectors(tmp_path):
+    """Saved beside the shared weights (stored once, stripped like the subgraphs) and
+    restored on load: each sub-network batches exactly."""
+    torch.manual_seed(3)
+    cm = dycomp.compile(WidthGate().eval(), (torch.randn(1, 6),), backend="onnx",
+                        check=False, fuse_branches=False, optimize=False,
+                        selectors={"width": [0.5, 1.0]})
+    sel = rt.load(cm.save(tmp_path / "sel.dyc"))
+    reqs = _requests((1, 6), 48, seed=6)
+    for art in sel.subnets.values():
+        assert _variants(art)
+        stats = _check(art, reqs)
+        assert stats["batched_calls"] > 0
