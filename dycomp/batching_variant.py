@@ -48,6 +48,7 @@ _PER_ROW = {
     "all": (torch.all, set()), "argmax": (torch.argmax, set()),
     "argmin": (torch.argmin, set()), "count_nonzero": (torch.count_nonzero, set()),
     "std": (torch.std, set()), "var": (torch.var, set()),
+    "norm": (torch.linalg.vector_norm, set()),  # `x.norm()`: the 2-norm of all elements
 }
 # Elementwise ops that may take a per-sample scalar (no weights, no shapes of their own).
 _SCALAR_OPS = _ELEMENTWISE - {
