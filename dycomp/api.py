@@ -109,9 +109,7 @@ def compile(model, example_inputs, *, example_kwargs: dict | None = None,
     cm = CompiledModel.from_graph(graph, executor, spec, backend)
     cm.batching = for_artifact(batching, graph)
     if backend == "onnx" and not quantize:  # a float copy of a quantized region differs
-        from dycomp.batching_attach import attach_rows_variants
-
-        attach_rows_variants(cm.batching, graph, dynamic=any(spec.dynamic or []))
+        cm.batching.variants = "dynamic" if any(spec.dynamic or []) else "fixed"  # on save
     cm.optimizations = notes + [str(a) for a in graph.applied]
     cm.options = {"backend": backend, "fuse_branches": fuse_branches, "optimize": optimize}
     if check and quantize:

@@ -37,9 +37,11 @@ class Batching:
     decisions: list = field(default_factory=list)  # {line, source, kind, coupled, reason}
     regions: dict = field(default_factory=dict)  # region -> {rowwise, reason, scalar}
     subgraphs: dict = field(default_factory=dict)  # artifact subgraph -> {batched, reason}
-    # not saved: per region, the distinct input states of its calls (batching_variant.py),
-    # and the artifact files of its rows variants (relative path -> ONNX bytes)
+    # not saved: per region, the distinct input states of its calls (batching_variant.py);
+    # whether rows variants are wanted ("fixed" or "dynamic" input shapes; built when the
+    # model is saved: only an artifact runs them) and their files (path -> ONNX bytes)
     region_inputs: dict = field(default_factory=dict, repr=False)
+    variants: str = field(default="", repr=False)
     files: dict = field(default_factory=dict, repr=False)
 
     def to_json(self) -> dict:

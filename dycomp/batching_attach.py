@@ -7,8 +7,9 @@ dynamic dim 0): the variant is built, checked in torch at batch 5, exported with
 dynamic dim 0, checked again in ONNX Runtime at batch 5 and 2 against the original
 region run on each row alone, and stored as `subgraphs/<region>.rows.onnx`. A failure
 costs that region its variant (the reason goes to the manifest), never the compile.
-Costs: the export and checks (multi_exit unfused: 1.6 s of a 3.6 s compile) and a copy
-of the region's weights in the artifact; `DYCOMP_ROWS_VARIANTS=0` builds none.
+Run when the model is saved (`dycomp/artifact.py`: only an artifact runs them). Costs:
+the export and checks (multi_exit unfused: 1.6 s, as much as its compile) and a copy of
+the region's weights in the artifact; `DYCOMP_ROWS_VARIANTS=0` builds none.
 """
 
 from __future__ import annotations
