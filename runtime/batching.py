@@ -13,6 +13,9 @@ it count as `unbatchable`):
   program over the group and splits it at each decision by each sample's own outcome;
   one request at a time where every coupled decision is fused into a subgraph (an ONNX
   `If` / `Loop` decides for its whole input) and no subgraph can take a batch.
+
+Regions with a rows variant (`runtime/batch_rows.py`) take a whole group in one call
+inside the splitter, also in artifacts of fixed shape (per-sample ones then split too).
 """
 
 from __future__ import annotations
