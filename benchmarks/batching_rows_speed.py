@@ -3,9 +3,10 @@
 Regions with a rows variant (`dycomp/batching_variant.py`) run once per group of samples;
 the rest once per sample. Both ways answer the same requests (`sample_inputs`, seeded) on
 the same loaded artifact (backend onnx, 2 threads; `--unfused` keeps the decisions on the
-host, where the splitter sees them); each is timed `--repeat` times, alternating, and the
-medians are compared (ratio > 1: batching is faster). The machine may be shared: compare
-the ratios of one run, not seconds across runs.
+host, where the splitter sees them); each is timed `--repeat` times, alternating: the
+medians of both (requests per second), and the median of the paired ratios (one at a
+time / batched: > 1, batching is faster; pairs run back to back, so a shared machine's
+load drifts less between them). Compare the ratios of one run, not seconds across runs.
 
 Run: python benchmarks/batching_rows_speed.py [--requests 400] [--repeat 5] [--unfused] [name ...]
 """
@@ -59,8 +60,9 @@ def main(argv=None) -> int:
             batched.append(_batched(art, reqs, args.batch))
         n_var = sum("rows_variant" in e for e in art.batching.get("subgraphs", {}).values())
         a, b = statistics.median(one), statistics.median(batched)
+        ratio = statistics.median(x / y for x, y in zip(one, batched))
         print(f"{name:14} {plan(art)[0]:9} {n_var:8} {len(reqs) / a:9.0f} "
-              f"{len(reqs) / b:11.0f} {a / b:6.2f}", flush=True)
+              f"{len(reqs) / b:11.0f} {ratio:6.2f}", flush=True)
     return 0
 
 
