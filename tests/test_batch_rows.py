@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -302,3 +304,30 @@ def test_rows_variants_in_an_artifact_with_selectors(tmp_path):
         assert _variants(art)
         stats = _check(art, reqs)
         assert stats["batched_calls"] > 0
+
+
+NO_TORCH = r"""
+import sys
+sys.modules["torch"] = None  # any `import torch` now fails
+import numpy as np
+from dycomp import runtime as rt
+from dycomp.runtime.batching import run_batch
+art = rt.load(sys.argv[1])
+xs = np.load(sys.argv[2])
+stats = {}
+got = run_batch(art, [(x,) for x in xs], stats=stats)
+for x, g in zip(xs, got):
+    assert np.allclose(np.asarray(g), np.asarray(art.run(x)), atol=1e-5)
+assert stats["batched_calls"] > 0, stats
+print("ok", stats["batched_calls"])
+"""
+
+
+def test_rows_variants_run_without_torch(tmp_path):
+    torch.manual_seed(1)
+    cm, art = _artifact(ItemGate(), torch.randn(1, 6), tmp_path, "gate")
+    xs = np.stack([r[0] for r in _requests((1, 6), 8, seed=7)])
+    np.save(tmp_path / "xs.npy", xs)
+    r = subprocess.run([sys.executable, "-c", NO_TORCH, str(art.path), str(tmp_path / "xs.npy")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("ok"), r.stderr
