@@ -91,7 +91,8 @@ def package(cm: CompiledModel) -> tuple[dict, dict[str, bytes]]:
         if cm.batching.variants:  # rows variants (dycomp/batching_attach.py), built once
             from dycomp.batching_attach import attach_rows_variants
 
-            attach_rows_variants(cm.batching, graph, dynamic=cm.batching.variants == "dynamic")
+            attach_rows_variants(cm.batching, graph, dynamic=cm.batching.variants == "dynamic",
+                                 executor=executor)
             cm.batching.variants = ""
         manifest["batching"] = cm.batching.to_json()
         files.update(cm.batching.files)

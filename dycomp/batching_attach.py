@@ -36,10 +36,12 @@ from dycomp.batching_variant import (
 log = logging.getLogger(__name__)
 
 
-def attach_rows_variants(b: Batching, graph, dynamic: bool = False,
+def attach_rows_variants(b: Batching, graph, dynamic: bool = False, executor=None,
                          opset: int | None = None) -> Batching:
     """`b` with a rows variant per eligible region of the lowered `graph` (`dynamic`: the
-    model takes a dynamic dim; then a `batched` region needs none)."""
+    model takes a dynamic dim; then a `batched` region needs none). `executor` (the
+    compiled model's `OnnxExecutor`, `executor(region, *arrays)`): the regions as they
+    are saved, which the variants must reproduce row by row."""
     if b.kind == "unbatchable" or os.environ.get("DYCOMP_ROWS_VARIANTS") == "0":
         return b
     for name, region in graph.regions.items():
@@ -49,7 +51,7 @@ def attach_rows_variants(b: Batching, graph, dynamic: bool = False,
             continue
         if not b.regions.get(name, {}).get("rowwise"):
             continue
-        why = _attach(b, name, region, entry, opset)
+        why = _attach(b, name, region, entry, opset, executor)
         if why:
             log.debug("region %s: no rows variant: %s", name, why)
             entry["reason"] = "; ".join(r for r in (entry["reason"], f"no rows variant: {why}")
@@ -57,12 +59,13 @@ def attach_rows_variants(b: Batching, graph, dynamic: bool = False,
     return b
 
 
-def _attach(b: Batching, name: str, region, entry: dict, opset) -> str:
+def _attach(b: Batching, name: str, region, entry: dict, opset, executor) -> str:
     calls = b.region_inputs.get(name, set())
     if len(calls) != 1:
         return "its calls pass inputs of different kinds" if calls else "it is never called"
     try:
-        data, kinds = variant_model(region.gm, list(next(iter(calls))), opset)
+        saved = None if executor is None else (lambda *a, n=name: executor(n, *a))
+        data, kinds = variant_model(region.gm, list(next(iter(calls))), opset, saved)
     except NoVariant as e:
         return str(e)
     except Exception as e:  # noqa: BLE001 - a failure costs the variant, not the compile
@@ -73,8 +76,11 @@ def _attach(b: Batching, name: str, region, entry: dict, opset) -> str:
     return ""
 
 
-def variant_model(gm, inputs: list, opset: int | None = None) -> tuple[bytes, dict]:
-    """The checked rows variant of `gm` as ONNX bytes, and its kinds; raises NoVariant."""
+def variant_model(gm, inputs: list, opset: int | None = None, saved=None
+                  ) -> tuple[bytes, dict]:
+    """The checked rows variant of `gm` as ONNX bytes, and its kinds; raises NoVariant.
+    `saved(*arrays)`: the region as exported, run on one row; the exported variant must
+    equal it per row (so weights changed since the export, say, cost the variant)."""
     from dycomp.backends.onnx_backend import DEFAULT_OPSET, _export
     from dycomp.backends.onnx_pools import lower_adaptive_pools
 
@@ -93,6 +99,8 @@ def variant_model(gm, inputs: list, opset: int | None = None) -> tuple[bytes, di
     _keep_inputs(model, gm, kinds)
     onnx.checker.check_model(model)
     data = model.SerializeToString()
+    if saved is not None:
+        refs = [tuple(saved(*[_array(a) for a in row])) for row in rows]
     _check_onnx(data, phs, kinds, rows, refs)
     return data, kinds
 

@@ -331,3 +331,21 @@ def test_rows_variants_run_without_torch(tmp_path):
     r = subprocess.run([sys.executable, "-c", NO_TORCH, str(art.path), str(tmp_path / "xs.npy")],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.startswith("ok"), r.stderr
+
+
+def test_variants_must_equal_the_saved_regions(tmp_path):
+    """Variants are built on save, from the FX regions: weights changed after the compile
+    make them differ from the exported regions, and they are refused, not saved."""
+    torch.manual_seed(1)
+    model = ItemGate().eval()
+    cm = dycomp.compile(model, (torch.randn(1, 6),), backend="onnx", check=False,
+                        fuse_branches=False, optimize=False)
+    with torch.no_grad():
+        model.out.weight.add_(1.0)
+    art = rt.load(cm.save(tmp_path / "changed.dyc"))
+    reasons = [e["reason"] for e in art.batching["subgraphs"].values()
+               if "rows_variant" not in e]
+    assert any("differs from the region run on that row alone" in r for r in reasons)
+    reqs = _requests((1, 6), 24, seed=8)
+    for r, b in zip(reqs, run_batch(art, reqs)):
+        assert same(art.run(*r), b)
