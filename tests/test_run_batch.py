@@ -13,8 +13,8 @@ from torch import nn
 import dycomp
 import dycomp.runtime as rt
 from dycomp.runtime import batch_rows, batch_split
-from dycomp.runtime.batch_rows import call_variant
 from dycomp.runtime.artifact import Signature, TensorSpec
+from dycomp.runtime.batch_rows import call_variant
 from dycomp.runtime.batching import plan, run_batch
 from examples.zoo import ZOO
 from tests.batching_zoo import batched_vs_single, requests, same, zoo_artifact
