@@ -108,6 +108,8 @@ def compile(model, example_inputs, *, example_kwargs: dict | None = None,
     executor = lower(graph, backend, **options)
     cm = CompiledModel.from_graph(graph, executor, spec, backend)
     cm.batching = for_artifact(batching, graph)
+    if backend == "onnx" and not quantize:  # a float copy of a quantized region differs
+        cm.batching.variants = "dynamic" if any(spec.dynamic or []) else "fixed"  # on save
     cm.optimizations = notes + [str(a) for a in graph.applied]
     cm.options = {"backend": backend, "fuse_branches": fuse_branches, "optimize": optimize}
     if check and quantize:

@@ -88,7 +88,14 @@ def package(cm: CompiledModel) -> tuple[dict, dict[str, bytes]]:
     if getattr(cm, "check", None) is not None:
         manifest["check"] = cm.check.to_json()
     if getattr(cm, "batching", None) is not None:
+        if cm.batching.variants:  # rows variants (dycomp/batching_attach.py), built once
+            from dycomp.batching_attach import attach_rows_variants
+
+            attach_rows_variants(cm.batching, graph, dynamic=cm.batching.variants == "dynamic",
+                                 executor=executor)
+            cm.batching.variants = ""
         manifest["batching"] = cm.batching.to_json()
+        files.update(cm.batching.files)
     return manifest, files
 
 

@@ -37,6 +37,12 @@ class Batching:
     decisions: list = field(default_factory=list)  # {line, source, kind, coupled, reason}
     regions: dict = field(default_factory=dict)  # region -> {rowwise, reason, scalar}
     subgraphs: dict = field(default_factory=dict)  # artifact subgraph -> {batched, reason}
+    # not saved: per region, the distinct input states of its calls (batching_variant.py);
+    # whether rows variants are wanted ("fixed" or "dynamic" input shapes; built when the
+    # model is saved: only an artifact runs them) and their files (path -> ONNX bytes)
+    region_inputs: dict = field(default_factory=dict, repr=False)
+    variants: str = field(default="", repr=False)
+    files: dict = field(default_factory=dict, repr=False)
 
     def to_json(self) -> dict:
         return {"class": self.kind, "reasons": list(self.reasons),
@@ -73,7 +79,8 @@ def classify(graph) -> Batching:
             f"a value read out of the data: {analysis.reads[0]}"]
     else:
         kind, reasons = "per-sample", ["every region is row-wise and no decision reads data"]
-    return Batching(kind, _unique(reasons), analysis.decisions, analysis.regions)
+    return Batching(kind, _unique(reasons), analysis.decisions, analysis.regions,
+                    region_inputs=analysis.inputs)
 
 
 def classify_batching(graph) -> Batching:
@@ -141,11 +148,12 @@ class _HostAnalysis:
         self.decisions: list[dict] = []
         self.reads: list[str] = []
         self.lines: dict = {}  # host variable -> the line of the op that made it
+        self.inputs: dict[str, set] = {}  # region -> the input states of its calls
 
     def run(self) -> None:
         for _ in range(8):
             before = dict(self.states)
-            self.decisions, self.reads = [], []
+            self.decisions, self.reads, self.inputs = [], [], {}
             self.block(self.graph.body, None)
             if before == self.states:
                 break
@@ -218,6 +226,7 @@ class _HostAnalysis:
     def call(self, s: CallRegion, ctx) -> None:
         region = self.graph.regions[s.region]
         ins = [self._region_input(self.state(a)) for a in s.args]
+        self.inputs.setdefault(s.region, set()).add(tuple(ins))
         info = self.regions.setdefault(s.region, {"rowwise": True, "reason": "", "scalar": ""})
         try:
             outs = region_states(region.gm, ins) if region.gm is not None else None

@@ -73,19 +73,25 @@ _MATMULS = {"matmul", "bmm", "mm", "matmul_", "einsum", "__matmul__"}
 
 def region_states(gm: fx.GraphModule, inputs: list[State]) -> list[State]:
     """States of the region's outputs given its inputs' states; raises NotRowwise."""
+    env = node_states(gm, inputs)
+    out = next((n for n in gm.graph.nodes if n.op == "output"), None)
+    return [] if out is None else [_arg_state(a, env) for a in out.args[0]]
+
+
+def node_states(gm: fx.GraphModule, inputs: list[State]) -> dict[fx.Node, State]:
+    """The state of every value node of the region (`dycomp/batching_variant.py` rewrites
+    the `reduced` ones); raises NotRowwise."""
     env: dict[fx.Node, State] = {}
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
     env.update(zip(placeholders, inputs))
     for node in gm.graph.nodes:
-        if node.op == "placeholder":
+        if node.op in ("placeholder", "output"):
             continue
         if node.op == "get_attr":
             env[node] = State(CONST)
-        elif node.op == "output":
-            return [_arg_state(a, env) for a in node.args[0]]
         else:
             env[node] = _node_state(gm, node, env)
-    return []
+    return env
 
 
 def _arg_state(a, env) -> State:

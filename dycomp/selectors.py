@@ -236,11 +236,13 @@ def _positional_spec(spec: InputSpec, names: set) -> InputSpec | None:
 def save(sm: SelectorModel, path) -> Path:
     """Write `sm` to the directory `path`: manifest.json, weights.bin, subnets/<i>/."""
     from dycomp.artifact import write_atomic
+    from dycomp.runtime.batch_rows import variant_files
 
     packed = [_package(cm) for cm in sm.subnets.values()]
     onnx_files = [(n, f) for n, (manifest, _) in enumerate(packed)
                   for f in sorted({s["file"] for s in manifest["subgraphs"].values()
-                                   if s.get("backend", "onnx") == "onnx"})]
+                                   if s.get("backend", "onnx") == "onnx"}
+                                  | set(variant_files(manifest)))]  # rows variants too
     store = WeightStore()  # every sub-network's tensors at once: whole weights first
     stripped = strip_all([packed[n][1][f] for n, f in onnx_files], store)
     for (n, f), data in zip(onnx_files, stripped):

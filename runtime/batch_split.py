@@ -116,12 +116,23 @@ def _one_call(program, region: str, group: list[tuple], paths: bool) -> list | N
     return [(tuple(col[j] for col in split), list(ran)) for j in range(len(group))]
 
 
-def group_caller(batched: set[str], fallback: Callable | None = None) -> Callable:
-    """A seam that calls the regions in `batched` with `call_rows` and the others with
-    `fallback` (default: `CALL_GROUP` at call time)."""
+def group_caller(batched: set[str], fallback: Callable | None = None,
+                 variants: dict | None = None, stats: dict | None = None) -> Callable:
+    """A seam that calls the regions in `batched` with `call_rows`, those with a rows
+    variant (`variants`, `runtime/batch_rows.py`) with `call_variant`, and the others
+    with `fallback` (default: `CALL_GROUP` at call time). `stats` counts the calls of
+    the variants: batched_calls, batched_samples, single_calls."""
+    from dycomp.runtime.batch_rows import call_variant
+
+    variants = variants or {}
+
     def call(program, region, rows, paths):
         if region in batched:
             return call_rows(program, region, rows, paths)
+        if region in variants:
+            return call_variant(variants[region], program, region, rows, paths, stats)
+        if stats is not None:
+            stats["single_calls"] = stats.get("single_calls", 0) + len(rows)
         return (fallback or CALL_GROUP)(program, region, rows, paths)
     return call
 
@@ -129,10 +140,13 @@ def group_caller(batched: set[str], fallback: Callable | None = None) -> Callabl
 class SplitRunner:
     """Runs the host program `data` of `program` over many samples at once."""
 
-    def __init__(self, program, data: dict, call_group: Callable | None = None):
+    def __init__(self, program, data: dict, call_group: Callable | None = None,
+                 code: dict | None = None):
         self.program, self.data, self.call_group = program, data, call_group
         self.gen = _Gen(None)
-        self.code: dict[int, object] = {}
+        # expression id -> compiled code; `code` shares it between runs over the same
+        # `data` (which must outlive it: ids are the expressions' own)
+        self.code: dict[int, object] = {} if code is None else code
 
     def run(self, inputs: list[tuple], paths: bool) -> list[_Sample]:
         params = self.data["params"]

@@ -13,6 +13,9 @@ it count as `unbatchable`):
   program over the group and splits it at each decision by each sample's own outcome;
   one request at a time where every coupled decision is fused into a subgraph (an ONNX
   `If` / `Loop` decides for its whole input) and no subgraph can take a batch.
+
+Regions with a rows variant (`runtime/batch_rows.py`) take a whole group in one call
+inside the splitter, also in artifacts of fixed shape (per-sample ones then split too).
 """
 
 from __future__ import annotations
@@ -54,20 +57,38 @@ def check_batching(data, subgraphs: dict, where: str) -> dict:
     _check_table(data.get("regions", {}), {"rowwise": bool, "reason": str, "scalar": str},
                  None, fail, "regions")
     _check_table(data.get("subgraphs", {}), {"batched": bool, "reason": str}, subgraphs, fail,
-                 "subgraphs")
+                 "subgraphs", optional={"rows_variant": dict})
+    for name, entry in data.get("subgraphs", {}).items():
+        if "rows_variant" in entry:
+            check_variant(entry["rows_variant"], lambda what, n=name: fail(
+                f"subgraphs[{n!r}].rows_variant", what))
     return data
 
 
-def _check_table(table, keys: dict, names, fail, field: str) -> None:
+def _check_table(table, keys: dict, names, fail, field: str, optional: dict | None = None
+                 ) -> None:
+    optional = optional or {}
     if not isinstance(table, dict):
         fail(field, "expected an object")
     for name, entry in table.items():
         if names is not None and name not in names:
             fail(f"{field}[{name!r}]", "no such subgraph")
-        if not isinstance(entry, dict) or set(entry) != set(keys) or any(
-                not isinstance(entry[k], t) for k, t in keys.items()):
+        if not isinstance(entry, dict) or not set(keys) <= set(entry) <= set(keys) | set(
+                optional) or any(not isinstance(entry[k], t) for k, t in
+                                 (keys | optional).items() if k in entry):
             fail(f"{field}[{name!r}]", "expected {" + ", ".join(
                 f"{k}: {t.__name__}" for k, t in keys.items()) + "}")
+
+
+def check_variant(v: dict, fail) -> None:
+    """A `rows_variant` entry (`runtime/batch_rows.py`): {file, inputs, outputs}."""
+    from dycomp.runtime.batch_rows import INPUT_KINDS, OUTPUT_KINDS
+
+    if set(v) != {"file", "inputs", "outputs"} or not isinstance(v["file"], str):
+        fail("expected {file: str, inputs: list, outputs: list}")
+    for key, kinds in (("inputs", INPUT_KINDS), ("outputs", OUTPUT_KINDS)):
+        if not isinstance(v[key], list) or not all(k in kinds for k in v[key]):
+            fail(f"{key}: expected a list of {', '.join(kinds)}")
 
 
 def batching_of(art) -> dict:
@@ -103,23 +124,29 @@ def plan(art) -> tuple[str, str]:
     kind = data["class"]
     if getattr(getattr(art, "program", None), "data", None) is None:
         return "one", "the artifact has no host program as data"
+    variants = any("rows_variant" in e for e in data.get("subgraphs", {}).values())
     if kind == "per-sample":
         if dynamic_batch(art):
             return "concat", "per-sample with a dynamic dim 0"
+        if variants:
+            return "split", "per-sample with fixed-shape inputs: regions run by rows variants"
         return "one", "per-sample, but its inputs have a fixed shape"
     if kind == "path-split":
         if not any(d["coupled"] and d["where"] == "host" for d in data.get("decisions", [])
-                   ) and not (dynamic_batch(art) and batched_subgraphs(art)):
+                   ) and not (dynamic_batch(art) and batched_subgraphs(art)) and not variants:
             return "one", ("path-split, but its coupled decisions are all fused into "
                            "subgraphs, which run per sample: one request at a time")
         return "split", "batch-coupled decisions: split at each by each sample's outcome"
     return "one", f"{kind}: {'; '.join(data.get('reasons', [])[:1])}"
 
 
-def run_batch(art, requests: list, return_path: bool = False, errors: str = "raise") -> list:
+def run_batch(art, requests: list, return_path: bool = False, errors: str = "raise",
+              stats: dict | None = None) -> list:
     """One answer per request, in order; each equals `art.run(*request,
     return_path=return_path)`. `errors="raise"` raises the first failing request's
-    exception (in request order); `"return"` puts it in that request's place."""
+    exception (in request order); `"return"` puts it in that request's place. `stats`
+    (a dict) counts the region calls of a split run: batched_calls (rows variants, each
+    for batched_samples in all) and single_calls (one sample each)."""
     if errors not in ("raise", "return"):
         raise ValueError(f"errors must be 'raise' or 'return', not {errors!r}")
     requests = [tuple(r) for r in requests]
@@ -132,7 +159,7 @@ def run_batch(art, requests: list, return_path: bool = False, errors: str = "rai
         if answers is not None:
             return answers
     if how == "split":
-        return _finish(_split(art, requests, return_path), errors)
+        return _finish(_split(art, requests, return_path, stats), errors)
     return _finish([_one(art, r, return_path) for r in requests], errors)
 
 
@@ -155,8 +182,9 @@ def _finish(answers: list, errors: str) -> list:
     return [a.error if isinstance(a, _Failed) else a for a in answers]
 
 
-def _split(art, requests: list, return_path: bool) -> list:
+def _split(art, requests: list, return_path: bool, stats: dict | None = None) -> list:
     from dycomp.runtime.artifact import check_inputs, exact_inputs
+    from dycomp.runtime.batch_rows import rows_variants
     from dycomp.runtime.batch_split import SplitRunner, group_caller
 
     inputs, answers = [], [None] * len(requests)
@@ -167,7 +195,10 @@ def _split(art, requests: list, return_path: bool) -> list:
         except ValueError as e:
             answers[i] = _Failed(e)
     batched = batched_subgraphs(art) if dynamic_batch(art) else set()
-    runner = SplitRunner(art.program, art.program.data, group_caller(batched))
+    variants = {n: v for n, v in rows_variants(art).items() if n not in batched}
+    runner = SplitRunner(art.program, art.program.data,
+                         group_caller(batched, variants=variants, stats=stats),
+                         code=_code_cache(art))
     samples = runner.run([r for _, r in inputs], return_path)
     for (i, _), s in zip(inputs, samples):
         if s.exit == "error":
@@ -175,6 +206,20 @@ def _split(art, requests: list, return_path: bool) -> list:
         else:
             answers[i] = (s.value, tuple(s.path)) if return_path else s.value
     return answers
+
+
+def _code_cache(art) -> dict | None:
+    """The splitter's compiled expressions, kept with the program whose data they come
+    from (compiling them again for every batch cost ~5 % of a policy_net batch)."""
+    program = art.program
+    cache = getattr(program, "_dycomp_split_code", None)
+    if cache is None or cache[0] is not program.data:
+        cache = (program.data, {})
+        try:
+            program._dycomp_split_code = cache
+        except AttributeError:
+            return None
+    return cache[1]
 
 
 def _concat(art, requests: list, return_path: bool) -> list | None:

@@ -30,6 +30,7 @@ from dycomp.runtime.artifact import (
     sha256,
     verify_files,
 )
+from dycomp.runtime.batch_rows import variant_files
 from dycomp.runtime.errors import ArtifactError
 from dycomp.runtime.shared_weights import WEIGHTS, inline
 
@@ -218,6 +219,9 @@ def load_selected(root: Path, raw: bytes, threads: int = 2, *, consented: bool =
             if s.get("backend", "onnx") == "onnx":
                 sub_files[s["file"]] = inline(sub_files[s["file"]], weights,
                                               f"{sub_root / s['file']}")
+        for f in variant_files(sub):  # rows variants: stored stripped as well
+            if f in sub_files:
+                sub_files[f] = inline(sub_files[f], weights, f"{sub_root / f}")
         subnets[key] = Artifact(sub_root, sub, sub_files, threads)
         params[key] = entry.get("params", 0)
         if entry.get("latency_ms") is not None:

@@ -52,17 +52,19 @@ def same(a, b, tol: float = 1e-4) -> bool:
 
 
 def batched_vs_single(art, reqs: list[tuple], seed: int = 0, max_batch: int = 8,
-                      times: list | None = None):
+                      times: list | None = None, stats: dict | None = None):
     """Run `reqs` in random batches of 1..max_batch with `run_batch` (paths included) and
     one at a time; returns (mismatching request indices, distinct paths, batch count).
-    `times` gets the seconds of both ways (one at a time, batched)."""
+    `times` gets the seconds of both ways (one at a time, batched); `stats` the region
+    call counts of `run_batch`."""
+    run_batch(art, reqs[:2])  # loads the rows variants' sessions, outside the timing
     t0 = time.perf_counter()
     single = [art.run(*r, return_path=True) for r in reqs]
     t1 = time.perf_counter()
     rng, batched, i, batches = random.Random(seed), [], 0, 0
     while i < len(reqs):
         b = rng.randint(1, max_batch)
-        batched += run_batch(art, reqs[i:i + b], return_path=True)
+        batched += run_batch(art, reqs[i:i + b], return_path=True, stats=stats)
         i, batches = i + b, batches + 1
     if times is not None:
         times += [t1 - t0, time.perf_counter() - t1]

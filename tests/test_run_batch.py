@@ -12,8 +12,9 @@ from torch import nn
 
 import dycomp
 import dycomp.runtime as rt
-from dycomp.runtime import batch_split
+from dycomp.runtime import batch_rows, batch_split
 from dycomp.runtime.artifact import Signature, TensorSpec
+from dycomp.runtime.batch_rows import call_variant
 from dycomp.runtime.batching import plan, run_batch
 from examples.zoo import ZOO
 from tests.batching_zoo import batched_vs_single, requests, same, zoo_artifact
@@ -41,7 +42,12 @@ def test_split_at_host_decisions(name, monkeypatch):
         calls.append(len(rows))
         return batch_split.call_each(program, region, rows, paths)
 
+    def spy_variant(variant, program, region, rows, paths, stats=None):  # rows variants
+        calls.append(len(rows))
+        return call_variant(variant, program, region, rows, paths, stats)
+
     monkeypatch.setattr(batch_split, "CALL_GROUP", spy)
+    monkeypatch.setattr(batch_rows, "call_variant", spy_variant)
     reqs = requests(name, 200, seed=1)
     parts = 0
     for i in range(0, 64, 8):
