@@ -39,7 +39,7 @@ def compile(model, example_inputs, *, example_kwargs: dict | None = None,
             check: bool = True, threads: int | None = None, optimize=True,
             fuse_branches: bool = True, tune=None, strict: bool = False,
             selectors: dict | None = None,
-            dynamic_dims: dict | None = None) -> CompiledModel:
+            dynamic_dims: dict | None = None, batch_variants: bool = False) -> CompiledModel:
     """Compile `model.<method>` (or a bound method) into static regions + a host program.
 
     `passes`: `dycomp.passes.Prune` (prunes a copy of the model before capture; the
@@ -65,7 +65,11 @@ def compile(model, example_inputs, *, example_kwargs: dict | None = None,
     (one name on several inputs: the same size); the regions take any size there, calls
     are checked against the signature (`cm.signature`), the self-check runs at several
     sizes. Code that needs such a size as one scalar is refused (README, "Variable
-    dimensions")."""
+    dimensions").
+    `batch_variants` (backend 'onnx'): when saved, each row-wise region left on the host
+    also gets a per-row copy, checked against it, so that `dycomp.runtime.batching.run_batch`
+    and `dycomp serve` run a group of requests in one call (README, "Rows variants"; a
+    larger artifact and a longer save)."""
     configure_logging()
     if selectors is not None:
         from dycomp.selectors import compile_selected
@@ -73,7 +77,8 @@ def compile(model, example_inputs, *, example_kwargs: dict | None = None,
         return compile_selected(model, example_inputs, selectors, dict(
             example_kwargs=example_kwargs, method=method, backend=backend, passes=passes,
             check=check, threads=threads, optimize=optimize, fuse_branches=fuse_branches,
-            tune=tune, strict=strict, dynamic_dims=dynamic_dims))
+            tune=tune, strict=strict, dynamic_dims=dynamic_dims,
+            batch_variants=batch_variants))
     fn = _resolve(model, method)
     args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (
         example_inputs,)
@@ -108,7 +113,8 @@ def compile(model, example_inputs, *, example_kwargs: dict | None = None,
     executor = lower(graph, backend, **options)
     cm = CompiledModel.from_graph(graph, executor, spec, backend)
     cm.batching = for_artifact(batching, graph)
-    if backend == "onnx" and not quantize:  # a float copy of a quantized region differs
+    if batch_variants and backend == "onnx" and not quantize:  # a float copy of a
+        # quantized region differs
         cm.batching.variants = "dynamic" if any(spec.dynamic or []) else "fixed"  # on save
     cm.optimizations = notes + [str(a) for a in graph.applied]
     cm.options = {"backend": backend, "fuse_branches": fuse_branches, "optimize": optimize}

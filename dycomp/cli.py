@@ -99,6 +99,7 @@ class CompileConfig:
     explain_opts: bool = False
     selectors: tuple[str, ...] = ()  # --selector NAME=V1,V2,...: one sub-network per value
     dynamic: tuple[str, ...] = ()  # --dynamic x:0=batch
+    batch_variants: bool = False  # --batch-variants
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -380,6 +381,9 @@ def _add_compile(sub) -> None:
                    help="a dimension of an input whose size varies between calls, e.g. "
                         "x:0=batch (the same NAME on several inputs: the same size); the "
                         "artifact takes any size there and checks calls; repeatable")
+    p.add_argument("--batch-variants", action="store_true",
+                   help="also save per-row copies of row-wise regions, so that `dycomp serve` "
+                        "runs a group of batched requests in one call (a larger artifact)")
     p.add_argument("--checkpoint", metavar="FILE", type=Path,
                    help="state_dict to load (torch.save file, read with weights_only=True; a "
                         "dict holding it under 'state_dict' or 'model' works too)")
@@ -499,7 +503,7 @@ def _compile_config(ns) -> CompileConfig:
                          prune_round_to=ns.prune_round_to, quantize=ns.quantize,
                          calib=ns.calib, no_opt=tuple(ns.no_opt),
                          explain_opts=ns.explain_opts, selectors=tuple(ns.selector),
-                         dynamic=tuple(ns.dynamic))
+                         dynamic=tuple(ns.dynamic), batch_variants=ns.batch_variants)
 
 
 def _run_config(ns) -> RunConfig:
@@ -613,7 +617,7 @@ def compile_command(cfg: CompileConfig, out: Console) -> None:
         cm = dycomp.compile(loaded.model, examples, method=cfg.method, backend=cfg.backend,
                             check=False, threads=cfg.threads, passes=passes,
                             optimize=cfg.optimize, dynamic_dims=parse_cli(list(cfg.dynamic)),
-                            **options)
+                            batch_variants=cfg.batch_variants, **options)
     checked = None
     if cfg.check and passes:
         from dycomp.check import variants

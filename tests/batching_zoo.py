@@ -27,7 +27,7 @@ def zoo_artifact(name: str, fuse: bool = True):
     mod = ZOO[name]
     model, example = mod.make()
     cm = dycomp.compile(model, example, backend="onnx", check=False, method=mod.METHOD,
-                        fuse_branches=fuse)
+                        fuse_branches=fuse, batch_variants=True)
     path = Path(_TMP.name) / f"{name}-{int(fuse)}.dyc"
     cm.save(path)
     return cm, rt.load(path)

@@ -55,8 +55,7 @@ def test_layout_and_manifest(multi_exit):
     files = sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
     regions = sorted(cm.graph.regions)
     assert files == sorted(["manifest.json", "host.py"] +
-                           [f"subgraphs/{r}.onnx" for r in regions] +
-                           [f"subgraphs/{r}.rows.onnx" for r in regions])  # rows variants
+                           [f"subgraphs/{r}.onnx" for r in regions])  # no rows variants
     m = json.loads((path / "manifest.json").read_text())
     assert (m["format"], m["format_version"], m["backend"]) == ("dycomp-artifact", 3, "onnx")
     assert set(m["versions"]) == {"dycomp", "onnx", "onnxruntime", "torch", "python"}

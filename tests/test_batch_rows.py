@@ -83,7 +83,8 @@ class Halting(nn.Module):
 def _artifact(model, example, tmp_path, name):
     torch.manual_seed(0)
     cm = dycomp.compile(model.eval(), (example,), backend="onnx", check=False,
-                        fuse_branches=False, optimize=False)  # decisions stay on the host
+                        fuse_branches=False, optimize=False,  # decisions stay on the host
+                        batch_variants=True)
     return cm, rt.load(cm.save(tmp_path / f"{name}.dyc"))
 
 
@@ -179,7 +180,7 @@ def test_no_variant_where_rows_mix(tmp_path):
     torch.manual_seed(0)
     bn = TrainBN().train()
     cm = dycomp.compile(bn, (torch.randn(2, 4),), backend="onnx", check=False,
-                        fuse_branches=False)
+                        fuse_branches=False, batch_variants=True)
     assert cm.batching.kind == "unbatchable" and not cm.batching.files
     cm, art = _artifact(SumRows(), torch.randn(1, 4), tmp_path, "sum0")
     entry = art.batching["subgraphs"]
@@ -297,7 +298,7 @@ def test_rows_variants_in_an_artifact_with_selectors(tmp_path):
     torch.manual_seed(3)
     cm = dycomp.compile(WidthGate().eval(), (torch.randn(1, 6),), backend="onnx",
                         check=False, fuse_branches=False, optimize=False,
-                        selectors={"width": [0.5, 1.0]})
+                        selectors={"width": [0.5, 1.0]}, batch_variants=True)
     sel = rt.load(cm.save(tmp_path / "sel.dyc"))
     reqs = _requests((1, 6), 48, seed=6)
     for art in sel.subnets.values():
@@ -339,7 +340,7 @@ def test_variants_must_equal_the_saved_regions(tmp_path):
     torch.manual_seed(1)
     model = ItemGate().eval()
     cm = dycomp.compile(model, (torch.randn(1, 6),), backend="onnx", check=False,
-                        fuse_branches=False, optimize=False)
+                        fuse_branches=False, optimize=False, batch_variants=True)
     with torch.no_grad():
         model.out.weight.add_(1.0)
     art = rt.load(cm.save(tmp_path / "changed.dyc"))
@@ -349,3 +350,15 @@ def test_variants_must_equal_the_saved_regions(tmp_path):
     reqs = _requests((1, 6), 24, seed=8)
     for r, b in zip(reqs, run_batch(art, reqs)):
         assert same(art.run(*r), b)
+
+
+def test_variants_only_when_asked_cli_too(tmp_path, capsys):
+    """Rows variants are opt-in: `batch_variants=True` / `dycomp compile --batch-variants`."""
+    from tests.test_cli import call
+
+    target = f"{Path(__file__).resolve().parents[1] / 'examples' / 'zoo' / 'static_resnet.py'}:make"
+    for flag, expected in (([], {"r0.onnx"}), (["--batch-variants"], {"r0.onnx", "r0.rows.onnx"})):
+        out = tmp_path / f"sr{len(flag)}.dyc"
+        code, _, err = call(capsys, "compile", target, "-o", out, "--no-check", *flag)
+        assert code == 0 and err == ""
+        assert {p.name for p in (out / "subgraphs").iterdir()} == expected

@@ -84,7 +84,7 @@ def _looping_artifact(tmp_path):
     torch.manual_seed(0)
     model = Looping().eval()
     cm = dycomp.compile(model, (torch.randn(1, 4),), backend="onnx", check=False,
-                        fuse_branches=False, optimize=False)
+                        fuse_branches=False, optimize=False, batch_variants=True)
     return rt.load(cm.save(tmp_path / "loop.dyc"))
 
 
