@@ -41,7 +41,8 @@ _ROW_MODULES = (
     nn.RNNCell, nn.Dropout, nn.Softmax, nn.LogSoftmax,
 )
 _TRAINING_SENSITIVE = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.Dropout)
-_BATCH_FIRST = (nn.GRU, nn.LSTM, nn.RNN, nn.MultiheadAttention, nn.TransformerEncoderLayer)
+_RNNS = (nn.GRU, nn.LSTM, nn.RNN)
+_BATCH_FIRST = _RNNS + (nn.MultiheadAttention, nn.TransformerEncoderLayer)
 
 # Functions and methods that act elementwise or per row (dim arguments never 0 checked
 # below for the softmax family).
@@ -163,12 +164,28 @@ def _module_state(mod: nn.Module, node, args) -> State:
     if isinstance(mod, _BATCH_FIRST) and not getattr(mod, "batch_first", False):
         raise NotRowwise(f"{_where(node)}: {type(mod).__name__} without batch_first=True "
                          "takes the batch in dim 1")
+    if isinstance(mod, _RNNS):
+        _rnn_rows(mod, node)
     if isinstance(mod, _ROW_MODULES + _TRAINING_SENSITIVE + _BATCH_FIRST):
         return _combine(node, args)
     if isinstance(mod, nn.Flatten):
         return _view_state(node, args)
     raise NotRowwise(f"{_where(node)}: module {type(mod).__name__} is not known to keep "
                      "rows apart")
+
+
+def _rnn_rows(mod: nn.Module, node: fx.Node) -> None:
+    """A batch_first GRU / LSTM / RNN keeps rows apart only in its per-step output: its
+    initial and final hidden states are [layers, batch, hidden], the batch in dim 1."""
+    name = type(mod).__name__
+    if len(node.args) > 1 or node.kwargs.get("hx") is not None:
+        raise NotRowwise(f"{_where(node)}: {name}'s initial hidden state has the batch in "
+                         "dim 1")
+    for user in node.users:
+        if not (_op_name(user) in ("getitem", "__getitem__") and len(user.args) > 1
+                and user.args[1] == 0):
+            raise NotRowwise(f"{_where(node)}: {name}'s final hidden state has the batch in "
+                             "dim 1")
 
 
 def _example(n):

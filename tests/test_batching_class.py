@@ -24,7 +24,7 @@ ZOO_CLASSES = {
     "gated_resnet": ("path-split", "gated_resnet.py:43", "gated_resnet.py:43"),
     "policy_net": ("path-split", "policy_net.py:80", "policy_net.py:80"),
     "moe": ("unbatchable", "moe.py:52", "moe.py:52"),  # probs[0, idx] scales the rows
-    "decoder": ("path-split", "decoder.py:72", "getitem"),
+    "decoder": ("unbatchable", "decoder.py:59", "hidden state has the batch in dim 1"),
     "act": ("path-split", "act.py:52", "act.py:52"),
     "nested_if": ("unbatchable", "nested_if.py:65", "where"),  # torch.where on a scalar
     "static_resnet": ("per-sample", "every region is row-wise", ""),
@@ -116,6 +116,30 @@ class Flattens(nn.Module):
         return self.fc(x.reshape(-1))
 
 
+class GruState(nn.Module):
+    """A batch_first GRU's final state `h` is [layers, batch, hidden]: batch in dim 1."""
+
+    def __init__(self):
+        super().__init__()
+        self.gru = nn.GRU(8, 4, batch_first=True)
+
+    def forward(self, x):
+        out, h = self.gru(x.unsqueeze(1))
+        return h * 2
+
+
+class GruOutput(nn.Module):
+    """The same GRU's per-step output is [batch, steps, hidden]: rows."""
+
+    def __init__(self):
+        super().__init__()
+        self.gru = nn.GRU(8, 4, batch_first=True)
+
+    def forward(self, x):
+        out, _ = self.gru(x.unsqueeze(1))
+        return out * 2
+
+
 def _at(text: str) -> str:
     """`test_batching_class.py:N`, N the line of this file that holds `text`."""
     lines = Path(__file__).read_text().splitlines()
@@ -128,6 +152,8 @@ def _at(text: str) -> str:
                               f"{_at('if x.max() > 0.5:')}: max_1 (max)"),
     (MixesRows(), "unbatchable", f"{_at('return self.fc(x - x.mean())')}: sub"),
     (Flattens(), "unbatchable", "reshapes [1, 8] to [8], across dim 0"),
+    (GruState(), "unbatchable", "final hidden state has the batch in dim 1"),
+    (GruOutput(), "per-sample", "every region is row-wise"),
 ])
 def test_small_model_class(model, kind, reason):
     cm = dycomp.compile(model.eval(), (torch.randn(1, 8),), check=False, optimize=False)

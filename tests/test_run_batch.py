@@ -30,7 +30,7 @@ def test_zoo_batched_equals_single(name):
     assert batches > 40
 
 
-@pytest.mark.parametrize("name", ["multi_exit", "act", "decoder", "policy_net"])
+@pytest.mark.parametrize("name", ["multi_exit", "act", "gated_resnet", "policy_net"])
 def test_split_at_host_decisions(name, monkeypatch):
     """Unfused, the decisions are the host's: groups really split (some region call gets
     part of its batch, several samples at once), and answers still equal."""
