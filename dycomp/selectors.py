@@ -117,34 +117,61 @@ def compile_selected(model, example_inputs, selectors: dict, options: dict,
             progress(label)
         with _configured(owner, calls):
             cm = compile_one(model, example_inputs, example_kwargs=kwargs, **options)
-        subnets[key] = cm if store is None else _shared(cm, store, label,
-                                                        options.get("threads") or 2)
+        if store is not None:
+            manifest, files = _package(cm)
+            onnx_files = _onnx_files(manifest)
+            files.update(zip(onnx_files, strip_all([files[f] for f in onnx_files], store)))
+            cm = _shared(cm, store, manifest, files, options.get("threads") or 2,
+                         Path(f"<sub-network {label}>"))
+        subnets[key] = cm
         del cm  # its graph, exported models and sessions go now
     args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (
         example_inputs,)
     if store is not None:
-        log.info("weight store: %d distinct tensors (%.1f MB) for %d references",
-                 store.tensors, store.nbytes / 1e6, store.references)
+        store = _compact(subnets, store, options.get("threads") or 2)
     return SelectorModel(decl, subnets, example=args, weights=store, max_live=max_live)
 
 
-def _shared(cm, store: WeightStore, label: str, threads: int):
-    """`cm` as a CompiledModel over its packaged artifact whose ONNX tensors refer to
-    `store`: sessions created on first call, the compile-time copies dropped."""
+def _shared(cm, store: WeightStore, manifest: dict, files: dict[str, bytes], threads: int,
+            root: Path):
+    """`cm` as a CompiledModel over its artifact (`manifest`, `files`: its ONNX models
+    referring to `store`), named `root` in errors: sessions created on first call, the
+    compile-time copies dropped."""
     from dycomp.api import CompiledModel
     from dycomp.artifact import input_spec
 
-    manifest, files = _package(cm)
-    onnx_files = sorted({s["file"] for s in manifest["subgraphs"].values()
-                         if s.get("backend", "onnx") == "onnx"})
-    files.update(zip(onnx_files, strip_all([files[f] for f in onnx_files], store)))
-    art = rt.Artifact(Path(f"<sub-network {label}>"), manifest, files, threads,
-                      weights=store)
+    art = rt.Artifact(root, manifest, files, threads, weights=store)
     shared = CompiledModel(art.program, input_spec(manifest), manifest["backend"],
                            graph=None, artifact=art)
     shared.optimizations, shared.options = cm.optimizations, cm.options
     shared.check, shared.batching = cm.check, cm.batching
+    # what the dropped graph counted (regions, ops, ...), for summaries
+    shared.graph_stats = cm.graph.stats() if cm.graph is not None else cm.graph_stats
     return shared
+
+
+def _onnx_files(manifest: dict) -> list[str]:
+    return sorted({s["file"] for s in manifest["subgraphs"].values()
+                   if s.get("backend", "onnx") == "onnx"})
+
+
+def _compact(subnets: dict, store: WeightStore, threads: int) -> WeightStore:
+    """The store rebuilt largest tensors first (compiled one by one, a sub-network's
+    slice was stored before the whole weight a later one holds; now it is a block of
+    it), `subnets` moved onto it in place."""
+    compact = WeightStore()
+    models = [(k, f) for k, cm in subnets.items() for f in _onnx_files(cm.artifact.manifest)]
+    stripped = strip_all([subnets[k].artifact.files[f] for k, f in models], compact, store)
+    files = {k: dict(cm.artifact.files) for k, cm in subnets.items()}
+    for (k, f), data in zip(models, stripped):
+        files[k][f] = data
+    for k, cm in subnets.items():
+        subnets[k] = _shared(cm, compact, cm.artifact.manifest, files[k], threads,
+                             cm.artifact.path)
+    log.info("weight store: %d distinct tensors (%.1f MB; %.1f MB before compacting) for "
+             "%d references", compact.tensors, compact.nbytes / 1e6, store.nbytes / 1e6,
+             compact.references)
+    return compact
 
 
 class _configured:
