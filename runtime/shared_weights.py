@@ -77,6 +77,12 @@ class WeightStore:
     def __len__(self) -> int:
         return self._size
 
+    def stored(self) -> list[np.ndarray]:
+        """The distinct tensors, in the order of their offsets."""
+        bases = sorted((offset, arr) for group in self._bases.values()
+                       for arr, offset, _ in group)
+        return [arr for _, arr in bases]
+
     def buffer(self, offset: int, length: int):
         """The stored bytes at `offset` (a tensor added whole), without copying."""
         data = self._arrays.get(offset)
