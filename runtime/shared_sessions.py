@@ -30,8 +30,9 @@ from dycomp.runtime.onnx_executor import (
     _arity,
     _bind,
     _call_spec,
+    _session,
+    blocked_across_branches,
     long_running,
-    new_session,
     session_options,
 )
 from dycomp.runtime.shared_weights import _inline_one, tensor_array, tensors
@@ -57,7 +58,25 @@ def shared_session(model: bytes, threads: int, weights, where: str) -> ort.Infer
     for t in _nested(proto.graph):
         if t.data_location == onnx.TensorProto.EXTERNAL:
             _inline_one(t, weights, where)
-    return new_session(proto.SerializeToString(), threads, options)
+    return _blocked_session(proto, threads, options)
+
+
+def _blocked_session(proto: onnx.ModelProto, threads: int,
+                     options: ort.SessionOptions) -> ort.InferenceSession:
+    """`new_session`'s session for `proto`, its NCHWc rewrite across `If` branches
+    (`blocked_across_branches`) loaded with fresh options: the rewritten model holds its
+    weights, and the given options' external initializers name tensors it no longer has."""
+    session, relaid = blocked_across_branches(proto.SerializeToString(), options, proto)
+    if relaid is None:
+        return session
+    fresh = session_options(threads, long_run=long_running(proto))
+    fresh.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        return _session(relaid.SerializeToString(), fresh)
+    except Exception as e:  # as new_session: a refused rewrite is a dycomp bug, go on
+        log.warning("dycomp: ONNX Runtime refused the NCHWc rewrite (%s); running its own "
+                    "graph", str(e).strip().splitlines()[0][:300])
+        return session
 
 
 def _nested(graph: onnx.GraphProto):

@@ -172,3 +172,42 @@ def test_a_bad_cap_is_refused():
     with pytest.raises(ValueError, match="max_live_subnets"):
         dycomp.compile(_net(), (torch.randn(1, 16),), backend="onnx",
                        selectors={"width": WIDTHS}, max_live_subnets=0)
+
+
+class SlimConv(nn.Module):
+    """Convolutions and a data-dependent exit: ONNX Runtime's NCHWc layout across `If`
+    branches (`blocked_across_branches`) is rewritten for shared sessions too."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
+        self.fc = nn.Linear(32, 10)
+
+    def forward(self, x, width=1.0):
+        c1, c2 = int(16 * width), int(32 * width)
+        h = F.relu(F.conv2d(x, self.conv1.weight[:c1], self.conv1.bias[:c1], padding=1))
+        if h.mean() > 0.2:
+            h = F.relu(F.conv2d(h, self.conv2.weight[:c2, :c1], self.conv2.bias[:c2],
+                                padding=1))
+        else:
+            h = F.relu(F.conv2d(h, self.conv2.weight[:c2, :c1], None, padding=1)) * 2
+        return F.linear(h.mean((2, 3)), self.fc.weight[:, :c2], self.fc.bias)
+
+
+def test_conv_branches_keep_the_blocked_layout(caplog):
+    torch.manual_seed(0)
+    net = SlimConv().eval()
+    cm = dycomp.compile(net, (torch.randn(1, 3, 8, 8),), backend="onnx",
+                        selectors={"width": [0.5, 1.0]}, max_live_subnets=1)
+    g = torch.Generator().manual_seed(3)
+    xs = [torch.randn(1, 3, 8, 8, generator=g) * s for s in (0.1, 3.0)]
+    with caplog.at_level("WARNING"):
+        for _ in range(2):
+            for w in (0.5, 1.0):
+                for x in xs:
+                    with torch.no_grad():
+                        want = net(x, width=w).numpy()
+                    np.testing.assert_allclose(cm(x, width=w).numpy(), want, rtol=1e-4,
+                                               atol=1e-4)
+    assert "NCHWc" not in caplog.text
