@@ -121,10 +121,10 @@ def compile_selected(model, example_inputs, selectors: dict, options: dict,
             manifest, files = _package(cm)
             onnx_files = _onnx_files(manifest)
             files.update(zip(onnx_files, strip_all([files[f] for f in onnx_files], store)))
+            # the compiled model (its graph, exported models, sessions) is dropped here
             cm = _shared(cm, store, manifest, files, options.get("threads") or 2,
                          Path(f"<sub-network {label}>"))
         subnets[key] = cm
-        del cm  # its graph, exported models and sessions go now
     args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (
         example_inputs,)
     if store is not None:
