@@ -9,7 +9,9 @@ largest first: bytes equal to a stored tensor refer to it (the ONNX external-dat
 the same dtype and rank, each dimension starting at 0 or centred (`w[:8, :4]`, the
 3x3 centre of a 7x7 kernel), refers to that tensor plus `dycomp_block` (the block's
 start:stop per dimension) and `dycomp_shape` (the stored tensor's shape), a dycomp
-extension. `inline` puts the bytes back before ONNX Runtime sees a model. A tensor
+extension. `tensor_array` reads a tensor back (ONNX Runtime gets it from there:
+`dycomp.runtime.shared_sessions`); `inline` puts the bytes back into a model (a
+sub-network saved on its own). A tensor
 computed from a weight (Once-for-All's kernel transform) is stored as its own bytes.
 """
 
