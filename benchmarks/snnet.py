@@ -2,6 +2,7 @@
 
     python benchmarks/snnet.py --src /work/corpus/SN-Net [--anchors tiny small base]
         [--stitches 0 5 9] [--inputs 50] [--rounds 7] [--threads 2] [--no-check]
+        [--max-live 8]
 
 Builds the repository's stitched DeiT (`stitching_deit/snnet.py` `SNNet`, anchors from its
 `models.py` `deit_{tiny,small,base}_patch16_224`, `pretrained=False`, random weights,
@@ -25,6 +26,13 @@ measured and removed in turn), the lower bound the disjoint anchors imply (all
 parameters over the largest sub-network's), and one stitch run through
 `dycomp.runtime.load`.
 
+Memory (issue #26): the sub-networks share one weight store and create their sessions on
+first call, at most `--max-live` alive (`max_live_subnets`). Printed: peak RSS after
+compiling and after checking every id (the process's `ru_maxrss`, the eager model
+included), and a fresh process (`snnet_loaded.py`: dycomp.runtime and numpy) that loads
+the saved artifact and runs every id on the same inputs against the eager outputs saved
+beside it: its max abs difference, load time and peak RSS. `--rounds 0` skips timing.
+
 Harness shims (the repository's code is loaded from `--src` at run time, never copied):
 `params` (its module parses `sys.argv` at import) and `logger` (it writes
 `outputs/<exp>/` into the working directory at import) are replaced by stand-ins
@@ -39,15 +47,16 @@ import argparse
 import json
 import logging
 import math
-import resource
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import types
 from pathlib import Path
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,6 +106,8 @@ def main() -> None:
     ap.add_argument("--ls-batch", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2, help="threads of each timed contender")
     ap.add_argument("--no-check", dest="check", action="store_false")
+    ap.add_argument("--max-live", type=int, default=dycomp.runtime.artifact.DEFAULT_LIVE,
+                    help="sub-networks with live sessions at most (max_live_subnets)")
     ap.add_argument("--blocks", type=int, default=0, metavar="CALLS",
                     help="time each contender over CALLS calls in a row per round (default:"
                          " call by call, alternating)")
@@ -109,52 +120,66 @@ def main() -> None:
     calls = [("reset_stitch_id", (k,), {}) for k in ids]
     t0 = time.perf_counter()
     cm = dycomp.compile(net, (x,), backend="onnx", selectors={"stitch": calls},
-                        check=args.check, threads=args.threads)
+                        check=args.check, threads=args.threads, max_live_subnets=args.max_live)
     print(f"compiled {len(ids)} sub-networks in {time.perf_counter() - t0:.0f} s "
-          f"(max RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.1f} GB)")
-    report(net, cm, ids, args)
-    sizes(net, cm, ids)
+          f"({memory()}; weight store {cm.weights.nbytes / 1e6:.1f} MB)", flush=True)
+    refs = report(net, cm, ids, args)
+    print(f"after running every id: {memory()}; {len(cm.live())} sub-networks live")
+    sizes(net, cm, ids, refs, args)
 
 
 def report(net, cm, ids: list[int], args) -> None:
     """Per stitch id: max abs diff vs eager on the inputs, eager and dycomp latency."""
     g = torch.Generator().manual_seed(1)
     inputs = [torch.randn(1, 3, 224, 224, generator=g) for _ in range(args.inputs)]
-    speedups, firsts = [], []
+    speedups, firsts, saved = [], [], {"inputs": torch.cat(inputs).numpy()}
     print(f"{'id':>3} {'anchors':<8} {'stitch':<12} {'params M':>8} {'max|eager|':>10} "
-          f"{'max|diff|':>10} {'eager ms':>9} {'dycomp ms':>10} {'x':>6}")
+          f"{'max|diff|':>10} {'1st call s':>10} {'eager ms':>9} {'dycomp ms':>10} {'x':>6}")
     for k in ids:
         net.reset_stitch_id(k)
         cm.reset_stitch_id(k)
         cfg = net.stitch_configs[k]
         with torch.no_grad():
             refs = list(net(torch.cat(inputs)).split(1))  # one batch: the same per image
+            t0 = time.perf_counter()
+            cm(inputs[0])  # the first call creates the sub-network's sessions
+            first = time.perf_counter() - t0
             diff = max((cm(xi) - r).abs().max().item() for xi, r in zip(inputs, refs))
             scale = max(r.abs().max().item() for r in refs)
-            torch.set_num_threads(args.threads)
-            eager, ours = (block_ms(net, cm, inputs[0], args.rounds, args.blocks)
-                           if args.blocks else interleaved_ms(net, cm, inputs[0], args.rounds))
-            torch.set_num_threads(1)
-        speedups.append(eager / ours)
+            saved[f"ref{k}"] = torch.cat(refs).numpy()
+            eager = ours = math.nan
+            if args.rounds:
+                torch.set_num_threads(args.threads)
+                eager, ours = (block_ms(net, cm, inputs[0], args.rounds, args.blocks)
+                               if args.blocks else
+                               interleaved_ms(net, cm, inputs[0], args.rounds))
+                torch.set_num_threads(1)
+                speedups.append(eager / ours)
         firsts.append(refs[0])
         comb = "-".join(map(str, cfg["comb_id"]))
         stitch = ",".join(f"{a}>{b}" for a, b in cfg["stitch_cfgs"]) or "anchor"
         print(f"{k:>3} {comb:<8} {stitch:<12} {net.get_model_size(k) / 1e6:>8.2f} {scale:>10.3g} "
-              f"{diff:>10.2e} {eager:>9.2f} {ours:>10.2f} {eager / ours:>6.2f}", flush=True)
+              f"{diff:>10.2e} {first:>10.2f} {eager:>9.2f} {ours:>10.2f} {eager / ours:>6.2f}",
+              flush=True)
     if len(firsts) > 1:
         apart = min((a - b).abs().max().item() for i, a in enumerate(firsts)
                     for b in firsts[:i])
         print(f"the two closest sub-networks differ by {apart:.2e} on the first input "
               "(max abs)")
-    print(f"geomean speedup over eager: "
-          f"{math.exp(statistics.mean(map(math.log, speedups))):.2f}x")
+    if speedups:
+        print(f"geomean speedup over eager: "
+              f"{math.exp(statistics.mean(map(math.log, speedups))):.2f}x")
+    return saved
 
 
-def sizes(net, cm, ids: list[int]) -> None:
+def sizes(net, cm, ids: list[int], refs: dict, args) -> None:
     """The one artifact against the largest sub-network's own and the sum of all of them;
-    the lower bound the anchors' disjoint weights imply; a stitch run by dycomp.runtime."""
+    the lower bound the anchors' disjoint weights imply; every stitch id run by
+    dycomp.runtime in a fresh process."""
     tmp = Path(tempfile.mkdtemp(prefix="snnet_"))
+    t0 = time.perf_counter()
     one = size(cm.save(tmp / "snnet.dyc"))
+    print(f"saved in {time.perf_counter() - t0:.1f} s")
     own = []
     for i, sub in enumerate(cm.subnets.values()):  # saved, measured, removed one at a time
         own.append(size(sub.save(tmp / f"sub{i}.dyc")))
@@ -171,15 +196,20 @@ def sizes(net, cm, ids: list[int]) -> None:
     w = json.loads((tmp / "snnet.dyc" / "manifest.json").read_text())["weights"]
     print(f"weight store: {w['tensors']} distinct tensors ({w['bytes'] / 1e6:.2f} MB) for "
           f"{w['references']} references, {w['blocks']} of them blocks of a larger one")
-    rt = dycomp.runtime.load(tmp / "snnet.dyc")
-    k = ids[len(ids) // 2]
-    rt.reset_stitch_id(k)
-    net.reset_stitch_id(k)
-    x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        diff = abs(rt(x.numpy()) - net(x).numpy()).max()
-    print(f"loaded with dycomp.runtime, stitch id {k}: max|diff| {diff:.2e}")
+    np.savez(tmp / "refs.npz", **refs)
+    subprocess.run([sys.executable, str(ROOT / "benchmarks" / "snnet_loaded.py"), str(tmp),
+                    "--threads", str(args.threads), "--max-live", str(args.max_live)],
+                   check=True)
     shutil.rmtree(tmp)
+
+
+def memory() -> str:
+    """This process's resident memory now and at its peak (VmRSS, VmHWM: a fresh
+    process's own, where `ru_maxrss` would report its parent's peak at the fork)."""
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text()
+                  .splitlines() if ":" in line)
+    now, peak = (int(status[k].split()[0]) * 1024 for k in ("VmRSS", "VmHWM"))
+    return f"RSS {now / 1e9:.2f} GB, peak {peak / 1e9:.2f} GB"
 
 
 if __name__ == "__main__":

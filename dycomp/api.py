@@ -28,6 +28,7 @@ from dycomp.ir.dyngraph import DynGraph
 from dycomp.ir.program import program_data
 from dycomp.logs import configure as configure_logging
 from dycomp.passes import run_passes
+from dycomp.runtime.artifact import DEFAULT_LIVE
 from dycomp.runtime.errors import ModelError
 from dycomp.runtime.host import HostProgram
 
@@ -38,7 +39,7 @@ def compile(model, example_inputs, *, example_kwargs: dict | None = None,
             method: str = "forward", backend: str = "torch", passes=(),
             check: bool = True, threads: int | None = None, optimize=True,
             fuse_branches: bool = True, tune=None, strict: bool = False,
-            selectors: dict | None = None,
+            selectors: dict | None = None, max_live_subnets: int | None = DEFAULT_LIVE,
             dynamic_dims: dict | None = None, batch_variants: bool = False) -> CompiledModel:
     """Compile `model.<method>` (or a bound method) into static regions + a host program.
 
@@ -61,6 +62,9 @@ def compile(model, example_inputs, *, example_kwargs: dict | None = None,
     (`{"width": [0.5, 1.0]}`, `{"subnet": [("set_active_subnet", {"d": 2}), ...]}`):
     one sub-network compiled per combination, returned as a `dycomp.selectors.SelectorModel`
     (`cm(x, width=0.5)`; saved as one artifact with the shared weights stored once).
+    Backend 'onnx': the sub-networks share one in-memory store of weights and create their
+    ONNX Runtime sessions on first call; `max_live_subnets` (None: all) keeps at most that
+    many sub-networks' sessions alive, the least recently called released first.
     `dynamic_dims`: input dims whose size varies between calls, `{"x": {0: "batch"}}`
     (one name on several inputs: the same size); the regions take any size there, calls
     are checked against the signature (`cm.signature`), the self-check runs at several
@@ -78,7 +82,7 @@ def compile(model, example_inputs, *, example_kwargs: dict | None = None,
             example_kwargs=example_kwargs, method=method, backend=backend, passes=passes,
             check=check, threads=threads, optimize=optimize, fuse_branches=fuse_branches,
             tune=tune, strict=strict, dynamic_dims=dynamic_dims,
-            batch_variants=batch_variants))
+            batch_variants=batch_variants), max_live=max_live_subnets)
     fn = _resolve(model, method)
     args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (
         example_inputs,)
@@ -379,16 +383,18 @@ def _check_line(check) -> str:
 
 
 def load(path, threads: int = 2, *, trust_native: bool = False,
-         public_key=None) -> CompiledModel:
+         public_key=None, max_live_subnets: int | None = DEFAULT_LIVE) -> CompiledModel:
     """Load a saved artifact as a CompiledModel: torch tensors in and out, same structure.
     An artifact with native code (TVM) needs `trust_native=True` or a `public_key` whose
-    signature it carries; a `public_key` is checked for every artifact."""
+    signature it carries; a `public_key` is checked for every artifact. A model with
+    selectors creates a sub-network's sessions on its first call, at most
+    `max_live_subnets` sub-networks' alive (None: all)."""
     from dycomp import selectors
     from dycomp.artifact import load as load_artifact
 
     if selectors.is_selected_artifact(path):  # many sub-networks: a SelectorModel
         return selectors.load(path, threads=threads, trust_native=trust_native,
-                             public_key=public_key)
+                              public_key=public_key, max_live=max_live_subnets)
     return load_artifact(path, threads=threads, trust_native=trust_native,
                          public_key=public_key)
 

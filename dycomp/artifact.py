@@ -37,7 +37,7 @@ _SAFE_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 def save(cm: CompiledModel, path) -> Path:
     """Write `cm` to the directory `path` (replacing an artifact there) and return it."""
     if getattr(cm, "artifact", None) is not None:
-        files = dict(cm.artifact.files)
+        files = cm.artifact.own_files()  # a sub-network's weights put back from its store
         manifest = {k: v for k, v in cm.artifact.manifest.items() if k != "files"}
     else:
         manifest, files = package(cm)

@@ -55,7 +55,7 @@ def _summary(cfg: CompileConfig, sm, examples: tuple, times: tuple[float, float]
     for s in sm.selectors:
         _row(table, "selector", f"{s['name']} = {', '.join(map(repr, s['values']))}")
     for key, cm in sm.subnets.items():
-        st = cm.graph.stats()
+        st = cm.graph.stats() if cm.graph is not None else cm.graph_stats
         check = "" if cm.check is None else f"; check: {cm.check.summary()}"
         _row(table, "sub-network", f"{sm.label(key)}: {sm.params.get(key, 0)} params, "
              f"{st['regions']} subgraphs, {st['ops']} ops{check}")

@@ -25,6 +25,7 @@ from dycomp.frontend.capture import InputSpec
 from dycomp.frontend.user_state import UserState
 from dycomp.runtime import artifact as rt
 from dycomp.runtime.errors import ModelError
+from dycomp.runtime.live_pool import LivePool
 from dycomp.runtime.selectors import KIND, Selected, describe
 from dycomp.runtime.shared_weights import WEIGHTS, WeightStore, strip_all
 
@@ -90,11 +91,15 @@ def _plain(name: str, value):
 
 
 def compile_selected(model, example_inputs, selectors: dict, options: dict,
-                     progress=None) -> SelectorModel:
+                     progress=None, max_live: int | None = rt.DEFAULT_LIVE) -> SelectorModel:
     """Compile every declared combination with `dycomp.compile(**options)`; `progress`
-    (optional) is called with each sub-network's label before it is compiled."""
+    (optional) is called with each sub-network's label before it is compiled. Backend
+    'onnx': each sub-network, once compiled (and checked), keeps only its stripped ONNX
+    models, its weights moved to one store shared by all (`_shared`)."""
     from dycomp.api import compile as compile_one
 
+    LivePool(max_live)  # refuse a bad limit before compiling anything
+    store = WeightStore() if options.get("backend") == "onnx" else None
     decl = parse(selectors)
     owner = model if isinstance(model, nn.Module) else getattr(model, "__self__", None)
     base_kwargs = dict(options.pop("example_kwargs", None) or {})
@@ -111,10 +116,62 @@ def compile_selected(model, example_inputs, selectors: dict, options: dict,
         if progress is not None:
             progress(label)
         with _configured(owner, calls):
-            subnets[key] = compile_one(model, example_inputs, example_kwargs=kwargs, **options)
+            cm = compile_one(model, example_inputs, example_kwargs=kwargs, **options)
+        if store is not None:
+            manifest, files = _package(cm)
+            onnx_files = _onnx_files(manifest)
+            files.update(zip(onnx_files, strip_all([files[f] for f in onnx_files], store)))
+            # the compiled model (its graph, exported models, sessions) is dropped here
+            cm = _shared(cm, store, manifest, files, options.get("threads") or 2,
+                         Path(f"<sub-network {label}>"))
+        subnets[key] = cm
     args = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (
         example_inputs,)
-    return SelectorModel(decl, subnets, example=args)
+    if store is not None:
+        store = _compact(subnets, store, options.get("threads") or 2)
+    return SelectorModel(decl, subnets, example=args, weights=store, max_live=max_live)
+
+
+def _shared(cm, store: WeightStore, manifest: dict, files: dict[str, bytes], threads: int,
+            root: Path):
+    """`cm` as a CompiledModel over its artifact (`manifest`, `files`: its ONNX models
+    referring to `store`), named `root` in errors: sessions created on first call, the
+    compile-time copies dropped."""
+    from dycomp.api import CompiledModel
+    from dycomp.artifact import input_spec
+
+    art = rt.Artifact(root, manifest, files, threads, weights=store)
+    shared = CompiledModel(art.program, input_spec(manifest), manifest["backend"],
+                           graph=None, artifact=art)
+    shared.optimizations, shared.options = cm.optimizations, cm.options
+    shared.check, shared.batching = cm.check, cm.batching
+    # what the dropped graph counted (regions, ops, ...), for summaries
+    shared.graph_stats = cm.graph.stats() if cm.graph is not None else cm.graph_stats
+    return shared
+
+
+def _onnx_files(manifest: dict) -> list[str]:
+    return sorted({s["file"] for s in manifest["subgraphs"].values()
+                   if s.get("backend", "onnx") == "onnx"})
+
+
+def _compact(subnets: dict, store: WeightStore, threads: int) -> WeightStore:
+    """The store rebuilt largest tensors first (compiled one by one, a sub-network's
+    slice was stored before the whole weight a later one holds; now it is a block of
+    it), `subnets` moved onto it in place."""
+    compact = WeightStore()
+    models = [(k, f) for k, cm in subnets.items() for f in _onnx_files(cm.artifact.manifest)]
+    stripped = strip_all([subnets[k].artifact.files[f] for k, f in models], compact, store)
+    files = {k: dict(cm.artifact.files) for k, cm in subnets.items()}
+    for (k, f), data in zip(models, stripped):
+        files[k][f] = data
+    for k, cm in subnets.items():
+        subnets[k] = _shared(cm, compact, cm.artifact.manifest, files[k], threads,
+                             cm.artifact.path)
+    log.info("weight store: %d distinct tensors (%.1f MB; %.1f MB before compacting) for "
+             "%d references", compact.tensors, compact.nbytes / 1e6, store.nbytes / 1e6,
+             compact.references)
+    return compact
 
 
 class _configured:
@@ -164,10 +221,12 @@ class SelectorModel(Selected):
     `save(path)`. `subnets[key]` is each sub-network's CompiledModel."""
 
     def __init__(self, selectors: list[dict], subnets: dict, params: dict | None = None,
-                 latency: dict | None = None, example: tuple | None = None):
+                 latency: dict | None = None, example: tuple | None = None, weights=None,
+                 max_live: int | None = rt.DEFAULT_LIVE):
         params = params or {k: _params(cm) for k, cm in subnets.items()}
-        super().__init__(selectors, subnets, params, latency)
+        super().__init__(selectors, subnets, params, latency, max_live=max_live)
         self.example = example
+        self.weights = weights  # the store the sub-networks' ONNX tensors refer to
         self._entries = {k: _entry(cm, self._arg_values(k)) for k, cm in subnets.items()}
 
     def _arg_values(self, key: tuple) -> dict:
@@ -175,6 +234,8 @@ class SelectorModel(Selected):
 
     def __call__(self, *args, **kwargs):
         key = self._pick(kwargs)
+        if key != self._hot:
+            self._use(key)
         try:
             return self._entries[key](args, kwargs)
         except ModelError as e:
@@ -184,6 +245,7 @@ class SelectorModel(Selected):
 
     def run(self, *args, return_path: bool = False, **kwargs):
         key = self._pick(kwargs)
+        self._use(key)
         return self.subnets[key].run(*args, return_path=return_path, **kwargs,
                                      **self._arg_values(key))
 
@@ -244,7 +306,7 @@ def save(sm: SelectorModel, path) -> Path:
                                    if s.get("backend", "onnx") == "onnx"}
                                   | set(variant_files(manifest)))]  # rows variants too
     store = WeightStore()  # every sub-network's tensors at once: whole weights first
-    stripped = strip_all([packed[n][1][f] for n, f in onnx_files], store)
+    stripped = strip_all([packed[n][1][f] for n, f in onnx_files], store, sm.weights)
     for (n, f), data in zip(onnx_files, stripped):
         packed[n][1][f] = data
     files, entries = {}, []
@@ -272,7 +334,7 @@ def _package(cm) -> tuple[dict, dict[str, bytes]]:
     """A sub-network's manifest (without `files`) and files, as `cm.save` would write."""
     from dycomp.artifact import package
 
-    if cm.artifact is not None:
+    if cm.artifact is not None:  # ONNX files as they are: stripped when shared
         return ({k: v for k, v in cm.artifact.manifest.items() if k != "files"},
                 dict(cm.artifact.files))
     return package(cm)
@@ -287,16 +349,19 @@ def is_selected_artifact(path) -> bool:
 
 
 def load(path, threads: int = 2, *, trust_native: bool = False,
-         public_key=None) -> SelectorModel:
+         public_key=None, max_live: int | None = rt.DEFAULT_LIVE) -> SelectorModel:
     """A saved model with selectors, its sub-networks as torch-friendly CompiledModels."""
     from dycomp.api import CompiledModel
     from dycomp.artifact import input_spec
 
-    sel = rt.load(path, threads=threads, trust_native=trust_native, public_key=public_key)
+    sel = rt.load(path, threads=threads, trust_native=trust_native, public_key=public_key,
+                  max_live_subnets=max_live)
     subnets = {}
     for key, art in sel.subnets.items():
         cm = CompiledModel(art.program, input_spec(art.manifest), art.manifest["backend"],
                            graph=None, artifact=art)
         cm.optimizations = list(art.manifest.get("optimizations", []))
         subnets[key] = cm
-    return SelectorModel(sel.selectors, subnets, sel.params, sel.latency)
+    weights = next((a.weights for a in sel.subnets.values() if a.weights is not None), None)
+    return SelectorModel(sel.selectors, subnets, sel.params, sel.latency, weights=weights,
+                         max_live=max_live)

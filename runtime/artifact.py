@@ -73,14 +73,22 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def load(path, threads: int = 2, *, trust_native: bool = False, public_key=None) -> Artifact:
+# A model with selectors: how many sub-networks keep live sessions by default (all of a
+# small supernet; SN-Net's 71 stitch ids: the 8 most recently called).
+DEFAULT_LIVE = 8
+
+
+def load(path, threads: int = 2, *, trust_native: bool = False, public_key=None,
+         max_live_subnets: int | None = DEFAULT_LIVE) -> Artifact:
     """Verify and load the artifact directory at `path`; raises ArtifactError if anything
     is missing, truncated, tampered with or of an unknown format version.
 
     `public_key` (an Ed25519 public key: PEM file path, PEM bytes or key object) requires a
     valid `signature.json` by that key over the manifest. An artifact with native code (a
     TVM `regions.so`) loads only with `trust_native=True` or a verified signature.
-    A model compiled with selectors loads as a `dycomp.runtime.selectors.Selected`."""
+    A model compiled with selectors loads as a `dycomp.runtime.selectors.Selected`: its
+    weights.bin memory-mapped, each sub-network's sessions created on its first call, at
+    most `max_live_subnets` sub-networks' alive (None: all)."""
     root = Path(path)
     raw = manifest_bytes(root)
     if public_key is not None:
@@ -89,7 +97,8 @@ def load(path, threads: int = 2, *, trust_native: bool = False, public_key=None)
 
     if selectors.is_selected(raw):
         return selectors.load_selected(root, raw, threads,
-                                       consented=trust_native or public_key is not None)
+                                       consented=trust_native or public_key is not None,
+                                       max_live=max_live_subnets)
     manifest = parse_manifest(root, raw)
     trust.require_consent(root, manifest, trust_native or public_key is not None)
     files = verify_files(root, manifest)
@@ -268,8 +277,12 @@ class Artifact:
     """A loaded artifact: call it with numpy arrays (the flat tensor inputs, in signature
     order) to get numpy outputs. Thread-safe: every call has its own host state."""
 
-    def __init__(self, root: Path, manifest: dict, files: dict[str, bytes], threads: int = 2):
+    def __init__(self, root: Path, manifest: dict, files: dict[str, bytes], threads: int = 2,
+                 weights=None):
         self.path, self.manifest, self.files = root, manifest, files
+        # the store its ONNX files' stripped tensors refer to; their sessions then are
+        # created on first call (`dycomp.runtime.shared_sessions`)
+        self.weights = weights
         self.signature = signature_of(manifest)
         lines = {n: ", ".join(s.get("lines", [])[:2]) for n, s in self.subgraphs.items()}
         # checked and printed before any subgraph is loaded
@@ -289,8 +302,6 @@ class Artifact:
             by_backend.setdefault(backend, {})[name] = sub
         routes = {}
         if "onnx" in by_backend:
-            from dycomp.runtime.onnx_executor import OnnxExecutor  # onnxruntime: only on load
-
             subs = by_backend["onnx"]
             plan = {n: min(threads, int(s.get("threads", threads)))
                     for n, s in subs.items()}  # the compile-time plan, within budget
@@ -300,7 +311,7 @@ class Artifact:
                 if "ran" in s:  # saved traced: run it without the path output
                     traced[n] = models[n], _region_names(s["ran"], f"{self.path}: {n}")
                     models[n] = _without_path(models[n], f"{self.path / s['file']}")
-            ex = OnnxExecutor(models, threads=plan, traced=traced)
+            ex = self._onnx_executor(models, plan, traced)
             routes.update(dict.fromkeys(subs, ex))
         if "tvm" in by_backend:
             from dycomp.runtime.tvm_executor import TvmExecutor  # TVM: only on load
@@ -320,6 +331,24 @@ class Artifact:
             routes.update(dict.fromkeys(subs, ex))
         executors = set(routes.values())
         return executors.pop() if len(executors) == 1 else RoutingExecutor(routes)
+
+    def _onnx_executor(self, models: dict, plan: dict, traced: dict):
+        from dycomp.runtime.onnx_executor import OnnxExecutor  # onnxruntime: only on load
+
+        if self.weights is None:
+            return OnnxExecutor(models, threads=plan, traced=traced)
+        from dycomp.runtime.shared_sessions import LazyOnnxExecutor
+
+        return LazyOnnxExecutor(models, threads=plan, traced=traced, weights=self.weights,
+                                where=f"{self.path}: ")
+
+    def own_files(self) -> dict[str, bytes]:
+        """Its files as a stand-alone artifact holds them (weights put back)."""
+        if self.weights is None:
+            return dict(self.files)
+        from dycomp.runtime.shared_weights import inline_files
+
+        return inline_files(self.manifest, self.files, self.weights, str(self.path))
 
     @property
     def batching(self) -> dict:

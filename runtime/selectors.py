@@ -17,14 +17,18 @@ whose ONNX tensors refer to `weights.bin`.
 from __future__ import annotations
 
 import json
+import mmap
+import os
 import statistics
 import time
 from pathlib import Path
 
 from dycomp.runtime import trust
 from dycomp.runtime.artifact import (
+    DEFAULT_LIVE,
     MANIFEST,
     Artifact,
+    _check_path,
     parse_manifest,
     read_optional,
     sha256,
@@ -32,7 +36,8 @@ from dycomp.runtime.artifact import (
 )
 from dycomp.runtime.batch_rows import variant_files
 from dycomp.runtime.errors import ArtifactError
-from dycomp.runtime.shared_weights import WEIGHTS, inline
+from dycomp.runtime.live_pool import LivePool, is_live
+from dycomp.runtime.shared_weights import WEIGHTS, check_refs, inline
 
 KIND = "selectors"
 
@@ -56,8 +61,10 @@ class Selected:
     the index of its value). `latency`: key -> median milliseconds, once measured."""
 
     def __init__(self, selectors: list[dict], subnets: dict, params: dict,
-                 latency: dict | None = None):
+                 latency: dict | None = None, max_live: int | None = DEFAULT_LIVE):
         self.selectors, self.subnets, self.params = selectors, subnets, params
+        self._pool = LivePool(max_live)  # sub-networks allowed live sessions (LRU)
+        self._hot = None  # the key of the last sub-network called
         self.latency = dict(latency or {})
         self._state = [0] * len(selectors)  # method selectors: index of the last call
         self._args = [(i, s["name"], _index(s["values"]), s["values"])
@@ -142,10 +149,29 @@ class Selected:
 
     # -- running ----------------------------------------------------------------------------
     def __call__(self, *args, **kwargs):
-        return self.subnets[self._pick(kwargs)](*args, **kwargs)
+        key = self._pick(kwargs)
+        if key != self._hot:
+            self._use(key)
+        return self.subnets[key](*args, **kwargs)
 
     def run(self, *args, return_path: bool = False, **kwargs):
-        return self.subnets[self._pick(kwargs)].run(*args, return_path=return_path, **kwargs)
+        key = self._pick(kwargs)
+        self._use(key)
+        return self.subnets[key].run(*args, return_path=return_path, **kwargs)
+
+    def _use(self, key: tuple) -> None:
+        """`key` runs next: the most recently used; sub-networks beyond `max_live_subnets`
+        release their sessions (they create them again when next called)."""
+        self._hot = key
+        self._pool.use(key, self.subnets[key])
+
+    @property
+    def max_live_subnets(self) -> int | None:
+        return self._pool.limit
+
+    def live(self) -> list[tuple]:
+        """The keys of the sub-networks holding live ONNX Runtime sessions."""
+        return [k for k, m in self.subnets.items() if is_live(m)]
 
     def measure(self, *inputs, repeat: int = 30, warmup: int = 3) -> dict[str, float]:
         """Median milliseconds of one call of every sub-network on `inputs`; stored in
@@ -206,9 +232,11 @@ def is_selected(raw: bytes) -> bool:
     return isinstance(manifest, dict) and manifest.get("kind") == KIND
 
 
-def load_selected(root: Path, raw: bytes, threads: int = 2, *, consented: bool = False
-                  ) -> Selected:
-    """Load the artifact at `root` whose (already signature-checked) manifest is `raw`."""
+def load_selected(root: Path, raw: bytes, threads: int = 2, *, consented: bool = False,
+                  max_live: int | None = DEFAULT_LIVE) -> Selected:
+    """Load the artifact at `root` whose (already signature-checked) manifest is `raw`:
+    weights.bin memory-mapped once, every sub-network's sessions created on its first
+    call, at most `max_live` sub-networks' alive."""
     manifest, parts = verify_selected(root, raw)
     weights = parts.pop(WEIGHTS, b"")
     subnets, params, latency = {}, {}, {}
@@ -217,16 +245,15 @@ def load_selected(root: Path, raw: bytes, threads: int = 2, *, consented: bool =
         trust.require_consent(sub_root, sub, consented)
         for s in sub["subgraphs"].values():
             if s.get("backend", "onnx") == "onnx":
-                sub_files[s["file"]] = inline(sub_files[s["file"]], weights,
-                                              f"{sub_root / s['file']}")
-        for f in variant_files(sub):  # rows variants: stored stripped as well
+                check_refs(sub_files[s["file"]], len(weights), f"{sub_root / s['file']}")
+        for f in variant_files(sub):  # rows variants: stored stripped too, put back now
             if f in sub_files:
                 sub_files[f] = inline(sub_files[f], weights, f"{sub_root / f}")
-        subnets[key] = Artifact(sub_root, sub, sub_files, threads)
+        subnets[key] = Artifact(sub_root, sub, sub_files, threads, weights=weights)
         params[key] = entry.get("params", 0)
         if entry.get("latency_ms") is not None:
             latency[key] = entry["latency_ms"]
-    return Selected(manifest["selectors"], subnets, params, latency)
+    return Selected(manifest["selectors"], subnets, params, latency, max_live=max_live)
 
 
 def verify_selected(root: Path, raw: bytes) -> tuple[dict, dict]:
@@ -255,7 +282,7 @@ def _verified(root: Path, listed: dict) -> dict[str, bytes]:
     """The top manifest's files (the store and each sub-network's manifest), hashed."""
     files = {}
     for rel, digest in listed.items():
-        data = read_optional(root, rel)
+        data = _mapped(root, rel) if rel == WEIGHTS else read_optional(root, rel)
         if data is None:
             raise ArtifactError(f"{root / rel}: file is missing")
         if sha256(data) != digest:
@@ -263,3 +290,15 @@ def _verified(root: Path, listed: dict) -> dict[str, bytes]:
                                 "was modified or truncated after saving)")
         files[rel] = data
     return files
+
+
+def _mapped(root: Path, rel: str):
+    """The file `rel` memory-mapped read-only (pages read when touched, shared), b"" when
+    empty, None when missing."""
+    target = _check_path(root, rel, rel)  # inside the artifact
+    if not target.is_file():
+        return read_optional(root, rel)  # None, or why it cannot be read
+    with open(target, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return b""
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
