@@ -64,6 +64,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks" / "corpus")]
 
 from common import shim_torchvision, site_dir  # noqa: E402
 from ofa_supernet import block_ms, interleaved_ms  # noqa: E402  (the same timing as OFA)
+from snnet_loaded import memory  # noqa: E402  (torch-free: the loaded run uses it too)
 
 import dycomp  # noqa: E402
 
@@ -201,15 +202,6 @@ def sizes(net, cm, ids: list[int], refs: dict, args) -> None:
                     "--threads", str(args.threads), "--max-live", str(args.max_live)],
                    check=True)
     shutil.rmtree(tmp)
-
-
-def memory() -> str:
-    """This process's resident memory now and at its peak (VmRSS, VmHWM: a fresh
-    process's own, where `ru_maxrss` would report its parent's peak at the fork)."""
-    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text()
-                  .splitlines() if ":" in line)
-    now, peak = (int(status[k].split()[0]) * 1024 for k in ("VmRSS", "VmHWM"))
-    return f"RSS {now / 1e9:.2f} GB, peak {peak / 1e9:.2f} GB"
 
 
 if __name__ == "__main__":

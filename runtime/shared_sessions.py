@@ -35,7 +35,7 @@ from dycomp.runtime.onnx_executor import (
     long_running,
     session_options,
 )
-from dycomp.runtime.shared_weights import _inline_one, tensor_array, tensors
+from dycomp.runtime.shared_weights import _inline_one, nested_tensors, tensor_array
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def shared_session(model: bytes, threads: int, weights, where: str) -> ort.Infer
             values.append(ort.OrtValue.ortvalue_from_numpy(tensor_array(t, weights, where)))
     if names:
         options.add_external_initializers(names, values)
-    for t in _nested(proto.graph):
+    for t in nested_tensors(proto.graph):
         if t.data_location == onnx.TensorProto.EXTERNAL:
             _inline_one(t, weights, where)
     return _blocked_session(proto, threads, options)
@@ -77,20 +77,6 @@ def _blocked_session(proto: onnx.ModelProto, threads: int,
         log.warning("dycomp: ONNX Runtime refused the NCHWc rewrite (%s); running its own "
                     "graph", str(e).strip().splitlines()[0][:300])
         return session
-
-
-def _nested(graph: onnx.GraphProto):
-    """The tensors of `graph` other than its own initializers: Constant values and
-    everything in subgraphs."""
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.HasField("t"):
-                yield attr.t
-            yield from attr.tensors
-            if attr.HasField("g"):
-                yield from tensors(attr.g)
-            for g in attr.graphs:
-                yield from tensors(g)
 
 
 class LazyOnnxExecutor(OnnxExecutor):

@@ -116,6 +116,12 @@ def _block_of(base: np.ndarray, arr: np.ndarray) -> str | None:
 def tensors(graph: onnx.GraphProto):
     """Every TensorProto of `graph`: initializers and attribute tensors, subgraphs too."""
     yield from graph.initializer
+    yield from nested_tensors(graph)
+
+
+def nested_tensors(graph: onnx.GraphProto):
+    """The tensors of `graph` other than its own initializers: `Constant` values and
+    everything in subgraphs (`If` / `Loop` bodies)."""
     for node in graph.node:
         for attr in node.attribute:
             if attr.HasField("t"):
