@@ -100,6 +100,7 @@ class CompileConfig:
     selectors: tuple[str, ...] = ()  # --selector NAME=V1,V2,...: one sub-network per value
     dynamic: tuple[str, ...] = ()  # --dynamic x:0=batch
     batch_variants: bool = False  # --batch-variants
+    fuse_branches: bool = True  # --no-fuse-branches
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -383,7 +384,12 @@ def _add_compile(sub) -> None:
                         "artifact takes any size there and checks calls; repeatable")
     p.add_argument("--batch-variants", action="store_true",
                    help="also save per-row copies of row-wise regions, so that `dycomp serve` "
-                        "runs a group of batched requests in one call (a larger artifact)")
+                        "runs a group of batched requests in one call (a larger artifact; "
+                        "decisions fused into ONNX If/Loop still take one request at a time: "
+                        "see --no-fuse-branches)")
+    p.add_argument("--no-fuse-branches", dest="fuse_branches", action="store_false",
+                   help="backend onnx: keep branches and loops in the host program instead of "
+                        "ONNX If/Loop nodes (each decision then splits a batch of requests)")
     p.add_argument("--checkpoint", metavar="FILE", type=Path,
                    help="state_dict to load (torch.save file, read with weights_only=True; a "
                         "dict holding it under 'state_dict' or 'model' works too)")
@@ -503,7 +509,8 @@ def _compile_config(ns) -> CompileConfig:
                          prune_round_to=ns.prune_round_to, quantize=ns.quantize,
                          calib=ns.calib, no_opt=tuple(ns.no_opt),
                          explain_opts=ns.explain_opts, selectors=tuple(ns.selector),
-                         dynamic=tuple(ns.dynamic), batch_variants=ns.batch_variants)
+                         dynamic=tuple(ns.dynamic), batch_variants=ns.batch_variants,
+                         fuse_branches=ns.fuse_branches)
 
 
 def _run_config(ns) -> RunConfig:
@@ -617,7 +624,8 @@ def compile_command(cfg: CompileConfig, out: Console) -> None:
         cm = dycomp.compile(loaded.model, examples, method=cfg.method, backend=cfg.backend,
                             check=False, threads=cfg.threads, passes=passes,
                             optimize=cfg.optimize, dynamic_dims=parse_cli(list(cfg.dynamic)),
-                            batch_variants=cfg.batch_variants, **options)
+                            batch_variants=cfg.batch_variants,
+                            fuse_branches=cfg.fuse_branches, **options)
     checked = None
     if cfg.check and passes:
         from dycomp.check import variants

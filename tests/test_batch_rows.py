@@ -356,9 +356,17 @@ def test_variants_only_when_asked_cli_too(tmp_path, capsys):
     """Rows variants are opt-in: `batch_variants=True` / `dycomp compile --batch-variants`."""
     from tests.test_cli import call
 
-    target = f"{Path(__file__).resolve().parents[1] / 'examples' / 'zoo' / 'static_resnet.py'}:make"
+    zoo = Path(__file__).resolve().parents[1] / "examples" / "zoo"
     for flag, expected in (([], {"r0.onnx"}), (["--batch-variants"], {"r0.onnx", "r0.rows.onnx"})):
         out = tmp_path / f"sr{len(flag)}.dyc"
-        code, _, err = call(capsys, "compile", target, "-o", out, "--no-check", *flag)
+        code, _, err = call(capsys, "compile", f"{zoo / 'static_resnet.py'}:make", "-o", out,
+                            "--no-check", *flag)
         assert code == 0 and err == ""
         assert {p.name for p in (out / "subgraphs").iterdir()} == expected
+    out = tmp_path / "me.dyc"  # decisions on the host: path-split batching runs groups
+    code, _, err = call(capsys, "compile", f"{zoo / 'multi_exit.py'}:make", "-o", out,
+                        "--no-check", "--batch-variants", "--no-fuse-branches")
+    assert code == 0 and err == ""
+    art = rt.load(out)
+    assert plan(art)[0] == "split"
+    assert any(p.name.endswith(".rows.onnx") for p in (out / "subgraphs").iterdir())
