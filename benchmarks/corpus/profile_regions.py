@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import importlib
 import logging
 import os
 import statistics
@@ -350,7 +349,9 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     torch.set_num_threads(THREADS)
-    mod = importlib.import_module(f"benchmarks.corpus.{a.model.replace('-', '_')}")
+    from benchmarks.corpus.run import discover, select
+
+    (mod,) = select(discover(), [a.model])  # its NAME (a-vit) or module (avit)
     case = mod.build(a.src)
     inputs = [case.make_input(i) for i in range(a.inputs)]
     args, kwargs = inputs[0]
