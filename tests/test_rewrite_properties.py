@@ -467,3 +467,37 @@ def test_bicubic_lowering_matches(case):
     assert lowered is not gm
     assert sum(n.target is cubic_1d for n in lowered.graph.nodes) == 2
     _same([lowered(x).numpy()], [expected.numpy()], exact=False)
+
+
+# --- rows variants (dycomp/batching_variant.py): per-row forms == each row alone -------
+ROW_FORMS = [lambda x: x.max(), lambda x: x.mean() > 0.1, lambda x: x.std(),
+             lambda x: x.argmax(), lambda x: x.any(), lambda x: x.norm() > 1,
+             lambda x: (x.sum() * 2 - 1).sigmoid(), lambda x: x[0, 1],
+             lambda x: x.sum(1).reshape(()), lambda x: x.view(1, 3) + 1,
+             lambda x: (x.abs().sum(), x * 3), lambda x: x.sum(1).max(),
+             lambda x: torch_reshape_sum(x), lambda x: x.amin() + x.prod(),
+             lambda x: x.all(), lambda x: x.count_nonzero()]
+
+
+def torch_reshape_sum(x):
+    import torch
+
+    return torch.reshape(x, (1, 3)).sum() * 2
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(st.integers(0, len(ROW_FORMS) - 1), st.integers(1, 6), SEEDS)
+def test_rows_variant_matches_each_row(form, n, seed):
+    """A region's rows variant on n joined rows (NaN, inf, +-0 among the values) gives
+    each row what the region gives that row alone (`check_torch` raises otherwise)."""
+    import torch
+
+    from dycomp.batching_rows import ROWS, State
+    from dycomp.batching_variant import build_variant, check_torch, references
+    from tests.test_batch_rows import _graph
+
+    gm = _graph(ROW_FORMS[form], torch.randn(1, 3))
+    variant, kinds = build_variant(gm, [State(ROWS)])
+    x = torch.from_numpy(_values(np.random.default_rng(seed), [n, 3]))
+    rows = [(x[i:i + 1],) for i in range(n)]
+    check_torch(gm, variant, kinds, rows, references(gm, rows))
