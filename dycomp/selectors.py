@@ -302,9 +302,7 @@ def save(sm: SelectorModel, path) -> Path:
 
     packed = [_package(cm) for cm in sm.subnets.values()]
     onnx_files = [(n, f) for n, (manifest, _) in enumerate(packed)
-                  for f in sorted({s["file"] for s in manifest["subgraphs"].values()
-                                   if s.get("backend", "onnx") == "onnx"}
-                                  | set(variant_files(manifest)))]  # rows variants too
+                  for f in sorted({*_onnx_files(manifest), *variant_files(manifest)})]
     store = WeightStore()  # every sub-network's tensors at once: whole weights first
     stripped = strip_all([packed[n][1][f] for n, f in onnx_files], store, sm.weights)
     for (n, f), data in zip(onnx_files, stripped):

@@ -97,7 +97,7 @@ def call_variant(variant: RowsVariant, program, region: str, rows: list[tuple], 
         group = [rows[i] for i in members]
         answers = _one_call(variant, region, group) if key is not None and len(
             members) > 1 else None
-        _count(stats, answers is not None, len(members))
+        count_calls(stats, answers is not None, len(members))
         if answers is None:
             answers = call_each(program, region, group, paths)
         for i, a in zip(members, answers):
@@ -105,7 +105,8 @@ def call_variant(variant: RowsVariant, program, region: str, rows: list[tuple], 
     return out
 
 
-def _count(stats: dict | None, batched: bool, n: int) -> None:
+def count_calls(stats: dict | None, batched: bool, n: int) -> None:
+    """Add a batched call of `n` samples, or `n` single calls, to `stats` (if given)."""
     if stats is None:
         return
     if batched:

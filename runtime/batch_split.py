@@ -122,7 +122,7 @@ def group_caller(batched: set[str], fallback: Callable | None = None,
     variant (`variants`, `runtime/batch_rows.py`) with `call_variant`, and the others
     with `fallback` (default: `CALL_GROUP` at call time). `stats` counts the calls of
     the variants: batched_calls, batched_samples, single_calls."""
-    from dycomp.runtime.batch_rows import call_variant
+    from dycomp.runtime.batch_rows import call_variant, count_calls
 
     variants = variants or {}
 
@@ -131,8 +131,7 @@ def group_caller(batched: set[str], fallback: Callable | None = None,
             return call_rows(program, region, rows, paths)
         if region in variants:
             return call_variant(variants[region], program, region, rows, paths, stats)
-        if stats is not None:
-            stats["single_calls"] = stats.get("single_calls", 0) + len(rows)
+        count_calls(stats, False, len(rows))
         return (fallback or CALL_GROUP)(program, region, rows, paths)
     return call
 

@@ -45,10 +45,7 @@ class OnnxExecutor:
     def __init__(self, models: dict[str, bytes | str | os.PathLike],
                  threads: int | dict[str, int] = 2,
                  traced: dict[str, tuple[bytes, list[str]]] | None = None):
-        plan = threads if isinstance(threads, dict) else dict.fromkeys(models, threads)
-        plan = {name: plan.get(name, 1) for name in models}
-        if not all(isinstance(t, int) and t >= 1 for t in plan.values()):
-            raise ValueError(f"threads must be positive ints, got {threads!r}")
+        plan = thread_plan(models, threads)
         self.models = dict(models)
         self.threads = plan
         self.sessions: dict[str, ort.InferenceSession] = {}
@@ -98,10 +95,23 @@ class OnnxExecutor:
         with self._lock:
             if region not in self._traced_calls:
                 self._traced_calls[region] = _bind(_call_spec(
-                    new_session(model, self.threads[region])), region)
+                    self._new_session(model, region)), region)
+            call = self._traced_calls[region]
         _arity(region, self._calls[region][2], args)
-        *outs, ids = self._traced_calls[region](*args)
+        *outs, ids = call(*args)
         return tuple(outs), [ran[i] for i in ids.tolist()]
+
+    def _new_session(self, model, region: str) -> ort.InferenceSession:
+        return new_session(model, self.threads[region])
+
+
+def thread_plan(models: dict, threads: int | dict[str, int]) -> dict[str, int]:
+    """Intra-op threads per region: `threads` for all, or a per-region plan (missing: 1)."""
+    plan = threads if isinstance(threads, dict) else dict.fromkeys(models, threads)
+    plan = {name: plan.get(name, 1) for name in models}
+    if not all(isinstance(t, int) and t >= 1 for t in plan.values()):
+        raise ValueError(f"threads must be positive ints, got {threads!r}")
+    return plan
 
 
 def _bind(call, region: str):
@@ -161,8 +171,13 @@ def new_session(model: bytes | str | os.PathLike, threads: int,
     proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(model)
     options = options or session_options(threads, long_run=long_running(proto))
     session, relaid = blocked_across_branches(model, options, proto)
-    if relaid is None:
-        return session
+    return session if relaid is None else relaid_session(session, relaid, options)
+
+
+def relaid_session(session: ort.InferenceSession, relaid: onnx.ModelProto,
+                   options: ort.SessionOptions) -> ort.InferenceSession:
+    """The session of `blocked_across_branches`' rewrite (already optimized: loaded with
+    `options` at ORT_DISABLE_ALL), or `session` if ONNX Runtime refuses it."""
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
         return cpu_session(relaid.SerializeToString(), options)

@@ -27,15 +27,15 @@ import onnxruntime as ort
 from dycomp.runtime.errors import ArtifactError
 from dycomp.runtime.onnx_executor import (
     OnnxExecutor,
-    _arity,
     _bind,
     _call_spec,
     blocked_across_branches,
-    cpu_session,
     long_running,
+    relaid_session,
     session_options,
+    thread_plan,
 )
-from dycomp.runtime.shared_weights import _inline_one, nested_tensors, tensor_array
+from dycomp.runtime.shared_weights import _inline_one, nested_tensors, parse, tensor_array
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +43,7 @@ log = logging.getLogger(__name__)
 def shared_session(model: bytes, threads: int, weights, where: str) -> ort.InferenceSession:
     """A session for the stripped `model` whose stored tensors come from `weights` (the
     OrtValues handed over are copied at load: nothing of them must outlive it)."""
-    try:
-        proto = onnx.load_from_string(model)
-    except Exception as e:
-        raise ArtifactError(f"{where}: not an ONNX model ({e})") from None
+    proto = parse(model, where)
     options = session_options(threads, long_run=long_running(proto))
     names, values = [], []
     for t in proto.graph.initializer:
@@ -69,14 +66,8 @@ def _blocked_session(proto: onnx.ModelProto, threads: int,
     session, relaid = blocked_across_branches(proto.SerializeToString(), options, proto)
     if relaid is None:
         return session
-    fresh = session_options(threads, long_run=long_running(proto))
-    fresh.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    try:
-        return cpu_session(relaid.SerializeToString(), fresh)
-    except Exception as e:  # as new_session: a refused rewrite is a dycomp bug, go on
-        log.warning("dycomp: ONNX Runtime refused the NCHWc rewrite (%s); running its own "
-                    "graph", str(e).strip().splitlines()[0][:300])
-        return session
+    return relaid_session(session, relaid, session_options(threads,
+                                                           long_run=long_running(proto)))
 
 
 class LazyOnnxExecutor(OnnxExecutor):
@@ -86,10 +77,7 @@ class LazyOnnxExecutor(OnnxExecutor):
     def __init__(self, models: dict[str, bytes], threads: int | dict[str, int] = 2,
                  traced: dict[str, tuple[bytes, list[str]]] | None = None, *, weights=None,
                  where: str = ""):
-        plan = threads if isinstance(threads, dict) else dict.fromkeys(models, threads)
-        self.threads = {name: plan.get(name, 1) for name in models}
-        if not all(isinstance(t, int) and t >= 1 for t in self.threads.values()):
-            raise ValueError(f"threads must be positive ints, got {threads!r}")
+        self.threads = thread_plan(models, threads)
         self.models, self.weights, self.where = dict(models), weights, where
         self.traced = dict(traced or {})
         self.sessions: dict[str, ort.InferenceSession] = {}
@@ -112,14 +100,14 @@ class LazyOnnxExecutor(OnnxExecutor):
         """The region's bound call, its session created if it has none."""
         with self._lock:
             if region not in self._calls:
-                session = self._session(self.models[region], region)
+                session = self._new_session(self.models[region], region)
                 self.sessions[region] = session
                 self._calls[region] = _call_spec(session)
                 self._bound[region] = _bind(self._calls[region], region)
                 log.debug("created the session of %s%s", self.where, region)
             return self._bound[region]
 
-    def _session(self, model: bytes, region: str):
+    def _new_session(self, model: bytes, region: str):
         where = f"{self.where}{region}"
         try:
             return shared_session(model, self.threads[region], self.weights, where)
@@ -144,16 +132,6 @@ class LazyOnnxExecutor(OnnxExecutor):
         return super().__call__(region, *args)
 
     def run_with_path(self, region: str, *args):
-        if region not in self.traced:
-            return self(region, *args), [region]
-        if region not in self._calls:
+        if region in self.traced and region not in self._calls:
             self._load(region)
-        model, ran = self.traced[region]
-        with self._lock:
-            if region not in self._traced_calls:
-                self._traced_calls[region] = _bind(_call_spec(self._session(model, region)),
-                                                   region)
-            call = self._traced_calls[region]
-        _arity(region, self._calls[region][2], args)
-        *outs, ids = call(*args)
-        return tuple(outs), [ran[i] for i in ids.tolist()]
+        return super().run_with_path(region, *args)

@@ -160,9 +160,11 @@ def strip_all(models: list[bytes], store: WeightStore, source=None) -> list[byte
         if k is None:
             ref = store.add(np.frombuffer(t.raw_data, tensor_dtype_to_np_dtype(t.data_type)
                                           ).reshape(tuple(t.dims)))
+        elif k in new_refs:  # a reference already moved: count it, add nothing
+            store.references += 1
+            ref = new_refs[k]
         else:
-            store.references += k in new_refs
-            ref = new_refs[k] if k in new_refs else new_refs.setdefault(k, store.add(arrays[k]))
+            ref = new_refs[k] = store.add(arrays[k])
         _refer(t, ref)
     return [m.SerializeToString() for m in parsed]
 
@@ -180,13 +182,18 @@ def _refer(t: onnx.TensorProto, ref: dict) -> None:
         t.external_data.add(key=key, value=str(value))
 
 
+def parse(model: bytes, where: str) -> onnx.ModelProto:
+    """`model` parsed; ArtifactError naming `where` if it is not ONNX."""
+    try:
+        return onnx.load_from_string(model)
+    except Exception as e:
+        raise ArtifactError(f"{where}: not an ONNX model ({e})") from None
+
+
 def inline(model: bytes, weights, where: str) -> bytes:
     """`model` with every tensor that refers to the store holding its bytes again
     (`weights`: the bytes of weights.bin, a memory map of it, or a WeightStore)."""
-    try:
-        m = onnx.load_from_string(model)
-    except Exception as e:
-        raise ArtifactError(f"{where}: not an ONNX model ({e})") from None
+    m = parse(model, where)
     for t in tensors(m.graph):
         if t.data_location == onnx.TensorProto.EXTERNAL:
             _inline_one(t, weights, where)
@@ -202,11 +209,7 @@ def _inline_one(t: onnx.TensorProto, weights, where: str) -> None:
 def check_refs(model: bytes, size: int, where: str) -> None:
     """Raise ArtifactError if a tensor of `model` refers outside a store of `size` bytes
     or elsewhere than the store (what `inline` checks, without reading the bytes)."""
-    try:
-        m = onnx.load_from_string(model)
-    except Exception as e:
-        raise ArtifactError(f"{where}: not an ONNX model ({e})") from None
-    for t in tensors(m.graph):
+    for t in tensors(parse(model, where).graph):
         if t.data_location == onnx.TensorProto.EXTERNAL:
             _span(t, size, where)
 

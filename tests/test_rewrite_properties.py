@@ -379,13 +379,10 @@ def adaptive_pools(draw):
     return rank, dims, out, draw(SEEDS)
 
 
-@settings(max_examples=200, deadline=None, derandomize=True)
-@given(adaptive_pools())
-def test_adaptive_pool_lowering_matches(case):
+def _traced_pool(case):
+    """The drawn pool, an input with NaN / inf, and the pool traced with its example."""
     import torch
     from torch import fx, nn
-
-    from dycomp.backends.onnx_pools import lower_adaptive_pools
 
     rank, dims, out, seed = case
     pool = (nn.AdaptiveAvgPool1d if rank == 1 else nn.AdaptiveAvgPool2d)(out[0] if rank == 1
@@ -393,6 +390,16 @@ def test_adaptive_pool_lowering_matches(case):
     x = torch.from_numpy(_values(np.random.default_rng(seed), [1, 3, *dims]))
     gm = fx.symbolic_trace(nn.Sequential(pool))
     next(iter(gm.graph.nodes)).meta["example"] = x
+    return pool, x, gm
+
+
+@settings(max_examples=200, deadline=None, derandomize=True)
+@given(adaptive_pools())
+def test_adaptive_pool_lowering_matches(case):
+    from dycomp.backends.onnx_pools import lower_adaptive_pools
+
+    rank, dims, out, _ = case
+    pool, x, gm = _traced_pool(case)
     lowered = lower_adaptive_pools(gm)
     divides = all(d % o == 0 for d, o in zip(dims, out))
     assert (lowered is gm) == divides  # only non-dividing pools are rewritten
@@ -404,17 +411,10 @@ def test_adaptive_pool_lowering_matches(case):
 def test_adaptive_pool_lowering_in_dynamic_regions_matches(case):
     """`dynamic=True` (a region exported with dynamic axes, its pooled dims static):
     dividing pools are lowered too, all but 1x1 outputs."""
-    import torch
-    from torch import fx, nn
-
     from dycomp.backends.onnx_pools import lower_adaptive_pools
 
-    rank, dims, out, seed = case
-    pool = (nn.AdaptiveAvgPool1d if rank == 1 else nn.AdaptiveAvgPool2d)(out[0] if rank == 1
-                                                                          else tuple(out))
-    x = torch.from_numpy(_values(np.random.default_rng(seed), [1, 3, *dims]))
-    gm = fx.symbolic_trace(nn.Sequential(pool))
-    next(iter(gm.graph.nodes)).meta["example"] = x
+    rank, dims, out, _ = case
+    pool, x, gm = _traced_pool(case)
     lowered = lower_adaptive_pools(gm, dynamic=True)
     assert (lowered is gm) == all(o == 1 for o in out)
     _same([lowered(x).numpy()], [pool(x).numpy()], exact=False)
