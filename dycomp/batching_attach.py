@@ -81,8 +81,7 @@ def variant_model(gm, inputs: list, opset: int | None = None, saved=None
     """The checked rows variant of `gm` as ONNX bytes, and its kinds; raises NoVariant.
     `saved(*arrays)`: the region as exported, run on one row; the exported variant must
     equal it per row (so weights changed since the export, say, cost the variant)."""
-    from dycomp.backends.onnx_backend import DEFAULT_OPSET, _export
-    from dycomp.backends.onnx_pools import lower_adaptive_pools
+    from dycomp.backends.onnx_backend import DEFAULT_OPSET, _export, lower_for_export
 
     variant, kinds = build_variant(gm, inputs)
     if "rows" not in kinds["inputs"]:
@@ -94,7 +93,7 @@ def variant_model(gm, inputs: list, opset: int | None = None, saved=None
     outs = [f"out{i}" for i in range(len(kinds["outputs"]))]
     axes = {n: {0: "batch"} for n, k in zip(phs, kinds["inputs"]) if k == "rows"}
     axes.update({n: {0: "batch"} for n, k in zip(outs, kinds["outputs"]) if k != "const"})
-    model = _export(lower_adaptive_pools(variant, dynamic=True), joined(rows, kinds), phs,
+    model = _export(lower_for_export(variant, dynamic=True), joined(rows, kinds), phs,
                     outs, axes, opset or DEFAULT_OPSET)
     _keep_inputs(model, gm, kinds)
     onnx.checker.check_model(model)
@@ -106,11 +105,10 @@ def variant_model(gm, inputs: list, opset: int | None = None, saved=None
 
 
 def _check_onnx(data: bytes, names: list, kinds: dict, rows: list, refs: list) -> None:
-    import onnxruntime as ort
+    """The variant in a session made as the runtime makes it, at each check size."""
+    from dycomp.runtime.onnx_executor import new_session
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+    sess = new_session(data, 1)
     for n in _CHECK_SIZES:
         feed = {k: _array(v) for k, v in zip(names, joined(rows[:n], kinds))}
         compare(sess.run(None, feed), refs[:n], kinds, f"onnx at batch {n}")

@@ -119,6 +119,13 @@ def _unfused(graph) -> tuple:
             {n: ", ".join(r.lines[:2]) for n, r in graph.regions.items()})
 
 
+def lower_for_export(gm: fx.GraphModule, dynamic: bool) -> fx.GraphModule:
+    """`gm` with what the exporter refuses or ONNX Runtime runs slowly rewritten first:
+    non-dividing adaptive pools (`onnx_pools`), bicubic interpolation (`onnx_resize`).
+    `dynamic`: the region is exported with dynamic axes."""
+    return lower_bicubic(lower_adaptive_pools(gm, dynamic=dynamic), dynamic=dynamic)
+
+
 def fusion_snapshot(graph):
     """What `fuse_branches` reads of `graph`, copied so that fusing the copy leaves the
     graph alone: its host body (copied) and its regions (the same models)."""
@@ -188,8 +195,8 @@ def export_region_model(region, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
     start = time.perf_counter()
     try:
         # static shapes, or dynamic ones whose varying dims the frontend traced (`sym`)
-        gm = region.gm if dynamic and not traced else lower_bicubic(
-            lower_adaptive_pools(region.gm, dynamic=bool(dynamic)), dynamic=bool(dynamic))
+        gm = region.gm if dynamic and not traced else lower_for_export(region.gm,
+                                                                       bool(dynamic))
         model = _export(gm, tuple(p.meta["example"] for p in phs), [p.name for p in phs],
                         outs, axes, opset)
     except Exception as e:
