@@ -160,15 +160,14 @@ def _plan(gm: fx.GraphModule, node: fx.Node, dynamic: bool):
 def lower_bicubic(gm: fx.GraphModule, dynamic: bool = False) -> fx.GraphModule:
     """`gm`, or a copy (sharing its modules) whose bicubic interpolations of static
     spatial sizes are weighted gathers (`cubic_1d`), their taps as buffers."""
-    plans = {n.name: p for n in gm.graph.nodes if (p := _plan(gm, n, dynamic)) is not None}
+    plans = {n: p for n in gm.graph.nodes if (p := _plan(gm, n, dynamic)) is not None}
     if not plans:
         return gm
     new = fx.GraphModule(gm, gm.graph, class_name=type(gm).__name__)
     graph = new.graph = fx.Graph()
     env: dict = {}
     graph.output(graph.graph_copy(gm.graph, env))
-    for i, (name, plan) in enumerate(plans.items()):
-        node = next(n for n in gm.graph.nodes if n.name == name)
+    for i, (node, plan) in enumerate(plans.items()):
         old = env[node]
         with graph.inserting_before(old):
             y = old.args[0]
