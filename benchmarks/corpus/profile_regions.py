@@ -45,7 +45,7 @@ import torch  # noqa: E402
 import dycomp  # noqa: E402
 from dycomp.check import compare  # noqa: E402
 from dycomp.fastcall import to_torch  # noqa: E402
-from dycomp.runtime.onnx_executor import OnnxExecutor, session_options  # noqa: E402
+from dycomp.runtime.onnx_executor import OnnxExecutor, cpu_session, session_options  # noqa: E402
 from dycomp.runtime.onnx_layout import all_nodes  # noqa: E402
 
 log = logging.getLogger("dycomp.corpus.profile")
@@ -272,7 +272,7 @@ def ort_profile(model, threads: int, feed: dict, runs: int) -> tuple[float, dict
         so = session_options(threads)
         so.enable_profiling = True
         so.profile_file_prefix = os.path.join(d, "prof")
-        s = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+        s = cpu_session(model, so)  # as the runtime makes it
         feed = {i.name: feed[i.name] for i in s.get_inputs()}
         s.run(None, feed)
         t0 = time.perf_counter()
