@@ -83,7 +83,8 @@ class FuseAcrossDecisions(Pass):
         rt, re = graph.regions[ct.region], graph.regions[ce.region]
         if not (carvable(rt) and carvable(re)) or ct.region == ce.region:
             return None
-        kt, ke = _keys(rt, ct), _keys(re, ce)
+        table: dict = {}
+        kt, ke = _keys(rt, ct, table), _keys(re, ce, table)
         common_e = {k: n for n, k in ke.items()}
         shared = {n for n, k in kt.items() if k in common_e}
         if cost.nodes_us(rt.gm, shared) <= 0:
@@ -220,18 +221,32 @@ def _call_us(graph, c: CallRegion) -> float:
     return cost.region_us(r) if r.gm is not None else cost.DISPATCH_US
 
 
-def _keys(region, site) -> dict:
-    """Structural key of every compute node: equal keys compute the same value."""
-    env = {ph: f"in:{v.name}" for ph, v in zip(region.placeholders, site.args)}
+def _keys(region, site, table: dict) -> dict:
+    """Structural key of every compute node: equal keys compute the same value. Keys are
+    numbers interned in `table` (shared by the regions compared): a key spelled out
+    would hold its inputs' keys, growing exponentially along a chain."""
+    env = {ph: _Ref(table.setdefault(("in", v.name), len(table)))
+           for ph, v in zip(region.placeholders, site.args)}
     keys = {}
     for n in region.gm.graph.nodes:
         if n.op in ("placeholder", "output"):
             continue
         args = fx.node.map_arg((n.args, n.kwargs), lambda x: env[x])
-        env[n] = f"({n.op} {node_target(region.gm, n)} {args!r})"
+        env[n] = _Ref(table.setdefault((n.op, node_target(region.gm, n), repr(args)),
+                                       len(table)))
         if n.op != "get_attr":
-            keys[n] = env[n]
+            keys[n] = env[n].key
     return keys
+
+
+class _Ref:
+    """A node's interned key inside another node's arguments."""
+
+    def __init__(self, key: int):
+        self.key = key
+
+    def __repr__(self) -> str:
+        return f"<node {self.key}>"
 
 
 def _rest_call(site: CallRegion, piece, env: dict, region, names) -> list:

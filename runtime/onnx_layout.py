@@ -64,7 +64,7 @@ def static_shapes(model: onnx.ModelProto) -> dict[str, tuple]:
     except Exception:  # a model inference cannot follow: no residual fusion
         return {}
     shapes = {}
-    for g in _graphs(model.graph):
+    for g in all_graphs(model.graph):
         for v in itertools.chain(g.input, g.output, g.value_info):
             dims = v.type.tensor_type.shape.dim
             if v.type.HasField("tensor_type") and all(d.HasField("dim_value") for d in dims):
@@ -214,12 +214,13 @@ def _lone_reader(name, readers, nodes):
     return next((n for n in nodes if name in n.input), None)
 
 
-def _graphs(g):
+def all_graphs(g):
+    """`g` and every subgraph of its nodes, outer first."""
     yield g
     for n in g.node:
         for a in n.attribute:
             if a.type == _GRAPH:
-                yield from _graphs(a.g)
+                yield from all_graphs(a.g)
 
 
 def all_nodes(g) -> list:

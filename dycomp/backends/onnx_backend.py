@@ -30,6 +30,7 @@ from dycomp.backends.onnx_gemm_sums import fold_sums_into_gemms
 from dycomp.backends.onnx_pools import lower_adaptive_pools
 from dycomp.backends.onnx_resize import lower_bicubic
 from dycomp.backends.onnx_thresholds import fold_thresholds
+from dycomp.backends.onnx_where import bool_wheres
 from dycomp.backends.torch_fastpath import no_fastpath
 from dycomp.errors import UnsupportedError
 from dycomp.ir.shapes import mark_dynamic
@@ -240,7 +241,9 @@ def _export(gm: fx.GraphModule, args: tuple, inputs: list[str], outputs: list[st
     finally:
         for m, training in modes.items():
             m.training = training
-    return onnx.load_from_string(f.getvalue())
+    model = onnx.load_from_string(f.getvalue())
+    bool_wheres(model)  # a kernel ONNX Runtime lacks
+    return model
 
 
 @contextlib.contextmanager

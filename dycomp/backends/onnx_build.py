@@ -34,6 +34,7 @@ from dycomp.backends.onnx_conditions import (
 )
 from dycomp.backends.onnx_switch import SWITCH, gather_switches
 from dycomp.backends.onnx_tables import RANDOM_OPS, tabulate
+from dycomp.backends.onnx_where import bool_wheres
 from dycomp.ir.program import Assign, CallRegion, HostOp, If, Lit, Loop, Var, float32_bound, walk
 from dycomp.runtime.onnx_paths import PATH_OUTPUT, constant_tensor, drop_dead
 
@@ -244,6 +245,7 @@ class Builder:
         m.ir_version = first.ir_version
         if drop_noop_reshapes(m):
             drop_dead(m.graph)
+        bool_wheres(m)  # an arm's boolean values selected: a kernel ONNX Runtime lacks
         _check(m)
         return m
 

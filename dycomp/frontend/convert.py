@@ -21,6 +21,7 @@ import textwrap
 import types
 
 from dycomp.errors import UnsupportedError
+from dycomp.frontend.liveness import live_names
 
 MUTATORS = {"append", "extend", "insert", "pop", "remove", "clear", "update", "add",
             "setdefault", "discard", "sort", "reverse", "popitem"}
@@ -95,6 +96,12 @@ def assigned(stmts, bindings: bool = False) -> list[str]:
             if _chain(n.value):
                 out.append(_chain(n.value))
     return list(dict.fromkeys(x for x in out if not x.startswith("_dyc")))
+
+
+def _undefined(names) -> list[ast.stmt]:
+    """`name = UNDEF` for each name: locals a function (or an arm, for the temporaries it
+    keeps to itself: `liveness`) has not assigned yet."""
+    return [ast.Assign(targets=[_name(n, ast.Store())], value=_dyc("UNDEF")) for n in names]
 
 
 def _can_exit(stmts) -> bool:
@@ -178,6 +185,7 @@ class _Converter(ast.NodeTransformer):
         self.class_name = class_name
         self.counter = 0
         self.locals_stack: list[set[str]] = []
+        self.live: dict[int, set[str]] = {}  # id(if) -> names it must join (`liveness`)
 
     def visit(self, node):
         new = super().visit(node)
@@ -241,11 +249,10 @@ class _Converter(ast.NodeTransformer):
                     for n in s.names}
         locs = {x for x in assigned(node.body, bindings=True) if "." not in x} - declared
         self.locals_stack.append(locs | set(params))
+        self.live.update(live_names(node) or {})
         body = self._block(node.body)
         self.locals_stack.pop()
-        init = [ast.Assign(targets=[_name(n, ast.Store())], value=_dyc("UNDEF"))
-                for n in sorted(locs - set(params))]
-        node.body = init + body
+        node.body = _undefined(sorted(locs - set(params))) + body
         node.decorator_list = [] if top else [_dyc("converted")]
         node.returns = None
         return node
@@ -273,9 +280,14 @@ class _Converter(ast.NodeTransformer):
 
     def visit_If(self, node):
         src = ast.unparse(node.test)
-        get, set_, slots, names = self._state(assigned(node.body + node.orelse))
-        then = _def(self._fresh("then"), self._block(node.body), nonlocals=names)
-        orelse = _def(self._fresh("else"), self._block(node.orelse), nonlocals=names)
+        slots = assigned(node.body + node.orelse)
+        live = self.live.get(id(node))
+        local = [] if live is None else [s for s in slots if "." not in s and s not in live]
+        get, set_, slots, names = self._state([s for s in slots if s not in local])
+        then = _def(self._fresh("then"), _undefined(local) + self._block(node.body),
+                    nonlocals=names)
+        orelse = _def(self._fresh("else"), _undefined(local) + self._block(node.orelse),
+                      nonlocals=names)
         call = _call("if_", self.visit(node.test), _name(then.name), _name(orelse.name),
                      _name(get.name), _name(set_.name), self._loc(node), _const(src))
         return self._at(node, [then, orelse, get, set_] + self._propagate(call))
