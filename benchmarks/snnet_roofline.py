@@ -33,8 +33,9 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
-from benchmarks.corpus import roofline  # noqa: E402
 from snnet import build  # noqa: E402
+
+from benchmarks.corpus import roofline  # noqa: E402
 
 # DeiT-B and DeiT-S token GEMMs at 197 tokens (qkv, fc1, fc2)
 DEIT_SHAPES = [(197, 768, 2304), (197, 768, 3072), (197, 3072, 768), (197, 384, 1152)]
