@@ -633,6 +633,10 @@ class Builder:
         else:
             self.stmts(plan.header)
             cond0 = self.loop_test(plan) if plan.header else self.const(True, BOOL)
+        if cond0 not in self.consts:  # ONNX Runtime takes the body's condition rank from
+            # it; computed from a value of unknown rank (a `Loop`'s carried output) it would
+            # refuse to run ("Loop subgraph input 1 has unknown shape")
+            cond0 = self.node("Reshape", [cond0, self.const([], INT64)], "go0", kind=BOOL)
         trips = self.const(plan.trips, INT64) if plan.trips is not None else ""
         it, cin = self.fresh(f"{self.name}_iter"), self.fresh(f"{self.name}_cond")
         # the condition: 0-d, or [1, 1] where it is a comparison's result as it is

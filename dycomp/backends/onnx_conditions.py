@@ -94,6 +94,9 @@ def drop_noop_reshapes(model: onnx.ModelProto) -> int:
 def _drop_noop(g: onnx.GraphProto, shapes: dict, outer: dict, renamed: dict) -> int:
     defs = definitions(g, outer)
     kept, done, hidden = [], 0, {o.name for o in g.output}
+    # a `Loop`'s starting condition keeps its 0-d reshape: ONNX Runtime reads the body's
+    # condition rank from it, and its own inference may not know what ONNX's does
+    hidden |= {n.input[1] for n in g.node if n.op_type == "Loop" and len(n.input) > 1}
     for n in g.node:
         n.input[:] = [renamed.get(x, x) for x in n.input]
         for a in n.attribute:

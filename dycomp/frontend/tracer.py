@@ -387,6 +387,12 @@ class Conflict:
         raise UnsupportedError(self.what, self.where,
                                "make both branches produce the same kind of value")
 
+    def __copy__(self):  # copying the program that holds it is not a use
+        return self
+
+    def __deepcopy__(self, memo):
+        return self
+
     __getattr__ = __call__ = __bool__ = __iter__ = __getitem__ = _fail
     __add__ = __radd__ = __mul__ = __rmul__ = __sub__ = __lt__ = __gt__ = _fail
 
