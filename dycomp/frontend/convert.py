@@ -383,6 +383,20 @@ class _Converter(ast.NodeTransformer):
             return _call(special[type(node.ops[0])], node.left, node.comparators[0])
         return node
 
+    def visit_JoinedStr(self, node):
+        """f"a{x!r:>4}b" -> fstring("a", (x, conversion, spec), "b"): Python would format
+        a traced value as its example (fstrings.py)."""
+        self.generic_visit(node)
+        parts = []
+        for v in node.values:
+            if isinstance(v, ast.FormattedValue):
+                spec = v.format_spec if v.format_spec is not None else _const("")
+                parts.append(ast.Tuple(elts=[v.value, _const(v.conversion), spec],
+                                       ctx=ast.Load()))
+            else:
+                parts.append(v)
+        return _call("fstring", *parts)
+
     def visit_Subscript(self, node):
         self.generic_visit(node)
         if isinstance(node.ctx, ast.Load):

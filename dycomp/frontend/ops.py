@@ -21,6 +21,7 @@ from dycomp.frontend import peel as _peel
 from dycomp.frontend import randomness, torchfn
 from dycomp.frontend import unroll as _unroll
 from dycomp.frontend.exceptions import PathEnded, assert_, raise_, run_path, try_
+from dycomp.frontend.fstrings import fstring  # noqa: F401  (converted f-strings)
 from dycomp.frontend.loopstate import LoopState
 from dycomp.frontend.symdims import host_int
 from dycomp.frontend.tracer import (
