@@ -569,8 +569,8 @@ def _varying_rows(t, iterable) -> bool:
 def _first_row(ex):
     """The example of a host loop's first item: a tensor's first row (zeros when it
     has none, so that the body is traced on a row of the right shape)."""
-    if isinstance(ex, torch.Tensor) and ex.dim():
-        return ex[0] if len(ex) else ex.new_zeros(ex.shape[1:])
+    if isinstance(ex, np.ndarray) and ex.ndim:
+        return ex[0] if len(ex) else np.zeros(ex.shape[1:], ex.dtype)
     return next(iter(ex), 0)
 
 
