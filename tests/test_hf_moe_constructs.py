@@ -159,9 +159,48 @@ class FormatVector(nn.Module):
         return self.heads[f"{x.argmax(1)}"](x)
 
 
+class StrKey(nn.Module):
+    """`str(t)` of a 0-d tensor is `tensor(1)` in PyTorch, `1` on numpy."""
+
+    def __init__(self):
+        super().__init__()
+        self.heads = nn.ModuleDict({"tensor(0)": nn.Linear(4, 4), "tensor(1)": nn.Linear(4, 4)})
+
+    def forward(self, x):
+        return self.heads[str(x.sum().gt(0).long())](x)
+
+
+class FormatKeys(nn.Module):
+    """`format(t)` and f-strings with a spec and a conversion select the module; an
+    f-string of a traced value in a raised message keeps the example's text."""
+
+    def __init__(self):
+        super().__init__()
+        self.heads = nn.ModuleDict({f"{a}_{b:03d}_'{a}'": nn.Linear(4, 4)
+                                    for a in range(2) for b in range(3)})
+
+    def forward(self, x):
+        a, b = x.sum().gt(0).long(), x[0].argmax() % 3
+        if x.abs().max() > 50:
+            raise ValueError(f"too large: {x.abs().max()}")
+        return self.heads[format(a) + f"_{b:03d}_{str(int(a))!r}"](x)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_format_builtin_and_spec(backend):
+    torch.manual_seed(0)
+    model = FormatKeys().eval()
+    _, paths = assert_matches_eager(model, randn_inputs((2, 4), 24, seed=4), backend=backend)
+    assert len({tuple(p) for p in paths}) >= 4, paths
+    cm = dycomp.compile(model, (torch.randn(2, 4),), backend=backend)
+    with pytest.raises(ValueError, match="too large"):
+        cm(torch.full((2, 4), 60.0))
+
+
 @pytest.mark.parametrize("model, construct", [
     (UnbindRows(), "`unbind` gives a number of tensors that depends on the data"),
     (FormatVector(), "an f-string formatting a tensor of more than one element"),
+    (StrKey(), "str() of a tensor traced from the data"),
 ])
 def test_unfaithful_constructs_raise(model, construct):
     with pytest.raises(dycomp.UnsupportedError) as err:

@@ -19,11 +19,25 @@ def fstring(*parts) -> str | HVal:
     AST gives them (conversion: -1, or the code of 's', 'r', 'a')."""
     if not any(isinstance(p, tuple) and (is_sym(p[0]) or is_sym(p[2])) for p in parts):
         return "".join(p if isinstance(p, str) else _format(*p) for p in parts)
-    out = ""
+    out = None
     for p in parts:
         piece = p if isinstance(p, str) else _host_format(*p)
-        out = piece if out == "" else _concat(out, piece)
+        out = piece if out is None else _concat(out, piece)
     return out
+
+
+def fstring_builtin(f, args) -> HVal:
+    """`format(v[, spec])`, `str(v)`, `repr(v)` of a data-dependent value (not of a static
+    one: `ops` calls Python for those). `format` of a 0-d tensor formats its item, as
+    PyTorch does; `str` / `repr` of a tensor print `tensor(...)` in PyTorch's style, which
+    the host program does not reproduce."""
+    t = tracer()
+    if f is format:
+        return _host_format(args[0], -1, args[1] if len(args) > 1 else "")
+    if any(isinstance(a, TVal) for a in args):
+        t.fail(f"{f.__name__}() of a tensor traced from the data (PyTorch prints `tensor(...)`)",
+               "format a Python number: an f-string of a 0-d tensor, or str(int(t))")
+    return t.host_op(f.__name__, tuple(args), f)
 
 
 def _format(value, conversion, spec):

@@ -21,7 +21,7 @@ from dycomp.frontend import peel as _peel
 from dycomp.frontend import randomness, torchfn
 from dycomp.frontend import unroll as _unroll
 from dycomp.frontend.exceptions import PathEnded, assert_, raise_, run_path, try_
-from dycomp.frontend.fstrings import fstring  # noqa: F401  (converted f-strings)
+from dycomp.frontend.fstrings import fstring, fstring_builtin  # noqa: F401
 from dycomp.frontend.loopstate import LoopState
 from dycomp.frontend.symdims import host_int
 from dycomp.frontend.tracer import (
@@ -319,6 +319,8 @@ def _call_library(f, args, kwargs):
         return torchfn.tensor_ctor(t, f, args, kwargs)
     if _bound_builtin(f) and f.__name__ in ("append", "extend", "insert", "setdefault"):
         return f(*args, **kwargs)  # a static container holding symbolic values
+    if f in (str, repr, format):  # of a traced tensor: not the numpy array's text
+        return fstring_builtin(f, args)
     if f in _HOST_BUILTINS or _numpy_or_math(f) or _bound_builtin(f):
         if kwargs:
             t.fail(f"keyword arguments to host function {_host_name(f)}")
