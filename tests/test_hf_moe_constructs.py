@@ -234,3 +234,23 @@ def test_capture_keeps_dicts_that_compute_items():
     assert isinstance(ACTS["relu"], nn.ReLU)
     x = torch.randn(2, 3)
     assert torch.allclose(cm(x), torch.tanh(x) + 1)
+
+
+class _Registry(dict):
+    """transformers' output-capturing registry: zero-arg `super()` in an `or`."""
+
+    def get(self, key):
+        return super().get(key) or 0.5
+
+
+REGISTRY = _Registry(a=2.0)
+
+
+class UsesSuperInOr(nn.Module):
+    def forward(self, x):
+        return x * REGISTRY.get("a") + x * REGISTRY.get("b") if x.sum() > 0 else x
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_zero_arg_super_inside_boolop(backend):
+    assert_matches_eager(UsesSuperInOr(), randn_inputs((2, 3), 8, seed=5), backend=backend)

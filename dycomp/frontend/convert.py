@@ -178,6 +178,7 @@ class _Converter(ast.NodeTransformer):
         self.class_name = class_name
         self.counter = 0
         self.locals_stack: list[set[str]] = []
+        self.first_args: list = []  # per function: its first parameter (zero-arg super())
 
     def visit(self, node):
         new = super().visit(node)
@@ -241,7 +242,9 @@ class _Converter(ast.NodeTransformer):
                     for n in s.names}
         locs = {x for x in assigned(node.body, bindings=True) if "." not in x} - declared
         self.locals_stack.append(locs | set(params))
+        self.first_args.append((a.posonlyargs + a.args or [None])[0])
         body = self._block(node.body)
+        self.first_args.pop()
         self.locals_stack.pop()
         init = [ast.Assign(targets=[_name(n, ast.Store())], value=_dyc("UNDEF"))
                 for n in sorted(locs - set(params))]
@@ -357,6 +360,11 @@ class _Converter(ast.NodeTransformer):
     # -- expressions -------------------------------------------------------------
     def visit_Call(self, node):
         self.generic_visit(node)
+        if isinstance(node.func, ast.Name) and node.func.id == "super" and not node.args \
+                and self.first_args and self.first_args[-1] is not None:
+            # explicit, so that it still works inside the lambdas `or_` / `ifexp` get
+            node.args = [_name("__class__"), _name(self.first_args[-1].arg)]
+            return node
         if isinstance(node.func, ast.Name) and node.func.id in ("super", "locals", "globals",
                                                                 "vars"):
             return node
