@@ -254,3 +254,39 @@ class UsesSuperInOr(nn.Module):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_zero_arg_super_inside_boolop(backend):
     assert_matches_eager(UsesSuperInOr(), randn_inputs((2, 3), 8, seed=5), backend=backend)
+
+
+class GroupedExperts(nn.Module):
+    """transformers' `grouped_mm` experts: pairs sorted by expert, counted with `histc`,
+    multiplied group by group with `torch._grouped_mm`, put back in order and summed."""
+
+    def __init__(self):
+        super().__init__()
+        self.router = nn.Linear(HIDDEN, EXPERTS, bias=False)
+        self.w = nn.Parameter(torch.randn(EXPERTS, HIDDEN, HIDDEN) * 0.3)
+
+    def forward(self, x):
+        weights, index = torch.topk(torch.softmax(self.router(x), -1), 2, dim=-1)
+        ids, perm = torch.sort(index.reshape(-1))
+        counts = torch.histc(ids.float(), bins=EXPERTS, min=0, max=EXPERTS - 1)
+        offs = torch.cumsum(counts, dim=0, dtype=torch.int32)
+        y = torch._grouped_mm(x[perm // 2], self.w.transpose(-2, -1), offs=offs)
+        y = y * weights.reshape(-1)[perm].unsqueeze(-1)
+        inv = torch.empty_like(perm)
+        inv[perm] = torch.arange(perm.size(0))
+        return y[inv].view(x.shape[0], 2, HIDDEN).sum(1), counts
+
+
+class Histogram(nn.Module):
+    def forward(self, x):
+        return torch.histc(x, bins=5, min=-1, max=1), torch.histc(x * 3, bins=3, min=0, max=2)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_grouped_mm_and_histc(backend):
+    torch.manual_seed(0)
+    xs = randn_inputs((6, HIDDEN), 16, seed=6)
+    assert_matches_eager(GroupedExperts().eval(), xs, backend=backend)
+    edges = torch.tensor([[-1.0, 1.0, 0.2, 0.4, 2 / 3, float("nan"), -1.5, 1.5]])
+    assert_matches_eager(Histogram(), [edges] + randn_inputs((1, 8), 8, seed=7),
+                         backend=backend)
