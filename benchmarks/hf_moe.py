@@ -180,16 +180,20 @@ def dynamic(block, x0, backend: str, n: int) -> str:
         f" {bad[:2]}" if bad else "")
 
 
-def timed(fn, x, rounds: int, calls: int) -> float:
-    """Median ms per call over `rounds` blocks of `calls` calls."""
-    fn(x)
-    per = []
+def timed(fns, x, rounds: int, calls: int) -> list:
+    """Median ms per call of each of `fns` over `rounds` rounds, each round a block of
+    `calls` calls of each function in turn (interleaved: the shared machine's load
+    changes between rounds, alike for all)."""
+    for fn in fns:
+        fn(x)
+    per = [[] for _ in fns]
     for _ in range(rounds):
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn(x)
-        per.append((time.perf_counter() - t0) / calls * 1e3)
-    return statistics.median(per)
+        for fn, times in zip(fns, per):
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn(x)
+            times.append((time.perf_counter() - t0) / calls * 1e3)
+    return [statistics.median(t) for t in per]
 
 
 def run_block(tf, name: str, args) -> dict:
@@ -202,7 +206,7 @@ def run_block(tf, name: str, args) -> dict:
     for backend in ("torch", "onnx"):
         try:
             t0 = time.perf_counter()
-            cm = dycomp.compile(block, (x0,), backend=backend, threads=THREADS)
+            cm = dycomp.compile(block, (x0,), backend=backend, threads=args.threads)
             row[f"{backend} compile s"] = round(time.perf_counter() - t0, 1)
         except dycomp.UnsupportedError as e:
             row[backend] = f"UnsupportedError: {e}"
@@ -218,10 +222,8 @@ def run_block(tf, name: str, args) -> dict:
     for backend in ("torch", "onnx"):
         row[f"{backend} dynamic"] = dynamic(block, x0, backend, args.inputs // 3)
     if "onnx" in cms and not args.no_time:
-        x = xs[1]
         with torch.no_grad():
-            eager = timed(block, x, args.rounds, args.calls)
-        ours = timed(cms["onnx"], x, args.rounds, args.calls)
+            eager, ours = timed([block, cms["onnx"]], xs[1], args.rounds, args.calls)
         row.update({"eager ms": round(eager, 3), "onnx ms": round(ours, 3),
                     "speedup": round(eager / ours, 2)})
     return row
@@ -236,11 +238,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--calls", type=int, default=20)
     ap.add_argument("--no-time", action="store_true")
+    ap.add_argument("--threads", type=int, default=THREADS, help="torch's and each session's")
     ap.add_argument("names", nargs="*", default=list(BLOCKS))
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     warnings.filterwarnings("ignore")
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(args.threads)
     tf = load_transformers(args.site)
     print(f"transformers {tf.__version__}, torch {torch.__version__}, "
           f"x [{args.batch}, {args.seq}, {HIDDEN}], {args.inputs} inputs + 3 edge inputs")
