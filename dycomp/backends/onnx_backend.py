@@ -27,7 +27,7 @@ from torch.fx.node import _get_qualified_name
 
 from dycomp.backends.frozen_values import check_region
 from dycomp.backends.onnx_gemm_sums import fold_sums_into_gemms
-from dycomp.backends.onnx_grouped import lower_grouped
+from dycomp.backends.onnx_grouped import lower_grouped, rewritten
 from dycomp.backends.onnx_pools import lower_adaptive_pools
 from dycomp.backends.onnx_resize import lower_bicubic
 from dycomp.backends.onnx_thresholds import fold_thresholds
@@ -407,7 +407,7 @@ def _diagnose(region, opset: int) -> list[tuple[str, str, str]]:
         return []
     failed = []
     for node in region.gm.graph.nodes:
-        if node.op not in ("call_function", "call_method", "call_module"):
+        if node.op not in ("call_function", "call_method", "call_module") or rewritten(node):
             continue
         single = _single_node_module(region.gm, node, values)
         if single is None:

@@ -64,6 +64,11 @@ def _histc_args(n: fx.Node):
     return histc_bins, (given["input"], int(bins), float(lo), float(hi))
 
 
+def rewritten(node: fx.Node) -> bool:
+    """Whether `lower_grouped` rewrites `node` (export diagnosis skips it)."""
+    return (_grouped_args(node) or _histc_args(node)) is not None
+
+
 def lower_grouped(gm: fx.GraphModule) -> fx.GraphModule:
     """`gm`, or a copy (sharing its modules) with `_grouped_mm` and `histc` rewritten."""
     todo = [(n, r) for n in gm.graph.nodes for r in (_grouped_args(n) or _histc_args(n),)
