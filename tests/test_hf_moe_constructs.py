@@ -290,3 +290,18 @@ def test_grouped_mm_and_histc(backend):
     edges = torch.tensor([[-1.0, 1.0, 0.2, 0.4, 2 / 3, float("nan"), -1.5, 1.5]])
     assert_matches_eager(Histogram(), [edges] + randn_inputs((1, 8), 8, seed=7),
                          backend=backend)
+
+
+class RowsOfVaryingWidth(nn.Module):
+    def forward(self, x):
+        acc = x.sum() * 0
+        for row in x[x.sum(1) > 0]:
+            acc = acc + row.sum()
+        return acc
+
+
+def test_rows_of_varying_width_raise():
+    with pytest.raises(dycomp.UnsupportedError, match="rows change size") as err:
+        dycomp.compile(RowsOfVaryingWidth(), (torch.randn(3, 4),),
+                       dynamic_dims={"x": {1: "n"}})
+    assert "test_hf_moe_constructs.py:" in str(err.value)
