@@ -83,7 +83,7 @@ OPS: dict[str, OpSpec] = {
 # builtins the host program may call on host values (what `frontend/ops.py` sends here)
 BUILTIN_CALLS = ("max", "min", "sorted", "any", "all", "set", "frozenset", "round", "divmod",
                  "pow", "sum", "list", "tuple", "dict", "abs", "reversed", "str", "repr",
-                 "enumerate", "zip", "len", "range", "bool", "int", "float")
+                 "enumerate", "zip", "len", "range", "bool", "int", "float", "format")
 # every public function of `math` (pure arithmetic)
 MATH_CALLS = tuple(sorted("math." + n for n in dir(math)
                           if not n.startswith("_") and callable(getattr(math, n))))

@@ -27,6 +27,7 @@ from torch.fx.node import _get_qualified_name
 
 from dycomp.backends.frozen_values import check_region
 from dycomp.backends.onnx_gemm_sums import fold_sums_into_gemms
+from dycomp.backends.onnx_grouped import lower_grouped, rewritten
 from dycomp.backends.onnx_pools import lower_adaptive_pools
 from dycomp.backends.onnx_resize import lower_bicubic
 from dycomp.backends.onnx_thresholds import fold_thresholds
@@ -122,9 +123,11 @@ def _unfused(graph) -> tuple:
 
 def lower_for_export(gm: fx.GraphModule, dynamic: bool) -> fx.GraphModule:
     """`gm` with what the exporter refuses or ONNX Runtime runs slowly rewritten first:
-    non-dividing adaptive pools (`onnx_pools`), bicubic interpolation (`onnx_resize`).
+    non-dividing adaptive pools (`onnx_pools`), bicubic interpolation (`onnx_resize`),
+    grouped matrix products and histograms (`onnx_grouped`).
     `dynamic`: the region is exported with dynamic axes."""
-    return lower_bicubic(lower_adaptive_pools(gm, dynamic=dynamic), dynamic=dynamic)
+    return lower_grouped(lower_bicubic(lower_adaptive_pools(gm, dynamic=dynamic),
+                                       dynamic=dynamic))
 
 
 def fusion_snapshot(graph):
@@ -407,7 +410,7 @@ def _diagnose(region, opset: int) -> list[tuple[str, str, str]]:
         return []
     failed = []
     for node in region.gm.graph.nodes:
-        if node.op not in ("call_function", "call_method", "call_module"):
+        if node.op not in ("call_function", "call_method", "call_module") or rewritten(node):
             continue
         single = _single_node_module(region.gm, node, values)
         if single is None:

@@ -186,6 +186,7 @@ class _Converter(ast.NodeTransformer):
         self.counter = 0
         self.locals_stack: list[set[str]] = []
         self.live: dict[int, set[str]] = {}  # id(if) -> names it must join (`liveness`)
+        self.first_args: list = []  # per function: its first parameter (zero-arg super())
 
     def visit(self, node):
         new = super().visit(node)
@@ -250,7 +251,9 @@ class _Converter(ast.NodeTransformer):
         locs = {x for x in assigned(node.body, bindings=True) if "." not in x} - declared
         self.locals_stack.append(locs | set(params))
         self.live.update(live_names(node) or {})
+        self.first_args.append((a.posonlyargs + a.args or [None])[0])
         body = self._block(node.body)
+        self.first_args.pop()
         self.locals_stack.pop()
         node.body = _undefined(sorted(locs - set(params))) + body
         node.decorator_list = [] if top else [_dyc("converted")]
@@ -369,6 +372,11 @@ class _Converter(ast.NodeTransformer):
     # -- expressions -------------------------------------------------------------
     def visit_Call(self, node):
         self.generic_visit(node)
+        if isinstance(node.func, ast.Name) and node.func.id == "super" and not node.args \
+                and self.first_args and self.first_args[-1] is not None:
+            # explicit, so that it still works inside the lambdas `or_` / `ifexp` get
+            node.args = [_name("__class__"), _name(self.first_args[-1].arg)]
+            return node
         if isinstance(node.func, ast.Name) and node.func.id in ("super", "locals", "globals",
                                                                 "vars"):
             return node
@@ -394,6 +402,20 @@ class _Converter(ast.NodeTransformer):
         if len(node.ops) == 1 and type(node.ops[0]) in special:
             return _call(special[type(node.ops[0])], node.left, node.comparators[0])
         return node
+
+    def visit_JoinedStr(self, node):
+        """f"a{x!r:>4}b" -> fstring("a", (x, conversion, spec), "b"): Python would format
+        a traced value as its example (fstrings.py)."""
+        self.generic_visit(node)
+        parts = []
+        for v in node.values:
+            if isinstance(v, ast.FormattedValue):
+                spec = v.format_spec if v.format_spec is not None else _const("")
+                parts.append(ast.Tuple(elts=[v.value, _const(v.conversion), spec],
+                                       ctx=ast.Load()))
+            else:
+                parts.append(v)
+        return _call("fstring", *parts)
 
     def visit_Subscript(self, node):
         self.generic_visit(node)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from dycomp.errors import UnsupportedError
 from dycomp.frontend.tracer import FuncScope, LoopScope, freeze, own_containers
-from dycomp.frontend.values import EXITED, contains_sym, is_sym, tracer
+from dycomp.frontend.values import EXITED, HVal, contains_sym, is_sym, tracer
 from dycomp.ir.program import Assign, Lit, Raise, Var
 
 
@@ -104,7 +104,10 @@ def _record(t, scope: TryScope, exc, fn):
 
 
 def _static_args(t, exc) -> tuple:
-    args = tuple(exc.args)
+    # a message built by an f-string of traced values (fstrings.py): its text on the
+    # example, as Python formatted it before f-strings were built by the host
+    args = tuple(a._ex if isinstance(a, HVal) and isinstance(a._ex, str) else a
+                 for a in exc.args)
     if contains_sym(args) or any(is_sym(a) for a in args) or not all(
             isinstance(a, (str, int, float, bool, type(None))) for a in args):
         t.fail(f"{type(exc).__name__} raised with data-dependent or non-literal arguments "

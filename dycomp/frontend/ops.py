@@ -21,6 +21,7 @@ from dycomp.frontend import peel as _peel
 from dycomp.frontend import randomness, torchfn
 from dycomp.frontend import unroll as _unroll
 from dycomp.frontend.exceptions import PathEnded, assert_, raise_, run_path, try_
+from dycomp.frontend.fstrings import fstring, fstring_builtin  # noqa: F401
 from dycomp.frontend.loopstate import LoopState
 from dycomp.frontend.symdims import host_int
 from dycomp.frontend.tracer import (
@@ -318,6 +319,8 @@ def _call_library(f, args, kwargs):
         return torchfn.tensor_ctor(t, f, args, kwargs)
     if _bound_builtin(f) and f.__name__ in ("append", "extend", "insert", "setdefault"):
         return f(*args, **kwargs)  # a static container holding symbolic values
+    if f in (str, repr, format):  # of a traced tensor: not the numpy array's text
+        return fstring_builtin(f, args)
     if f in _HOST_BUILTINS or _numpy_or_math(f) or _bound_builtin(f):
         if kwargs:
             t.fail(f"keyword arguments to host function {_host_name(f)}")
@@ -548,7 +551,29 @@ def for_(iterable, body_fn, get, set_, loc="", src="", can_exit=False):
             lambda: _static_for(t, iterable, body_fn, get, set_), get, set_)
     if isinstance(iterable, HVal) or (isinstance(iterable, range) and can_exit):
         return _for_host(t, iterable, body_fn, get, set_, loc, src)
+    if _varying_rows(t, iterable):
+        return _for_host(t, iterable, body_fn, get, set_, loc, src)
     return _static_for(t, iterable, body_fn, get, set_)
+
+
+def _varying_rows(t, iterable) -> bool:
+    """`for row in tensor` over a tensor whose row count depends on the data
+    (`expert_hit = mask.nonzero()`): a host loop over the rows, each row a tensor held by
+    the host. Unrolled, it would run the example's number of iterations on every call."""
+    if not isinstance(iterable, TVal) or not iterable._ex.dim() or 0 not in iterable._sym:
+        return False
+    if iterable._sym - {0}:
+        t.fail("iterating over a tensor whose rows change size at run time",
+               "iterate over range(len(t)) and index the rows")
+    return True
+
+
+def _first_row(ex):
+    """The example of a host loop's first item: a tensor's first row (zeros when it
+    has none, so that the body is traced on a row of the right shape)."""
+    if isinstance(ex, np.ndarray) and ex.ndim:
+        return ex[0] if len(ex) else np.zeros(ex.shape[1:], ex.dtype)
+    return next(iter(ex), 0)
 
 
 def _for_host(t, iterable, body_fn, get, set_, loc, src, peel=True):
@@ -562,9 +587,9 @@ def _for_host(t, iterable, body_fn, get, set_, loc, src, peel=True):
 
 def _peeled_for(t, iterable, body_fn, get, set_, loc, src):
     """The first item's iteration on its own, then a host loop over the others."""
-    if not isinstance(iterable, HVal):
+    if not isinstance(iterable, (HVal, TVal)):
         seq = iterable
-    elif isinstance(to_example(iterable), (range, list, tuple)):
+    elif isinstance(to_example(iterable), (range, list, tuple, torch.Tensor)):
         seq = iterable
     else:
         seq = t.host_op("list", (iterable,), list)
@@ -574,13 +599,15 @@ def _peeled_for(t, iterable, body_fn, get, set_, loc, src):
         if not isinstance(seq, HVal):
             return body_fn(seq[0]) if len(seq) else BREAK
         some = t.host_op("nonempty", (seq,), lambda a: len(a) > 0)
-        item = lambda: body_fn(t.host_op("getitem", (seq, 0), lambda a, k: a[k] if len(a) else 0))  # noqa: E731
+        item = lambda: body_fn(t.host_op(  # noqa: E731
+            "getitem", (seq, 0), lambda a, k: a[k] if len(a) else _first_row(a)))
         return if_(some, item, lambda: BREAK, get, set_, loc, src)
 
     r = _static_iteration(t, scope, first, get, set_)
     if r is not None:
         return r if r is not BREAK else _end_static(t, scope, get, set_, live=False)
-    rest = seq[1:] if not isinstance(seq, HVal) else t.host_op("tail", (seq, 1), lambda a, k: a[k:])
+    rest = seq[1:] if not isinstance(seq, (HVal, TVal)) else t.host_op(
+        "tail", (seq, 1), lambda a, k: a[k:])
     _for_host(t, rest, body_fn, get, set_, loc, src, peel=False)
     return _end_static(t, scope, get, set_, live=True)
 
@@ -686,7 +713,7 @@ def _trace_body(t, header, init, get, set_, loc, src, body_fn, cond_fn, iterable
         loop.iter_expr = t.host_expr(iterable)
         loop.target = t.var("it")
         ex = to_example(iterable)
-        first = next(iter(ex), 0) if not isinstance(ex, range) or len(ex) else 0
+        first = _first_row(ex) if not isinstance(ex, range) or len(ex) else 0
         item = t.host_value(loop.target, first)
         item._unroll_probe = probe
     t.emit(loop)

@@ -143,8 +143,6 @@ def _propagate(fn, name, args, kwargs, leaves, syms) -> None:
         with torch._C.DisableTorchFunctionSubclass(), torch.no_grad():
             alt = fn(*tree_map(_alt, args), **tree_map(_alt, kwargs))
         alts = [x for x in tree_flatten(alt)[0] if isinstance(x, torch.Tensor)]
-        if len(alts) != len(leaves):
-            raise ValueError("another number of outputs")
     except Exception as e:  # sizes that broadcast only at the example's: assume the worst
         log.debug("%s on grown examples failed (%s): its dims of a varying size vary", name, e)
         given = tree_flatten((args, kwargs))[0]
@@ -154,6 +152,13 @@ def _propagate(fn, name, args, kwargs, leaves, syms) -> None:
         for s, leaf in zip(syms, leaves):
             s |= {d for d in range(leaf.dim()) if leaf.shape[d] in sizes}
         return
+    if len(alts) != len(leaves):  # `unbind` / `split` along a varying dim
+        from dycomp.frontend.values import tracer
+
+        tracer().fail(f"`{name}` gives a number of tensors that depends on the data (it "
+                      "splits a dimension whose size changes at run time)",
+                      "keep it one tensor (index or mask it), or iterate over its rows "
+                      "with a `for` loop in the model's own code")
     for s, leaf, a in zip(syms, leaves, alts):
         if a.dim() != leaf.dim():
             s |= set(range(max(a.dim(), leaf.dim())))

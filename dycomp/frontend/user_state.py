@@ -85,8 +85,8 @@ class UserState:
             saved, children = None, list(obj)
         elif kind == "list":
             saved = children = list(obj)
-        elif kind == "dict":
-            saved = dict(obj)
+        elif kind == "dict":  # the stored items: a subclass's __getitem__ may compute
+            saved = dict(dict.items(obj))  # (transformers' ACT2FN builds a module)
             children = list(saved.values())
         elif kind == "set":
             saved, children = set(obj), []
@@ -135,8 +135,8 @@ def _restore_one(obj, saved) -> None:
             obj.clear()
             obj.update(state)
     elif kind == "dict":
-        if [(id(k), id(v)) for k, v in obj.items()] != [(id(k), id(v)) for k, v in
-                                                        state.items()]:
+        if [(id(k), id(v)) for k, v in dict.items(obj)] != [(id(k), id(v)) for k, v in
+                                                             state.items()]:
             obj.clear()
             obj.update(state)
     elif kind == "module":
