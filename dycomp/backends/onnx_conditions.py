@@ -58,11 +58,12 @@ def drop_condition_reshapes(g: onnx.GraphProto, outer: dict | None = None,
         """Only conditions read `name` (or logic deciding only conditions)."""
         return name not in hidden and all(  # an If's condition, a Loop's first one
             (n.op_type, i) in (("If", 0), ("Loop", 1))
-            or ((n.op_type in _LOGIC or n.name.startswith(MARK)) and decides(n.output[0]))
+            or ((n.op_type in _LOGIC or n.name.startswith(MARK) or _to_0d(n, small))
+                and decides(n.output[0]))
             for n, i in readers.get(name, []))
 
     for r in g.node:
-        if r.op_type != "Reshape" or small.get(r.input[1]) != (0,):  # not to 0-d
+        if not _to_0d(r, small):
             continue
         users = readers.get(r.output[0], [])
         if r.output[0] in hidden or not users or not all(
@@ -74,6 +75,11 @@ def drop_condition_reshapes(g: onnx.GraphProto, outer: dict | None = None,
             n.input[i] = r.input[0]
         done += 1
     return done
+
+
+def _to_0d(n: onnx.NodeProto, small: dict) -> bool:
+    """A `Reshape` to 0-d (what a `Loop`'s starting condition goes through)."""
+    return n.op_type == "Reshape" and small.get(n.input[1]) == (0,)
 
 
 def _small_constants(g) -> dict[str, tuple]:
