@@ -276,6 +276,55 @@ def test_condition_reshape_drop_matches(case):
     assert _check(m, lambda r: drop_condition_reshapes(r.graph), feeds) == drops
 
 
+@st.composite
+def loop_condition_graphs(draw):
+    """Loop(3, Reshape(logic(Compare(Reshape(x, []), c)), []), y) adding `y` to itself per
+    iteration: a Loop's starting condition through the 0-d reshape that keeps its rank
+    known to ONNX Runtime (`Builder.loop_node`); x one element of any rank."""
+    rng = np.random.default_rng(draw(SEEDS))
+    x_shape = draw(st.sampled_from([[1], [1, 1], []]))
+    op = draw(st.sampled_from(["Greater", "Less", "Equal"]))
+    inits = [numpy_helper.from_array(np.full((), draw(CONSTANTS), np.float32), "c"),
+             numpy_helper.from_array(np.zeros(0, np.int64), "to0d"),
+             numpy_helper.from_array(np.array(3, np.int64), "trips")]
+    nodes = [oh.make_node("Reshape", ["x", "to0d"], ["x0"]),
+             oh.make_node(op, ["x0", "c"], ["cmp"])]
+    cond = "cmp"
+    if draw(st.booleans()):
+        nodes.append(oh.make_node("Not", [cond], ["n0"]))
+        cond = "n0"
+    nodes.append(oh.make_node("Reshape", [cond, "to0d"], ["go0"]))
+    body = oh.make_graph(
+        [oh.make_node("Add", ["acc_in", "acc_in"], ["acc_out"]),
+         oh.make_node("Identity", ["cond_in"], ["cond_out"])], "body",
+        [oh.make_tensor_value_info("i", TensorProto.INT64, []),
+         oh.make_tensor_value_info("cond_in", TensorProto.BOOL, None),
+         oh.make_tensor_value_info("acc_in", F, None)],
+        [oh.make_tensor_value_info("cond_out", TensorProto.BOOL, None),
+         oh.make_tensor_value_info("acc_out", F, None)])
+    nodes.append(oh.make_node("Loop", ["trips", "go0", "y"], ["z"], body=body))
+    m = _model(nodes, [oh.make_tensor_value_info("x", F, x_shape),
+                       oh.make_tensor_value_info("y", F, [2])],
+               [oh.make_tensor_value_info("z", F, [2])], inits)
+    return m, rng
+
+
+@SETTINGS
+@given(loop_condition_graphs())
+def test_loop_condition_reshape_drop_matches(case):
+    """The comparison's own reshape goes (it only decides the Loop), the one in front of
+    the Loop stays; the same outputs, exact, NaN and infinities included."""
+    m, rng = case
+    feeds = _feeds(m, rng, count=4)
+    assert _check(m, lambda r: drop_condition_reshapes(r.graph), feeds) == 1
+    # what is left: one Reshape, the Loop's
+    r = _copy(m)
+    drop_condition_reshapes(r.graph)
+    readers = {x for n in r.graph.node for x in n.input}
+    live = [n for n in r.graph.node if n.op_type == "Reshape" and n.output[0] in readers]
+    assert [n.output[0] for n in live] == ["go0"]
+
+
 # --- dedupe: exact ---------------------------------------------------------------------
 
 UNARY, BINARY = ["Relu", "Neg", "Abs", "Exp", "Sqrt"], ["Add", "Mul", "Sub", "Max", "Div"]
