@@ -62,8 +62,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
     torch.set_num_threads(roofline.THREADS)
-    roofline.SHAPES = roofline.SHAPES + DEIT_SHAPES
-    peak = roofline.gemm_peak()
+    peak = roofline.gemm_peak(shapes=roofline.SHAPES + DEIT_SHAPES)
     for r in peak["shapes"]:
         print(f"  GEMM {r['shape']}: torch.mm {r['torch']:.0f}, ONNX Runtime "
               f"{r['onnxruntime']:.0f} GFLOP/s")

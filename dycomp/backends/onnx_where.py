@@ -37,7 +37,7 @@ def bool_wheres(model: onnx.ModelProto) -> int:
     done = 0
     for g in all_graphs(model.graph):
         nodes = []
-        for n in [_copy(n) for n in g.node]:
+        for n in g.node:
             if n.op_type == "Where" and TensorProto.BOOL in (types.get(n.input[1]),
                                                                types.get(n.output[0])):
                 nodes += _as_uint8(n, next(tags))
@@ -57,9 +57,3 @@ def _as_uint8(n: onnx.NodeProto, tag: str) -> list[onnx.NodeProto]:
             oh.make_node("Where", [c, f"{tag}_a", f"{tag}_b"], [f"{tag}_u8"], n.name),
             oh.make_node("Cast", [f"{tag}_u8"], list(n.output), f"{tag}_u8",
                          to=TensorProto.BOOL)]
-
-
-def _copy(n: onnx.NodeProto) -> onnx.NodeProto:
-    c = onnx.NodeProto()
-    c.CopyFrom(n)
-    return c
