@@ -550,3 +550,54 @@ def test_rows_variant_matches_each_row(form, n, seed):
     x = torch.from_numpy(_values(np.random.default_rng(seed), [n, 3]))
     rows = [(x[i:i + 1],) for i in range(n)]
     check_torch(gm, variant, kinds, rows, references(gm, rows))
+
+
+# --- lower_grouped: torch._grouped_mm and torch.histc before export ---------------------
+
+@st.composite
+def grouped_cases(draw):
+    """Rows `a` [S, K], weights [G, K, N], nondecreasing offsets ending at most at S; a
+    histogram's bins and bounds; values with NaN, +-inf and +-0."""
+    s, g = draw(st.integers(1, 6)), draw(st.integers(1, 4))
+    k, n = (draw(st.sampled_from([4, 8])) for _ in range(2))  # the kernel's 16-byte strides
+    offs = sorted(draw(st.lists(st.integers(0, s), min_size=g, max_size=g)))
+    lo = draw(st.floats(-3, 2, width=32))
+    hi = lo + draw(st.floats(0.25, 4, width=32))
+    return s, k, n, offs, draw(st.integers(1, 7)), lo, hi, draw(SEEDS)
+
+
+@SETTINGS
+@given(grouped_cases())
+def test_grouped_lowering_matches(case):
+    """Both ops are rewritten, and the rewrite computes what PyTorch's own ops compute:
+    the grouped rows (those the offsets cover; NaN and inf where the kernel has them) and
+    the histogram exactly (NaN and out-of-range values counted nowhere)."""
+    import torch
+    from torch import fx, nn
+
+    from dycomp.backends.onnx_grouped import grouped_mm_rows, histc_bins, lower_grouped
+
+    s, k, n, offs, bins, lo, hi, seed = case
+    rng = np.random.default_rng(seed)
+
+    class Grouped(nn.Module):
+        def forward(self, a, w, o, x):
+            return torch._grouped_mm(a, w, offs=o), torch.histc(x, bins=bins, min=lo, max=hi)
+
+    inputs = (torch.from_numpy(_values(rng, [s, k])),
+              torch.from_numpy(_values(rng, [len(offs), k, n])),
+              torch.tensor(offs, dtype=torch.int32),
+              torch.from_numpy(_values(rng, [3, 5]) * 3))
+    expected = Grouped()(*inputs)
+    gm = fx.symbolic_trace(Grouped())
+    for node, x in zip([m for m in gm.graph.nodes if m.op == "placeholder"], inputs):
+        node.meta["example"] = x
+    lowered = lower_grouped(gm)
+    targets = [m.target for m in lowered.graph.nodes if m.op == "call_function"]
+    assert grouped_mm_rows in targets and histc_bins in targets
+    rows, hist = lowered(*inputs)
+    covered = offs[-1]
+    torch.testing.assert_close(rows[:covered], expected[0][:covered], equal_nan=True,
+                               atol=1e-5, rtol=1e-5)
+    assert torch.equal(rows[covered:], torch.zeros_like(rows[covered:]))
+    assert torch.equal(hist, expected[1])
