@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dycomp.frontend.values import HVal, TVal, is_sym, tracer
 
-_CONVERSIONS = {-1: None, ord("s"): "str", ord("r"): "repr", ord("a"): "ascii"}
+_CONVERSIONS = {-1: None, ord("s"): str, ord("r"): repr, ord("a"): ascii}
 
 
 def fstring(*parts) -> str | HVal:
@@ -42,9 +42,7 @@ def fstring_builtin(f, args) -> HVal:
 
 def _format(value, conversion, spec):
     conv = _CONVERSIONS[conversion]
-    if conv is not None:
-        value = {"str": str, "repr": repr, "ascii": ascii}[conv](value)
-    return format(value, spec)
+    return format(value if conv is None else conv(value), spec)
 
 
 def _host_format(value, conversion, spec):
@@ -59,11 +57,10 @@ def _host_format(value, conversion, spec):
     elif not isinstance(value, HVal):
         return _format(value, conversion, spec)
     conv = _CONVERSIONS[conversion]
-    if conv == "ascii":
+    if conv is ascii:
         t.fail("an f-string with !a on a data-dependent value", "use !r or !s")
     if conv is not None:
-        fn = {"str": str, "repr": repr}[conv]
-        value = t.host_op(conv, (value,), fn)
+        value = t.host_op(conv.__name__, (value,), conv)
     return t.host_op("format", (value, spec), format)
 
 
